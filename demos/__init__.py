@@ -1,0 +1,1 @@
+"""Runnable compaction workloads and the ``remapgc`` command line."""

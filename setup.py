@@ -1,0 +1,14 @@
+"""setuptools hook: compile the cffi extensions (API mode) at pip install time.
+
+The Linux backend's extension is built only on Linux; elsewhere the package
+installs without it and ``open_kernel("auto")`` picks the simulator.
+"""
+import sys
+
+from setuptools import setup
+
+cffi_modules = []
+if sys.platform.startswith("linux"):
+    cffi_modules.append("uffd_backend/_build.py:ffibuilder")
+
+setup(cffi_modules=cffi_modules)
