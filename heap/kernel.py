@@ -15,7 +15,7 @@ are ``OSError`` carrying the kernel's errno; move/copy/zeropage raise
 ``UffdError`` whose ``moved`` says how many bytes were done first.
 
 A handful of methods go beyond one syscall (``load_words``, ``store_words``,
-``memmove``, ``resident_bytes``, ``page_frames``): they are the vectorised
+``memmove``, ``copy_ranges``, ``resident_bytes``, ``page_frames``): they are the vectorised
 user-mode memory accesses the heap needs so that marking and fixing up a
 million objects does not cost a Python call per word. They behave exactly as
 the equivalent sequence of user-mode loads and stores would (they may fault
@@ -240,6 +240,13 @@ class Kernel(Protocol):
 
     def memmove(self, dst: int, src: int, length: int) -> None:
         """Copy ``length`` bytes as a user-mode memmove would."""
+
+    def copy_ranges(self, dsts, srcs, lengths) -> None:
+        """``memmove(dsts[i], srcs[i], lengths[i])`` for each i, in order.
+
+        The batched form of ``memmove`` (uint64 arrays), so that evacuating a
+        million small objects is one call, not a million.
+        """
 
     # -- introspection --------------------------------------------------------
     def page_info(self, addr: int) -> PageInfo: ...
