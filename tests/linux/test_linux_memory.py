@@ -1,0 +1,99 @@
+"""LinuxKernel's mmap family and user-mode accesses on the real kernel."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+
+from heap.kernel import MADV_DONTNEED, PROT_READ, PROT_WRITE
+
+PS = 4096
+
+
+@pytest.fixture
+def k(linux_kernel):
+    return linux_kernel
+
+
+@pytest.fixture
+def region(k):
+    addrs = []
+
+    def make(npages: int, **kw) -> int:
+        addr = k.mmap(npages * PS, **kw)
+        addrs.append((addr, npages * PS))
+        return addr
+
+    yield make
+    for addr, length in addrs:
+        try:
+            k.munmap(addr, length)
+        except OSError:
+            pass
+
+
+def test_store_then_load_round_trips_bytes(k, region):
+    a = region(4)
+    k.store(a + 100, b"remapgc")
+    assert k.load(a + 100, 7) == b"remapgc"
+    assert k.load(a, 4) == b"\0\0\0\0"
+
+
+def test_page_info_follows_first_touch(k, region):
+    a = region(2)
+    assert k.page_info(a).state == "none"
+    k.load(a, 1)
+    assert k.page_info(a).state == "zero"
+    k.store(a + PS, b"x")
+    info = k.page_info(a + PS)
+    assert info.state == "present" and info.frame is not None and info.exclusive and not info.huge
+
+
+def test_load_of_unmapped_memory_raises_efault_instead_of_crashing(k, region):
+    a = region(1)
+    k.munmap(a, PS)
+    with pytest.raises(OSError) as exc:
+        k.load(a, 8)
+    assert exc.value.errno == errno.EFAULT
+
+
+def test_store_to_read_only_page_raises_efault(k, region):
+    a = region(1, prot=PROT_READ)
+    with pytest.raises(OSError) as exc:
+        k.store(a, b"no")
+    assert exc.value.errno == errno.EFAULT
+
+
+def test_words_round_trip_and_memmove(k, region):
+    a = region(4)
+    addrs = np.arange(a, a + 4 * PS, 512, dtype=np.uint64)
+    k.store_words(addrs, np.arange(addrs.size, dtype=np.uint64) * 3)
+    assert (k.load_words(addrs) == np.arange(addrs.size, dtype=np.uint64) * 3).all()
+    k.memmove(a + PS, a, PS)
+    assert k.load(a + PS, PS) == k.load(a, PS)
+
+
+def test_madvise_dontneed_drops_the_frame(k, region):
+    a = region(8)
+    k.store(a, b"x" * (8 * PS))
+    assert k.resident_bytes(a, 8 * PS) == 8 * PS
+    k.madvise(a, 8 * PS, MADV_DONTNEED)
+    assert k.resident_bytes(a, 8 * PS) == 0
+    assert (k.page_frames(a, 8) == -1).all()
+
+
+def test_move_keeps_the_frame(k, region):
+    src, dst = region(1), region(1)
+    k.store(src, b"zero-copy")
+    frame = k.page_info(src).frame
+    uffd = k.userfaultfd()
+    try:
+        uffd.register(dst, PS)
+        assert uffd.move(dst, src, PS) == PS
+    finally:
+        uffd.close()
+    assert k.page_info(dst).frame == frame
+    assert k.load(dst, 9) == b"zero-copy"
+    assert k.page_info(src).state == "none"

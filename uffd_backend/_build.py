@@ -1,0 +1,404 @@
+"""cffi (API mode) build of ``uffd_backend._native``: thin C over the Linux syscalls.
+
+Every wrapper returns its result (>= 0) or ``-errno``; none touches the Python
+C API, so cffi releases the GIL around each call. That matters: a call that
+touches a userfaultfd-registered missing page sleeps in the kernel until a
+handler resolves the fault, and the handler may be a Python thread.
+
+User-mode accesses (load/store/memmove and the word loops) run under a
+SIGSEGV/SIGBUS guard: a fault on an unmapped or protected address jumps back
+and the call returns ``-EFAULT`` instead of killing the interpreter. The guard
+is one thread-local pointer and a ``sigsetjmp`` without a signal-mask save, so
+the fast path stays a plain memcpy; faults outside a guarded call are passed to
+whatever handler was installed before ours.
+
+/usr/include/linux/userfaultfd.h on build machines may predate UFFDIO_MOVE and
+linux/fs.h may lack PAGEMAP_SCAN, so the ABI pieces used here are spelled out.
+"""
+
+from cffi import FFI
+
+CDEF = r"""
+int64_t rgc_guard_install(void);
+
+int64_t rgc_mmap(uint64_t addr, uint64_t length, int prot, int flags);
+int64_t rgc_munmap(uint64_t addr, uint64_t length);
+int64_t rgc_mremap(uint64_t old_addr, uint64_t old_len, uint64_t new_len, int flags, uint64_t new_addr);
+int64_t rgc_mprotect(uint64_t addr, uint64_t length, int prot);
+int64_t rgc_madvise(uint64_t addr, uint64_t length, int advice);
+int64_t rgc_mlock(uint64_t addr, uint64_t length);
+int64_t rgc_mlock2(uint64_t addr, uint64_t length, unsigned int flags);
+int64_t rgc_munlock(uint64_t addr, uint64_t length);
+
+int64_t rgc_load(uint64_t addr, char *out, uint64_t length);
+int64_t rgc_store(uint64_t addr, const char *data, uint64_t length);
+int64_t rgc_memmove(uint64_t dst, uint64_t src, uint64_t length);
+int64_t rgc_load_words(const uint64_t *addrs, uint64_t *out, uint64_t n, uint64_t *done);
+int64_t rgc_store_words(const uint64_t *addrs, const uint64_t *values, uint64_t n, uint64_t *done);
+
+int64_t rgc_pagemap_scan(int fd, uint64_t start, uint64_t end, uint64_t category_mask,
+                         uint64_t return_mask, uint64_t *regions, uint64_t max_regions);
+
+int64_t rgc_fork_sleeper(int *keepalive_fd);
+int64_t rgc_kill_reap(int64_t pid);
+
+int64_t rgc_userfaultfd_syscall(int flags);
+int64_t rgc_userfaultfd_dev(int flags);
+int64_t rgc_uffd_api(int fd, uint64_t features, uint64_t *features_out, uint64_t *ioctls_out);
+int64_t rgc_uffd_register(int fd, uint64_t start, uint64_t length, uint64_t mode, uint64_t *ioctls_out);
+int64_t rgc_uffd_unregister(int fd, uint64_t start, uint64_t length);
+int64_t rgc_uffd_wake(int fd, uint64_t start, uint64_t length);
+int64_t rgc_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *moved);
+int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *copied);
+int64_t rgc_uffd_zeropage(int fd, uint64_t dst, uint64_t length, uint64_t mode, int64_t *zeroed);
+int64_t rgc_uffd_read_events(int fd, int timeout_ms, uint64_t *events, uint64_t max_events);
+int64_t rgc_close(int fd);
+"""
+
+C_SOURCE = r"""
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef __NR_close_range
+#define __NR_close_range 436
+#endif
+#ifndef __NR_mlock2
+#define __NR_mlock2 325
+#endif
+#ifndef __NR_userfaultfd
+#define __NR_userfaultfd 323
+#endif
+
+/* ---- userfaultfd ABI (include/uapi/linux/userfaultfd.h, 6.18) ---- */
+#define RGC_UFFD_API 0xAAULL
+struct rgc_uffdio_api { uint64_t api, features, ioctls; };
+struct rgc_uffdio_range { uint64_t start, len; };
+struct rgc_uffdio_register { struct rgc_uffdio_range range; uint64_t mode, ioctls; };
+struct rgc_uffdio_copy { uint64_t dst, src, len, mode; int64_t copy; };
+struct rgc_uffdio_zeropage { struct rgc_uffdio_range range; uint64_t mode; int64_t zeropage; };
+struct rgc_uffdio_move { uint64_t dst, src, len, mode; int64_t move; };
+struct rgc_uffd_msg {            /* 32 bytes, packed in the kernel header */
+    uint8_t event, reserved1; uint16_t reserved2; uint32_t reserved3;
+    uint64_t flags, address, ptid_and_pad;
+};
+
+#define RGC_IOC(dir, nr, size) (((unsigned long)(dir) << 30) | ((unsigned long)(size) << 16) | (RGC_UFFD_API << 8) | (nr))
+#define RGC_UFFDIO_API        RGC_IOC(3, 0x3F, sizeof(struct rgc_uffdio_api))
+#define RGC_UFFDIO_REGISTER   RGC_IOC(3, 0x00, sizeof(struct rgc_uffdio_register))
+#define RGC_UFFDIO_UNREGISTER RGC_IOC(2, 0x01, sizeof(struct rgc_uffdio_range))
+#define RGC_UFFDIO_WAKE       RGC_IOC(2, 0x02, sizeof(struct rgc_uffdio_range))
+#define RGC_UFFDIO_COPY       RGC_IOC(3, 0x03, sizeof(struct rgc_uffdio_copy))
+#define RGC_UFFDIO_ZEROPAGE   RGC_IOC(3, 0x04, sizeof(struct rgc_uffdio_zeropage))
+#define RGC_UFFDIO_MOVE       RGC_IOC(3, 0x05, sizeof(struct rgc_uffdio_move))
+#define RGC_USERFAULTFD_IOC_NEW RGC_IOC(0, 0x00, 0)
+
+_Static_assert(sizeof(struct rgc_uffd_msg) == 32, "uffd_msg is 32 bytes");
+_Static_assert(RGC_UFFDIO_MOVE == 0xC028AA05UL, "UFFDIO_MOVE value");
+
+/* ---- PAGEMAP_SCAN (include/uapi/linux/fs.h, 6.7+) ---- */
+struct rgc_pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages,
+             category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+#define RGC_PAGEMAP_SCAN (((3UL) << 30) | ((unsigned long)sizeof(struct rgc_pm_scan_arg) << 16) | ('f' << 8) | 16)
+
+static inline int64_t rgc_result(long r) { return r < 0 ? -(int64_t)errno : (int64_t)r; }
+
+/* ---- the user-mode access guard ---- */
+/* volatile + compiler barriers: the compiler knows memcpy cannot read rgc_jump
+   and would otherwise drop the store as dead or move the access across it. */
+static __thread sigjmp_buf *volatile rgc_jump __attribute__((tls_model("initial-exec")));
+#define RGC_BARRIER() __asm__ __volatile__("" ::: "memory")
+static struct sigaction rgc_prev_segv, rgc_prev_bus;
+static int rgc_guard_ready;
+
+static void rgc_fault(int sig, siginfo_t *info, void *uctx)
+{
+    sigjmp_buf *jump = rgc_jump;
+    if (jump) {
+        rgc_jump = NULL;
+        siglongjmp(*jump, 1);
+    }
+    /* Not ours: behave as the previously installed disposition would. */
+    struct sigaction *prev = sig == SIGSEGV ? &rgc_prev_segv : &rgc_prev_bus;
+    if (prev->sa_flags & SA_SIGINFO) {
+        prev->sa_sigaction(sig, info, uctx);
+    } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+        prev->sa_handler(sig);
+    } else {
+        /* Restore the default action; returning re-executes the access and dies of it. */
+        signal(sig, SIG_DFL);
+    }
+}
+
+int64_t rgc_guard_install(void)
+{
+    if (__atomic_load_n(&rgc_guard_ready, __ATOMIC_ACQUIRE)) return 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = rgc_fault;
+    /* NODEFER: the signal stays unblocked, so leaving the handler by longjmp
+       needs no signal-mask restore (no syscall on the fast path). */
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &rgc_prev_segv) < 0) return -errno;
+    if (sigaction(SIGBUS, &sa, &rgc_prev_bus) < 0) return -errno;
+    __atomic_store_n(&rgc_guard_ready, 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+#define GUARDED_BEGIN                                   \
+    sigjmp_buf jump;                                    \
+    if (sigsetjmp(jump, 0)) { rgc_jump = NULL; return -EFAULT; } \
+    rgc_jump = &jump;                                   \
+    RGC_BARRIER();
+#define GUARDED_END RGC_BARRIER(); rgc_jump = NULL;
+
+/* ---- the mmap family ---- */
+int64_t rgc_mmap(uint64_t addr, uint64_t length, int prot, int flags)
+{
+    void *p = mmap((void *)addr, length, prot, flags, -1, 0);
+    return p == MAP_FAILED ? -(int64_t)errno : (int64_t)(uintptr_t)p;
+}
+int64_t rgc_munmap(uint64_t addr, uint64_t length) { return rgc_result(munmap((void *)addr, length)); }
+int64_t rgc_mremap(uint64_t old_addr, uint64_t old_len, uint64_t new_len, int flags, uint64_t new_addr)
+{
+    void *p = mremap((void *)old_addr, old_len, new_len, flags, (void *)new_addr);
+    return p == MAP_FAILED ? -(int64_t)errno : (int64_t)(uintptr_t)p;
+}
+int64_t rgc_mprotect(uint64_t addr, uint64_t length, int prot) { return rgc_result(mprotect((void *)addr, length, prot)); }
+int64_t rgc_madvise(uint64_t addr, uint64_t length, int advice) { return rgc_result(madvise((void *)addr, length, advice)); }
+int64_t rgc_mlock(uint64_t addr, uint64_t length) { return rgc_result(mlock((void *)addr, length)); }
+int64_t rgc_mlock2(uint64_t addr, uint64_t length, unsigned int flags) { return rgc_result(syscall(__NR_mlock2, addr, length, flags)); }
+int64_t rgc_munlock(uint64_t addr, uint64_t length) { return rgc_result(munlock((void *)addr, length)); }
+
+/* ---- user-mode memory access (may fault, may sleep in a userfault) ---- */
+int64_t rgc_load(uint64_t addr, char *out, uint64_t length)
+{
+    GUARDED_BEGIN
+    memcpy(out, (const void *)addr, length);
+    GUARDED_END
+    return 0;
+}
+int64_t rgc_store(uint64_t addr, const char *data, uint64_t length)
+{
+    GUARDED_BEGIN
+    memcpy((void *)addr, data, length);
+    GUARDED_END
+    return 0;
+}
+int64_t rgc_memmove(uint64_t dst, uint64_t src, uint64_t length)
+{
+    GUARDED_BEGIN
+    memmove((void *)dst, (const void *)src, length);
+    GUARDED_END
+    return 0;
+}
+int64_t rgc_load_words(const uint64_t *addrs, uint64_t *out, uint64_t n, uint64_t *done)
+{
+    volatile uint64_t i = 0;
+    GUARDED_BEGIN
+    for (; i < n; i++) {
+        uint64_t w;
+        memcpy(&w, (const void *)addrs[i], sizeof w);
+        out[i] = w;
+        *done = i + 1;
+    }
+    GUARDED_END
+    return 0;
+}
+int64_t rgc_store_words(const uint64_t *addrs, const uint64_t *values, uint64_t n, uint64_t *done)
+{
+    volatile uint64_t i = 0;
+    GUARDED_BEGIN
+    for (; i < n; i++) {
+        uint64_t w = values[i];
+        memcpy((void *)addrs[i], &w, sizeof w);
+        *done = i + 1;
+    }
+    GUARDED_END
+    return 0;
+}
+
+/* ---- PAGEMAP_SCAN: regions as (start, end, categories) triples ---- */
+int64_t rgc_pagemap_scan(int fd, uint64_t start, uint64_t end, uint64_t category_mask,
+                         uint64_t return_mask, uint64_t *regions, uint64_t max_regions)
+{
+    struct rgc_pm_scan_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.size = sizeof arg;
+    arg.start = start;
+    arg.end = end;
+    arg.vec = (uint64_t)(uintptr_t)regions;
+    arg.vec_len = max_regions;
+    arg.category_mask = category_mask;
+    arg.return_mask = return_mask;
+    return rgc_result(ioctl(fd, RGC_PAGEMAP_SCAN, &arg));
+}
+
+/* ---- fork: a child that holds our pages copy-on-write and does nothing ---- */
+/* Raw clone(SIGCHLD): no atfork handlers, no Python in the child. The child
+   closes every descriptor except the read end of a pipe and blocks reading
+   it: it lives until SIGKILL, or until every write end is closed, which
+   happens when the parent process dies however it dies. */
+int64_t rgc_fork_sleeper(int *keepalive_fd)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0) return -errno;
+    long pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+    if (pid < 0) {
+        int err = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return -err;
+    }
+    if (pid == 0) {
+        int keep = fds[0];
+        if (keep > 0) syscall(__NR_close_range, 0, keep - 1, 0);
+        syscall(__NR_close_range, keep + 1, ~0U, 0);
+        char byte;
+        for (;;) {
+            long r = syscall(SYS_read, keep, &byte, 1);
+            if (r == 0 || (r < 0 && errno != EINTR)) syscall(SYS_exit_group, 0);
+        }
+    }
+    close(fds[0]);
+    *keepalive_fd = fds[1];
+    return pid;
+}
+
+int64_t rgc_kill_reap(int64_t pid)
+{
+    if (pid <= 0) return -EINVAL;
+    if (kill((pid_t)pid, SIGKILL) < 0 && errno != ESRCH) return -errno;
+    for (;;) {
+        pid_t r = waitpid((pid_t)pid, NULL, 0);
+        if (r == (pid_t)pid) return 0;
+        if (r < 0 && errno != EINTR) return -errno;
+    }
+}
+
+/* ---- userfaultfd ---- */
+int64_t rgc_userfaultfd_syscall(int flags) { return rgc_result(syscall(__NR_userfaultfd, flags)); }
+
+int64_t rgc_userfaultfd_dev(int flags)
+{
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev < 0) return -errno;
+    int fd = ioctl(dev, RGC_USERFAULTFD_IOC_NEW, flags);
+    int err = errno;
+    close(dev);
+    return fd < 0 ? -err : fd;
+}
+
+int64_t rgc_uffd_api(int fd, uint64_t features, uint64_t *features_out, uint64_t *ioctls_out)
+{
+    struct rgc_uffdio_api api = { RGC_UFFD_API, features, 0 };
+    int r = ioctl(fd, RGC_UFFDIO_API, &api);
+    *features_out = api.features;
+    *ioctls_out = api.ioctls;
+    return rgc_result(r);
+}
+
+int64_t rgc_uffd_register(int fd, uint64_t start, uint64_t length, uint64_t mode, uint64_t *ioctls_out)
+{
+    struct rgc_uffdio_register reg = { { start, length }, mode, 0 };
+    int r = ioctl(fd, RGC_UFFDIO_REGISTER, &reg);
+    *ioctls_out = reg.ioctls;
+    return rgc_result(r);
+}
+
+int64_t rgc_uffd_unregister(int fd, uint64_t start, uint64_t length)
+{
+    struct rgc_uffdio_range range = { start, length };
+    return rgc_result(ioctl(fd, RGC_UFFDIO_UNREGISTER, &range));
+}
+
+int64_t rgc_uffd_wake(int fd, uint64_t start, uint64_t length)
+{
+    struct rgc_uffdio_range range = { start, length };
+    return rgc_result(ioctl(fd, RGC_UFFDIO_WAKE, &range));
+}
+
+/* The output field starts at 0 so that "not written by the kernel" reads as no progress. */
+int64_t rgc_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *moved)
+{
+    struct rgc_uffdio_move mv = { dst, src, length, mode, 0 };
+    int r = ioctl(fd, RGC_UFFDIO_MOVE, &mv);
+    *moved = mv.move;
+    return rgc_result(r);
+}
+
+int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *copied)
+{
+    struct rgc_uffdio_copy cp = { dst, src, length, mode, 0 };
+    int r = ioctl(fd, RGC_UFFDIO_COPY, &cp);
+    *copied = cp.copy;
+    return rgc_result(r);
+}
+
+int64_t rgc_uffd_zeropage(int fd, uint64_t dst, uint64_t length, uint64_t mode, int64_t *zeroed)
+{
+    struct rgc_uffdio_zeropage zp = { { dst, length }, mode, 0 };
+    int r = ioctl(fd, RGC_UFFDIO_ZEROPAGE, &zp);
+    *zeroed = zp.zeropage;
+    return rgc_result(r);
+}
+
+/* Waits up to timeout_ms (-1: forever) for the fd to become readable, then
+   reads every queued message without blocking. events receives
+   (event, flags, address) triples; returns how many messages were read. */
+int64_t rgc_uffd_read_events(int fd, int timeout_ms, uint64_t *events, uint64_t max_events)
+{
+    struct pollfd pfd = { fd, POLLIN, 0 };
+    int r = poll(&pfd, 1, timeout_ms);
+    if (r < 0) return -errno;
+    if (r == 0) return 0;
+    if (pfd.revents & POLLNVAL) return -EBADF;
+    if (pfd.revents & POLLERR) return -EIO;
+    struct rgc_uffd_msg msgs[64];
+    uint64_t n = 0;
+    while (n < max_events) {
+        uint64_t want = max_events - n;
+        if (want > 64) want = 64;
+        ssize_t got = read(fd, msgs, want * sizeof msgs[0]);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EINTR) break;
+            return n ? (int64_t)n : -errno;
+        }
+        if (got == 0) break;
+        for (ssize_t i = 0; i < got / (ssize_t)sizeof msgs[0]; i++, n++) {
+            events[3 * n] = msgs[i].event;
+            events[3 * n + 1] = msgs[i].flags;
+            events[3 * n + 2] = msgs[i].address;
+        }
+        if ((uint64_t)got < want * sizeof msgs[0]) break;
+    }
+    return (int64_t)n;
+}
+
+int64_t rgc_close(int fd) { return rgc_result(close(fd)); }
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("uffd_backend._native", C_SOURCE, extra_compile_args=["-O2", "-Wall"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,623 @@
+"""LinuxKernel: the Kernel protocol (heap/kernel.py) on the real Linux kernel.
+
+Each method is one system call (or one ioctl) made by the compiled wrappers in
+``uffd_backend._native``; cffi releases the GIL around every one of them, so a
+thread that sleeps in a userfault never blocks the Python thread that would
+resolve it. Arguments are checked in Python only where a bad value could hurt
+the process (sizes of buffers we allocate, the types cffi would reject with a
+TypeError); everything the kernel itself validates is left to the kernel so
+that its errno is what the caller sees.
+"""
+
+from __future__ import annotations
+
+import errno
+import operator
+import os
+import threading
+import weakref
+
+import numpy as np
+import structlog
+
+from heap.kernel import (
+    HPAGE_SIZE,
+    MLOCK_ONFAULT,
+    MREMAP_DONTUNMAP,
+    MREMAP_FIXED,
+    MREMAP_MAYMOVE,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+    UFFD_API,
+    UFFD_EVENT_PAGEFAULT,
+    UFFD_FEATURE_MOVE,
+    UFFD_PAGEFAULT_FLAG_WRITE,
+    UFFD_USER_MODE_ONLY,
+    UFFDIO_REGISTER_MODE_MISSING,
+    FaultEvent,
+    KernelUnsupported,
+    PageInfo,
+    UffdError,
+)
+
+from ._native import ffi, lib
+
+log = structlog.get_logger("remapgc.linux")
+
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+MAP_FIXED_NOREPLACE = 0x100000
+O_CLOEXEC = 0o2000000
+O_NONBLOCK = 0o4000
+
+U64_MAX = (1 << 64) - 1
+# The largest single load() we allocate a buffer for; larger reads are a caller bug.
+MAX_LOAD = 1 << 34
+
+# /proc/self/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst)
+PM_PFN_MASK = (1 << 55) - 1
+PM_EXCLUSIVE = 1 << 56
+PM_FILE_OR_SHARED_ANON = 1 << 61
+PM_SWAPPED = 1 << 62
+PM_PRESENT = 1 << 63
+# /proc/kpageflags bits
+KPF_THP = 1 << 22
+KPF_ZERO_PAGE = 1 << 24
+# PAGEMAP_SCAN categories
+PAGE_IS_PRESENT = 1 << 3
+PAGE_IS_HUGE = 1 << 6
+
+
+# --- argument checks ----------------------------------------------------------
+def _u64(value, name: str) -> int:
+    """An int in [0, 2**64): what cffi can pass as uint64_t without raising."""
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if not 0 <= value <= U64_MAX:
+        raise ValueError(f"{name}={value} is out of range: must be in [0, 2**64)")
+    return value
+
+
+def _int32(value, name: str) -> int:
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if not -(1 << 31) <= value < (1 << 31):
+        raise ValueError(f"{name}={value} is out of range for a C int")
+    return value
+
+
+def _u64_array(values, name: str) -> np.ndarray:
+    """A contiguous 1-D uint64 array of ``values`` (int64 is taken bit for bit)."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.empty(0, dtype=np.uint64)
+    if arr.dtype == np.uint64:
+        pass
+    elif arr.dtype == np.int64:
+        arr = arr.view(np.uint64)
+    elif arr.dtype.kind in "iu":
+        if arr.dtype.kind == "i" and (arr < 0).any():
+            raise ValueError(f"{name} holds negative values")
+        arr = arr.astype(np.uint64)
+    elif arr.dtype == object:
+        try:
+            arr = np.array([_u64(v, name) for v in arr], dtype=np.uint64)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+    else:
+        raise ValueError(f"{name} must hold integers, not {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
+def _raise_os(ret: int, call: str) -> None:
+    err = -ret
+    raise OSError(err, f"{os.strerror(err)} ({call})")
+
+
+def _check(ret: int, call: str) -> int:
+    if ret < 0:
+        _raise_os(ret, call)
+    return ret
+
+
+# --- fork --------------------------------------------------------------------
+def _reap(pid: int, keepalive_fd: int) -> None:
+    """Kill and reap one child (idempotent per Child through weakref.finalize)."""
+    lib.rgc_kill_reap(pid)
+    try:
+        os.close(keepalive_fd)
+    except OSError:
+        pass
+
+
+class LinuxChild:
+    """A forked copy of this process that only sleeps, holding our pages COW.
+
+    The child runs no Python code: it is cloned in C, closes every descriptor
+    but a keep-alive pipe and blocks reading it. ``exit()`` kills and reaps it;
+    so does garbage collection of this object and interpreter exit, and if this
+    process dies the pipe closes and the child exits by itself.
+    """
+
+    def __init__(self, pid: int, keepalive_fd: int):
+        self.pid = pid
+        self._finalizer = weakref.finalize(self, _reap, pid, keepalive_fd)
+
+    @property
+    def alive(self) -> bool:
+        return self._finalizer.alive
+
+    def exit(self) -> None:
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        return f"LinuxChild(pid={self.pid}, {'alive' if self.alive else 'reaped'})"
+
+
+# --- userfaultfd -----------------------------------------------------------
+def _close_fd(fd: int) -> None:
+    lib.rgc_close(fd)
+
+
+class LinuxUffd:
+    """One userfaultfd context: its descriptor and the ioctls on it."""
+
+    def __init__(self, fd: int, features: int, ioctls: int, via: str, user_mode_only: bool):
+        self.fd = fd
+        self.features = features  # what UFFDIO_API reported back: everything this kernel offers
+        self.api_ioctls = ioctls
+        self.via = via  # "syscall" or "/dev/userfaultfd"
+        self.user_mode_only = user_mode_only
+        self._closer = weakref.finalize(self, _close_fd, fd)
+        self._out = threading.local()
+
+    @property
+    def closed(self) -> bool:
+        return not self._closer.alive
+
+    def _fd(self) -> int:
+        if self.closed:
+            raise OSError(errno.EBADF, "the userfaultfd is closed")
+        return self.fd
+
+    def _cell(self, ctype: str):
+        # One output cell per thread and type: the ioctls run concurrently without the GIL.
+        cells = self._out.__dict__
+        cell = cells.get(ctype)
+        if cell is None:
+            cell = cells[ctype] = ffi.new(ctype + " *")
+        return cell
+
+    def register(self, addr: int, length: int, mode: int = UFFDIO_REGISTER_MODE_MISSING) -> int:
+        addr, length, mode = _u64(addr, "addr"), _u64(length, "length"), _u64(mode, "mode")
+        out = self._cell("uint64_t")
+        _check(lib.rgc_uffd_register(self._fd(), addr, length, mode, out), f"UFFDIO_REGISTER {addr:#x}+{length:#x}")
+        return int(out[0])
+
+    def unregister(self, addr: int, length: int) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        _check(lib.rgc_uffd_unregister(self._fd(), addr, length), f"UFFDIO_UNREGISTER {addr:#x}+{length:#x}")
+
+    def wake(self, addr: int, length: int) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        _check(lib.rgc_uffd_wake(self._fd(), addr, length), f"UFFDIO_WAKE {addr:#x}+{length:#x}")
+
+    @staticmethod
+    def _done(ret: int, field: int, length: int, call: str) -> int:
+        # The kernel stores progress (> 0) or -errno in the struct's output
+        # field; a positive value with a failed ioctl is a partial operation
+        # (always EAGAIN), anything else means nothing was done.
+        if ret == 0:
+            return length
+        err = -ret
+        moved = field if field > 0 else 0
+        raise UffdError(err, f"{os.strerror(err)} ({call})", moved=moved)
+
+    def move(self, dst: int, src: int, length: int, mode: int = 0) -> int:
+        dst, src = _u64(dst, "dst"), _u64(src, "src")
+        length, mode = _u64(length, "length"), _u64(mode, "mode")
+        out = self._cell("int64_t")
+        ret = lib.rgc_uffd_move(self._fd(), dst, src, length, mode, out)
+        return self._done(ret, int(out[0]), length, f"UFFDIO_MOVE {src:#x} -> {dst:#x} +{length:#x}")
+
+    def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
+        dst, src = _u64(dst, "dst"), _u64(src, "src")
+        length, mode = _u64(length, "length"), _u64(mode, "mode")
+        out = self._cell("int64_t")
+        ret = lib.rgc_uffd_copy(self._fd(), dst, src, length, mode, out)
+        return self._done(ret, int(out[0]), length, f"UFFDIO_COPY {src:#x} -> {dst:#x} +{length:#x}")
+
+    def zeropage(self, dst: int, length: int, mode: int = 0) -> int:
+        dst, length, mode = _u64(dst, "dst"), _u64(length, "length"), _u64(mode, "mode")
+        out = self._cell("int64_t")
+        ret = lib.rgc_uffd_zeropage(self._fd(), dst, length, mode, out)
+        return self._done(ret, int(out[0]), length, f"UFFDIO_ZEROPAGE {dst:#x} +{length:#x}")
+
+    def read_events(self, timeout: float | None = 0) -> list[FaultEvent]:
+        """Every queued fault; waits up to ``timeout`` seconds (None: forever) for the first."""
+        import time
+
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+            if not timeout >= 0:  # also rejects NaN
+                raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self._fd()
+        events = self._cell_events()
+        while True:
+            if deadline is None:
+                wait_ms = 1000  # slices, so that signals (Ctrl-C) are seen between them
+            else:
+                left = deadline - time.monotonic()
+                wait_ms = max(0, min(1000, int(left * 1000 + 0.999)))
+            n = lib.rgc_uffd_read_events(fd, wait_ms, events, 256)
+            if n == -errno.EINTR:
+                n = 0
+            _check(n, "read(userfaultfd)")
+            if n:
+                return self._decode(events, n)
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+            if self.closed:
+                raise OSError(errno.EBADF, "the userfaultfd was closed while waiting")
+
+    def _cell_events(self):
+        cells = self._out.__dict__
+        buf = cells.get("events")
+        if buf is None:
+            buf = cells["events"] = ffi.new("uint64_t[]", 3 * 256)
+        return buf
+
+    @staticmethod
+    def _decode(events, n: int) -> list[FaultEvent]:
+        raw = np.frombuffer(ffi.buffer(events, 3 * 8 * n), dtype=np.uint64).reshape(n, 3)
+        out = []
+        for kind, flags, address in raw.tolist():
+            if kind != UFFD_EVENT_PAGEFAULT:
+                log.debug("uffd_event_ignored", event=kind)
+                continue
+            out.append(FaultEvent(address=address & ~(PAGE_SIZE - 1), write=bool(flags & UFFD_PAGEFAULT_FLAG_WRITE)))
+        return out
+
+    def close(self) -> None:
+        self._closer()
+
+    def __enter__(self) -> "LinuxUffd":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self.fd}"
+        return f"LinuxUffd({state}, via={self.via}, features={self.features:#x})"
+
+
+def open_userfaultfd(features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool = True) -> LinuxUffd:
+    """A userfaultfd context with UFFDIO_API done, or KernelUnsupported saying why not.
+
+    The userfaultfd(2) syscall first; if it is refused (EPERM: not privileged
+    and vm.unprivileged_userfaultfd=0; ENOSYS), /dev/userfaultfd and its
+    USERFAULTFD_IOC_NEW ioctl.
+    """
+    features = _u64(features, "features")
+    flags = O_CLOEXEC | O_NONBLOCK | (UFFD_USER_MODE_ONLY if user_mode_only else 0)
+    fd = lib.rgc_userfaultfd_syscall(flags)
+    via = "syscall"
+    if fd < 0:
+        syscall_err = -fd
+        fd = lib.rgc_userfaultfd_dev(flags)
+        via = "/dev/userfaultfd"
+        if fd < 0:
+            raise KernelUnsupported(
+                f"userfaultfd is refused: the syscall failed with {errno.errorcode.get(syscall_err, syscall_err)} "
+                f"({os.strerror(syscall_err)}) and /dev/userfaultfd failed with "
+                f"{errno.errorcode.get(-fd, -fd)} ({os.strerror(-fd)}); "
+                "allow it with sysctl vm.unprivileged_userfaultfd=1, read/write access to /dev/userfaultfd, "
+                "or CAP_SYS_PTRACE")
+    out_features, out_ioctls = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    ret = lib.rgc_uffd_api(fd, features, out_features, out_ioctls)
+    if ret < 0:
+        lib.rgc_close(fd)
+        raise KernelUnsupported(_api_refusal(-ret, features, flags, via))
+    uffd = LinuxUffd(fd, int(out_features[0]), int(out_ioctls[0]), via, user_mode_only)
+    log.debug("uffd_opened", fd=fd, via=via, features=hex(uffd.features), user_mode_only=user_mode_only)
+    return uffd
+
+
+def _api_refusal(err: int, features: int, flags: int, via: str) -> str:
+    """Why UFFDIO_API refused ``features``, asking the kernel what it does offer."""
+    offered = None
+    probe = lib.rgc_userfaultfd_syscall(flags) if via == "syscall" else lib.rgc_userfaultfd_dev(flags)
+    if probe >= 0:
+        out_features, out_ioctls = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        if lib.rgc_uffd_api(probe, 0, out_features, out_ioctls) == 0:
+            offered = int(out_features[0])
+        lib.rgc_close(probe)
+    if err == errno.EINVAL and offered is not None and features & ~offered:
+        missing = features & ~offered
+        hint = "; UFFD_FEATURE_MOVE needs Linux >= 6.8" if missing & UFFD_FEATURE_MOVE else ""
+        return (f"the kernel does not offer the userfaultfd features {missing:#x} "
+                f"(it offers {offered:#x}){hint}")
+    return f"UFFDIO_API failed with {errno.errorcode.get(err, err)} ({os.strerror(err)}) for features {features:#x}"
+
+
+# --- the kernel ---------------------------------------------------------------
+class LinuxKernel:
+    """The Kernel protocol on this process's own address space."""
+
+    name = "linux"
+
+    def __init__(self):
+        if os.uname().sysname != "Linux":
+            raise KernelUnsupported(f"not Linux ({os.uname().sysname})")
+        self.page_size = os.sysconf("SC_PAGE_SIZE")
+        self.hpage_size = _pmd_size()
+        _check(lib.rgc_guard_install(), "sigaction(SIGSEGV/SIGBUS)")
+        self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._kpageflags = os.open("/proc/kpageflags", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._kpageflags = -1  # unprivileged: no page flags (and no PFNs in pagemap)
+        self._children: weakref.WeakSet[LinuxChild] = weakref.WeakSet()
+        self._scan = ffi.new("uint64_t[]", 3 * 4)
+        self._scan_lock = threading.Lock()
+        self._closer = weakref.finalize(self, _close_kernel, self._pagemap, self._kpageflags, self._children)
+        self._raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
+
+    def close(self) -> None:
+        """Reap forked children and close the /proc descriptors (also done on garbage collection)."""
+        self._closer()
+
+    # -- the mmap family ---------------------------------------------------------
+    def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, *,
+             shared: bool = False, align: int = 0, at: int | None = None) -> int:
+        length = _u64(length, "length")
+        prot = _int32(prot, "prot")
+        align = _u64(align, "align")
+        flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE)
+        if align and (align & (align - 1) or align % self.page_size):
+            raise ValueError(f"align={align:#x} must be a power of two and a multiple of the page size")
+        if at is not None:
+            at = _u64(at, "at")
+            if align and at % align:
+                raise ValueError(f"at={at:#x} is not a multiple of align={align:#x}")
+            addr = _check(lib.rgc_mmap(at, length, prot, flags | MAP_FIXED_NOREPLACE), f"mmap at {at:#x}")
+            if addr != at:  # a kernel older than 4.17 treats the flag as a hint
+                lib.rgc_munmap(addr, length)
+                raise OSError(errno.EEXIST, f"{os.strerror(errno.EEXIST)} (mmap at {at:#x})")
+            return addr
+        if align <= self.page_size or length == 0:
+            return _check(lib.rgc_mmap(0, length, prot, flags), f"mmap {length:#x}")
+        return self._mmap_aligned(length, prot, flags, align)
+
+    def _mmap_aligned(self, length: int, prot: int, flags: int, align: int) -> int:
+        # Over-map by the alignment, then trim both ends: one extra VMA op, no races.
+        span = length + align
+        if span > U64_MAX:
+            raise OSError(errno.ENOMEM, f"{os.strerror(errno.ENOMEM)} (mmap {length:#x} aligned {align:#x})")
+        base = _check(lib.rgc_mmap(0, span, prot, flags), f"mmap {length:#x} aligned {align:#x}")
+        start = (base + align - 1) & ~(align - 1)
+        rounded = (length + self.page_size - 1) & ~(self.page_size - 1)
+        if start > base:
+            lib.rgc_munmap(base, start - base)
+        tail = base + span - (start + rounded)
+        if tail > 0:
+            lib.rgc_munmap(start + rounded, tail)
+        return start
+
+    def munmap(self, addr: int, length: int) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        _check(lib.rgc_munmap(addr, length), f"munmap {addr:#x}+{length:#x}")
+
+    def mremap(self, old_addr: int, length: int, new_addr: int, *, dontunmap: bool = False) -> int:
+        old_addr, length, new_addr = _u64(old_addr, "old_addr"), _u64(length, "length"), _u64(new_addr, "new_addr")
+        flags = MREMAP_MAYMOVE | MREMAP_FIXED | (MREMAP_DONTUNMAP if dontunmap else 0)
+        return _check(lib.rgc_mremap(old_addr, length, length, flags, new_addr),
+                      f"mremap {old_addr:#x}+{length:#x} -> {new_addr:#x}")
+
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        addr, length, prot = _u64(addr, "addr"), _u64(length, "length"), _int32(prot, "prot")
+        _check(lib.rgc_mprotect(addr, length, prot), f"mprotect {addr:#x}+{length:#x} {prot:#x}")
+
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        addr, length, advice = _u64(addr, "addr"), _u64(length, "length"), _int32(advice, "advice")
+        _check(lib.rgc_madvise(addr, length, advice), f"madvise {addr:#x}+{length:#x} {advice}")
+
+    def mlock(self, addr: int, length: int, *, onfault: bool = False) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        if onfault:
+            _check(lib.rgc_mlock2(addr, length, MLOCK_ONFAULT), f"mlock2(ONFAULT) {addr:#x}+{length:#x}")
+        else:
+            _check(lib.rgc_mlock(addr, length), f"mlock {addr:#x}+{length:#x}")
+
+    def munlock(self, addr: int, length: int) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        _check(lib.rgc_munlock(addr, length), f"munlock {addr:#x}+{length:#x}")
+
+    # -- user-mode memory access ----------------------------------------------------
+    @staticmethod
+    def _range(addr: int, length: int) -> tuple[int, int]:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        if addr + length > U64_MAX + 1:
+            raise OSError(errno.EFAULT, f"{os.strerror(errno.EFAULT)} ({addr:#x}+{length:#x} wraps around)")
+        return addr, length
+
+    def load(self, addr: int, length: int) -> bytes:
+        addr, length = self._range(addr, length)
+        if length == 0:
+            return b""
+        if length > MAX_LOAD:
+            raise ValueError(f"length={length:#x} is larger than one load may read ({MAX_LOAD:#x})")
+        buf = self._raw_alloc("char[]", length)
+        _check(lib.rgc_load(addr, buf, length), f"load {addr:#x}+{length:#x}")
+        return ffi.buffer(buf, length)[:]
+
+    def store(self, addr: int, data) -> None:
+        try:
+            view = ffi.from_buffer(data)
+        except TypeError:
+            raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
+        addr, length = self._range(addr, len(view))
+        if length:
+            _check(lib.rgc_store(addr, view, length), f"store {addr:#x}+{length:#x}")
+
+    def load_words(self, addrs) -> np.ndarray:
+        addrs = _u64_array(addrs, "addrs")
+        out = np.empty(addrs.size, dtype=np.uint64)
+        if addrs.size:
+            done = ffi.new("uint64_t *")
+            ret = lib.rgc_load_words(ffi.from_buffer("uint64_t[]", addrs), ffi.from_buffer("uint64_t[]", out),
+                                     addrs.size, done)
+            if ret < 0:
+                _raise_os(ret, f"load_words at addrs[{done[0]}]={int(addrs[done[0]]):#x}")
+        return out
+
+    def store_words(self, addrs, values) -> None:
+        addrs = _u64_array(addrs, "addrs")
+        values = _u64_array(values, "values")
+        if addrs.size != values.size:
+            raise ValueError(f"{addrs.size} addresses but {values.size} values")
+        if addrs.size:
+            done = ffi.new("uint64_t *")
+            ret = lib.rgc_store_words(ffi.from_buffer("uint64_t[]", addrs), ffi.from_buffer("uint64_t[]", values),
+                                      addrs.size, done)
+            if ret < 0:
+                _raise_os(ret, f"store_words at addrs[{done[0]}]={int(addrs[done[0]]):#x} "
+                               f"({done[0]} words written before it)")
+
+    def memmove(self, dst: int, src: int, length: int) -> None:
+        dst, length = self._range(dst, length)
+        src, _ = self._range(src, length)
+        if length:
+            _check(lib.rgc_memmove(dst, src, length), f"memmove {src:#x} -> {dst:#x} +{length:#x}")
+
+    # -- introspection ----------------------------------------------------------------
+    def _pagemap_entries(self, addr: int, npages: int) -> np.ndarray:
+        first = addr // self.page_size
+        want = 8 * npages
+        raw = os.pread(self._pagemap, want, 8 * first) if npages else b""
+        entries = np.zeros(npages, dtype=np.uint64)
+        got = len(raw) // 8
+        entries[:got] = np.frombuffer(raw, dtype=np.uint64, count=got)
+        return entries
+
+    def _kflags(self, pfn: int) -> int:
+        if self._kpageflags < 0 or pfn == 0:
+            return 0
+        raw = os.pread(self._kpageflags, 8, 8 * pfn)
+        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
+
+    def _pmd_mapped(self, addr: int) -> bool:
+        page = addr & ~(self.page_size - 1)
+        with self._scan_lock:
+            n = lib.rgc_pagemap_scan(self._pagemap, page, page + self.page_size, PAGE_IS_HUGE,
+                                     PAGE_IS_HUGE, self._scan, 4)
+        if n < 0:
+            return False  # no PAGEMAP_SCAN (Linux < 6.7): report not huge rather than guess
+        return n > 0
+
+    def page_info(self, addr: int) -> PageInfo:
+        addr = _u64(addr, "addr")
+        entry = int(self._pagemap_entries(addr, 1)[0])
+        if not entry & PM_PRESENT:
+            if entry & PM_SWAPPED:
+                return PageInfo(state="present", frame=None, exclusive=bool(entry & PM_EXCLUSIVE), huge=False)
+            return PageInfo(state="none", frame=None, exclusive=False, huge=False)
+        pfn = entry & PM_PFN_MASK
+        kflags = self._kflags(pfn)
+        if kflags & KPF_ZERO_PAGE:
+            state = "zero"
+        elif kflags & KPF_THP:
+            state = "thp"
+        else:
+            state = "present"
+        return PageInfo(state=state, frame=pfn or None, exclusive=bool(entry & PM_EXCLUSIVE),
+                        huge=self._pmd_mapped(addr))
+
+    def page_frames(self, addr: int, npages: int) -> np.ndarray:
+        addr, npages = _u64(addr, "addr"), _u64(npages, "npages")
+        if npages > (1 << 36):
+            raise ValueError(f"npages={npages} is too many")
+        entries = self._pagemap_entries(addr, npages)
+        present = (entries & np.uint64(PM_PRESENT)) != 0
+        pfns = (entries & np.uint64(PM_PFN_MASK)).astype(np.int64)
+        return np.where(present & (pfns != 0), pfns, np.int64(-1))
+
+    def resident_bytes(self, addr: int, length: int) -> int:
+        """Bytes backed by a private frame: present pages that are not the (huge) zero page."""
+        addr, length = self._range(addr, length)
+        first = addr // self.page_size
+        last = (addr + length + self.page_size - 1) // self.page_size
+        entries = self._pagemap_entries(first * self.page_size, last - first)
+        present = (entries & np.uint64(PM_PRESENT)) != 0
+        # Exclusive pages are private frames for sure; only shared ones (the
+        # zero page, or pages COW-shared with a child) need their flags read.
+        shared = present & ((entries & np.uint64(PM_EXCLUSIVE)) == 0)
+        resident = int(present.sum())
+        if shared.any():
+            pfns = (entries[shared] & np.uint64(PM_PFN_MASK)).astype(np.int64)
+            zero = self._zero_pfns(pfns)
+            resident -= int(np.isin(pfns, zero).sum()) if zero.size else 0
+        return resident * self.page_size
+
+    def _zero_pfns(self, pfns: np.ndarray) -> np.ndarray:
+        """The subset of ``pfns`` that are the zero page or part of the huge zero page."""
+        unique = np.unique(pfns[pfns > 0])
+        if unique.size == 0 or self._kpageflags < 0:
+            return np.empty(0, dtype=np.int64)
+        # Read /proc/kpageflags once per run of consecutive frames.
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        zero = []
+        for run in np.split(unique, breaks):
+            raw = os.pread(self._kpageflags, 8 * run.size, 8 * int(run[0]))
+            flags = np.frombuffer(raw, dtype=np.uint64, count=len(raw) // 8)
+            hit = (flags & np.uint64(KPF_ZERO_PAGE)) != 0
+            zero.append(run[: flags.size][hit])
+        return np.concatenate(zero)
+
+    # -- processes and userfaultfd --------------------------------------------------
+    def fork(self) -> LinuxChild:
+        keepalive = ffi.new("int *")
+        pid = _check(lib.rgc_fork_sleeper(keepalive), "fork")
+        child = LinuxChild(pid, keepalive[0])
+        self._children.add(child)
+        log.debug("child_forked", pid=pid)
+        return child
+
+    def userfaultfd(self, features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool = True) -> LinuxUffd:
+        return open_userfaultfd(features, user_mode_only=user_mode_only)
+
+    def __repr__(self) -> str:
+        return f"LinuxKernel(page_size={self.page_size}, hpage_size={self.hpage_size})"
+
+
+def _close_kernel(pagemap: int, kpageflags: int, children) -> None:
+    for child in list(children):
+        child.exit()
+    for fd in (pagemap, kpageflags):
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _pmd_size() -> int:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return HPAGE_SIZE
+
+
+assert UFFD_API == 0xAA
