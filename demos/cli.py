@@ -2,19 +2,27 @@
 
 The library never configures logging; this is the one place that does
 (human console output by default, JSON lines with ``--json``).
+
+``remapgc demo NAME`` runs one workload from ``demos.registry`` on the chosen
+backend and ends with a one-screen summary; it exits 1 when an integrity
+check failed, 2 on a usage error. With ``--json`` the summary goes to stdout
+as one JSON document and everything meant for people goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 import structlog
 
 
-def configure_logging(json_output: bool, verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
+def configure_logging(json_output: bool, verbose: bool = False, level: int | None = None) -> None:
+    if level is None:
+        level = logging.DEBUG if verbose else logging.INFO
     renderer = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
@@ -39,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check whether this machine can run the real-kernel backend, and why not")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
     doctor.set_defaults(run=run_doctor)
+
+    add_demo_parser(sub)
     return parser
 
 
@@ -48,13 +58,102 @@ def run_doctor(args: argparse.Namespace) -> int:
     return doctor_main(json_output=args.json)
 
 
+# --- remapgc demo ----------------------------------------------------------------
+BACKEND_CHOICES = ("auto", "linux", "sim")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_demo_parser(sub) -> None:
+    from demos.common import SIZES
+
+    demo = sub.add_parser("demo", help="run a compaction workload and check its integrity (--list to see them)")
+    demo.add_argument("name", nargs="?", help="which demo (see --list)")
+    demo.add_argument("--list", action="store_true", help="list the demos with a one-line description")
+    demo.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                      help="auto: the real kernel when UFFDIO_MOVE works here, else the simulator (default)")
+    demo.add_argument("--size", choices=SIZES, default="medium",
+                      help="workload size; small runs in seconds (tests, CI) (default: medium)")
+    demo.add_argument("--seed", type=int, default=1, help="random seed of the workload (default: 1)")
+    demo.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    demo.add_argument("--plot", type=Path, metavar="PATH", help="write the demo's picture (PNG) there")
+    demo.set_defaults(run=run_demo)
+
+
+def list_demos(console) -> int:
+    from rich.table import Table
+
+    from demos.registry import DEMOS
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for spec in DEMOS.values():
+        table.add_row(spec.name, spec.description)
+    console.print(table)
+    return EXIT_OK
+
+
+def resolve_backend(requested: str, console) -> tuple[str, str] | None:
+    """The backend name to run on and why; None (after saying why) if impossible."""
+    from heap.kernel import KernelUnsupported, choose_auto, open_kernel, probe_move
+
+    if requested == "sim":
+        return "sim", "requested with --backend sim"
+    if requested == "linux":
+        try:
+            probe_move(open_kernel("linux"))
+        except KernelUnsupported as exc:
+            console.print(f"[bold red]the Linux backend is unavailable here: {exc} (run `remapgc doctor`)")
+            return None
+        return "linux", "requested with --backend linux"
+    kernel, reason = choose_auto()
+    if kernel.name != "linux":
+        console.print(f"[yellow]{reason}")
+    return kernel.name, reason
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from demos.common import DemoContext, render_report, report_json
+    from demos.registry import DEMOS
+
+    # With --json, stdout carries only the JSON document.
+    console = Console(stderr=args.json)
+    if args.list:
+        return list_demos(Console())
+    if args.name is None:
+        console.print("[red]which demo? `remapgc demo --list` shows them")
+        return EXIT_USAGE
+    spec = DEMOS.get(args.name)
+    if spec is None:
+        console.print(f"[red]no demo called {args.name!r}; `remapgc demo --list` shows them")
+        return EXIT_USAGE
+    resolved = resolve_backend(args.backend, console)
+    if resolved is None:
+        return EXIT_FAILED
+    backend, note = resolved
+    if args.plot is not None:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+    ctx = DemoContext(backend=backend, backend_note=note, size=args.size, seed=args.seed,
+                      plot=args.plot, console=console)
+    report = spec.runner()(ctx)
+    render_report(console, report, ctx)
+    if args.json:
+        print(json.dumps(report_json(report, ctx), indent=2))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    configure_logging(json_output=getattr(args, "json", False), verbose=args.verbose)
+    # A demo runs many collections: their per-phase events are shown only with -v.
+    demo_level = logging.INFO if args.verbose else logging.WARNING
+    configure_logging(json_output=getattr(args, "json", False), verbose=args.verbose,
+                      level=demo_level if args.command == "demo" else None)
     return args.run(args)
 
 

@@ -1,0 +1,124 @@
+"""How Lisp values are laid out as heap objects.
+
+Every Lisp value except the empty list is a heap object reached through a
+``Ref``; the empty list (also "false") is ``None``, which is exactly what an
+empty reference slot reads as. The first payload byte of every object is its
+type tag; every object has at least 8 payload bytes, so ``read(8)`` always
+fetches the tag and, for closures and builtins, the code number too.
+
+    tag       payload (little endian)                  reference slots
+    FIXNUM    tag, 7 pad, i64 value                    —
+    CONS      tag                                      car, cdr
+    SYMBOL    tag, 3 pad, u32 length, utf-8 name       —
+    STRING    tag, 3 pad, u32 length, utf-8 text       —
+    CLOSURE   tag, 3 pad, u32 code number              defining environment
+    BUILTIN   tag, 3 pad, u32 builtin number           —
+    FRAME     tag                                      parent frame, then one per variable
+    TABLE     tag                                      one per entry (the globals)
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+
+class Tag(IntEnum):
+    FIXNUM = 1
+    CONS = 2
+    SYMBOL = 3
+    STRING = 4
+    CLOSURE = 5
+    BUILTIN = 6
+    FRAME = 7
+    TABLE = 8
+
+
+WORD = struct.Struct("<BxxxI")  # tag, u32
+FIXNUM = struct.Struct("<Bxxxxxxxq")  # tag, i64
+INT64 = struct.Struct("<q")
+HEADER_BYTES = 8
+
+
+class LispMemory:
+    """Allocates and reads Lisp values in a remapgc Heap.
+
+    Every argument that is a ``Ref`` is a root while the call runs, so an
+    allocation here may collect (and move everything) without harm.
+    """
+
+    def __init__(self, heap):
+        self.heap = heap
+        self.allocations = 0
+
+    def _new(self, tag: Tag, nbytes: int, nrefs: int = 0, word: int = 0):
+        self.allocations += 1
+        obj = self.heap.alloc(nbytes=nbytes, nrefs=nrefs)
+        obj.write(WORD.pack(tag, word))
+        return obj
+
+    # -- constructors -----------------------------------------------------------
+    def fixnum(self, value: int):
+        self.allocations += 1
+        obj = self.heap.alloc(nbytes=FIXNUM.size, nrefs=0)
+        obj.write(FIXNUM.pack(Tag.FIXNUM, value))
+        return obj
+
+    def cons(self, car, cdr):
+        obj = self._new(Tag.CONS, HEADER_BYTES, nrefs=2)
+        obj.set_ref(0, car)
+        obj.set_ref(1, cdr)
+        return obj
+
+    def _text(self, tag: Tag, text: str):
+        data = text.encode()
+        obj = self._new(tag, HEADER_BYTES + max(len(data), 1), word=len(data))
+        if data:
+            obj.write(data, offset=HEADER_BYTES)
+        return obj
+
+    def symbol(self, name: str):
+        return self._text(Tag.SYMBOL, name)
+
+    def string(self, text: str):
+        return self._text(Tag.STRING, text)
+
+    def closure(self, code_number: int, env):
+        obj = self._new(Tag.CLOSURE, HEADER_BYTES, nrefs=1, word=code_number)
+        obj.set_ref(0, env)
+        return obj
+
+    def builtin(self, number: int):
+        return self._new(Tag.BUILTIN, HEADER_BYTES, word=number)
+
+    def frame(self, parent, values: list):
+        obj = self._new(Tag.FRAME, HEADER_BYTES, nrefs=1 + len(values))
+        obj.set_ref(0, parent)
+        for slot, value in enumerate(values, start=1):
+            obj.set_ref(slot, value)
+        return obj
+
+    def table(self, capacity: int):
+        return self._new(Tag.TABLE, HEADER_BYTES, nrefs=capacity)
+
+    # -- readers ----------------------------------------------------------------
+    @staticmethod
+    def tag(value) -> Tag | None:
+        return None if value is None else Tag(value.read(1)[0])
+
+    @staticmethod
+    def tag_and_word(value) -> tuple[int, int]:
+        return WORD.unpack(value.read(HEADER_BYTES))
+
+    @staticmethod
+    def fixnum_value(value) -> int | None:
+        """The integer a value holds, or None when it is not a number."""
+        if value is None or value.read(1)[0] != Tag.FIXNUM:
+            return None
+        return INT64.unpack(value.read(INT64.size, offset=HEADER_BYTES))[0]
+
+    @staticmethod
+    def text(value) -> str:
+        """The name of a symbol or the contents of a string."""
+        _, length = WORD.unpack(value.read(HEADER_BYTES))
+        return value.read(length, offset=HEADER_BYTES).decode() if length else ""
