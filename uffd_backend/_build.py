@@ -33,6 +33,7 @@ int64_t rgc_munlock(uint64_t addr, uint64_t length);
 int64_t rgc_load(uint64_t addr, char *out, uint64_t length);
 int64_t rgc_store(uint64_t addr, const char *data, uint64_t length);
 int64_t rgc_memmove(uint64_t dst, uint64_t src, uint64_t length);
+int64_t rgc_copy_ranges(const uint64_t *dsts, const uint64_t *srcs, const uint64_t *lengths, uint64_t n, uint64_t *done);
 int64_t rgc_load_words(const uint64_t *addrs, uint64_t *out, uint64_t n, uint64_t *done);
 int64_t rgc_store_words(const uint64_t *addrs, const uint64_t *values, uint64_t n, uint64_t *done);
 
@@ -210,27 +211,35 @@ int64_t rgc_memmove(uint64_t dst, uint64_t src, uint64_t length)
     GUARDED_END
     return 0;
 }
+int64_t rgc_copy_ranges(const uint64_t *dsts, const uint64_t *srcs, const uint64_t *lengths, uint64_t n, uint64_t *done)
+{
+    GUARDED_BEGIN
+    for (uint64_t i = 0; i < n; i++) {
+        memmove((void *)dsts[i], (const void *)srcs[i], lengths[i]);
+        *(volatile uint64_t *)done = i + 1;  /* seen after a fault's longjmp */
+    }
+    GUARDED_END
+    return 0;
+}
 int64_t rgc_load_words(const uint64_t *addrs, uint64_t *out, uint64_t n, uint64_t *done)
 {
-    volatile uint64_t i = 0;
     GUARDED_BEGIN
-    for (; i < n; i++) {
+    for (uint64_t i = 0; i < n; i++) {
         uint64_t w;
         memcpy(&w, (const void *)addrs[i], sizeof w);
         out[i] = w;
-        *done = i + 1;
+        *(volatile uint64_t *)done = i + 1;  /* seen after a fault's longjmp */
     }
     GUARDED_END
     return 0;
 }
 int64_t rgc_store_words(const uint64_t *addrs, const uint64_t *values, uint64_t n, uint64_t *done)
 {
-    volatile uint64_t i = 0;
     GUARDED_BEGIN
-    for (; i < n; i++) {
+    for (uint64_t i = 0; i < n; i++) {
         uint64_t w = values[i];
         memcpy((void *)addrs[i], &w, sizeof w);
-        *done = i + 1;
+        *(volatile uint64_t *)done = i + 1;  /* seen after a fault's longjmp */
     }
     GUARDED_END
     return 0;

@@ -41,6 +41,7 @@ from heap.kernel import (
     UffdError,
 )
 
+from . import owned
 from ._native import ffi, lib
 
 log = structlog.get_logger("remapgc.linux")
@@ -54,7 +55,7 @@ O_NONBLOCK = 0o4000
 
 U64_MAX = (1 << 64) - 1
 # The largest single load() we allocate a buffer for; larger reads are a caller bug.
-MAX_LOAD = 1 << 34
+MAX_LOAD = 1 << 32
 
 # /proc/self/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst)
 PM_PFN_MASK = (1 << 55) - 1
@@ -198,6 +199,7 @@ class LinuxUffd:
 
     def register(self, addr: int, length: int, mode: int = UFFDIO_REGISTER_MODE_MISSING) -> int:
         addr, length, mode = _u64(addr, "addr"), _u64(length, "length"), _u64(mode, "mode")
+        owned.check("UFFDIO_REGISTER", addr, length)  # a registered interpreter page would hang us
         out = self._cell("uint64_t")
         _check(lib.rgc_uffd_register(self._fd(), addr, length, mode, out), f"UFFDIO_REGISTER {addr:#x}+{length:#x}")
         return int(out[0])
@@ -224,6 +226,7 @@ class LinuxUffd:
     def move(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src = _u64(dst, "dst"), _u64(src, "src")
         length, mode = _u64(length, "length"), _u64(mode, "mode")
+        owned.check("UFFDIO_MOVE", src, length)  # moving the interpreter's pages away would crash it
         out = self._cell("int64_t")
         ret = lib.rgc_uffd_move(self._fd(), dst, src, length, mode, out)
         return self._done(ret, int(out[0]), length, f"UFFDIO_MOVE {src:#x} -> {dst:#x} +{length:#x}")
@@ -302,28 +305,38 @@ class LinuxUffd:
         return f"LinuxUffd({state}, via={self.via}, features={self.features:#x})"
 
 
-def open_userfaultfd(features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool = True) -> LinuxUffd:
+VIA_SYSCALL = "syscall"
+VIA_DEV = "/dev/userfaultfd"
+
+
+def open_userfaultfd(features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool = True,
+                     via: str = "auto") -> LinuxUffd:
     """A userfaultfd context with UFFDIO_API done, or KernelUnsupported saying why not.
 
-    The userfaultfd(2) syscall first; if it is refused (EPERM: not privileged
-    and vm.unprivileged_userfaultfd=0; ENOSYS), /dev/userfaultfd and its
-    USERFAULTFD_IOC_NEW ioctl.
+    ``via="auto"``: the userfaultfd(2) syscall first; if it is refused (EPERM:
+    not privileged and vm.unprivileged_userfaultfd=0; ENOSYS), /dev/userfaultfd
+    and its USERFAULTFD_IOC_NEW ioctl. ``via="syscall"`` or
+    ``via="/dev/userfaultfd"`` tries only that one (``remapgc doctor`` does).
     """
     features = _u64(features, "features")
+    if via not in ("auto", VIA_SYSCALL, VIA_DEV):
+        raise ValueError(f"via must be 'auto', {VIA_SYSCALL!r} or {VIA_DEV!r}, not {via!r}")
     flags = O_CLOEXEC | O_NONBLOCK | (UFFD_USER_MODE_ONLY if user_mode_only else 0)
-    fd = lib.rgc_userfaultfd_syscall(flags)
-    via = "syscall"
+    failures = []
+    fd = -1
+    for path in (VIA_SYSCALL, VIA_DEV):
+        if via not in ("auto", path):
+            continue
+        fd = _open_uffd_fd(path, flags)
+        if fd >= 0:
+            via = path
+            break
+        failures.append(f"{path} failed with {errno.errorcode.get(-fd, -fd)} ({os.strerror(-fd)})")
     if fd < 0:
-        syscall_err = -fd
-        fd = lib.rgc_userfaultfd_dev(flags)
-        via = "/dev/userfaultfd"
-        if fd < 0:
-            raise KernelUnsupported(
-                f"userfaultfd is refused: the syscall failed with {errno.errorcode.get(syscall_err, syscall_err)} "
-                f"({os.strerror(syscall_err)}) and /dev/userfaultfd failed with "
-                f"{errno.errorcode.get(-fd, -fd)} ({os.strerror(-fd)}); "
-                "allow it with sysctl vm.unprivileged_userfaultfd=1, read/write access to /dev/userfaultfd, "
-                "or CAP_SYS_PTRACE")
+        raise KernelUnsupported(
+            "userfaultfd is refused: " + "; ".join(failures) + ". Allow it with sysctl "
+            "vm.unprivileged_userfaultfd=1, read/write access to /dev/userfaultfd, or CAP_SYS_PTRACE"
+            + ("" if user_mode_only else ", or open it with user_mode_only=True"))
     out_features, out_ioctls = ffi.new("uint64_t *"), ffi.new("uint64_t *")
     ret = lib.rgc_uffd_api(fd, features, out_features, out_ioctls)
     if ret < 0:
@@ -334,10 +347,14 @@ def open_userfaultfd(features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool 
     return uffd
 
 
+def _open_uffd_fd(via: str, flags: int) -> int:
+    return lib.rgc_userfaultfd_syscall(flags) if via == VIA_SYSCALL else lib.rgc_userfaultfd_dev(flags)
+
+
 def _api_refusal(err: int, features: int, flags: int, via: str) -> str:
     """Why UFFDIO_API refused ``features``, asking the kernel what it does offer."""
     offered = None
-    probe = lib.rgc_userfaultfd_syscall(flags) if via == "syscall" else lib.rgc_userfaultfd_dev(flags)
+    probe = _open_uffd_fd(via, flags)
     if probe >= 0:
         out_features, out_ioctls = ffi.new("uint64_t *"), ffi.new("uint64_t *")
         if lib.rgc_uffd_api(probe, 0, out_features, out_ioctls) == 0:
@@ -395,10 +412,12 @@ class LinuxKernel:
             if addr != at:  # a kernel older than 4.17 treats the flag as a hint
                 lib.rgc_munmap(addr, length)
                 raise OSError(errno.EEXIST, f"{os.strerror(errno.EEXIST)} (mmap at {at:#x})")
-            return addr
-        if align <= self.page_size or length == 0:
-            return _check(lib.rgc_mmap(0, length, prot, flags), f"mmap {length:#x}")
-        return self._mmap_aligned(length, prot, flags, align)
+        elif align <= self.page_size or length == 0:
+            addr = _check(lib.rgc_mmap(0, length, prot, flags), f"mmap {length:#x}")
+        else:
+            addr = self._mmap_aligned(length, prot, flags, align)
+        owned.add(addr, length)
+        return addr
 
     def _mmap_aligned(self, length: int, prot: int, flags: int, align: int) -> int:
         # Over-map by the alignment, then trim both ends: one extra VMA op, no races.
@@ -417,20 +436,30 @@ class LinuxKernel:
 
     def munmap(self, addr: int, length: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
+        owned.check("munmap", addr, length)
         _check(lib.rgc_munmap(addr, length), f"munmap {addr:#x}+{length:#x}")
+        owned.remove(addr, length)
 
     def mremap(self, old_addr: int, length: int, new_addr: int, *, dontunmap: bool = False) -> int:
         old_addr, length, new_addr = _u64(old_addr, "old_addr"), _u64(length, "length"), _u64(new_addr, "new_addr")
         flags = MREMAP_MAYMOVE | MREMAP_FIXED | (MREMAP_DONTUNMAP if dontunmap else 0)
-        return _check(lib.rgc_mremap(old_addr, length, length, flags, new_addr),
+        owned.check("mremap", old_addr, length)
+        owned.check("mremap (target)", new_addr, length)  # MREMAP_FIXED unmaps whatever is there
+        addr = _check(lib.rgc_mremap(old_addr, length, length, flags, new_addr),
                       f"mremap {old_addr:#x}+{length:#x} -> {new_addr:#x}")
+        if not dontunmap:
+            owned.remove(old_addr, length)
+        owned.add(addr, length)
+        return addr
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         addr, length, prot = _u64(addr, "addr"), _u64(length, "length"), _int32(prot, "prot")
+        owned.check("mprotect", addr, length)
         _check(lib.rgc_mprotect(addr, length, prot), f"mprotect {addr:#x}+{length:#x} {prot:#x}")
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
         addr, length, advice = _u64(addr, "addr"), _u64(length, "length"), _int32(advice, "advice")
+        owned.check("madvise", addr, length)
         _check(lib.rgc_madvise(addr, length, advice), f"madvise {addr:#x}+{length:#x} {advice}")
 
     def mlock(self, addr: int, length: int, *, onfault: bool = False) -> None:
@@ -458,7 +487,10 @@ class LinuxKernel:
             return b""
         if length > MAX_LOAD:
             raise ValueError(f"length={length:#x} is larger than one load may read ({MAX_LOAD:#x})")
-        buf = self._raw_alloc("char[]", length)
+        try:
+            buf = self._raw_alloc("char[]", length)
+        except MemoryError:
+            raise OSError(errno.ENOMEM, f"{os.strerror(errno.ENOMEM)} (no buffer for load of {length:#x} bytes)") from None
         _check(lib.rgc_load(addr, buf, length), f"load {addr:#x}+{length:#x}")
         return ffi.buffer(buf, length)[:]
 
@@ -500,6 +532,22 @@ class LinuxKernel:
         src, _ = self._range(src, length)
         if length:
             _check(lib.rgc_memmove(dst, src, length), f"memmove {src:#x} -> {dst:#x} +{length:#x}")
+
+    def copy_ranges(self, dsts, srcs, lengths) -> None:
+        dsts, srcs, lengths = (_u64_array(dsts, "dsts"), _u64_array(srcs, "srcs"), _u64_array(lengths, "lengths"))
+        if not dsts.size == srcs.size == lengths.size:
+            raise ValueError(f"{dsts.size} dsts, {srcs.size} srcs and {lengths.size} lengths: sizes must match")
+        if not dsts.size:
+            return
+        top = np.uint64(U64_MAX)
+        if ((lengths > top - dsts) | (lengths > top - srcs)).any():
+            raise OSError(errno.EFAULT, f"{os.strerror(errno.EFAULT)} (copy_ranges: a range wraps around)")
+        done = ffi.new("uint64_t *")
+        ret = lib.rgc_copy_ranges(ffi.from_buffer("uint64_t[]", dsts), ffi.from_buffer("uint64_t[]", srcs),
+                                  ffi.from_buffer("uint64_t[]", lengths), dsts.size, done)
+        if ret < 0:
+            i = done[0]
+            _raise_os(ret, f"copy_ranges at range {i}: {int(srcs[i]):#x} -> {int(dsts[i]):#x} +{int(lengths[i]):#x}")
 
     # -- introspection ----------------------------------------------------------------
     def _pagemap_entries(self, addr: int, npages: int) -> np.ndarray:
@@ -596,6 +644,38 @@ class LinuxKernel:
 
     def userfaultfd(self, features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool = True) -> LinuxUffd:
         return open_userfaultfd(features, user_mode_only=user_mode_only)
+
+    # -- diagnostics (for `remapgc doctor`; not part of the Kernel protocol) ------------
+    def diagnostics(self) -> dict:
+        """What this process may do here: userfaultfd by each path, pagemap PFNs, PAGEMAP_SCAN."""
+        paths = {}
+        for via in (VIA_SYSCALL, VIA_DEV):
+            for user_mode_only in (True, False):
+                key = f"{via} ({'user-mode faults only' if user_mode_only else 'all faults'})"
+                try:
+                    uffd = open_userfaultfd(0, user_mode_only=user_mode_only, via=via)
+                except KernelUnsupported as exc:
+                    paths[key] = {"ok": False, "detail": str(exc)}
+                else:
+                    paths[key] = {"ok": True, "features": uffd.features,
+                                  "move_offered": bool(uffd.features & UFFD_FEATURE_MOVE)}
+                    uffd.close()
+        page = self.mmap(self.page_size)
+        try:
+            self.store(page, b"\1")
+            frame = self.page_info(page).frame
+            with self._scan_lock:
+                scan = lib.rgc_pagemap_scan(self._pagemap, page, page + self.page_size, 0,
+                                            PAGE_IS_PRESENT, self._scan, 4)
+        finally:
+            self.munmap(page, self.page_size)
+        return {
+            "userfaultfd": paths,
+            "pagemap_frames_visible": frame is not None,
+            "kpageflags_readable": self._kpageflags >= 0,
+            "pagemap_scan": scan >= 0,
+            "pagemap_scan_detail": "ok" if scan >= 0 else os.strerror(-scan),
+        }
 
     def __repr__(self) -> str:
         return f"LinuxKernel(page_size={self.page_size}, hpage_size={self.hpage_size})"
