@@ -1,0 +1,1 @@
+"""Differential tests: the simulated kernel against the real one, scenario by scenario."""
