@@ -406,6 +406,18 @@ class Runner:
             states.append(f"{reader.name}:{state}")
         return " ".join(states)
 
+    def do_ReadEvents(self, st: S.ReadEvents):
+        events = self.uffds[st.uffd].read_events(timeout=st.timeout)
+        return " ".join(f"{self.where(ev.address)}:{'w' if ev.write else 'r'}" for ev in events) or "none"
+
+    def where(self, a: int) -> str:
+        """``a`` as "label+page" when it lies in a region, else hex."""
+        for d in self.defs:
+            start = self.addr(d.label)
+            if start <= a < start + d.pages * PS:
+                return f"{d.label}+{(a - start) // PS}"
+        return hex(a)
+
     def do_Snapshot(self, st: S.Snapshot):
         return None
 

@@ -267,6 +267,16 @@ class CheckReaders(Step):
     tag: str | None = None
 
 
+@dataclass(frozen=True)
+class ReadEvents(Step):
+    """Record the fault events queued on a uffd (waiting up to ``timeout``
+    seconds for the first), as region-relative page addresses."""
+
+    uffd: str = "u"
+    timeout: float = 0.2
+    tag: str | None = None
+
+
 # --- observation -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Snapshot(Step):
