@@ -72,12 +72,16 @@ PAGE_IS_HUGE = 1 << 6
 
 
 # --- argument checks ----------------------------------------------------------
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a TypeError that ``except ValueError`` also catches."""
+
+
 def _u64(value, name: str) -> int:
     """An int in [0, 2**64): what cffi can pass as uint64_t without raising."""
     try:
         value = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
     if not 0 <= value <= U64_MAX:
         raise ValueError(f"{name}={value} is out of range: must be in [0, 2**64)")
     return value
@@ -87,7 +91,7 @@ def _int32(value, name: str) -> int:
     try:
         value = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
     if not -(1 << 31) <= value < (1 << 31):
         raise ValueError(f"{name}={value} is out of range for a C int")
     return value
@@ -111,7 +115,7 @@ def _u64_array(values, name: str) -> np.ndarray:
     elif arr.dtype == object:
         try:
             arr = np.array([_u64(v, name) for v in arr], dtype=np.uint64)
-        except TypeError as exc:
+        except ValueError as exc:
             raise ValueError(str(exc)) from None
     else:
         raise ValueError(f"{name} must hold integers, not {arr.dtype}")
@@ -250,7 +254,7 @@ class LinuxUffd:
 
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+                raise ArgumentTypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
             if not timeout >= 0:  # also rejects NaN
                 raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -286,7 +290,7 @@ class LinuxUffd:
         out = []
         for kind, flags, address in raw.tolist():
             if kind != UFFD_EVENT_PAGEFAULT:
-                log.debug("uffd_event_ignored", event=kind)
+                log.debug("uffd_event_ignored", uffd_event=kind)
                 continue
             out.append(FaultEvent(address=address & ~(PAGE_SIZE - 1), write=bool(flags & UFFD_PAGEFAULT_FLAG_WRITE)))
         return out
@@ -498,7 +502,7 @@ class LinuxKernel:
         try:
             view = ffi.from_buffer(data)
         except TypeError:
-            raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
+            raise ArgumentTypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
         addr, length = self._range(addr, len(view))
         if length:
             _check(lib.rgc_store(addr, view, length), f"store {addr:#x}+{length:#x}")
