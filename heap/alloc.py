@@ -1,0 +1,246 @@
+"""Allocation: where objects go in the arena, and the side tables that mirror them.
+
+The arena is one anonymous mapping of ``size`` bytes reserved up front
+(untouched pages cost no memory). Objects are placed by bumping upwards from
+``top``: small objects into the current small page, large objects into fresh
+page runs (see objects.py for the placement rules). Allocating a large object
+closes the current small page, so objects are always placed at increasing
+addresses: the side tables stay sorted by address without ever sorting, and
+an address maps to its object with one ``searchsorted``. Space freed by dead
+objects comes back through compaction, which packs the live objects at the
+bottom and leaves everything above the new ``top`` unmapped and zero.
+
+Invariant: every byte between the small-page cursor and the end of its page,
+and every byte at or above ``top``, reads as zero; so a fresh object needs
+only its header written (slots read None, payload reads zeros).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# page kinds, one int8 per arena page
+PAGE_FREE = 0
+PAGE_SMALL = 1  # holds small objects
+PAGE_LARGE = 2  # owned by one large object
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def large_pages(totals: np.ndarray, page_size: int, hpage_pages: int) -> np.ndarray:
+    """Pages a large object owns: whole pages, whole 2 MiB units when huge."""
+    pages = -(-totals // page_size)
+    if hpage_pages:
+        huge = totals >= hpage_pages * page_size
+        pages = np.where(huge, -(-pages // hpage_pages) * hpage_pages, pages)
+    return pages
+
+
+def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0) -> tuple[np.ndarray, int]:
+    """Place objects in order from a page-aligned origin, each as low as the
+    placement rules allow (greedy first fit, order kept).
+
+    Returns each object's offset from the origin and the number of pages
+    used. The Python loop runs once per page (per small page, or per large
+    object), never once per object.
+    """
+    totals = np.asarray(totals, dtype=np.int64)
+    n = totals.size
+    if n == 0:
+        return np.empty(0, dtype=np.int64), 0
+    large = totals >= page_size
+    ends = np.cumsum(totals)
+    starts = ends - totals
+    # first object that no longer fits in a page whose first object is j
+    overflow = np.searchsorted(ends, starts + page_size, side="right")
+    index = np.arange(n, dtype=np.int64)
+    next_large = np.minimum.accumulate(np.where(large, index, n)[::-1])[::-1]
+    stop = np.minimum(overflow, next_large)
+    npages = large_pages(totals, page_size, hpage_pages)
+    huge = (totals >= hpage_pages * page_size) if hpage_pages else np.zeros(n, dtype=bool)
+
+    run_first: list[int] = []
+    run_page: list[int] = []
+    j = 0
+    page = 0
+    any_large = bool(large.any())
+    while j < n:
+        if any_large and large.item(j):
+            if huge.item(j):
+                page = round_up(page, hpage_pages)
+            run_first.append(j)
+            run_page.append(page)
+            page += npages.item(j)
+            j += 1
+        else:
+            run_first.append(j)
+            run_page.append(page)
+            page += 1
+            j = stop.item(j)
+    first = np.asarray(run_first, dtype=np.int64)
+    pages = np.asarray(run_page, dtype=np.int64)
+    run = np.zeros(n, dtype=np.int64)
+    run[first[1:]] = 1
+    run = np.cumsum(run)
+    offsets = pages[run] * page_size + starts - starts[first][run]
+    return offsets, page
+
+
+class ObjectTable:
+    """Side tables: one row per object, rows sorted by address."""
+
+    COLUMNS = ("start", "nbytes", "nrefs", "total")
+
+    def __init__(self, capacity: int = 1024):
+        self.n = 0
+        self._cols = {c: np.zeros(capacity, dtype=np.int64) for c in self.COLUMNS}
+
+    def _reserve(self, extra: int) -> None:
+        need = self.n + extra
+        cap = self._cols["start"].size
+        if need > cap:
+            cap = max(need, 2 * cap)
+            for c, arr in self._cols.items():
+                grown = np.zeros(cap, dtype=np.int64)
+                grown[: self.n] = arr[: self.n]
+                self._cols[c] = grown
+
+    def append(self, start: int, nbytes: int, nrefs: int, total: int) -> int:
+        self._reserve(1)
+        i = self.n
+        cols = self._cols
+        cols["start"][i] = start
+        cols["nbytes"][i] = nbytes
+        cols["nrefs"][i] = nrefs
+        cols["total"][i] = total
+        self.n = i + 1
+        return i
+
+    def extend(self, start, nbytes, nrefs, total) -> None:
+        k = len(start)
+        self._reserve(k)
+        for c, v in zip(self.COLUMNS, (start, nbytes, nrefs, total)):
+            self._cols[c][self.n: self.n + k] = v
+        self.n += k
+
+    def replace(self, start, nbytes, nrefs, total) -> None:
+        """After a compaction: the live objects, in their new address order."""
+        self.n = 0
+        self.extend(start, nbytes, nrefs, total)
+
+    @property
+    def start(self) -> np.ndarray:
+        return self._cols["start"][: self.n]
+
+    @property
+    def nbytes(self) -> np.ndarray:
+        return self._cols["nbytes"][: self.n]
+
+    @property
+    def nrefs(self) -> np.ndarray:
+        return self._cols["nrefs"][: self.n]
+
+    @property
+    def total(self) -> np.ndarray:
+        return self._cols["total"][: self.n]
+
+    def find(self, addr: int) -> int:
+        """Row of the object starting at ``addr``, or -1."""
+        starts = self.start
+        i = int(np.searchsorted(starts, addr))
+        return i if i < self.n and int(starts[i]) == addr else -1
+
+
+class Allocator:
+    """Bump placement in the arena ``[base, base + size)``."""
+
+    def __init__(self, base: int, size: int, page_size: int, hpage_pages: int = 0):
+        self.base = base
+        self.size = size
+        self.end = base + size
+        self.page_size = page_size
+        self.hpage_pages = hpage_pages
+        self.top = base  # page-aligned: nothing placed at or above it
+        self.cursor = 0  # next free byte of the current small page (0: none)
+        self.limit = 0  # end of the current small page
+        self.page_kind = np.zeros(size // page_size, dtype=np.int8)
+
+    def is_large(self, total: int) -> bool:
+        return total >= self.page_size
+
+    def place(self, total: int) -> int | None:
+        """Address for one object of ``total`` bytes, or None if it does not fit."""
+        ps = self.page_size
+        if total < ps:
+            if self.cursor and self.cursor + total <= self.limit:
+                addr = self.cursor
+                self.cursor += total
+                return addr
+            if self.top + ps > self.end:
+                return None
+            addr = self.top
+            self.page_kind[(addr - self.base) // ps] = PAGE_SMALL
+            self.top += ps
+            self.cursor, self.limit = addr + total, addr + ps
+            return addr
+        start, npages = self._large_run(total)
+        if start + npages * ps > self.end:
+            return None
+        first = (start - self.base) // ps
+        self.page_kind[first: first + npages] = PAGE_LARGE
+        self.top = start + npages * ps
+        self.cursor = self.limit = 0  # keep placement monotonic
+        return start
+
+    def _large_run(self, total: int) -> tuple[int, int]:
+        npages = int(large_pages(np.int64(total), self.page_size, self.hpage_pages))
+        start = self.top
+        if self.hpage_pages and total >= self.hpage_pages * self.page_size:
+            start = self.base + round_up(self.top - self.base, self.hpage_pages * self.page_size)
+        return start, npages
+
+    def place_many(self, totals: np.ndarray) -> np.ndarray | None:
+        """Addresses for many objects at once (from a fresh page), or None."""
+        offsets, npages = pack(totals, self.page_size, self.hpage_pages)
+        origin = self.top
+        if origin + npages * self.page_size > self.end:
+            return None
+        addrs = origin + offsets
+        self.mark_pages(addrs, totals)
+        self.top = origin + npages * self.page_size
+        last_total = int(totals[-1]) if totals.size else 0
+        if totals.size and last_total < self.page_size:
+            self.cursor = int(addrs[-1]) + last_total
+            self.limit = round_up(self.cursor - self.base, self.page_size) + self.base
+            if self.cursor == self.limit:
+                self.cursor = self.limit = 0
+        else:
+            self.cursor = self.limit = 0
+        return addrs
+
+    def mark_pages(self, addrs: np.ndarray, totals: np.ndarray) -> None:
+        """Record the page kind of every page the given objects occupy."""
+        ps = self.page_size
+        first = (np.asarray(addrs, dtype=np.int64) - self.base) // ps
+        large = totals >= ps
+        self.page_kind[first[~large]] = PAGE_SMALL
+        if large.any():
+            n = large_pages(totals[large], ps, self.hpage_pages)
+            pages = np.repeat(first[large], n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+            self.page_kind[pages] = PAGE_LARGE
+
+    def reset(self, addrs: np.ndarray, totals: np.ndarray, top: int, cursor: int = 0) -> None:
+        """After a compaction: the live objects now lie at ``addrs``, below ``top``."""
+        self.page_kind[:] = PAGE_FREE
+        self.mark_pages(addrs, totals)
+        self.top = top
+        if cursor and cursor % self.page_size:
+            self.cursor, self.limit = cursor, self.base + round_up(cursor - self.base, self.page_size)
+        else:
+            self.cursor = self.limit = 0
+
+    @property
+    def used_pages(self) -> int:
+        return (self.top - self.base) // self.page_size

@@ -1,0 +1,189 @@
+"""Install: putting to-space pages in place with UFFDIO_MOVE, every outcome handled.
+
+``install_page_range`` is the one routine that installs pages; the
+stop-the-world compactor calls it once per run of the plan, the concurrent
+compactor and its fault handler call it per page. What the kernel can answer
+(uffdio_move_semantics.md sections 2.3-5) and what it does:
+
+======================  ==============================================================
+EAGAIN, moved > 0       partial move: count it, resume at dst + moved
+EAGAIN, moved == 0      a non-cooperative event is pending: bounded back-off, retry
+EEXIST                  dst already populated. If the source page is gone the page was
+                        installed (by a concurrent installer, or by a 6.18 retry that
+                        moved pages without reporting them): count a race, go on.
+                        Otherwise it is a real conflict: HeapCorrupted
+EBUSY                   the page is shared with a forked child (or pinned): UFFDIO_COPY
+                        that one page instead, counted in ebusy_fallbacks
+ENOENT                  source hole (only possible without ALLOW_SRC_HOLES):
+                        UFFDIO_ZEROPAGE that page
+anything else           (ENOMEM, EINTR, EFAULT ...) ``InstallInterrupted``: the caller
+                        keeps the rest of the plan pending; the heap stays consistent
+======================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import HeapCorrupted
+from .kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError
+
+EAGAIN_RETRIES = 64  # back-off attempts before giving up on a pending event
+BACKOFF_FIRST_S = 1e-6
+BACKOFF_MAX_S = 1e-3
+
+
+class InstallInterrupted(Exception):
+    """The kernel refused with ``error``; ``done`` bytes of the range were installed."""
+
+    def __init__(self, error: OSError, done: int):
+        super().__init__(str(error))
+        self.error = error
+        self.done = done
+
+
+@dataclass
+class InstallCounters:
+    pages_moved: int = 0
+    bytes_copied: int = 0
+    eagain_retries: int = 0
+    partial_moves: int = 0
+    eexist_races: int = 0
+    ebusy_fallbacks: int = 0
+    zero_filled: int = 0
+    ioctls: int = 0
+
+
+def _already_installed(kernel, dst: int, src: int) -> bool:
+    return kernel.page_info(src).state == "none" and kernel.page_info(dst).state != "none"
+
+
+def install_page_range(kernel, uffd, dst: int, src: int, length: int, counters: InstallCounters,
+                       mode: int = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES) -> None:
+    """Install ``[src, src+length)`` at ``[dst, dst+length)`` by MOVE; see the module doc."""
+    ps = kernel.page_size
+    done = 0
+    backoff = 0
+    while done < length:
+        counters.ioctls += 1
+        try:
+            uffd.move(dst + done, src + done, length - done, mode)
+            counters.pages_moved += (length - done) // ps
+            done = length
+            continue
+        except UffdError as exc:
+            err, moved = exc.errno, exc.moved
+        if err == errno.EAGAIN and moved > 0:
+            counters.partial_moves += 1
+            counters.pages_moved += moved // ps
+            done += moved
+            backoff = 0
+        elif err == errno.EAGAIN:
+            counters.eagain_retries += 1
+            backoff += 1
+            if backoff > EAGAIN_RETRIES:
+                raise InstallInterrupted(UffdError(err, "EAGAIN persisted through back-off", 0), done)
+            time.sleep(min(BACKOFF_FIRST_S * (1 << min(backoff, 20)), BACKOFF_MAX_S))
+        elif err == errno.EEXIST:
+            if not _already_installed(kernel, dst + done, src + done):
+                raise HeapCorrupted("install", f"to-space page 0x{dst + done:x} is populated and its source "
+                                    f"0x{src + done:x} still holds a page")
+            counters.eexist_races += 1
+            done += ps
+        elif err == errno.EBUSY:
+            _copy_page(kernel, uffd, dst + done, src + done, counters)
+            done += ps
+        elif err == errno.ENOENT:
+            try:
+                uffd.zeropage(dst + done, ps)
+            except UffdError as zexc:
+                if zexc.errno != errno.EEXIST:
+                    raise InstallInterrupted(zexc, done) from zexc
+            counters.zero_filled += 1
+            done += ps
+        else:
+            raise InstallInterrupted(exc, done)
+
+
+def _copy_page(kernel, uffd, dst: int, src: int, counters: InstallCounters) -> None:
+    ps = kernel.page_size
+    try:
+        uffd.copy(dst, src, ps)
+    except UffdError as exc:
+        if exc.errno == errno.EEXIST and kernel.page_info(dst).state != "none":
+            counters.eexist_races += 1
+            return
+        raise InstallInterrupted(exc, 0) from exc
+    counters.ebusy_fallbacks += 1
+    counters.bytes_copied += ps
+
+
+class PageInstaller:
+    """Installs a plan's to-space pages run by run, remembering progress so an
+    interrupted install can be resumed later (``pending``)."""
+
+    def __init__(self, kernel, uffd, plan, arena: int, from_space: int, scratch: int):
+        self.kernel = kernel
+        self.uffd = uffd
+        self.plan = plan
+        self.arena = arena
+        self.from_space = from_space
+        self.scratch = scratch
+        self.run_first, self.run_count = plan.runs()
+        self.next_run = 0
+        self.run_done = 0  # bytes of run ``next_run`` already installed
+
+    @property
+    def pending(self) -> bool:
+        return self.next_run < self.run_first.size
+
+    def run_addresses(self, k: int) -> tuple[int, int, int]:
+        ps = self.kernel.page_size
+        i = int(self.run_first[k])
+        plan = self.plan
+        src_base = self.scratch if plan.page_rebuilt[i] else self.from_space
+        dst = self.arena + int(plan.page_dst[i]) * ps
+        src = src_base + int(plan.page_src[i]) * ps
+        return dst, src, int(self.run_count[k]) * ps
+
+    def install(self, counters: InstallCounters) -> None:
+        while self.pending:
+            dst, src, length = self.run_addresses(self.next_run)
+            off = self.run_done
+            try:
+                install_page_range(self.kernel, self.uffd, dst + off, src + off, length - off, counters)
+            except InstallInterrupted as exc:
+                self.run_done += exc.done
+                raise
+            self.next_run += 1
+            self.run_done = 0
+
+
+def evacuate(kernel, model, plan, starts_old, totals_old, arena: int, from_space: int, scratch: int) -> int:
+    """Copy the evacuated objects from the from-space into the rebuilt pages."""
+    ev = plan.evacuated
+    if not ev.any():
+        return 0
+    rows = plan.live_rows[ev]
+    srcs = from_space + (starts_old[rows] - arena)
+    dsts = scratch + plan.rebuilt_offsets
+    lengths = totals_old[rows]
+    kernel.copy_ranges(dsts.astype(np.uint64), srcs.astype(np.uint64), lengths.astype(np.uint64))
+    return int(lengths.sum())
+
+
+def slot_values(plan, marking, nrefs_old, new_by_row) -> np.ndarray:
+    """The new value of every slot of every live object (new order, object-major)."""
+    rows = plan.live_rows
+    counts = nrefs_old[rows]
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(counts)
+    positions = np.repeat(marking.slot_base[rows] - (ends - counts), counts) + np.arange(total)
+    targets = marking.slot_target[positions]
+    return np.where(targets >= 0, new_by_row[np.maximum(targets, 0)], 0)

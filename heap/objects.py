@@ -1,0 +1,110 @@
+"""The object model: how an object lies in the arena. This is the ONE place
+that says it; every other module asks a model object.
+
+Default layout (``DefaultObjectModel``), every object 16-byte aligned::
+
+    +0              u64  nbytes          payload size in bytes
+    +8              u32  nrefs           number of reference slots
+    +12             u16  flags           bit 0: LARGE (owns whole pages)
+    +14             u16  magic           0x6d52 ("Rm"), so a walker can check it
+    +16             u64  slot[0..nrefs)  raw addresses of referenced objects, 0 = None
+    +16 + 8*nrefs   payload (nbytes bytes)
+    total = round_up(16 + 8*nrefs + nbytes, 16)
+
+A reference is the address of the referenced object's header (its start);
+nothing else may be stored in a slot. Placement rules (the allocator and both
+compactors follow them, so a page can always move whole):
+
+* a *small* object (total < page size) never crosses a page boundary;
+* a *large* object (total >= page size) starts on a page boundary and owns
+  every page it touches; with THP, an object of total >= 2 MiB starts on a
+  2 MiB boundary and owns whole 2 MiB units, so it moves PMD by PMD.
+
+Runtimes that bring their own layout implement ``ObjectModel``; runtimes that
+hold references outside the heap's handles implement ``RootScanner`` (in the
+spirit of MMTk's ObjectModel and Scanning traits). Everything is vectorised:
+one call per phase for all objects, never one per object.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+ALIGN = 16
+HEADER_BYTES = 16
+SLOT_BYTES = 8
+MAGIC = 0x6D52
+FLAG_LARGE = 1
+
+
+@runtime_checkable
+class ObjectModel(Protocol):
+    """Where an object's header, reference slots and payload lie."""
+
+    header_bytes: int  # multiple of 8
+    alignment: int  # every object start is a multiple of it
+
+    def total_bytes(self, nbytes: np.ndarray, nrefs: np.ndarray) -> np.ndarray:
+        """Bytes each object occupies (header, slots, payload, padding)."""
+
+    def payload_offset(self, nrefs: int) -> int:
+        """Offset of the payload from the object start."""
+
+    def slot_addresses(self, starts: np.ndarray, nrefs: np.ndarray) -> np.ndarray:
+        """The address of every reference slot, object after object (object i
+        contributes nrefs[i] consecutive entries)."""
+
+    def header_words(self, nbytes: np.ndarray, nrefs: np.ndarray, large: np.ndarray) -> np.ndarray:
+        """The header of each object as u64 words, shape (n, header_bytes // 8)."""
+
+
+@runtime_checkable
+class RootScanner(Protocol):
+    """References a runtime holds outside the heap (its stacks, globals...).
+
+    ``scan_roots`` returns the object addresses it holds (0 entries are
+    ignored); after a compaction the heap calls ``update_roots`` once with
+    ``forward``, which maps an array of old addresses to new ones (0 -> 0),
+    and the scanner rewrites what it holds.
+    """
+
+    def scan_roots(self) -> np.ndarray: ...
+
+    def update_roots(self, forward: Callable[[np.ndarray], np.ndarray]) -> None: ...
+
+
+class DefaultObjectModel:
+    """The layout documented at the top of this module."""
+
+    header_bytes = HEADER_BYTES
+    alignment = ALIGN
+
+    def total_bytes(self, nbytes, nrefs):
+        raw = HEADER_BYTES + SLOT_BYTES * np.asarray(nrefs, dtype=np.int64) + np.asarray(nbytes, dtype=np.int64)
+        return (raw + (ALIGN - 1)) & ~np.int64(ALIGN - 1)
+
+    def payload_offset(self, nrefs: int) -> int:
+        return HEADER_BYTES + SLOT_BYTES * int(nrefs)
+
+    def slot_addresses(self, starts, nrefs):
+        nrefs = np.asarray(nrefs, dtype=np.int64)
+        total = int(nrefs.sum())
+        if total == 0:
+            return np.empty(0, dtype=np.int64)
+        firsts = np.asarray(starts, dtype=np.int64) + HEADER_BYTES
+        # rank of each slot within its object: 0..nrefs[i]-1
+        ends = np.cumsum(nrefs)
+        rank = np.arange(total, dtype=np.int64) - np.repeat(ends - nrefs, nrefs)
+        return np.repeat(firsts, nrefs) + SLOT_BYTES * rank
+
+    def header_words(self, nbytes, nrefs, large):
+        nbytes = np.asarray(nbytes, dtype=np.int64)
+        word1 = (np.asarray(nrefs, dtype=np.uint64)
+                 | (np.where(np.asarray(large, dtype=bool), FLAG_LARGE, 0).astype(np.uint64) << np.uint64(32))
+                 | (np.uint64(MAGIC) << np.uint64(48)))
+        return np.stack([nbytes.astype(np.uint64), word1], axis=-1)
+
+
+DEFAULT_MODEL = DefaultObjectModel()

@@ -1,0 +1,157 @@
+"""Roots: handles held by Python code, and root scanners of runtimes.
+
+A ``Ref`` is a handle: an index into the heap's handle table, which holds the
+object's current address (the compactor rewrites it). A live ``Ref`` is a
+root; when the Ref is garbage collected its ``__del__`` queues its handle for
+release (an atomic list append, safe at any point, even inside a heap call on
+the same thread) and the heap reaps the queue under its lock before it next
+reads the roots. ``RefArray`` is a block of handles held as one numpy array,
+so that a runtime can root a million objects without a million Python objects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class HandleTable:
+    """Handle index -> object address; the roots Python code holds."""
+
+    def __init__(self, capacity: int = 256):
+        self.addr = np.zeros(capacity, dtype=np.int64)
+        self.used = np.zeros(capacity, dtype=bool)
+        self.high = 0
+        self._free: list[int] = []
+        self._dropped: list[int] = []  # appended by Ref.__del__, reaped under the heap lock
+        self.blocks: dict[int, np.ndarray] = {}  # RefArray id -> its addresses
+        self._dropped_blocks: list[int] = []
+
+    def new(self, addr: int) -> int:
+        if self._free:
+            h = self._free.pop()
+        else:
+            h = self.high
+            if h == self.addr.size:
+                self.addr = np.concatenate([self.addr, np.zeros(h, dtype=np.int64)])
+                self.used = np.concatenate([self.used, np.zeros(h, dtype=bool)])
+            self.high = h + 1
+        self.addr[h] = addr
+        self.used[h] = True
+        return h
+
+    def drop(self, h: int) -> None:
+        self._dropped.append(h)
+
+    def drop_block(self, key: int) -> None:
+        self._dropped_blocks.append(key)
+
+    def reap(self) -> None:
+        while self._dropped:
+            h = self._dropped.pop()
+            self.used[h] = False
+            self.addr[h] = 0
+            self._free.append(h)
+        while self._dropped_blocks:
+            self.blocks.pop(self._dropped_blocks.pop(), None)
+
+    def roots(self) -> np.ndarray:
+        """Every object address held by a handle or a handle block."""
+        parts = [self.addr[: self.high][self.used[: self.high]]]
+        parts.extend(self.blocks.values())
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+
+    def forward(self, forward) -> None:
+        """Rewrite every held address through ``forward`` (array -> array)."""
+        held = self.used[: self.high]
+        self.addr[: self.high][held] = forward(self.addr[: self.high][held])
+        for key, block in self.blocks.items():
+            block[:] = forward(block)
+
+
+class Ref:
+    """A handle to one heap object; a live Ref keeps the object alive."""
+
+    __slots__ = ("_heap", "_handle", "__weakref__")
+
+    def __init__(self, heap, handle: int):
+        self._heap = heap
+        self._handle = handle
+
+    def __del__(self):
+        try:
+            self._heap._handles.drop(self._handle)
+        except Exception:  # interpreter shutdown: nothing left to release
+            pass
+
+    @property
+    def heap(self):
+        return self._heap
+
+    @property
+    def address(self) -> int:
+        """The object's current address (it changes when the heap compacts)."""
+        return self._heap._ref_address(self)
+
+    @property
+    def nbytes(self) -> int:
+        return self._heap._ref_info(self)[1]
+
+    @property
+    def nrefs(self) -> int:
+        return self._heap._ref_info(self)[2]
+
+    def set_ref(self, slot: int, target: "Ref | None") -> None:
+        self._heap._ref_set(self, slot, target)
+
+    def get_ref(self, slot: int) -> "Ref | None":
+        return self._heap._ref_get(self, slot)
+
+    def read(self, length: int, offset: int = 0) -> bytes:
+        return self._heap._ref_read(self, length, offset)
+
+    def write(self, data: bytes, offset: int = 0) -> None:
+        self._heap._ref_write(self, data, offset)
+
+    def same_object(self, other: "Ref") -> bool:
+        return isinstance(other, Ref) and other._heap is self._heap and other.address == self.address
+
+    def __eq__(self, other) -> bool:
+        return self.same_object(other) if isinstance(other, Ref) else NotImplemented
+
+    __hash__ = None  # equality follows the object, whose address moves
+
+    def __repr__(self) -> str:
+        try:
+            return f"Ref(0x{self.address:x}, nbytes={self.nbytes}, nrefs={self.nrefs})"
+        except Exception as exc:
+            return f"Ref(<{exc.__class__.__name__}>)"
+
+
+class RefArray:
+    """Handles to many objects as one root block (``Heap.alloc_many``)."""
+
+    def __init__(self, heap, key: int):
+        self._heap = heap
+        self._key = key
+
+    def __del__(self):
+        try:
+            self._heap._handles.drop_block(self._key)
+        except Exception:
+            pass
+
+    def __len__(self) -> int:
+        return self._heap._block(self).size
+
+    def __getitem__(self, i: int) -> Ref:
+        return self._heap._block_ref(self, i)
+
+    @property
+    def addresses(self) -> np.ndarray:
+        """The objects' current addresses (a copy)."""
+        return self._heap._block(self).copy()
+
+    def set_refs(self, slot: int, sources, targets: "RefArray", target_index) -> None:
+        """For each k: ``self[sources[k]].set_ref(slot, targets[target_index[k]])``,
+        with ``target_index[k] == -1`` meaning None; one vectorised store."""
+        self._heap._block_set_refs(self, slot, sources, targets, target_index)

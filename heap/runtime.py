@@ -1,0 +1,588 @@
+"""The Heap: allocation, handles, and stop-the-world compaction.
+
+Two compactors share marking and the object model:
+
+* ``remap`` (ARCHITECTURE.md "Compaction"): mark; plan; flip the whole arena
+  to a from-space with one ``mremap(MREMAP_DONTUNMAP)`` (the arena stays
+  mapped, empty and registered with the userfaultfd, so a stray touch would
+  fault instead of reading stale memory); evacuate the sparse pages' objects
+  into rebuilt pages and fix every reference slot while the pages are still
+  invisible (in the from-space or the scratch area); update the roots;
+  install every to-space page with one UFFDIO_MOVE per contiguous run;
+  release the from-space so RSS drops.
+* ``copy``: mark; slide every live object down with one ordered batch of
+  memmoves; fix the slots; release the freed tail. Used when userfaultfd is
+  unusable, and the baseline of every benchmark.
+
+Every public method takes the heap's lock; ``Ref`` methods go through here.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+import threading
+import time
+from typing import Iterable
+
+import numpy as np
+import structlog
+
+from .alloc import PAGE_FREE, Allocator, ObjectTable, round_up
+from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull
+from .install import InstallCounters, InstallInterrupted, PageInstaller, evacuate, slot_values
+from .kernel import (MADV_DONTNEED, MADV_HUGEPAGE, UFFD_FEATURE_MOVE, Kernel, KernelUnsupported,
+                     UFFDIO_REGISTER_MODE_MISSING, open_kernel)
+from .mark import mark, rows_of
+from .objects import DEFAULT_MODEL, ObjectModel, RootScanner
+from .plan import Plan, plan_remap, plan_slide
+from .roots import HandleTable, Ref, RefArray
+from .stats import GCStats, HeapStats, PhaseClock
+
+log = structlog.get_logger("remapgc.heap")
+
+COMPACTORS = ("auto", "remap", "copy")
+DEFAULT_DENSE = 0.5  # a small page with at least this live fraction moves whole
+MAX_NREFS = (1 << 32) - 1
+
+
+def _index(value, name: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+
+
+class Heap:
+    """A compacting heap in one arena of ``size`` bytes.
+
+    kernel: "auto" | "linux" | "sim" | a Kernel instance.
+    compactor: "auto" (remap when userfaultfd with UFFDIO_MOVE works, else
+    copy, logging why) | "remap" | "copy".
+    thp: advise the arena MADV_HUGEPAGE and place objects >= 2 MiB 2 MiB-aligned.
+    dense: live fraction at which a small-object page moves whole instead of
+    being evacuated.
+    collect_every: collect before an allocation once this many bytes were
+    allocated since the last collection (None: only when the heap is full).
+    """
+
+    def __init__(self, kernel: str | Kernel = "auto", size: int = 256 << 20, *, compactor: str = "auto",
+                 thp: bool = False, dense: float = DEFAULT_DENSE, collect_every: int | None = None,
+                 object_model: ObjectModel | None = None, root_scanners: Iterable[RootScanner] = ()):
+        if compactor not in COMPACTORS:
+            raise ValueError(f"compactor must be one of {COMPACTORS}, not {compactor!r}")
+        size = _index(size, "size")
+        if size <= 0:
+            raise ValueError(f"size must be positive, not {size}")
+        if not 0.0 < dense <= 1.0:
+            raise ValueError(f"dense must be in (0, 1], not {dense}")
+        self._lock = threading.RLock()
+        self._closed = True  # until the arena exists
+        self._owns_kernel = isinstance(kernel, str)
+        self._kernel = open_kernel(kernel) if isinstance(kernel, str) else kernel
+        k = self._kernel
+        self._model = object_model or DEFAULT_MODEL
+        self._thp = bool(thp)
+        self._dense = float(dense)
+        self._collect_every = collect_every
+        self._scanners: list[RootScanner] = list(root_scanners)
+        ps = k.page_size
+        self._ps = ps
+        unit = k.hpage_size if thp else ps
+        self._size = round_up(size, unit)
+        self._base = k.mmap(self._size, align=k.hpage_size if thp else 0)
+        if thp:
+            k.madvise(self._base, self._size, MADV_HUGEPAGE)
+        self._alloc = Allocator(self._base, self._size, ps, k.hpage_size // ps if thp else 0)
+        self._table = ObjectTable()
+        self._handles = HandleTable()
+        self._uffd = None
+        self._from_space = 0
+        self._pending: PageInstaller | None = None
+        self._pending_release: tuple[int, int] = (0, 0)
+        self._since_collect = 0
+        self.last_phase_ns: dict[str, int] = {}
+        self.collections = 0
+        self._closed = False
+        self._compactor = self._choose_compactor(compactor)
+
+    # -- set-up -------------------------------------------------------------------
+    def _choose_compactor(self, wanted: str) -> str:
+        if wanted == "copy":
+            return "copy"
+        try:
+            uffd = self._kernel.userfaultfd(UFFD_FEATURE_MOVE)
+            if not uffd.features & UFFD_FEATURE_MOVE:
+                uffd.close()
+                raise KernelUnsupported(f"the kernel does not offer UFFD_FEATURE_MOVE (features {uffd.features:#x})")
+        except (KernelUnsupported, OSError) as exc:
+            if wanted == "remap":
+                self.close()
+                raise KernelUnsupported(f"compactor='remap' needs userfaultfd with UFFDIO_MOVE: {exc}") from exc
+            log.warning("compactor_fallback", compactor="copy", reason=str(exc))
+            return "copy"
+        self._uffd = uffd
+        self._from_space = self._kernel.mmap(self._size, align=self._kernel.hpage_size)
+        return "remap"
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def kernel(self) -> Kernel:
+        return self._kernel
+
+    @property
+    def compactor(self) -> str:
+        return self._compactor
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def base(self) -> int:
+        return self._base
+
+    @property
+    def object_model(self) -> ObjectModel:
+        return self._model
+
+    def add_root_scanner(self, scanner: RootScanner) -> None:
+        with self._lock:
+            self._ready()
+            self._scanners.append(scanner)
+
+    def remove_root_scanner(self, scanner: RootScanner) -> None:
+        with self._lock:
+            self._scanners.remove(scanner)
+
+    # -- life cycle -------------------------------------------------------------------
+    def __enter__(self) -> "Heap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed and not getattr(self, "_base", 0):
+                return
+            self._closed = True
+            k = self._kernel
+            if self._uffd is not None:
+                self._uffd.close()
+                self._uffd = None
+            for addr, length in ((self._base, self._size), (self._from_space, self._size), self._pending_release):
+                if addr:
+                    k.munmap(addr, length)
+            self._base = self._from_space = 0
+            self._pending_release = (0, 0)
+            self._pending = None
+            if self._owns_kernel and hasattr(k, "close"):
+                k.close()
+
+    def _ready(self) -> None:
+        """Entry check of every operation: open, handles reaped, no install pending."""
+        if self._closed:
+            raise HeapClosed("the heap is closed")
+        self._handles.reap()
+        if self._pending is not None:
+            self._install_pending(InstallCounters())
+            self._release_from_space()
+
+    # -- allocation -------------------------------------------------------------------
+    def alloc(self, nbytes: int, nrefs: int = 0) -> Ref:
+        """A new object with ``nrefs`` None slots and ``nbytes`` zero bytes of payload."""
+        nbytes, nrefs = self._check_shape(nbytes, nrefs)
+        total = int(self._model.total_bytes(nbytes, nrefs))
+        with self._lock:
+            self._ready()
+            addr = self._place(lambda: self._alloc.place(total), total)
+            header = self._model.header_words(np.array([nbytes]), np.array([nrefs]),
+                                              np.array([total >= self._ps]))
+            self._kernel.store(addr, header.astype(np.uint64).tobytes())
+            self._table.append(addr, nbytes, nrefs, total)
+            return Ref(self, self._handles.new(addr))
+
+    def alloc_many(self, nbytes, nrefs) -> RefArray:
+        """Many objects at once (arrays, or scalars broadcast): one root block
+        holding all of them, headers written in one vectorised store."""
+        nbytes = np.asarray(nbytes, dtype=np.int64)
+        nrefs = np.asarray(nrefs, dtype=np.int64)
+        nbytes, nrefs = np.broadcast_arrays(nbytes, nrefs)
+        nbytes, nrefs = nbytes.ravel().copy(), nrefs.ravel().copy()
+        if nbytes.size and (nbytes.min() < 0 or nrefs.min() < 0 or nrefs.max() > MAX_NREFS):
+            raise ValueError("nbytes and nrefs must be >= 0 (and nrefs < 2**32)")
+        totals = self._model.total_bytes(nbytes, nrefs)
+        if int(totals.sum()) > self._size:
+            raise ValueError(f"{int(totals.sum())} bytes cannot fit a heap of {self._size} bytes")
+        with self._lock:
+            self._ready()
+            addrs = self._place(lambda: self._alloc.place_many(totals), int(totals.sum()))
+            words = self._model.header_words(nbytes, nrefs, totals >= self._ps)
+            hw = words.shape[1]
+            where = (addrs[:, None] + 8 * np.arange(hw)[None, :]).ravel()
+            self._kernel.store_words(where.astype(np.uint64), words.ravel().astype(np.uint64))
+            self._table.extend(addrs, nbytes, nrefs, totals)
+            key = id(addrs) ^ time.perf_counter_ns()
+            while key in self._handles.blocks:
+                key += 1
+            self._handles.blocks[key] = np.asarray(addrs, dtype=np.int64)
+            return RefArray(self, key)
+
+    def _check_shape(self, nbytes, nrefs) -> tuple[int, int]:
+        nbytes, nrefs = _index(nbytes, "nbytes"), _index(nrefs, "nrefs")
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, not {nbytes}")
+        if not 0 <= nrefs <= MAX_NREFS:
+            raise ValueError(f"nrefs must be in [0, 2**32), not {nrefs}")
+        total = int(self._model.total_bytes(nbytes, nrefs))
+        if total > self._size:
+            raise ValueError(f"an object of {total} bytes cannot fit a heap of {self._size} bytes")
+        return nbytes, nrefs
+
+    def _place(self, place, total: int):
+        if self._collect_every is not None and self._since_collect + total > self._collect_every:
+            self._collect_locked()
+        where = place()
+        if where is None:
+            self._collect_locked()
+            where = place()
+            if where is None:
+                st = self.stats()
+                raise HeapFull(f"no room for {total} bytes after a collection "
+                               f"({st.live_bytes} bytes live in a heap of {self._size})")
+        self._since_collect += total
+        return where
+
+    # -- Ref operations (called by Ref) ----------------------------------------------------
+    def _own(self, ref) -> int:
+        if not isinstance(ref, Ref):
+            raise TypeError(f"expected a Ref, not {type(ref).__name__}")
+        if ref._heap is not self:
+            raise ValueError("this Ref belongs to another heap")
+        return int(self._handles.addr[ref._handle])
+
+    def _row(self, addr: int) -> int:
+        row = self._table.find(addr)
+        if row < 0:
+            raise HeapCorrupted("roots", f"a handle holds 0x{addr:x}, which is no object start")
+        return row
+
+    def _ref_address(self, ref) -> int:
+        with self._lock:
+            self._ready()
+            return self._own(ref)
+
+    def _ref_info(self, ref) -> tuple[int, int, int]:
+        with self._lock:
+            self._ready()
+            addr = self._own(ref)
+            row = self._row(addr)
+            return addr, int(self._table.nbytes[row]), int(self._table.nrefs[row])
+
+    def _slot_address(self, ref, slot) -> int:
+        slot = _index(slot, "slot")
+        addr = self._own(ref)
+        nrefs = int(self._table.nrefs[self._row(addr)])
+        if not 0 <= slot < nrefs:
+            raise IndexError(f"slot {slot} out of range: the object has {nrefs} reference slots")
+        return int(self._model.slot_addresses(np.array([addr]), np.array([nrefs]))[slot])
+
+    def _ref_set(self, ref, slot, target) -> None:
+        with self._lock:
+            self._ready()
+            where = self._slot_address(ref, slot)
+            value = 0 if target is None else self._own(target)
+            self._kernel.store(where, value.to_bytes(8, sys.byteorder))
+
+    def _ref_get(self, ref, slot):
+        with self._lock:
+            self._ready()
+            where = self._slot_address(ref, slot)
+            value = int.from_bytes(self._kernel.load(where, 8), sys.byteorder)
+            if value == 0:
+                return None
+            if self._table.find(value) < 0:
+                raise HeapCorrupted("reference targets", f"slot {slot} of 0x{self._own(ref):x} holds 0x{value:x}, "
+                                    "which is no object start")
+            return Ref(self, self._handles.new(value))
+
+    def _payload_range(self, ref, length, offset) -> int:
+        length, offset = _index(length, "length"), _index(offset, "offset")
+        addr, nbytes, nrefs = self._ref_info(ref)
+        if offset < 0 or length < 0 or offset + length > nbytes:
+            raise ValueError(f"bytes [{offset}, {offset + length}) are outside the object's {nbytes}-byte payload")
+        return addr + self._model.payload_offset(nrefs) + offset
+
+    def _ref_read(self, ref, length, offset) -> bytes:
+        with self._lock:
+            self._ready()
+            where = self._payload_range(ref, length, offset)
+            return self._kernel.load(where, length) if length else b""
+
+    def _ref_write(self, ref, data, offset) -> None:
+        try:
+            data = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
+        with self._lock:
+            self._ready()
+            where = self._payload_range(ref, len(data), offset)
+            if len(data):
+                self._kernel.store(where, data)
+
+    # -- RefArray operations ----------------------------------------------------------------
+    def _block(self, arr: RefArray) -> np.ndarray:
+        if arr._heap is not self:
+            raise ValueError("this RefArray belongs to another heap")
+        with self._lock:
+            self._ready()
+            return self._handles.blocks[arr._key]
+
+    def _block_ref(self, arr: RefArray, i) -> Ref:
+        i = _index(i, "index")
+        with self._lock:
+            block = self._block(arr)
+            if not -block.size <= i < block.size:
+                raise IndexError(f"index {i} out of range for {block.size} objects")
+            return Ref(self, self._handles.new(int(block[i])))
+
+    def _block_set_refs(self, arr: RefArray, slot, sources, targets: RefArray, target_index) -> None:
+        slot = _index(slot, "slot")
+        with self._lock:
+            block = self._block(arr)
+            tblock = self._block(targets)
+            sources = np.asarray(sources, dtype=np.int64)
+            tidx = np.asarray(target_index, dtype=np.int64)
+            if sources.shape != tidx.shape:
+                raise ValueError("sources and target_index must have the same shape")
+            if sources.size == 0:
+                return
+            if sources.min() < 0 or sources.max() >= block.size or tidx.max() >= tblock.size or tidx.min() < -1:
+                raise IndexError("an index is out of range")
+            starts = block[sources]
+            nrefs = self._table.nrefs[rows_of(self._table.start, starts, "roots")]
+            if slot < 0 or (nrefs <= slot).any():
+                raise IndexError(f"slot {slot} out of range for some of the objects")
+            every = self._model.slot_addresses(starts, nrefs)
+            where = every[np.cumsum(nrefs) - nrefs + slot]
+            values = np.where(tidx >= 0, tblock[np.maximum(tidx, 0)], 0)
+            self._kernel.store_words(where.astype(np.uint64), values.astype(np.uint64))
+
+    # -- collection ----------------------------------------------------------------------
+    def collect(self, concurrent: bool = False) -> GCStats:
+        """Compact the heap, stop-the-world; returns what it did."""
+        if concurrent:
+            raise NotImplementedError("concurrent compaction is not built yet: use collect()")
+        with self._lock:
+            self._ready()
+            return self._collect_locked()
+
+    def _collect_locked(self) -> GCStats:
+        t0 = time.perf_counter_ns()
+        stats = GCStats(rss_before=self._rss())
+        clock = PhaseClock(self._compactor)
+        if self._compactor == "remap":
+            self._collect_remap(stats, clock)
+        else:
+            self._collect_copy(stats, clock)
+        stats.total_ns = stats.pause_ns = time.perf_counter_ns() - t0
+        stats.rss_after = self._rss()
+        self.last_phase_ns = dict(clock.ns)
+        self._since_collect = 0
+        self.collections += 1
+        log.info("gc_done", compactor=self._compactor, **stats.as_dict())
+        return stats
+
+    def _roots(self) -> np.ndarray:
+        parts = [self._handles.roots()]
+        parts.extend(np.asarray(s.scan_roots(), dtype=np.int64) for s in self._scanners)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _mark(self, stats: GCStats, clock: PhaseClock):
+        t = self._table
+        old = {c: getattr(t, c).copy() for c in ObjectTable.COLUMNS}
+        with clock.phase("mark") as ev:
+            marking = mark(self._kernel, self._model, old["start"], old["nrefs"], self._roots())
+            live = marking.live
+            stats.live_objects = int(live.sum())
+            stats.live_bytes = int(old["total"][live].sum())
+            stats.freed_objects = t.n - stats.live_objects
+            ev.update(objects=t.n, live=stats.live_objects, levels=marking.levels, slots=marking.slots_read)
+        return old, marking
+
+    def _forward_roots(self, old_starts: np.ndarray, new_by_row: np.ndarray) -> None:
+        def forward(addrs):
+            addrs = np.asarray(addrs, dtype=np.int64)
+            out = np.zeros(addrs.shape, dtype=np.int64)
+            held = addrs != 0
+            out[held] = new_by_row[rows_of(old_starts, addrs[held], "root")]
+            return out
+
+        self._handles.forward(forward)
+        for scanner in self._scanners:
+            scanner.update_roots(forward)
+
+    def _commit_tables(self, old, plan: Plan, top: int) -> None:
+        rows = plan.live_rows
+        self._table.replace(plan.new_starts, old["nbytes"][rows], old["nrefs"][rows], old["total"][rows])
+        self._alloc.reset(plan.new_starts, old["total"][rows], top, plan.last_object_end)
+
+    def _collect_remap(self, stats: GCStats, clock: PhaseClock) -> None:
+        k, uffd, ps = self._kernel, self._uffd, self._ps
+        base, size, fs = self._base, self._size, self._from_space
+        old, marking = self._mark(stats, clock)
+        with clock.phase("plan") as ev:
+            plan = plan_remap(old["start"], old["total"], marking.live, base, ps, self._alloc.hpage_pages,
+                              self._alloc.used_pages, self._dense)
+            new_by_row = np.zeros(old["start"].size, dtype=np.int64)
+            new_by_row[plan.live_rows] = plan.new_starts
+            ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
+                      evacuated=int(plan.evacuated.sum()))
+        with clock.phase("flip") as ev:
+            uffd.register(base, size, UFFDIO_REGISTER_MODE_MISSING)
+            try:
+                k.mremap(base, size, fs, dontunmap=True)
+            except OSError:
+                uffd.unregister(base, size)
+                raise
+            scratch_len = plan.rebuilt_pages * ps
+            try:
+                scratch = k.mmap(scratch_len) if scratch_len else 0
+            except OSError:
+                self._unflip()
+                raise
+            ev.update(bytes=self._alloc.used_pages * ps)
+        with clock.phase("fixup") as ev:
+            try:
+                stats.bytes_copied += evacuate(k, self._model, plan, old["start"], old["total"], base, fs, scratch)
+            except OSError:
+                if scratch:
+                    k.munmap(scratch, scratch_len)
+                self._unflip()
+                raise
+            rows = plan.live_rows
+            locations = np.where(plan.evacuated, 0, fs + (old["start"][rows] - base))
+            locations[plan.evacuated] = scratch + plan.rebuilt_offsets
+            slots = self._model.slot_addresses(locations, old["nrefs"][rows])
+            values = slot_values(plan, marking, old["nrefs"], new_by_row)
+            k.store_words(slots.astype(np.uint64), values.astype(np.uint64))
+            t_roots = time.perf_counter_ns()
+            self._forward_roots(old["start"], new_by_row)
+            self._commit_tables(old, plan, base + plan.end_pages * ps)
+            ev.update(slots=int(slots.size), evacuated_bytes=stats.bytes_copied,
+                      roots_ns=time.perf_counter_ns() - t_roots)
+        self._pending = PageInstaller(k, uffd, plan, base, fs, scratch)
+        self._pending_release = (scratch, scratch_len)
+        counters = InstallCounters()
+        with clock.phase("install") as ev:
+            try:
+                self._install_pending(counters)
+            finally:
+                self._count(stats, counters)
+                ev.update(runs=int(self._pending_runs), pages=counters.pages_moved, ioctls=counters.ioctls,
+                          ebusy=counters.ebusy_fallbacks)
+        with clock.phase("release") as ev:
+            ev.update(**self._release_from_space())
+
+    def _count(self, stats: GCStats, c: InstallCounters) -> None:
+        stats.pages_moved += c.pages_moved
+        stats.bytes_moved_zero_copy += c.pages_moved * self._ps
+        stats.bytes_copied += c.bytes_copied
+        stats.eagain_retries += c.eagain_retries
+        stats.partial_moves += c.partial_moves
+        stats.eexist_races += c.eexist_races
+        stats.ebusy_fallbacks += c.ebusy_fallbacks
+
+    _pending_runs = 0
+
+    def _install_pending(self, counters: InstallCounters) -> None:
+        inst = self._pending
+        self._pending_runs = inst.run_first.size
+        try:
+            inst.install(counters)
+        except InstallInterrupted as exc:
+            err = exc.error
+            raise CompactionAborted(err.errno or 0, f"installing to-space pages failed ({err}); the rest stays "
+                                    "pending and is installed by the next heap operation") from err
+        self._pending = None
+
+    def _release_from_space(self) -> dict:
+        """After an install: unregister the arena, drop what the from-space still holds."""
+        k = self._kernel
+        rss = k.resident_bytes(self._from_space, self._size)
+        self._uffd.unregister(self._base, self._size)
+        k.madvise(self._from_space, self._size, MADV_DONTNEED)
+        scratch, scratch_len = self._pending_release
+        if scratch:
+            k.munmap(scratch, scratch_len)
+        self._pending_release = (0, 0)
+        return dict(from_space_bytes=rss, scratch_bytes=scratch_len)
+
+    def _unflip(self) -> None:
+        """Undo a flip whose plan could not be carried out: the pages go back."""
+        k = self._kernel
+        k.mremap(self._from_space, self._size, self._base)
+        try:
+            self._uffd.unregister(self._base, self._size)
+        except OSError:
+            pass
+        self._from_space = k.mmap(self._size, align=k.hpage_size)
+
+    def _collect_copy(self, stats: GCStats, clock: PhaseClock) -> None:
+        k, ps, base = self._kernel, self._ps, self._base
+        old_top = self._alloc.top
+        old, marking = self._mark(stats, clock)
+        with clock.phase("plan") as ev:
+            plan = plan_slide(old["start"], old["total"], marking.live, base, ps, self._alloc.hpage_pages)
+            new_by_row = np.zeros(old["start"].size, dtype=np.int64)
+            new_by_row[plan.live_rows] = plan.new_starts
+            ev.update(pages=plan.end_pages)
+        rows = plan.live_rows
+        with clock.phase("install") as ev:
+            srcs = old["start"][rows]
+            moving = srcs != plan.new_starts
+            lengths = old["total"][rows][moving]
+            k.copy_ranges(plan.new_starts[moving].astype(np.uint64), srcs[moving].astype(np.uint64),
+                          lengths.astype(np.uint64))
+            stats.bytes_copied += int(lengths.sum())
+            ev.update(objects_moved=int(moving.sum()), bytes=int(lengths.sum()))
+        with clock.phase("fixup") as ev:
+            slots = self._model.slot_addresses(plan.new_starts, old["nrefs"][rows])
+            values = slot_values(plan, marking, old["nrefs"], new_by_row)
+            k.store_words(slots.astype(np.uint64), values.astype(np.uint64))
+            self._forward_roots(old["start"], new_by_row)
+            new_top = base + plan.end_pages * ps
+            self._commit_tables(old, plan, new_top)
+            ev.update(slots=int(slots.size))
+        with clock.phase("release") as ev:
+            if plan.last_object_end:
+                tail = round_up(plan.last_object_end - base, ps) + base - plan.last_object_end
+                k.store(plan.last_object_end, bytes(tail))
+            if old_top > new_top:
+                k.madvise(new_top, old_top - new_top, MADV_DONTNEED)
+            ev.update(released_bytes=max(old_top - new_top, 0))
+
+    # -- inspection ----------------------------------------------------------------------
+    def _rss(self) -> int:
+        k = self._kernel
+        rss = k.resident_bytes(self._base, self._size)
+        if self._from_space:
+            rss += k.resident_bytes(self._from_space, self._size)
+        return rss
+
+    def stats(self) -> HeapStats:
+        with self._lock:
+            self._ready()
+            a = self._alloc
+            free = a.end - a.top + ((a.limit - a.cursor) if a.cursor else 0)
+            return HeapStats(objects=self._table.n, live_bytes=int(self._table.total.sum()), free_bytes=free,
+                             size=self._size, rss=self._rss())
+
+    def verify(self) -> None:
+        """Check every invariant; raise HeapCorrupted naming the first broken one."""
+        with self._lock:
+            self._ready()
+            from .verify import verify_heap
+
+            verify_heap(self)
