@@ -347,7 +347,6 @@ def open_userfaultfd(features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool 
         lib.rgc_close(fd)
         raise KernelUnsupported(_api_refusal(-ret, features, flags, via))
     uffd = LinuxUffd(fd, int(out_features[0]), int(out_ioctls[0]), via, user_mode_only)
-    log.debug("uffd_opened", fd=fd, via=via, features=hex(uffd.features), user_mode_only=user_mode_only)
     return uffd
 
 
@@ -643,7 +642,6 @@ class LinuxKernel:
         pid = _check(lib.rgc_fork_sleeper(keepalive), "fork")
         child = LinuxChild(pid, keepalive[0])
         self._children.add(child)
-        log.debug("child_forked", pid=pid)
         return child
 
     def userfaultfd(self, features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool = True) -> LinuxUffd:
