@@ -1,0 +1,92 @@
+"""Large objects and dense pages move zero-copy: same physical frames after a collection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from heap import Heap
+
+MiB = 1 << 20
+
+
+def touch_every_page(ref, nbytes: int, page: int) -> None:
+    for off in range(0, nbytes, page):
+        ref.write(off.to_bytes(8, "little") + b"zc", off)
+    ref.write(b"end!", nbytes - 4)  # the object's last page too
+
+
+def frames_of(heap: Heap, ref) -> np.ndarray:
+    ps = heap.kernel.page_size
+    npages = -(-(ref.nbytes + heap.object_model.payload_offset(0)) // ps)
+    return np.asarray(heap.kernel.page_frames(ref.address, npages))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("thp,sizes", [
+    (False, [64 << 10, 300 << 10, MiB, 64 << 10, 2 * MiB, 100 << 10]),
+    (True, [2 * MiB, 4 * MiB, 2 * MiB, 6 * MiB]),
+], ids=["4k-pages", "thp"])
+def test_large_objects_keep_their_frames(kernel_name, thp, sizes):
+    with Heap(kernel=kernel_name, size=64 * MiB, compactor="remap", thp=thp) as heap:
+        ps = heap.kernel.page_size
+        refs = [heap.alloc(n) for n in sizes]
+        for ref, n in zip(refs, sizes):
+            touch_every_page(ref, n, ps)
+        keep = refs[1::2]  # every other object dies: the survivors must move down
+        del refs
+        before = [(r.address, frames_of(heap, r)) for r in keep]
+        assert all((f >= 0).all() for _, f in before)
+        stats = heap.collect()
+        moved = 0
+        for ref, (addr, frames) in zip(keep, before):
+            assert np.array_equal(frames_of(heap, ref), frames), "a large object changed frames: it was copied"
+            moved += ref.address != addr
+            for off in range(0, ref.nbytes, ps):
+                assert ref.read(10, off) == off.to_bytes(8, "little") + b"zc"
+        assert moved, "nothing moved: the test proves nothing"
+        assert stats.bytes_copied == 0
+        assert stats.bytes_moved_zero_copy >= sum(r.nbytes for r in keep)
+        heap.verify()
+
+
+@pytest.mark.timeout(60)
+def test_thp_object_stays_huge(kernel_name):
+    with Heap(kernel=kernel_name, size=32 * MiB, compactor="remap", thp=True) as heap:
+        k = heap.kernel
+        dead = heap.alloc(2 * MiB)
+        big = heap.alloc(4 * MiB - 64)
+        touch_every_page(dead, 2 * MiB, k.page_size)
+        touch_every_page(big, 4 * MiB - 64, k.page_size)
+        assert k.page_info(big.address).huge
+        addr = big.address
+        del dead
+        heap.collect()
+        assert big.address != addr and big.address % k.hpage_size == 0
+        info = k.page_info(big.address)
+        assert info.huge and info.state == "thp", info
+
+
+@pytest.mark.timeout(60)
+def test_dense_small_pages_move_whole_sparse_ones_are_evacuated(kernel_name):
+    with Heap(kernel=kernel_name, size=16 * MiB, compactor="remap", dense=0.5) as heap:
+        k = heap.kernel
+        ps = k.page_size
+        per_page = ps // 256  # 256-byte objects, 16 to a page
+        block = heap.alloc_many(np.full(per_page * 6, 256 - 16), 0)
+        addrs = block.addresses
+        pages = (addrs - heap.base) // ps
+        # page 0 dies entirely, page 1 keeps 2 of 16 (sparse), pages 2-5 keep all (dense)
+        keep = np.flatnonzero((pages >= 2) | ((pages == 1) & (np.arange(addrs.size) % per_page < 2)))
+        refs = [block[int(i)] for i in keep]
+        for r in refs:
+            r.write(r.address.to_bytes(8, "little"), 0)
+        dense_frames = k.page_frames(heap.base + 2 * ps, 4)
+        del block
+        stats = heap.collect()
+        assert stats.live_objects == keep.size
+        assert stats.bytes_copied == 2 * 256  # the two survivors of the sparse page
+        # the four dense pages moved down by two pages, frames intact
+        assert np.array_equal(k.page_frames(heap.base, 4), dense_frames)
+        assert stats.pages_moved == 5  # 4 dense + 1 rebuilt
+        heap.verify()
