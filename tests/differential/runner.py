@@ -172,7 +172,8 @@ class Runner:
         # the runner's own view of each page, only to avoid faults that would
         # kill (PROT_NONE, unmapped) or block (registered missing) the caller
         self.mapped: dict[int, int] = {}  # page address -> prot
-        self.registered: set[int] = set()  # page addresses maybe under a MISSING uffd
+        # page address -> names of the uffds that may hold it registered MISSING
+        self.registered: dict[int, set[str]] = {}
         self.uffds: dict = {}
         self.children: dict = {}
         self.readers: list[Reader] = []
@@ -263,7 +264,7 @@ class Runner:
         self.k.munmap(start, st.pages * PS)
         for a in self.page_addrs(start, st.pages):
             self.mapped.pop(a, None)
-            self.registered.discard(a)
+            self.registered.pop(a, None)
 
     def do_Mprotect(self, st: S.Mprotect):
         start = self.addr(st.at)
@@ -277,7 +278,7 @@ class Runner:
 
     def do_Mlock(self, st: S.Mlock):
         start = self.addr(st.at)
-        if not st.onfault and any(a in self.registered for a in self.page_addrs(start, st.pages)):
+        if not st.onfault and any(self.registered.get(a) for a in self.page_addrs(start, st.pages)):
             # mlock populates: on a registered missing page that is a userfault
             raise AssertionError("scenario error: mlock (populating) over a registered range")
         self.k.mlock(start, st.pages * PS, onfault=st.onfault)
@@ -300,11 +301,11 @@ class Runner:
                 if not st.dontunmap:
                     del self.mapped[o]
             if o in self.registered:
-                self.registered.add(n)
+                self.registered.setdefault(n, set()).update(self.registered[o])
 
     # -- user-mode access ----------------------------------------------------
     def would_block(self, a: int) -> bool:
-        return a in self.registered and self.k.page_info(a).state == "none"
+        return bool(self.registered.get(a)) and self.k.page_info(a).state == "none"
 
     def do_Write(self, st: S.Write):
         start = self.addr(st.at)
@@ -354,13 +355,15 @@ class Runner:
         start = self.addr(st.at)
         ioctls = self.uffds[st.uffd].register(start, st.pages * PS, st.mode)
         if st.mode & UFFDIO_REGISTER_MODE_MISSING:
-            self.registered.update(self.page_addrs(start, st.pages))
+            for a in self.page_addrs(start, st.pages):
+                self.registered.setdefault(a, set()).add(st.uffd)
         return f"ioctls={ioctls:#x}"
 
     def do_Unregister(self, st: S.Unregister):
         start = self.addr(st.at)
         self.uffds[st.uffd].unregister(start, st.pages * PS)
-        self.registered.difference_update(self.page_addrs(start, st.pages))
+        for a in self.page_addrs(start, st.pages):
+            self.registered.get(a, set()).discard(st.uffd)
 
     def do_Move(self, st: S.Move):
         length = st.nbytes if st.nbytes is not None else st.pages * PS
@@ -377,8 +380,8 @@ class Runner:
 
     def do_CloseUffd(self, st: S.CloseUffd):
         self.uffds.pop(st.uffd).close()
-        # which pages that uffd covered is not tracked; stay conservative
-        # (a maybe-registered missing page is simply not read)
+        for names in self.registered.values():
+            names.discard(st.uffd)
 
     # -- threads -----------------------------------------------------------------
     def do_StartReader(self, st: S.StartReader):
