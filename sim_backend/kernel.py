@@ -1,0 +1,1032 @@
+"""SimKernel: the Kernel protocol on a simulated Linux 6.18 address space.
+
+See the package docstring (sim_backend/__init__.py) for the model and the
+list of intentional deviations from Linux.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import operator
+import os
+import threading
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from heap.kernel import (
+    MADV_DOFORK,
+    MADV_DONTFORK,
+    MADV_DONTNEED,
+    MADV_FREE,
+    MADV_HUGEPAGE,
+    MADV_NOHUGEPAGE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    UFFD_FEATURE_MOVE,
+    UFFDIO_REGISTER_MODE_MISSING,
+    KernelUnsupported,
+    PageInfo,
+)
+
+from .faultplan import FaultPlan
+from .frames import (
+    FIRST_FRAME,
+    HUGE_ZERO_BASE,
+    NO_FRAME,
+    PAGE_SIZE,
+    PTRS_PER_PMD,
+    ZERO_FRAME,
+    Frames,
+    OutOfMemory,
+)
+from .pagetable import HUGE_ZERO, NONE, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, TABLE, THP, PageTables
+from .vmas import MMAP_MIN_ADDR, PAGE_SHIFT, TASK_SIZE, AddressSpace, Vma
+
+U64_MAX = (1 << 64) - 1
+PAGE_MASK = ~(PAGE_SIZE - 1)
+PMD_MASK = ~(PMD_SIZE - 1)
+IDX_MASK = PTRS_PER_PMD - 1
+
+# Everything UFFDIO_API offers on the reference kernel (features 0..16).
+SIM_UFFD_FEATURES = (1 << 17) - 1
+
+# madvise advice values Linux accepts; those the sim does not model are accepted as no-ops.
+_VALID_ADVICE = frozenset({0, 1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+                           24, 25, 100, 101, 102, 103})
+_PROT_SEM = 0x8
+
+
+def _err(code: int, what: str) -> OSError:
+    return OSError(code, f"{os.strerror(code)} ({what})")
+
+
+def _u64(value, name: str) -> int:
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if not 0 <= value <= U64_MAX:
+        raise ValueError(f"{name}={value} is out of range: must be in [0, 2**64)")
+    return value
+
+
+def _u64_array(values, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.empty(0, dtype=np.uint64)
+    if arr.dtype == np.uint64:
+        return arr
+    if arr.dtype == np.int64:
+        return arr.view(np.uint64)
+    if arr.dtype.kind in "iu":
+        if arr.dtype.kind == "i" and (arr < 0).any():
+            raise ValueError(f"{name} holds negative values")
+        return arr.astype(np.uint64)
+    if arr.dtype == object:
+        return np.array([_u64(v, name) for v in arr], dtype=np.uint64)
+    raise ValueError(f"{name} must hold integers, not {arr.dtype}")
+
+
+def _page_align(n: int) -> int:
+    return (n + PAGE_SIZE - 1) & PAGE_MASK
+
+
+@dataclass
+class Counters:
+    """Cost counters of a SimKernel (cumulative; ``reset()`` zeroes them)."""
+
+    ptes_moved: int = 0  # pages moved one PTE at a time by UFFDIO_MOVE (zero-page PTEs included)
+    pmds_moved: int = 0  # whole PMDs (THP or huge zero page) moved by UFFDIO_MOVE
+    tlb_flushes: int = 0  # TLB flushes by UFFDIO_MOVE: one per PTE batch, per zero page, per PMD
+    pmds_split: int = 0  # huge PMDs split into PTE tables (by MOVE, munmap, madvise, mprotect...)
+    pages_split: int = 0  # pages of large folios split into order-0 pages
+    bytes_copied: int = 0  # bytes the kernel copied: UFFDIO_COPY and copy-on-write breaks
+    user_bytes_copied: int = 0  # bytes copied by user-mode memmove/copy_ranges
+    faults_raised: int = 0  # userfaults delivered to a uffd (a blocked thread each)
+    faults_served: int = 0  # blocked faulting threads woken by MOVE/COPY/ZEROPAGE/WAKE/unregister
+    demand_faults: int = 0  # page faults resolved by the kernel itself (zero page, new page, COW, THP)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def reset(self) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, 0)
+
+    def __getitem__(self, name: str) -> int:
+        return getattr(self, name)
+
+
+class Waiter:
+    """A thread blocked in a userfault."""
+
+    __slots__ = ("uffd", "address", "write", "woken", "reported")
+
+    def __init__(self, uffd, address: int, write: bool):
+        self.uffd = uffd
+        self.address = address
+        self.write = write
+        self.woken = False
+        self.reported = False
+
+
+class SimChild:
+    """A forked child: it holds one reference to every private page it inherited."""
+
+    def __init__(self, kernel: "SimKernel", pid: int, frames: np.ndarray):
+        self.pid = pid
+        self._kernel = kernel
+        self._frames = frames
+        self.alive = True
+
+    def exit(self) -> None:
+        with self._kernel._lock:
+            if not self.alive:
+                return
+            self.alive = False
+            self._kernel.frames.unmap(self._frames)
+            self._frames = np.empty(0, dtype=np.int64)
+
+    def __repr__(self) -> str:
+        return f"SimChild(pid={self.pid}, {'alive' if self.alive else 'reaped'})"
+
+
+class SimKernel:
+    """A simulated Linux 6.18 kernel (x86-64, 4 KiB pages, 2 MiB THP)."""
+
+    name = "sim"
+    page_size = PAGE_SIZE
+    hpage_size = PMD_SIZE
+
+    def __init__(self, seed: int = 0, thp: bool = True, fault_plan: FaultPlan | None = None):
+        self.seed = seed
+        self.thp = thp
+        self.fault_plan = fault_plan if fault_plan is not None else FaultPlan(seed=seed)
+        self.counters = Counters()
+        self.mm = AddressSpace()
+        self.pt = PageTables()
+        self.frames = Frames()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiters: list[Waiter] = []
+        self._anon_vma_ids = itertools.count(1)
+        self._pids = itertools.count(1000)
+        self._uffd_ids = itertools.count(3)
+
+    def __repr__(self) -> str:
+        return f"SimKernel(seed={self.seed}, thp={self.thp}, vmas={len(self.mm.vmas)})"
+
+    # ------------------------------------------------------------------------------
+    # small helpers
+    # ------------------------------------------------------------------------------
+    def _anon_vma(self, vma: Vma) -> int:
+        """anon_vma_prepare: the VMA's anon_vma, created on first need."""
+        if vma.anon_vma is None:
+            vma.anon_vma = next(self._anon_vma_ids)
+        return vma.anon_vma
+
+    @staticmethod
+    def _missing_registered(vma: Vma) -> bool:
+        return vma.uffd is not None and bool(vma.uffd_mode & UFFDIO_REGISTER_MODE_MISSING)
+
+    def _thp_eligible(self, vma: Vma, region: int) -> bool:
+        start = region << PMD_SHIFT
+        return (self.thp and not vma.shared and vma.hugepage == MADV_HUGEPAGE
+                and vma.start <= start and start + PMD_SIZE <= vma.end)
+
+    def _release_entries(self, entries: np.ndarray) -> None:
+        """Drop the mappings held by a slice of PTEs (zero pages hold none)."""
+        real = entries[entries >= FIRST_FRAME]
+        self.frames.unmap(real)
+
+    def _split_pmd(self, region: int) -> None:
+        """Split a huge PMD into a PTE table mapping the same pages (the folio stays large)."""
+        row = self.pt.row(region)
+        kind = self.pt.kind[row]
+        if kind == THP:
+            self.pt.kind[row] = TABLE
+        elif kind == HUGE_ZERO:
+            self.pt.kind[row] = TABLE
+            self.pt.pte[row] = ZERO_FRAME
+        else:
+            return
+        self.counters.pmds_split += 1
+
+    def _split_folio(self, frame: int) -> bool:
+        """split_folio() of the large folio holding ``frame``; False (EBUSY) if it is pinned."""
+        head = int(self.frames.head[frame])
+        nr = int(self.frames.nr[head])
+        if self.frames.pins[head:head + nr].any():
+            return False
+        self.counters.pages_split += self.frames.split_folio(head)
+        return True
+
+    def _split_boundary(self, addr: int) -> None:
+        """A VMA boundary at ``addr`` splits a huge PMD that straddles it (vma_adjust_trans_huge)."""
+        if addr & (PMD_SIZE - 1):
+            self._split_pmd(addr >> PMD_SHIFT)
+
+    def _isolate(self, start: int, end: int) -> list[Vma]:
+        self._split_boundary(start)
+        self._split_boundary(end)
+        return self.mm.isolate(start, end)
+
+    # ------------------------------------------------------------------------------
+    # zapping and page-table freeing
+    # ------------------------------------------------------------------------------
+    def _zap(self, start: int, end: int, reclaim: bool) -> None:
+        """Unmap every page in ``[start, end)`` (one VMA's range or part of it).
+
+        ``reclaim``: CONFIG_PT_RECLAIM as MADV_DONTNEED uses it: a PTE table left
+        empty in a 2 MiB region the range covers whole is freed.
+        """
+        addr = start
+        while addr < end:
+            region = addr >> PMD_SHIFT
+            nxt = min((region + 1) << PMD_SHIFT, end)
+            row = self.pt.row(region)
+            if row >= 0:
+                whole = addr & (PMD_SIZE - 1) == 0 and nxt - addr == PMD_SIZE
+                kind = self.pt.kind[row]
+                if kind in (THP, HUGE_ZERO) and whole:
+                    self._release_entries(self.pt.pte[row])
+                    self.pt.drop(region)
+                else:
+                    if kind != TABLE:
+                        self._split_pmd(region)
+                    lo, hi = (addr >> PAGE_SHIFT) & IDX_MASK, ((nxt - 1) >> PAGE_SHIFT & IDX_MASK) + 1
+                    self._release_entries(self.pt.pte[row, lo:hi])
+                    self.pt.pte[row, lo:hi] = NO_FRAME
+                    if reclaim and whole and (self.pt.pte[row] == NO_FRAME).all():
+                        self.pt.drop(region)
+            addr = nxt
+
+    def _free_pgtables(self, start: int, end: int) -> None:
+        """free_pgtables: drop the page tables of regions around ``[start, end)`` no VMA touches."""
+        for region in range(start >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1):
+            lo = region << PMD_SHIFT
+            if self.pt.row(region) >= 0 and not self.mm.any_in(lo, lo + PMD_SIZE):
+                row = self.pt.row(region)
+                self._release_entries(self.pt.pte[row])
+                self.pt.drop(region)
+        for pud in range(start >> PUD_SHIFT, ((end - 1) >> PUD_SHIFT) + 1):
+            lo = pud << PUD_SHIFT
+            if pud in self.pt.puds and not self.mm.any_in(lo, lo + (1 << PUD_SHIFT)):
+                self.pt.drop_pud(pud)
+
+    # ------------------------------------------------------------------------------
+    # the mmap family
+    # ------------------------------------------------------------------------------
+    def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, *,
+             shared: bool = False, align: int = 0, at: int | None = None) -> int:
+        length, align = _u64(length, "length"), _u64(align, "align")
+        if align and (align & (align - 1) or align % PAGE_SIZE):
+            raise ValueError(f"align={align:#x} must be a power of two and a multiple of the page size")
+        with self._lock:
+            if length == 0:
+                raise _err(errno.EINVAL, "mmap of length 0")
+            length = _page_align(length)
+            if length == 0 or length > TASK_SIZE:
+                raise _err(errno.ENOMEM, "mmap")
+            if at is not None:
+                at = _u64(at, "at")
+                if align and at % align:
+                    raise ValueError(f"at={at:#x} is not a multiple of align={align:#x}")
+                if at & (PAGE_SIZE - 1):
+                    raise _err(errno.EINVAL, f"mmap at {at:#x}")
+                if at > TASK_SIZE - length:
+                    raise _err(errno.ENOMEM, f"mmap at {at:#x}")
+                if self.mm.any_in(at, at + length):
+                    raise _err(errno.EEXIST, f"mmap at {at:#x}")
+                addr = at
+            else:
+                want = max(align, PAGE_SIZE)
+                if not shared and length % PMD_SIZE == 0:
+                    want = max(want, PMD_SIZE)  # thp_get_unmapped_area for PMD-multiple anon maps
+                addr = self.mm.free_area(length, want)
+                if addr is None:
+                    raise _err(errno.ENOMEM, "mmap: no room in the address space")
+            vma = Vma(addr, addr + length, prot & 0xF, shared=shared, pgoff=addr >> PAGE_SHIFT)
+            self.mm.insert(vma)
+            self.mm.merge_around(addr, addr + length)
+            return addr
+
+    def munmap(self, addr: int, length: int) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        with self._lock:
+            if addr & (PAGE_SIZE - 1) or length == 0:
+                raise _err(errno.EINVAL, f"munmap {addr:#x}+{length:#x}")
+            length = _page_align(length)
+            if length == 0 or addr > TASK_SIZE or length > TASK_SIZE - addr:
+                raise _err(errno.EINVAL, f"munmap {addr:#x}+{length:#x}")
+            self._unmap_range(addr, addr + length)
+
+    def _unmap_range(self, start: int, end: int) -> None:
+        vmas = self._isolate(start, end)
+        if not vmas:
+            return
+        for vma in vmas:
+            self._zap(vma.start, vma.end, reclaim=False)
+            self.mm.remove(vma)
+        self._free_pgtables(start, end)
+
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        prot = operator.index(prot)
+        with self._lock:
+            if addr & (PAGE_SIZE - 1):
+                raise _err(errno.EINVAL, f"mprotect {addr:#x}")
+            if length == 0:
+                return
+            length = _page_align(length)
+            if length == 0 or addr + length > U64_MAX:
+                raise _err(errno.ENOMEM, f"mprotect {addr:#x}+{length:#x}")
+            if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | _PROT_SEM):
+                raise _err(errno.EINVAL, f"mprotect prot={prot:#x}")
+            self._apply_to_range(addr, addr + length, lambda v: setattr(v, "prot", prot & 0x7), "mprotect")
+
+    def _apply_to_range(self, start: int, end: int, change, what: str) -> None:
+        """Change the VMAs of ``[start, end)`` in order; ENOMEM at the first hole (earlier ones stay changed)."""
+        first = self.mm.find(start)
+        if first is None:
+            raise _err(errno.ENOMEM, f"{what}: {start:#x} is not mapped")
+        cursor = start
+        hole = False
+        for vma in list(self.mm.overlapping(start, end)):
+            if vma.start > cursor:
+                hole = True
+                break
+            lo, hi = max(vma.start, start), min(vma.end, end)
+            for piece in self._isolate(lo, hi):
+                change(piece)
+            cursor = hi
+        self.mm.merge_around(start, end)
+        if hole or cursor < end:
+            raise _err(errno.ENOMEM, f"{what}: {cursor:#x} is not mapped")
+
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        advice = operator.index(advice)
+        with self._lock:
+            if advice not in _VALID_ADVICE:
+                raise _err(errno.EINVAL, f"madvise advice {advice}")
+            if addr & (PAGE_SIZE - 1):
+                raise _err(errno.EINVAL, f"madvise {addr:#x}")
+            end = addr + _page_align(length)
+            if length and end == addr or end > U64_MAX:
+                raise _err(errno.EINVAL, f"madvise {addr:#x}+{length:#x}")
+            if end == addr:
+                return
+            unmapped = False
+            cursor = addr
+            for vma in list(self.mm.overlapping(addr, end)):
+                if vma.start > cursor:
+                    unmapped = True
+                lo, hi = max(vma.start, addr), min(vma.end, end)
+                self._madvise_vma(vma, lo, hi, advice)
+                cursor = hi
+            if cursor < end:
+                unmapped = True
+            self.mm.merge_around(addr, end)
+            if unmapped:
+                raise _err(errno.ENOMEM, f"madvise {addr:#x}+{length:#x}: part of the range is not mapped")
+
+    def _madvise_vma(self, vma: Vma, lo: int, hi: int, advice: int) -> None:
+        if advice == MADV_DONTNEED:
+            if vma.locked:
+                raise _err(errno.EINVAL, "madvise(MADV_DONTNEED) on locked memory")
+            self._zap(lo, hi, reclaim=True)
+        elif advice == MADV_FREE:
+            if vma.locked or vma.shared:
+                raise _err(errno.EINVAL, "madvise(MADV_FREE) on locked or shared memory")
+            self._madv_free(lo, hi)
+        elif advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE):
+            for piece in self._isolate(lo, hi):
+                piece.hugepage = advice
+        elif advice in (MADV_DONTFORK, MADV_DOFORK):
+            for piece in self._isolate(lo, hi):
+                piece.dontfork = advice == MADV_DONTFORK
+
+    def _madv_free(self, lo: int, hi: int) -> None:
+        # No memory pressure in the sim, so lazily freed pages are never reclaimed;
+        # only the THP split of a partially covered huge PMD is visible.
+        for region in range(lo >> PMD_SHIFT, ((hi - 1) >> PMD_SHIFT) + 1):
+            start = region << PMD_SHIFT
+            if self.pt.kind_of(region) == THP and not (lo <= start and start + PMD_SIZE <= hi):
+                row = self.pt.row(region)
+                head = int(self.pt.pte[row, 0])
+                self._split_pmd(region)
+                self._split_folio(head)
+
+    def mlock(self, addr: int, length: int, *, onfault: bool = False) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        with self._lock:
+            start, end = self._lock_range(addr, length)
+            if end == start:
+                return
+
+            def lock(v: Vma) -> None:
+                v.locked, v.lockonfault = True, bool(onfault)
+
+            self._apply_to_range(start, end, lock, "mlock")
+            if not onfault:
+                self._populate(start, end)
+
+    def munlock(self, addr: int, length: int) -> None:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        with self._lock:
+            start, end = self._lock_range(addr, length)
+            if end == start:
+                return
+
+            def unlock(v: Vma) -> None:
+                v.locked = v.lockonfault = False
+
+            self._apply_to_range(start, end, unlock, "munlock")
+
+    @staticmethod
+    def _lock_range(addr: int, length: int) -> tuple[int, int]:
+        start = addr & PAGE_MASK
+        end = start + _page_align(length + (addr - start))
+        if end > U64_MAX + 1 or end < start:
+            raise _err(errno.EINVAL, "mlock range wraps")
+        return start, end
+
+    def _populate(self, start: int, end: int) -> None:
+        """__mm_populate: fault every page in (write for private writable VMAs); errors ignored."""
+        addr = start
+        while addr < end:
+            vma = self.mm.find(addr)
+            if vma is None:
+                addr += PAGE_SIZE
+                continue
+            stop = min(vma.end, end)
+            if vma.prot & (PROT_READ | PROT_WRITE | PROT_EXEC):
+                write = bool(vma.prot & PROT_WRITE) and not vma.shared
+                for page in range(addr, stop, PAGE_SIZE):
+                    try:
+                        self._fault(page, write, user=False)
+                    except OSError:
+                        pass
+            addr = stop
+
+    def mremap(self, old_addr: int, length: int, new_addr: int, *, dontunmap: bool = False) -> int:
+        old_addr, length, new_addr = _u64(old_addr, "old_addr"), _u64(length, "length"), _u64(new_addr, "new_addr")
+        with self._lock:
+            what = f"mremap {old_addr:#x}+{length:#x} -> {new_addr:#x}"
+            if old_addr & (PAGE_SIZE - 1):
+                raise _err(errno.EINVAL, what)
+            length = _page_align(length)
+            if length == 0:
+                raise _err(errno.EINVAL, what)
+            if new_addr & (PAGE_SIZE - 1) or length > TASK_SIZE or new_addr > TASK_SIZE - length:
+                raise _err(errno.EINVAL, what)
+            if old_addr + length > new_addr and new_addr + length > old_addr:
+                raise _err(errno.EINVAL, what + ": the ranges overlap")
+            vma = self.mm.find(old_addr)
+            if vma is None or length > vma.end - old_addr:
+                raise _err(errno.EFAULT, what)
+            self._unmap_range(new_addr, new_addr + length)
+            self._move_vma(old_addr, new_addr, length, dontunmap)
+            return new_addr
+
+    def _move_vma(self, old: int, new: int, length: int, dontunmap: bool) -> None:
+        [vma] = self._isolate(old, old + length)
+        # The new VMA keeps pgoff and anon_vma; its uffd registration is dropped
+        # (the contexts here never ask for UFFD_FEATURE_EVENT_REMAP).
+        moved = vma.copy(start=new, end=new + length, uffd=None, uffd_mode=0)
+        self.mm.insert(moved)
+        self._move_page_tables(old, new, length)
+        if dontunmap:
+            vma.locked = vma.lockonfault = False
+            vma.anon_vma = None
+            self.mm.merge_around(old, old + length)
+        else:
+            self.mm.remove(vma)
+            self._free_pgtables(old, old + length)
+        self.mm.merge_around(new, new + length)
+
+    def _move_page_tables(self, old: int, new: int, length: int) -> None:
+        """move_page_tables: whole PMD entries where both sides allow it, else PTE by PTE."""
+        done = 0
+        while done < length:
+            src, dst = old + done, new + done
+            extent = min(PMD_SIZE - (src & (PMD_SIZE - 1)), PMD_SIZE - (dst & (PMD_SIZE - 1)), length - done)
+            sreg, dreg = src >> PMD_SHIFT, dst >> PMD_SHIFT
+            row = self.pt.row(sreg)
+            if row >= 0:
+                kind = self.pt.kind[row]
+                if extent == PMD_SIZE and self.pt.row(dreg) < 0:
+                    self.pt.move_row(sreg, dreg)
+                else:
+                    if kind != TABLE:
+                        self._split_pmd(sreg)
+                    drow = self.pt.table(dreg)
+                    n = extent >> PAGE_SHIFT
+                    si, di = (src >> PAGE_SHIFT) & IDX_MASK, (dst >> PAGE_SHIFT) & IDX_MASK
+                    entries = self.pt.pte[row, si:si + n].copy()
+                    self.pt.pte[row, si:si + n] = NO_FRAME
+                    self.pt.pte[drow, di:di + n] = entries
+            done += extent
+
+    # ------------------------------------------------------------------------------
+    # page faults
+    # ------------------------------------------------------------------------------
+    def _fault(self, addr: int, write: bool, *, user: bool = True, may_block: bool = True) -> bool:
+        """Handle one page fault at ``addr``.
+
+        Returns True when the page was made accessible (or the fault blocked and
+        was woken: the caller retries the access either way), False when
+        ``may_block`` is False and resolving it would block or fail. Raises
+        OSError(EFAULT) for an access a real process would take SIGSEGV for.
+        """
+        vma = self.mm.find(addr)
+        need = PROT_WRITE if write else (PROT_READ | PROT_WRITE | PROT_EXEC)
+        if vma is None or not vma.prot & need:
+            if not may_block:
+                return False
+            raise _err(errno.EFAULT, f"{'write' if write else 'read'} at {addr:#x}: "
+                       f"{'not mapped' if vma is None else 'not permitted by the protection'} (SIGSEGV)")
+        region = addr >> PMD_SHIFT
+        idx = (addr >> PAGE_SHIFT) & IDX_MASK
+        row = self.pt.row(region)
+        if row < 0:
+            if self._thp_eligible(vma, region):
+                if self._missing_registered(vma):
+                    return self._userfault(vma, addr, write, user, may_block)
+                self._huge_fault(vma, region, write)
+                return True
+            row = self.pt.table(region)
+        kind = self.pt.kind[row]
+        if kind == HUGE_ZERO:
+            if write:
+                self._drop_row(region)
+                self._huge_fault(vma, region, True)
+            return True
+        if kind == THP:
+            if not write:
+                return True
+            head = int(self.pt.pte[row, 0])
+            folio = slice(head, head + PTRS_PER_PMD)
+            if self.frames.excl[head]:
+                return True
+            if (self.frames.mapcount[folio] == 1).all():
+                self.frames.excl[folio] = True  # reuse: nobody else maps it any more
+                return True
+            self._split_pmd(region)  # COW of one page out of a shared THP
+        frame = int(self.pt.pte[row, idx])
+        if frame == NO_FRAME:
+            if self._missing_registered(vma):
+                return self._userfault(vma, addr, write, user, may_block)
+            if vma.shared:
+                self.pt.pte[row, idx] = self.frames.alloc_page(shmem=True)
+            elif write:
+                self.pt.pte[row, idx] = self.frames.alloc_page(anon_vma=self._anon_vma(vma))
+            else:
+                self.pt.pte[row, idx] = ZERO_FRAME
+            self.counters.demand_faults += 1
+            return True
+        if not write:
+            return True
+        self._write_fault(vma, row, idx, frame)
+        return True
+
+    def _drop_row(self, region: int) -> None:
+        row = self.pt.row(region)
+        self._release_entries(self.pt.pte[row])
+        self.pt.drop(region)
+
+    def _huge_fault(self, vma: Vma, region: int, write: bool) -> None:
+        if write:
+            head = self.frames.alloc_thp(anon_vma=self._anon_vma(vma))
+            row = self.pt.install(region, THP)
+            self.pt.pte[row] = np.arange(head, head + PTRS_PER_PMD)
+        else:
+            row = self.pt.install(region, HUGE_ZERO)
+            self.pt.pte[row] = np.arange(HUGE_ZERO_BASE, HUGE_ZERO_BASE + PTRS_PER_PMD)
+        self.counters.demand_faults += 1
+
+    def _write_fault(self, vma: Vma, row: int, idx: int, frame: int) -> None:
+        """A write to a present page that is not writable: zero page, or COW-shared."""
+        fr = self.frames
+        if frame >= FIRST_FRAME and (fr.excl[frame] or fr.shmem[frame]):
+            return
+        self.counters.demand_faults += 1
+        if frame >= FIRST_FRAME and fr.mapcount[frame] == 1 and fr.pins[frame] == 0:
+            fr.excl[frame] = True  # wp_can_reuse_anon_folio: the other mappers are gone
+            return
+        new = fr.alloc_page(anon_vma=self._anon_vma(vma))
+        if frame >= FIRST_FRAME:
+            fr.copy_contents(np.array([new]), np.array([frame]))
+            self.counters.bytes_copied += PAGE_SIZE
+            fr.unmap(np.array([frame]))
+        self.pt.pte[row, idx] = new
+
+    def _userfault(self, vma: Vma, addr: int, write: bool, user: bool, may_block: bool) -> bool:
+        if not may_block:
+            return False
+        uffd = vma.uffd
+        if not user and uffd.user_mode_only:
+            # handle_userfault refuses kernel-mode faults for UFFD_USER_MODE_ONLY contexts (SIGBUS).
+            raise _err(errno.EFAULT, f"kernel-mode fault at {addr:#x} in a user-mode-only userfaultfd range")
+        waiter = Waiter(uffd, addr & PAGE_MASK, write)
+        self._waiters.append(waiter)
+        self.counters.faults_raised += 1
+        self._cond.notify_all()
+        try:
+            while not waiter.woken:
+                self._cond.wait()
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+    def _wake(self, uffd, start: int, length: int, served: bool = True) -> None:
+        end = start + length
+        hit = False
+        for w in self._waiters:
+            if w.uffd is uffd and not w.woken and start <= w.address < end:
+                w.woken = True
+                hit = True
+                if served:
+                    self.counters.faults_served += 1
+        if hit:
+            self._waiters = [w for w in self._waiters if not w.woken]
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------------------
+    # user-mode memory access
+    # ------------------------------------------------------------------------------
+    def _accessible(self, pages: np.ndarray, write: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(frames, ok) for virtual page numbers: ok where the access needs no fault."""
+        starts, ends, prots = self.mm.arrays()
+        addrs = pages.astype(np.int64) << PAGE_SHIFT
+        if starts.size == 0:
+            return np.full(pages.size, NO_FRAME, dtype=np.int64), np.zeros(pages.size, dtype=bool)
+        vi = np.searchsorted(starts, addrs, side="right") - 1
+        vic = np.maximum(vi, 0)
+        need = PROT_WRITE if write else (PROT_READ | PROT_WRITE | PROT_EXEC)
+        ok = (vi >= 0) & (addrs < ends[vic]) & ((prots[vic] & need) != 0)
+        frames = self.pt.frames_at(pages.astype(np.int64))
+        if write:
+            real = frames >= FIRST_FRAME
+            fc = np.where(real, frames, 0)
+            ok &= real & (self.frames.excl[fc] | self.frames.shmem[fc])
+        else:
+            ok &= frames != NO_FRAME
+        return frames, ok
+
+    def _resolve(self, bad_pages: np.ndarray, write: bool) -> None:
+        """Fault in ``bad_pages`` (in order of first use); only the first may block or raise."""
+        if bad_pages.size == 0:
+            return
+        _, first = np.unique(bad_pages, return_index=True)
+        order = bad_pages[np.sort(first)]
+        self._fault(int(order[0]) << PAGE_SHIFT, write)
+        for page in order[1:].tolist():
+            if not self._fault(page << PAGE_SHIFT, write, may_block=False):
+                return
+
+    def _pool_ready(self) -> None:
+        self.frames.content.ensure()
+
+    def load(self, addr: int, length: int) -> bytes:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        if addr + length > U64_MAX + 1:
+            raise _err(errno.EFAULT, f"load {addr:#x}+{length:#x} wraps around")
+        if length == 0:
+            return b""
+        first, last = addr >> PAGE_SHIFT, (addr + length - 1) >> PAGE_SHIFT
+        pages = np.arange(first, last + 1, dtype=np.int64)
+        with self._lock:
+            while True:
+                frames, ok = self._accessible(pages, False)
+                if ok.all():
+                    break
+                self._resolve(pages[~ok], False)
+            self._pool_ready()
+            slots = self.frames.slot[frames]
+            data = self.frames.content.pages[slots].reshape(-1)
+        off = addr - (first << PAGE_SHIFT)
+        return data[off:off + length].tobytes()
+
+    def store(self, addr: int, data) -> None:
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
+        addr, length = _u64(addr, "addr"), len(view)
+        if addr + length > U64_MAX + 1:
+            raise _err(errno.EFAULT, f"store {addr:#x}+{length:#x} wraps around")
+        if length == 0:
+            return
+        src = np.frombuffer(view, dtype=np.uint8)
+        first, last = addr >> PAGE_SHIFT, (addr + length - 1) >> PAGE_SHIFT
+        pages = np.arange(first, last + 1, dtype=np.int64)
+        done = 0  # pages fully handled so far (their bytes are written)
+        with self._lock:
+            while done < pages.size:
+                frames, ok = self._accessible(pages[done:], True)
+                stop = pages.size - done if ok.all() else int(np.argmin(ok))
+                if stop:
+                    self._write_pages(addr, first, src, done, done + stop, frames[:stop])
+                    done += stop
+                if done < pages.size:
+                    self._resolve(pages[done:][~ok[stop:]], True)
+
+    def _write_pages(self, addr: int, first_page: int, src: np.ndarray, lo: int, hi: int,
+                     frames: np.ndarray) -> None:
+        """Write the bytes of ``src`` that fall in pages [lo, hi) (indices from ``first_page``)."""
+        slots = self.frames.writable_slots(frames)
+        base = first_page << PAGE_SHIFT
+        start = max(addr, base + (lo << PAGE_SHIFT))
+        end = min(addr + src.size, base + (hi << PAGE_SHIFT))
+        flat_lo = start - (base + (lo << PAGE_SHIFT))
+        buf = self.frames.content.pages[slots].reshape(-1)
+        buf[flat_lo:flat_lo + (end - start)] = src[start - addr:end - addr]
+        self.frames.content.pages[slots] = buf.reshape(slots.size, PAGE_SIZE)
+
+    def load_words(self, addrs) -> np.ndarray:
+        addrs = _u64_array(addrs, "addrs")
+        out = np.empty(addrs.size, dtype=np.uint64)
+        if addrs.size == 0:
+            return out
+        if (addrs & np.uint64(7)).any():
+            for i, a in enumerate(addrs.tolist()):
+                out[i] = int.from_bytes(self.load(a, 8), "little")
+            return out
+        a64 = addrs.astype(np.int64)
+        pages = a64 >> PAGE_SHIFT
+        with self._lock:
+            i = 0
+            while i < addrs.size:
+                frames, ok = self._accessible(pages[i:], False)
+                stop = ok.size if ok.all() else int(np.argmin(ok))
+                if stop:
+                    self._pool_ready()
+                    idx = self.frames.slot[frames[:stop]] * (PAGE_SIZE // 8) + ((a64[i:i + stop] & (PAGE_SIZE - 1)) >> 3)
+                    out[i:i + stop] = self.frames.content.flat_words[idx]
+                    i += stop
+                if i < addrs.size:
+                    self._resolve(pages[i:][~ok[stop:]], False)
+        return out
+
+    def store_words(self, addrs, values) -> None:
+        addrs = _u64_array(addrs, "addrs")
+        values = _u64_array(values, "values")
+        if addrs.size != values.size:
+            raise ValueError(f"{addrs.size} addresses but {values.size} values")
+        if addrs.size == 0:
+            return
+        if (addrs & np.uint64(7)).any():
+            for a, v in zip(addrs.tolist(), values.tolist()):
+                self.store(a, int(v).to_bytes(8, "little"))
+            return
+        a64 = addrs.astype(np.int64)
+        pages = a64 >> PAGE_SHIFT
+        with self._lock:
+            i = 0
+            while i < addrs.size:
+                frames, ok = self._accessible(pages[i:], True)
+                stop = ok.size if ok.all() else int(np.argmin(ok))
+                if stop:
+                    slots = self.frames.writable_slots(frames[:stop])
+                    idx = slots * (PAGE_SIZE // 8) + ((a64[i:i + stop] & (PAGE_SIZE - 1)) >> 3)
+                    self.frames.content.flat_words[idx] = values[i:i + stop]
+                    i += stop
+                if i < addrs.size:
+                    self._resolve(pages[i:][~ok[stop:]], True)
+
+    def memmove(self, dst: int, src: int, length: int) -> None:
+        dst, src, length = _u64(dst, "dst"), _u64(src, "src"), _u64(length, "length")
+        if length == 0:
+            return
+        if dst + length > U64_MAX + 1 or src + length > U64_MAX + 1:
+            raise _err(errno.EFAULT, "memmove range wraps around")
+        with self._lock:
+            self._ensure_ranges(np.array([src]), np.array([dst]), np.array([length]))
+            data = self._read_locked(src, length)
+            self._write_locked(dst, data)
+            self.counters.user_bytes_copied += length
+
+    def copy_ranges(self, dsts, srcs, lengths) -> None:
+        dsts, srcs, lengths = (_u64_array(dsts, "dsts").astype(np.int64), _u64_array(srcs, "srcs").astype(np.int64),
+                               _u64_array(lengths, "lengths").astype(np.int64))
+        if not dsts.size == srcs.size == lengths.size:
+            raise ValueError("dsts, srcs and lengths must have the same length")
+        keep = lengths > 0
+        dsts, srcs, lengths = dsts[keep], srcs[keep], lengths[keep]
+        if dsts.size == 0:
+            return
+        with self._lock:
+            self._ensure_ranges(srcs, dsts, lengths)
+            aligned = not ((dsts | srcs | lengths) & 7).any()
+            if aligned and not self._ranges_overlap(dsts, srcs, lengths):
+                self._copy_words(dsts, srcs, lengths)
+            else:
+                for d, s, n in zip(dsts.tolist(), srcs.tolist(), lengths.tolist()):
+                    self._write_locked(d, self._read_locked(s, n))
+            self.counters.user_bytes_copied += int(lengths.sum())
+
+    @staticmethod
+    def _ranges_overlap(dsts: np.ndarray, srcs: np.ndarray, lengths: np.ndarray) -> bool:
+        """Does any destination range overlap any source or other destination range?"""
+        starts = np.concatenate([dsts, srcs])
+        ends = starts + np.concatenate([lengths, lengths])
+        is_dst = np.concatenate([np.ones(dsts.size, bool), np.zeros(srcs.size, bool)])
+        order = np.argsort(starts, kind="stable")
+        starts, ends, is_dst = starts[order], ends[order], is_dst[order]
+        # running max of the ends of the ranges before each one
+        prev_end = np.maximum.accumulate(ends)[:-1]
+        clash = prev_end > starts[1:]
+        if not clash.any():
+            return False
+        # overlaps among sources only are harmless
+        return bool((clash & (is_dst[1:] | _any_dst_before(is_dst, clash))).any())
+
+    def _copy_words(self, dsts: np.ndarray, srcs: np.ndarray, lengths: np.ndarray) -> None:
+        nwords = lengths >> 3
+        total = int(nwords.sum())
+        chunk = 1 << 22
+        starts = np.cumsum(nwords) - nwords
+        self._pool_ready()
+        flat = self.frames.content.flat_words
+        for lo in range(0, total, chunk):
+            hi = min(total, lo + chunk)
+            k = np.arange(lo, hi, dtype=np.int64)
+            which = np.searchsorted(starts, k, side="right") - 1
+            off = (k - starts[which]) << 3
+            s_addr, d_addr = srcs[which] + off, dsts[which] + off
+            s_fr = self.pt.frames_at(s_addr >> PAGE_SHIFT)
+            d_fr = self.pt.frames_at(d_addr >> PAGE_SHIFT)
+            s_idx = self.frames.slot[s_fr] * (PAGE_SIZE // 8) + ((s_addr & (PAGE_SIZE - 1)) >> 3)
+            d_idx = self.frames.writable_slots(d_fr) * (PAGE_SIZE // 8) + ((d_addr & (PAGE_SIZE - 1)) >> 3)
+            flat[d_idx] = flat[s_idx]
+
+    def _range_pages(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Every virtual page number the ranges touch, in range order."""
+        first = starts >> PAGE_SHIFT
+        last = (starts + lengths - 1) >> PAGE_SHIFT
+        counts = last - first + 1
+        offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.repeat(first, counts) + offsets
+
+    def _ensure_ranges(self, srcs: np.ndarray, dsts: np.ndarray, lengths: np.ndarray) -> None:
+        """Fault in every source page for reading and every destination page for writing."""
+        spages = np.unique(self._range_pages(srcs, lengths))
+        dpages = np.unique(self._range_pages(dsts, lengths))
+        while True:
+            _, sok = self._accessible(spages, False)
+            _, dok = self._accessible(dpages, True)
+            if sok.all() and dok.all():
+                return
+            if not sok.all():
+                self._resolve(spages[~sok], False)
+            else:
+                self._resolve(dpages[~dok], True)
+
+    def _read_locked(self, addr: int, length: int) -> np.ndarray:
+        first, last = addr >> PAGE_SHIFT, (addr + length - 1) >> PAGE_SHIFT
+        pages = np.arange(first, last + 1, dtype=np.int64)
+        while True:
+            frames, ok = self._accessible(pages, False)
+            if ok.all():
+                break
+            self._resolve(pages[~ok], False)
+        self._pool_ready()
+        data = self.frames.content.pages[self.frames.slot[frames]].reshape(-1)
+        off = addr - (first << PAGE_SHIFT)
+        return data[off:off + length].copy()
+
+    def _write_locked(self, addr: int, data: np.ndarray) -> None:
+        first, last = addr >> PAGE_SHIFT, (addr + data.size - 1) >> PAGE_SHIFT
+        pages = np.arange(first, last + 1, dtype=np.int64)
+        while True:
+            frames, ok = self._accessible(pages, True)
+            if ok.all():
+                break
+            self._resolve(pages[~ok], True)
+        self._write_pages(addr, first, data, 0, pages.size, frames)
+
+    # ------------------------------------------------------------------------------
+    # introspection
+    # ------------------------------------------------------------------------------
+    def page_info(self, addr: int) -> PageInfo:
+        addr = _u64(addr, "addr")
+        with self._lock:
+            region = addr >> PMD_SHIFT
+            row = self.pt.row(region)
+            if row < 0 or self.mm.find(addr) is None:
+                return PageInfo(state="none", frame=None, exclusive=False, huge=False)
+            frame = int(self.pt.pte[row, (addr >> PAGE_SHIFT) & IDX_MASK])
+            if frame == NO_FRAME:
+                return PageInfo(state="none", frame=None, exclusive=False, huge=False)
+            kind = self.pt.kind[row]
+            huge = kind in (THP, HUGE_ZERO)
+            if frame < FIRST_FRAME:
+                return PageInfo(state="zero", frame=frame, exclusive=False, huge=huge)
+            state = "thp" if self.frames.nr[frame] > 1 else "present"
+            return PageInfo(state=state, frame=frame, exclusive=bool(self.frames.mapcount[frame] == 1), huge=huge)
+
+    def page_frames(self, addr: int, npages: int) -> np.ndarray:
+        addr, npages = _u64(addr, "addr"), _u64(npages, "npages")
+        if npages > (1 << 36):
+            raise ValueError(f"npages={npages} is too many")
+        first = addr >> PAGE_SHIFT
+        with self._lock:
+            return self.pt.frames_at(np.arange(first, first + npages, dtype=np.int64))
+
+    def resident_bytes(self, addr: int, length: int) -> int:
+        addr, length = _u64(addr, "addr"), _u64(length, "length")
+        first = addr >> PAGE_SHIFT
+        last = (addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+        with self._lock:
+            frames = self.pt.frames_at(np.arange(first, last, dtype=np.int64))
+            return int((frames >= FIRST_FRAME).sum()) * PAGE_SIZE
+
+    # -- sim-only introspection and control ------------------------------------------
+    def vma_list(self) -> list[dict]:
+        """The VMAs as dicts (start, end, prot, shared, locked, hugepage, uffd, ...)."""
+        with self._lock:
+            return [dict(start=v.start, end=v.end, prot=v.prot, shared=v.shared, locked=v.locked,
+                         lockonfault=v.lockonfault, hugepage=v.hugepage, dontfork=v.dontfork,
+                         uffd=v.uffd.fd if v.uffd is not None else None, uffd_mode=v.uffd_mode)
+                    for v in self.mm.vmas]
+
+    def pmd_kind(self, addr: int) -> str:
+        """"none", "table", "thp" or "huge_zero": the PMD entry covering ``addr``."""
+        from .pagetable import KIND_NAMES
+
+        with self._lock:
+            return KIND_NAMES[self.pt.kind_of(addr >> PMD_SHIFT)]
+
+    def pin(self, addr: int, npages: int = 1) -> None:
+        """Pin present pages long-term (FOLL_PIN, as io_uring fixed buffers do). Sim only."""
+        self._adjust_pins(addr, npages, +1)
+
+    def unpin(self, addr: int, npages: int = 1) -> None:
+        self._adjust_pins(addr, npages, -1)
+
+    def _adjust_pins(self, addr: int, npages: int, delta: int) -> None:
+        first = _u64(addr, "addr") >> PAGE_SHIFT
+        with self._lock:
+            frames = self.pt.frames_at(np.arange(first, first + npages, dtype=np.int64))
+            if (frames < FIRST_FRAME).any():
+                raise _err(errno.EFAULT, "pin: a page is not present")
+            if delta < 0 and (self.frames.pins[frames] <= 0).any():
+                raise ValueError("unpin of a page that is not pinned")
+            np.add.at(self.frames.pins, frames, delta)
+
+    def host_bytes(self) -> int:
+        """Host memory the simulated page contents occupy (slots in use x 4 KiB)."""
+        return self.frames.content.slots_in_use * PAGE_SIZE
+
+    # ------------------------------------------------------------------------------
+    # processes and userfaultfd
+    # ------------------------------------------------------------------------------
+    def fork(self) -> SimChild:
+        with self._lock:
+            inherited = []
+            fr = self.frames
+            for vma in self.mm.vmas:
+                if vma.dontfork:
+                    continue
+                frames = self.pt.frames_at(np.arange(vma.start >> PAGE_SHIFT, vma.end >> PAGE_SHIFT, dtype=np.int64))
+                real = frames[frames >= FIRST_FRAME]
+                if real.size == 0:
+                    continue
+                if not vma.shared:
+                    pinned = real[fr.pins[real] > 0]
+                    if pinned.size:
+                        # A pinned exclusive page is copied for the child at fork time.
+                        copies = fr.alloc_pages(pinned.size, anon_vma=self._anon_vma(vma))
+                        fr.copy_contents(copies, pinned)
+                        self.counters.bytes_copied += PAGE_SIZE * pinned.size
+                        inherited.append(copies)
+                        real = real[fr.pins[real] == 0]
+                    fr.excl[real] = False
+                fr.mapcount[real] += 1
+                inherited.append(real)
+            child_frames = np.concatenate(inherited) if inherited else np.empty(0, dtype=np.int64)
+            return SimChild(self, next(self._pids), child_frames)
+
+    def userfaultfd(self, features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool = True):
+        from .uffd import SimUffd
+
+        features = _u64(features, "features")
+        if features & ~SIM_UFFD_FEATURES:
+            missing = features & ~SIM_UFFD_FEATURES
+            raise KernelUnsupported(f"the kernel does not offer the userfaultfd features {missing:#x} "
+                                    f"(it offers {SIM_UFFD_FEATURES:#x})")
+        return SimUffd(self, next(self._uffd_ids), features, user_mode_only)
+
+
+def _any_dst_before(is_dst: np.ndarray, clash: np.ndarray) -> np.ndarray:
+    """For each range i>0: was any destination range among those sorted before it?"""
+    seen = np.logical_or.accumulate(is_dst)[:-1]
+    return seen & clash
