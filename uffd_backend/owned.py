@@ -104,8 +104,8 @@ def _foreign_mapping(start: int, end: int) -> tuple[int, int, str] | None:
 
 def check(call: str, start: int, length: int) -> None:
     """Raise EPERM if ``[start, start+length)`` overlaps memory remapgc did not map."""
-    if covers(start, length):
-        return
+    if start % PAGE or covers(start, length):
+        return  # every guarded call rejects an unaligned start itself (EINVAL), touching nothing
     end = start + max(_round_up(length), PAGE)
     foreign = _foreign_mapping(start & ~(PAGE - 1), end)
     if foreign is not None:
