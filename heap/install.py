@@ -76,7 +76,7 @@ def install_page_range(kernel, uffd, dst: int, src: int, length: int, counters: 
             done = length
             continue
         except UffdError as exc:
-            err, moved = exc.errno, exc.moved
+            error, err, moved = exc, exc.errno, exc.moved
         if err == errno.EAGAIN and moved > 0:
             counters.partial_moves += 1
             counters.pages_moved += moved // ps
@@ -106,7 +106,7 @@ def install_page_range(kernel, uffd, dst: int, src: int, length: int, counters: 
             counters.zero_filled += 1
             done += ps
         else:
-            raise InstallInterrupted(exc, done)
+            raise InstallInterrupted(error, done)
 
 
 def _copy_page(kernel, uffd, dst: int, src: int, counters: InstallCounters) -> None:

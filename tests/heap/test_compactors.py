@@ -1,0 +1,140 @@
+"""Choosing the compactor, the copy fallback, and an install the kernel interrupts."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from heap import CompactionAborted, Heap
+from heap.kernel import KernelUnsupported, UffdError
+from tests.conftest import make_kernel
+
+
+class NoUserfaultfd:
+    """A kernel where userfaultfd is refused (as without permission)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def userfaultfd(self, *args, **kwargs):
+        raise KernelUnsupported("userfaultfd is refused: EPERM (test)")
+
+
+class FlakyUffd:
+    """A userfaultfd whose MOVE fails with ``err`` ``times`` times, from the ``after``-th call."""
+
+    def __init__(self, inner, err: int, after: int, times: int):
+        self._inner, self.err, self.after, self.times = inner, err, after, times
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def move(self, dst, src, length, mode=0):
+        self.calls += 1
+        if self.calls >= self.after and self.times > 0:
+            self.times -= 1
+            raise UffdError(self.err, "injected by the test", 0)
+        return self._inner.move(dst, src, length, mode)
+
+
+class FlakyKernel(NoUserfaultfd):
+    def __init__(self, inner, **flaky):
+        super().__init__(inner)
+        self.flaky = flaky
+        self.uffd = None
+
+    def userfaultfd(self, *args, **kwargs):
+        self.uffd = FlakyUffd(self._inner.userfaultfd(*args, **kwargs), **self.flaky)
+        return self.uffd
+
+
+def scattered_heap(heap, n=300):
+    block = heap.alloc_many(np.arange(n) % 7 * 40 + 16, 1)
+    block.set_refs(0, np.arange(1, n), block, np.arange(n - 1))  # a chain
+    keep = block[n - 1]
+    for i in range(0, n, 50):
+        block[i].write(i.to_bytes(4, "little"))
+    junk = heap.alloc_many(np.full(n, 600), 0)  # dies
+    more = heap.alloc(1 << 20)
+    more.write(b"big")
+    keep.set_ref(0, block[n - 2])
+    del block, junk
+    return keep, more
+
+
+def chain_length(ref):
+    n = 0
+    while ref is not None:
+        n, ref = n + 1, ref.get_ref(0)
+    return n
+
+
+@pytest.mark.timeout(30)
+def test_auto_falls_back_to_copy_and_says_why(kernel_name):
+    with capture_logs() as logs:
+        heap = Heap(kernel=NoUserfaultfd(make_kernel(kernel_name)), size=8 << 20, compactor="auto")
+    with heap:
+        assert heap.compactor == "copy"
+        event = [e for e in logs if e["event"] == "compactor_fallback"]
+        assert event and "EPERM" in event[0]["reason"]
+        keep, more = scattered_heap(heap)
+        stats = heap.collect()
+        assert stats.pages_moved == 0 and stats.bytes_copied > 0
+        assert chain_length(keep) == 300 and more.read(3) == b"big"
+        heap.verify()
+
+
+def test_remap_demanded_without_userfaultfd_is_refused(kernel_name):
+    with pytest.raises(KernelUnsupported, match="remap"):
+        Heap(kernel=NoUserfaultfd(make_kernel(kernel_name)), size=1 << 20, compactor="remap")
+
+
+@pytest.mark.timeout(30)
+def test_auto_picks_remap_where_move_works(kernel_name):
+    with Heap(kernel=kernel_name, size=8 << 20) as heap:
+        assert heap.compactor == "remap"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("err", [errno.ENOMEM, errno.EINTR], ids=["ENOMEM", "EINTR"])
+def test_interrupted_install_keeps_the_heap_consistent(kernel_name, err):
+    kernel = FlakyKernel(make_kernel(kernel_name), err=err, after=2, times=1)
+    with Heap(kernel=kernel, size=8 << 20, compactor="remap") as heap:
+        keep, more = scattered_heap(heap)
+        with pytest.raises(CompactionAborted) as info:
+            heap.collect()
+        assert info.value.errno == err
+        # the next operation installs the rest; nothing is lost
+        assert chain_length(keep) == 300 and more.read(3) == b"big"
+        heap.verify()
+        assert heap.collect().live_objects == 301
+
+
+@pytest.mark.timeout(30)
+def test_pending_event_eagain_is_retried(kernel_name):
+    kernel = FlakyKernel(make_kernel(kernel_name), err=errno.EAGAIN, after=1, times=3)
+    with Heap(kernel=kernel, size=8 << 20, compactor="remap") as heap:
+        keep, more = scattered_heap(heap)
+        stats = heap.collect()
+        assert stats.eagain_retries == 3
+        assert chain_length(keep) == 300 and more.read(3) == b"big"
+        heap.verify()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compactor", ["remap", "copy"])
+def test_both_compactors_give_the_same_heap(kernel_name, compactor):
+    with Heap(kernel=kernel_name, size=16 << 20, compactor=compactor) as heap:
+        keep, more = scattered_heap(heap)
+        stats = heap.collect()
+        assert stats.live_objects == 301 and stats.freed_objects == 300
+        assert chain_length(keep) == 300
+        assert keep.get_ref(0).get_ref(0).read(4) != b""
+        heap.verify()
