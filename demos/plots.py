@@ -46,16 +46,18 @@ def heap_map(panels: list[tuple[str, np.ndarray]], page_size: int, path: Path, t
     row_pages = max(32, int(np.ceil(np.sqrt(npages / 1.5))))
     rows = int(np.ceil(npages / row_pages))
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e4e4e4")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 5.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels) + 1, 5.4), squeeze=False,
+                             layout="constrained")
     image = None
-    for ax, (label, occupancy) in zip(axes[0], panels):
+    for column, (ax, (label, occupancy)) in enumerate(zip(axes[0], panels)):
         grid = np.zeros(rows * row_pages)
         grid[: len(occupancy)] = occupancy / page_size
         grid = np.ma.masked_equal(grid.reshape(rows, row_pages), 0)
         image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, interpolation="nearest", aspect="auto")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel(f"page within row ({row_pages} pages = {row_pages * page_size >> 10} KiB a row)", fontsize=8)
-        ax.set_ylabel("row (heap address grows downward)", fontsize=8)
+        if column == 0:
+            ax.set_ylabel("row of pages (heap address grows downward)", fontsize=8)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="page occupancy (live bytes / page)")
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)

@@ -3,8 +3,9 @@
 The program builds and discards lists every round (ranges, reversals, maps,
 filters, folds, a tree), keeps one small result per round on a long-lived
 list, and finally computes a recursive Fibonacci number. The heap is small
-on purpose, so allocation collects by itself, and the driver also asks for
-an explicit ``(gc)`` every few rounds. Every collection moves the program's
+and set to collect by itself every few hundred KiB of allocation
+(``collect_every``), and the driver also asks for an explicit ``(gc)`` every
+few rounds. Every collection moves the program's
 objects; the printed answer is checked against the one computed in Python.
 """
 
@@ -25,13 +26,14 @@ class LispSize:
     length: int  # elements of each round's list
     fib: int  # the final recursive function's argument
     heap_bytes: int
+    collect_every: int  # the heap collects by itself after this many bytes allocated
     gc_every: int  # an explicit (gc) every this many rounds
 
 
 SIZES = {
-    "small": LispSize(rounds=12, length=60, fib=12, heap_bytes=1 * MiB, gc_every=4),
-    "medium": LispSize(rounds=60, length=200, fib=16, heap_bytes=2 * MiB, gc_every=10),
-    "large": LispSize(rounds=300, length=300, fib=20, heap_bytes=4 * MiB, gc_every=25),
+    "small": LispSize(rounds=12, length=60, fib=12, heap_bytes=1 * MiB, collect_every=128 * KiB, gc_every=4),
+    "medium": LispSize(rounds=40, length=150, fib=16, heap_bytes=2 * MiB, collect_every=256 * KiB, gc_every=10),
+    "large": LispSize(rounds=200, length=300, fib=20, heap_bytes=4 * MiB, collect_every=512 * KiB, gc_every=25),
 }
 
 LIBRARY = """
@@ -99,7 +101,7 @@ def run(ctx: DemoContext) -> DemoReport:
     size = SIZES[ctx.size]
     report = DemoReport("lisp", "a Lisp interpreter whose values live in the heap")
     log = CollectionLog()
-    with ctx.heap(size=size.heap_bytes) as heap:
+    with ctx.heap(size=size.heap_bytes, collect_every=size.collect_every) as heap:
         lisp = Interpreter(heap, on_collect=log)
         started = time.perf_counter_ns()
         lisp.run(LIBRARY)
@@ -118,8 +120,10 @@ def run(ctx: DemoContext) -> DemoReport:
 
     expected = expected_answer(size)
     report.check("the program printed the known answer", answer == expected, answer)
-    report.check("collections ran while the program ran", collections["total"] >= 2,
-                 f"{collections['total']} collections ({collections['explicit']} explicit (gc))")
+    report.check("collections ran while the program ran",
+                 collections["total"] >= 2 and (collections["automatic"] or 0) >= 1,
+                 f"{collections['total']} collections: {collections['automatic']} automatic, "
+                 f"{collections['explicit']} explicit (gc)")
     report.check("objects moved during collections",
                  any(s["pages_moved"] or s["bytes_copied"] for s in log.explicit),
                  "pages moved or bytes copied by the explicit collections")
@@ -149,9 +153,9 @@ def run(ctx: DemoContext) -> DemoReport:
 
 
 def total_collections(heap, log: CollectionLog) -> dict[str, int | None]:
-    """How many collections ran: the explicit ones, and the heap's own count if it keeps one."""
+    """How many collections ran: the explicit ones, and the heap's own count (``Heap.collections``)."""
     explicit = len(log.explicit)
-    counted = getattr(heap.stats(), "collections", None)
+    counted = getattr(heap, "collections", None)
     if counted is None:
         return {"total": explicit, "explicit": explicit, "automatic": None}
     return {"total": int(counted), "explicit": explicit, "automatic": int(counted) - explicit}
@@ -159,17 +163,17 @@ def total_collections(heap, log: CollectionLog) -> dict[str, int | None]:
 
 def summary_table(m: dict) -> Table:
     table = Table(title="the program and its heap", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
     table.add_row("answer", m["answer"])
     table.add_row("objects allocated", fmt_count(m["allocations"]))
     table.add_row("heap size", fmt_bytes(m["heap_bytes"]))
     automatic = "?" if m["automatic_collections"] is None else fmt_count(m["automatic_collections"])
     table.add_row("collections", f"{m['collections']} ({automatic} automatic, {m['explicit_collections']} explicit)")
     table.add_row("live at the end", f"{fmt_count(m['live_objects_at_end'])} objects, {fmt_bytes(m['live_bytes_at_end'])}")
-    table.add_row("explicit collections: pages moved / bytes copied",
-                  f"{fmt_count(m['explicit_pages_moved'])} / {fmt_bytes(m['explicit_bytes_copied'])}")
-    table.add_row("explicit collections: pause mean / max",
-                  f"{fmt_ns(m['explicit_pause_ns_mean'])} / {fmt_ns(m['explicit_pause_ns_max'])}")
+    table.add_row("(gc) calls: pages moved, bytes copied",
+                  f"{fmt_count(m['explicit_pages_moved'])}, {fmt_bytes(m['explicit_bytes_copied'])}")
+    table.add_row("(gc) calls: pause mean, max",
+                  f"{fmt_ns(m['explicit_pause_ns_mean'])}, {fmt_ns(m['explicit_pause_ns_max'])}")
     table.add_row("run time", fmt_ns(m["elapsed_ns"]))
     return table

@@ -1,0 +1,52 @@
+"""Shared pieces of the demo tests: running the CLI in-process and reading its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import structlog
+
+
+@pytest.fixture(autouse=True)
+def restore_structlog():
+    """``remapgc demo`` configures structlog (the CLI's job); undo it for the tests that follow."""
+    saved = structlog.get_config()
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``remapgc ARGV`` in this process: (exit code, stdout, stderr)."""
+    from demos.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_demo_json(capsys, name: str, backend: str, *extra: str) -> tuple[int, dict]:
+    code, out, err = run_cli(capsys, "demo", name, "--size", "small", "--backend", backend, "--json", *extra)
+    try:
+        return code, json.loads(out)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"--json printed something else on stdout:\n{out}\n--- stderr ---\n{err}") from exc
+
+
+def run_demo_subprocess(name: str, backend: str, *extra: str, timeout: float = 300) -> tuple[int, dict, str]:
+    """The demo in a child process (for demos with threads that could hang): (exit code, JSON, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "demos.cli", "demo", name, "--size", "small", "--backend", backend, "--json", *extra],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    try:
+        return proc.returncode, json.loads(proc.stdout), proc.stderr
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"exit {proc.returncode}; stdout:\n{proc.stdout}\n--- stderr ---\n{proc.stderr}") from exc
+
+
+def failed_checks(summary: dict) -> list[str]:
+    return [f"{c['name']}: {c['detail']}" for c in summary["checks"] if not c["ok"]]

@@ -1,0 +1,58 @@
+"""The `remapgc demo` command line: listing, usage errors, backend choice and its fallback message."""
+
+import json
+
+import pytest
+from rich.console import Console
+
+from demos.cli import resolve_backend
+from demos.registry import DEMOS
+from tests.demos.conftest import run_cli
+
+DISABLE = "REMAPGC_DISABLE_LINUX"
+
+
+def test_list_names_every_demo_with_its_description(capsys):
+    code, out, _ = run_cli(capsys, "demo", "--list")
+    assert code == 0
+    assert set(DEMOS) == {"fragmentation", "lisp", "concurrent", "bigarrays"}
+    for spec in DEMOS.values():
+        assert spec.name in out
+        assert spec.description.split()[0] in out
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["demo", "no-such-demo"]], ids=["no-name", "unknown-name"])
+def test_usage_errors_exit_2_and_point_to_the_list(capsys, argv):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert "remapgc demo --list" in out + err
+
+
+def test_auto_falls_back_to_the_simulator_and_says_why(monkeypatch):
+    monkeypatch.setenv(DISABLE, "1")
+    console = Console(record=True, width=200)
+    backend, reason = resolve_backend("auto", console)
+    assert backend == "sim"
+    assert reason.startswith("falling back to the simulator because")
+    text = console.export_text()
+    assert "falling back to the simulator because" in text
+    assert DISABLE in text
+    assert "(run `remapgc doctor`)" in text
+
+
+def test_linux_backend_refused_with_the_reason(monkeypatch):
+    monkeypatch.setenv(DISABLE, "1")
+    console = Console(record=True, width=200)
+    assert resolve_backend("linux", console) is None
+    text = console.export_text()
+    assert "Linux backend is unavailable" in text and "remapgc doctor" in text
+
+
+def test_json_stdout_stays_pure_when_the_fallback_is_announced(capsys, monkeypatch):
+    monkeypatch.setenv(DISABLE, "1")
+    code, out, err = run_cli(capsys, "demo", "lisp", "--size", "small", "--backend", "auto", "--json")
+    summary = json.loads(out)
+    assert code == 0
+    assert summary["backend"] == "sim"
+    assert summary["backend_note"].startswith("falling back to the simulator because")
+    assert "falling back to the simulator because" in err
