@@ -77,6 +77,8 @@ class Heap:
         if not 0.0 < dense <= 1.0:
             raise ValueError(f"dense must be in (0, 1], not {dense}")
         self._lock = threading.RLock()
+        self._release_lock = threading.Lock()  # the from-space release runs outside the heap lock
+        self._owed_release: object | None = None
         self._closed = True  # until the arena exists
         self._owns_kernel = isinstance(kernel, str)
         self._kernel = open_kernel(kernel) if isinstance(kernel, str) else kernel
@@ -101,7 +103,8 @@ class Heap:
         self._pending: PageInstaller | None = None
         self._pending_release: tuple[int, int] = (0, 0)
         self._since_collect = 0
-        self.last_phase_ns: dict[str, int] = {}
+        self.last_phase_ns: dict[str, int] = {}  # phase -> ns of the last collection
+        self.last_events: list[dict] = []  # the phase events of the last collection, as logged
         self.collections = 0
         self._closed = False
         self._compactor = self._choose_compactor(compactor)
@@ -167,6 +170,8 @@ class Heap:
             if self._closed and not getattr(self, "_base", 0):
                 return
             self._closed = True
+            with self._release_lock:
+                self._owed_release = None
             k = self._kernel
             if self._uffd is not None:
                 self._uffd.close()
@@ -187,6 +192,7 @@ class Heap:
         self._handles.reap()
         if self._pending is not None:
             self._install_pending(InstallCounters())
+            self._uffd.unregister(self._base, self._size)
             self._release_from_space()
 
     # -- allocation -------------------------------------------------------------------
@@ -371,28 +377,61 @@ class Heap:
 
     # -- collection ----------------------------------------------------------------------
     def collect(self, concurrent: bool = False) -> GCStats:
-        """Compact the heap, stop-the-world; returns what it did."""
+        """Compact the heap, stop-the-world; returns what it did.
+
+        The pause (``pause_ns``) ends when every live page is installed and
+        the heap lock is dropped; releasing the from-space (remap) happens
+        after that, outside the lock, and ``total_ns`` includes it.
+        """
         if concurrent:
             raise NotImplementedError("concurrent compaction is not built yet: use collect()")
         with self._lock:
             self._ready()
-            return self._collect_locked()
+            stats, finish = self._collect_pause()
+        finish()
+        return stats
 
     def _collect_locked(self) -> GCStats:
-        t0 = time.perf_counter_ns()
+        """A whole collection while holding the lock (alloc's own collections)."""
+        stats, finish = self._collect_pause()
+        finish()
+        return stats
+
+    def _collect_pause(self):
+        self._settle_release()
         stats = GCStats(rss_before=self._rss())
+        t0 = time.perf_counter_ns()
         clock = PhaseClock(self._compactor)
         if self._compactor == "remap":
             self._collect_remap(stats, clock)
         else:
             self._collect_copy(stats, clock)
-        stats.total_ns = stats.pause_ns = time.perf_counter_ns() - t0
-        stats.rss_after = self._rss()
-        self.last_phase_ns = dict(clock.ns)
+        stats.pause_ns = time.perf_counter_ns() - t0
         self._since_collect = 0
         self.collections += 1
-        log.info("gc_done", compactor=self._compactor, **stats.as_dict())
-        return stats
+        token = self._owed_release = object() if self._compactor == "remap" else None
+
+        def finish() -> None:
+            if token is not None:
+                with self._release_lock:
+                    if self._owed_release is token:
+                        with clock.phase("release") as ev:
+                            ev.update(**self._release_from_space())
+                        self._owed_release = None
+            stats.total_ns = time.perf_counter_ns() - t0
+            stats.rss_after = self._rss()
+            self.last_phase_ns = dict(clock.ns)
+            self.last_events = list(clock.events)
+            log.info("gc_done", compactor=self._compactor, **stats.as_dict())
+
+        return stats, finish
+
+    def _settle_release(self) -> None:
+        """Release the last from-space now if the collecting thread has not yet."""
+        with self._release_lock:
+            if self._owed_release is not None:
+                self._release_from_space()
+                self._owed_release = None
 
     def _roots(self) -> np.ndarray:
         parts = [self._handles.roots()]
@@ -482,8 +521,7 @@ class Heap:
                 self._count(stats, counters)
                 ev.update(runs=int(self._pending_runs), pages=counters.pages_moved, ioctls=counters.ioctls,
                           ebusy=counters.ebusy_fallbacks)
-        with clock.phase("release") as ev:
-            ev.update(**self._release_from_space())
+        self._uffd.unregister(base, size)  # fresh pages fault normally again
 
     def _count(self, stats: GCStats, c: InstallCounters) -> None:
         stats.pages_moved += c.pages_moved
@@ -508,16 +546,14 @@ class Heap:
         self._pending = None
 
     def _release_from_space(self) -> dict:
-        """After an install: unregister the arena, drop what the from-space still holds."""
+        """After an install: drop what the from-space still holds (the dead pages)."""
         k = self._kernel
-        rss = k.resident_bytes(self._from_space, self._size)
-        self._uffd.unregister(self._base, self._size)
         k.madvise(self._from_space, self._size, MADV_DONTNEED)
         scratch, scratch_len = self._pending_release
         if scratch:
             k.munmap(scratch, scratch_len)
         self._pending_release = (0, 0)
-        return dict(from_space_bytes=rss, scratch_bytes=scratch_len)
+        return dict(from_space_bytes=self._size, scratch_bytes=scratch_len)
 
     def _unflip(self) -> None:
         """Undo a flip whose plan could not be carried out: the pages go back."""
@@ -583,6 +619,7 @@ class Heap:
         """Check every invariant; raise HeapCorrupted naming the first broken one."""
         with self._lock:
             self._ready()
+            self._settle_release()
             from .verify import verify_heap
 
             verify_heap(self)

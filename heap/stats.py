@@ -52,6 +52,7 @@ class PhaseClock:
     def __init__(self, compactor: str):
         self.compactor = compactor
         self.ns: dict[str, int] = {}
+        self.events: list[dict] = []
 
     @contextmanager
     def phase(self, name: str, **fields):
@@ -60,4 +61,6 @@ class PhaseClock:
         yield extra
         ns = time.perf_counter_ns() - t0
         self.ns[name] = self.ns.get(name, 0) + ns
-        log.info(f"gc_{name}", phase=name, compactor=self.compactor, ns=ns, **fields, **extra)
+        event = dict(phase=name, compactor=self.compactor, ns=ns, **fields, **extra)
+        self.events.append(event)
+        log.info(f"gc_{name}", **event)
