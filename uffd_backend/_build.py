@@ -50,6 +50,8 @@ int64_t rgc_uffd_register(int fd, uint64_t start, uint64_t length, uint64_t mode
 int64_t rgc_uffd_unregister(int fd, uint64_t start, uint64_t length);
 int64_t rgc_uffd_wake(int fd, uint64_t start, uint64_t length);
 int64_t rgc_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *moved);
+int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs, const uint64_t *lengths,
+                             uint64_t n, uint64_t mode, uint64_t *done, int64_t *moved);
 int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *copied);
 int64_t rgc_uffd_zeropage(int fd, uint64_t dst, uint64_t length, uint64_t mode, int64_t *zeroed);
 int64_t rgc_uffd_read_events(int fd, int timeout_ms, uint64_t *events, uint64_t max_events);
@@ -352,6 +354,25 @@ int64_t rgc_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t length, uint6
     int r = ioctl(fd, RGC_UFFDIO_MOVE, &mv);
     *moved = mv.move;
     return rgc_result(r);
+}
+
+/* One UFFDIO_MOVE per range, all in one call: stops at the first range that
+   fails (or moves only part), reporting its index in *done and its output
+   field in *moved. */
+int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs, const uint64_t *lengths,
+                             uint64_t n, uint64_t mode, uint64_t *done, int64_t *moved)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        struct rgc_uffdio_move mv = { dsts[i], srcs[i], lengths[i], mode, 0 };
+        if (ioctl(fd, RGC_UFFDIO_MOVE, &mv) < 0) {
+            *done = i;
+            *moved = mv.move;
+            return -errno;
+        }
+    }
+    *done = n;
+    *moved = 0;
+    return 0;
 }
 
 int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *copied)

@@ -189,7 +189,7 @@ class LinuxUffd:
         return not self._closer.alive
 
     def _fd(self) -> int:
-        if self.closed:
+        if not self._closer.alive:
             raise OSError(errno.EBADF, "the userfaultfd is closed")
         return self.fd
 
@@ -217,36 +217,73 @@ class LinuxUffd:
         _check(lib.rgc_uffd_wake(self._fd(), addr, length), f"UFFDIO_WAKE {addr:#x}+{length:#x}")
 
     @staticmethod
-    def _done(ret: int, field: int, length: int, call: str) -> int:
+    def _fail(ret: int, out, call: str):
         # The kernel stores progress (> 0) or -errno in the struct's output
         # field; a positive value with a failed ioctl is a partial operation
         # (always EAGAIN), anything else means nothing was done.
-        if ret == 0:
-            return length
-        err = -ret
-        moved = field if field > 0 else 0
-        raise UffdError(err, f"{os.strerror(err)} ({call})", moved=moved)
+        err, field = -ret, int(out[0])
+        raise UffdError(err, f"{os.strerror(err)} ({call})", moved=field if field > 0 else 0)
 
     def move(self, dst: int, src: int, length: int, mode: int = 0) -> int:
-        dst, src = _u64(dst, "dst"), _u64(src, "src")
-        length, mode = _u64(length, "length"), _u64(mode, "mode")
-        owned.check("UFFDIO_MOVE", src, length)  # moving the interpreter's pages away would crash it
+        # The per-page fault path calls this: plain ints in range skip the slow checks.
+        if not (type(dst) is int and type(src) is int and type(length) is int and type(mode) is int
+                and 0 <= dst <= U64_MAX and 0 <= src <= U64_MAX and 0 <= length <= U64_MAX and 0 <= mode <= U64_MAX):
+            dst, src = _u64(dst, "dst"), _u64(src, "src")
+            length, mode = _u64(length, "length"), _u64(mode, "mode")
+        if not owned.covers(src, length):
+            owned.check("UFFDIO_MOVE", src, length)  # moving the interpreter's pages away would crash it
         out = self._cell("int64_t")
         ret = lib.rgc_uffd_move(self._fd(), dst, src, length, mode, out)
-        return self._done(ret, int(out[0]), length, f"UFFDIO_MOVE {src:#x} -> {dst:#x} +{length:#x}")
+        if ret == 0:
+            return length
+        self._fail(ret, out, f"UFFDIO_MOVE {src:#x} -> {dst:#x} +{length:#x}")
+
+    def move_ranges(self, dsts, srcs, lengths, mode: int = 0) -> int:
+        """One UFFDIO_MOVE per range, in one call into C (not part of the Kernel protocol).
+
+        Returns the total bytes moved. On the first range that fails, raises
+        UffdError as ``move`` would for it, with ``index`` set to that range's
+        position (earlier ranges are done) and ``moved`` to its own progress.
+        """
+        dsts, srcs, lengths = (_u64_array(dsts, "dsts"), _u64_array(srcs, "srcs"), _u64_array(lengths, "lengths"))
+        if not dsts.size == srcs.size == lengths.size:
+            raise ValueError(f"{dsts.size} dsts, {srcs.size} srcs and {lengths.size} lengths: sizes must match")
+        mode = _u64(mode, "mode")
+        if not dsts.size:
+            return 0
+        for i in range(0, dsts.size, 4096):  # the ownership check, in slices of ranges
+            lo, hi = int(srcs[i:i + 4096].min()), int((srcs[i:i + 4096] + lengths[i:i + 4096]).max())
+            if not owned.covers(lo, hi - lo):
+                for s, n in zip(srcs[i:i + 4096].tolist(), lengths[i:i + 4096].tolist()):
+                    owned.check("UFFDIO_MOVE", s, n)
+        done, moved = ffi.new("uint64_t *"), ffi.new("int64_t *")
+        ret = lib.rgc_uffd_move_ranges(self._fd(), ffi.from_buffer("uint64_t[]", dsts), ffi.from_buffer("uint64_t[]", srcs),
+                                       ffi.from_buffer("uint64_t[]", lengths), dsts.size, mode, done, moved)
+        if ret == 0:
+            return int(lengths.sum())
+        i = int(done[0])
+        try:
+            self._fail(ret, moved, f"UFFDIO_MOVE range {i}: {int(srcs[i]):#x} -> {int(dsts[i]):#x} +{int(lengths[i]):#x}")
+        except UffdError as exc:
+            exc.index = i
+            raise
 
     def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src = _u64(dst, "dst"), _u64(src, "src")
         length, mode = _u64(length, "length"), _u64(mode, "mode")
         out = self._cell("int64_t")
         ret = lib.rgc_uffd_copy(self._fd(), dst, src, length, mode, out)
-        return self._done(ret, int(out[0]), length, f"UFFDIO_COPY {src:#x} -> {dst:#x} +{length:#x}")
+        if ret == 0:
+            return length
+        self._fail(ret, out, f"UFFDIO_COPY {src:#x} -> {dst:#x} +{length:#x}")
 
     def zeropage(self, dst: int, length: int, mode: int = 0) -> int:
         dst, length, mode = _u64(dst, "dst"), _u64(length, "length"), _u64(mode, "mode")
         out = self._cell("int64_t")
         ret = lib.rgc_uffd_zeropage(self._fd(), dst, length, mode, out)
-        return self._done(ret, int(out[0]), length, f"UFFDIO_ZEROPAGE {dst:#x} +{length:#x}")
+        if ret == 0:
+            return length
+        self._fail(ret, out, f"UFFDIO_ZEROPAGE {dst:#x} +{length:#x}")
 
     def read_events(self, timeout: float | None = 0) -> list[FaultEvent]:
         """Every queued fault; waits up to ``timeout`` seconds (None: forever) for the first."""

@@ -51,7 +51,9 @@ def remove(start: int, length: int) -> None:
     end = start + _round_up(length)
     if end <= start:
         return
+    global _hint
     with _lock:
+        _hint = (0, 0)
         i = bisect.bisect_right(_ends, start)  # first interval ending after start
         j = bisect.bisect_left(_starts, end)  # intervals [i, j) overlap
         if i >= j:
@@ -67,11 +69,21 @@ def remove(start: int, length: int) -> None:
         _ends[i:j] = keep_e
 
 
+_hint = (0, 0)  # the owned interval found last: most calls hit it; cleared by every remove()
+
+
 def covers(start: int, length: int) -> bool:
-    end = start + max(length, 1)
+    global _hint
+    end = start + (length or 1)
+    lo, hi = _hint
+    if lo <= start and end <= hi:
+        return True
     with _lock:
         i = bisect.bisect_right(_starts, start) - 1
-        return i >= 0 and _ends[i] >= end
+        if i >= 0 and _ends[i] >= end:
+            _hint = (_starts[i], _ends[i])
+            return True
+        return False
 
 
 def _foreign_mapping(start: int, end: int) -> tuple[int, int, str] | None:

@@ -360,3 +360,28 @@ def test_move_into_populated_thp_dst_is_eexist(k, mem, uffd):
     expect_uffd_error(lambda: uffd.move(dst, src, MIB2), errno.EEXIST)
     assert np.array_equal(k.page_frames(src, MIB2 // PS), src_frames)
     assert np.array_equal(k.page_frames(dst, MIB2 // PS), dst_frames)
+
+
+# --- move_ranges: many MOVEs in one call (a LinuxUffd extra) -------------------------
+def test_move_ranges_moves_every_range_zero_copy(k, mem, uffd):
+    src, dst = mem.filled(8), mem(8)
+    frames = k.page_frames(src, 8)
+    uffd.register(dst, 8 * PS)
+    order = np.array([3, 0, 7, 1, 2, 6, 4, 5], dtype=np.uint64)  # dst page i gets src page order[i]
+    dsts = dst + np.arange(8, dtype=np.uint64) * PS
+    assert uffd.move_ranges(dsts, src + order * PS, np.full(8, PS, dtype=np.uint64)) == 8 * PS
+    assert (k.page_frames(dst, 8) == frames[order.astype(np.int64)]).all()
+
+
+def test_move_ranges_stops_at_the_failing_range_and_names_it(k, mem, uffd):
+    src, dst = mem.filled(4), mem(4)
+    k.store(dst + 2 * PS, b"occupied")
+    frames = k.page_frames(src, 4)
+    uffd.register(dst, 4 * PS)
+    dsts = dst + np.arange(4, dtype=np.uint64) * PS
+    srcs = src + np.arange(4, dtype=np.uint64) * PS
+    with pytest.raises(UffdError) as exc:
+        uffd.move_ranges(dsts, srcs, np.full(4, PS, dtype=np.uint64))
+    assert (exc.value.errno, exc.value.moved, exc.value.index) == (errno.EEXIST, 0, 2)
+    assert (k.page_frames(dst, 2) == frames[:2]).all()  # the ranges before it were moved
+    assert (k.page_frames(src + 2 * PS, 2) == frames[2:]).all()  # the failing one and the rest were not
