@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -50,3 +51,13 @@ def run_demo_subprocess(name: str, backend: str, *extra: str, timeout: float = 3
 
 def failed_checks(summary: dict) -> list[str]:
     return [f"{c['name']}: {c['detail']}" for c in summary["checks"] if not c["ok"]]
+
+
+@functools.lru_cache(maxsize=None)
+def concurrent_collection_missing() -> str | None:
+    """Why this build's heap cannot ``collect(concurrent=True)`` (issue 5), or None when it can."""
+    from demos.concurrent import concurrent_unavailable
+    from heap import Heap
+
+    with Heap(kernel="sim", size=1 << 20) as heap:
+        return concurrent_unavailable(heap)
