@@ -77,6 +77,28 @@ class ThpRun:
     huge_before: int  # 2 MiB-mapped pages of surviving arrays (sampled one per 2 MiB)
     huge_after: int
     arrays_intact: int
+    trace: "PageTrace"
+
+
+@dataclass
+class PageTrace:
+    """Every page of the surviving arrays: its virtual page number and its frame, before and after."""
+
+    vpage_before: np.ndarray  # page number relative to the heap's base
+    vpage_after: np.ndarray
+    frame_before: np.ndarray
+    frame_after: np.ndarray
+
+    @classmethod
+    def of(cls, page_size: int, base: int, survivors: list[int], before: dict, after: dict,
+           frames_before: dict, frames_after: dict) -> "PageTrace":
+        def pages(addresses: dict) -> np.ndarray:
+            return np.concatenate([(addresses[i] - base) // page_size + np.arange(len(frames_before[i]))
+                                   for i in survivors])
+
+        return cls(pages(before), pages(after),
+                   np.concatenate([frames_before[i] for i in survivors]),
+                   np.concatenate([frames_after[i] for i in survivors]))
 
 
 def run(ctx: DemoContext) -> DemoReport:
@@ -94,7 +116,12 @@ def run(ctx: DemoContext) -> DemoReport:
     }
     report.tables.append(arrays_table(specs, dies, runs))
     if ctx.plot is not None:
-        report.notes.append("this demo draws no picture; --plot was ignored")
+        from demos.plots import moved_pages
+
+        moved_pages([(("THP on" if r.thp else "THP off"), r.trace) for r in runs], ctx.plot,
+                    title=f"remapgc bigarrays demo ({ctx.backend} backend): {survivors} surviving arrays, "
+                          f"{runs[0].pages:,} pages — new addresses, same physical frames")
+        report.plot = str(ctx.plot)
     return report
 
 
@@ -125,9 +152,11 @@ def compact_arrays(ctx: DemoContext, specs: list[ArraySpec], dies: np.ndarray, t
         stats = stats_dict(heap.collect())
 
         moved = [i for i in survivors if refs[i].address != addresses[i]]
-        frames_kept = sum(int(np.sum((frames_of(kernel, refs[i]) == frames[i]) & (frames[i] >= 0)))
-                          for i in survivors)
+        frames_after = {i: frames_of(kernel, refs[i]) for i in survivors}
+        frames_kept = sum(int(np.sum((frames_after[i] == frames[i]) & (frames[i] >= 0))) for i in survivors)
         pages = sum(len(frames[i]) for i in survivors)
+        trace = PageTrace.of(kernel.page_size, heap.base, survivors, addresses,
+                             {i: refs[i].address for i in survivors}, frames, frames_after)
         huge_after = sum(huge_pages(kernel, refs[i]) for i in survivors)
         intact = [i for i in survivors if read_back(refs[i], specs[i], checksums[i])]
         report.check(f"zero bytes copied ({label})", stats["bytes_copied"] == 0,
@@ -141,7 +170,7 @@ def compact_arrays(ctx: DemoContext, specs: list[ArraySpec], dies: np.ndarray, t
         report.check(f"RSS dropped ({label})", stats["rss_after"] < stats["rss_before"],
                      f"{fmt_bytes(stats['rss_before'])} → {fmt_bytes(stats['rss_after'])}")
         report.check_raises_nothing(f"heap.verify() ({label})", heap.verify)
-    return ThpRun(thp, stats, len(moved), pages, frames_kept, huge_before, huge_after, len(intact))
+    return ThpRun(thp, stats, len(moved), pages, frames_kept, huge_before, huge_after, len(intact), trace)
 
 
 def frames_of(kernel, ref) -> np.ndarray:

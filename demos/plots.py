@@ -83,3 +83,35 @@ def latency_histogram(series: list[tuple[str, np.ndarray]], path: Path, title: s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def moved_pages(traces: list, path: Path, title: str) -> None:
+    """Per run, two panels: where each page was and is (virtual page numbers), and its frame before vs after.
+
+    ``traces`` holds (label, trace) with trace arrays vpage_before, vpage_after,
+    frame_before, frame_after. Zero-copy shows as every point of the right
+    panel lying on the diagonal while the left panel shows the pages moved.
+    """
+    fig, axes = plt.subplots(len(traces), 2, figsize=(10, 3.6 * len(traces)), squeeze=False, layout="constrained")
+    for (label, trace), (where, which) in zip(traces, axes):
+        order = np.arange(len(trace.vpage_before))
+        where.plot(order, trace.vpage_before, ".", markersize=2, label="before compaction")
+        where.plot(order, trace.vpage_after, ".", markersize=2, label="after compaction")
+        where.set_xlabel("page of the surviving arrays (in array order)", fontsize=8)
+        where.set_ylabel("virtual page (from heap base)", fontsize=8)
+        where.set_title(f"{label}: where each page is mapped", fontsize=9)
+        where.legend(fontsize=8, markerscale=4)
+        present = (trace.frame_before >= 0) & (trace.frame_after >= 0)
+        same = present & (trace.frame_before == trace.frame_after)
+        which.plot(trace.frame_before[same], trace.frame_after[same], ".", markersize=2, color="tab:green",
+                   label=f"same frame ({int(same.sum()):,} pages)")
+        if (present & ~same).any():
+            which.plot(trace.frame_before[present & ~same], trace.frame_after[present & ~same], "x",
+                       markersize=3, color="tab:red", label=f"new frame ({int((present & ~same).sum()):,} pages)")
+        which.set_xlabel("physical frame before", fontsize=8)
+        which.set_ylabel("physical frame after", fontsize=8)
+        which.set_title(f"{label}: physical frame of each page", fontsize=9)
+        which.legend(fontsize=8, markerscale=4)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -47,8 +47,9 @@ def test_lisp_prints_the_known_answer(capsys, kernel_name):
 
 
 @pytest.mark.timeout(600)
-def test_bigarrays_move_with_zero_bytes_copied(capsys, kernel_name):
-    code, summary = run_demo_json(capsys, "bigarrays", kernel_name)
+def test_bigarrays_move_with_zero_bytes_copied(capsys, kernel_name, tmp_path):
+    picture = tmp_path / "frames.png"
+    code, summary = run_demo_json(capsys, "bigarrays", kernel_name, "--plot", str(picture))
     assert_passed(code, summary, "bigarrays", kernel_name)
     m = summary["metrics"]
     for thp in ("on", "off"):
@@ -56,6 +57,7 @@ def test_bigarrays_move_with_zero_bytes_copied(capsys, kernel_name):
         assert m[f"thp_{thp}_moved"] > 0
         assert m[f"thp_{thp}_frames_kept"] == m[f"thp_{thp}_pages"] > 0
         assert m[f"thp_{thp}_arrays_intact"] == m["survivors"] == m["arrays"] // 2
+    assert picture.read_bytes().startswith(PNG_MAGIC)
 
 
 @pytest.mark.timeout(600)
