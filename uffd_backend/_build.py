@@ -129,30 +129,43 @@ static inline int64_t rgc_result(long r) { return r < 0 ? -(int64_t)errno : (int
 static __thread sigjmp_buf *volatile rgc_jump __attribute__((tls_model("initial-exec")));
 #define RGC_BARRIER() __asm__ __volatile__("" ::: "memory")
 static struct sigaction rgc_prev_segv, rgc_prev_bus;
-static int rgc_guard_ready;
+
+static int rgc_passed_on;
 
 static void rgc_fault(int sig, siginfo_t *info, void *uctx)
 {
+    (void)uctx;
     sigjmp_buf *jump = rgc_jump;
     if (jump) {
         rgc_jump = NULL;
         siglongjmp(*jump, 1);
     }
-    /* Not ours: behave as the previously installed disposition would. */
+    /* Not ours. Put the previous disposition back and return: the faulting
+       instruction runs again and the previous handler sees it first-hand (a
+       kill()ed signal is re-sent). If we are entered a second time (handlers
+       that chain back to us), fall to the default action, so that a real
+       crash always ends the process instead of looping. */
     struct sigaction *prev = sig == SIGSEGV ? &rgc_prev_segv : &rgc_prev_bus;
-    if (prev->sa_flags & SA_SIGINFO) {
-        prev->sa_sigaction(sig, info, uctx);
-    } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
-        prev->sa_handler(sig);
-    } else {
-        /* Restore the default action; returning re-executes the access and dies of it. */
+    int handled_by_prev = (prev->sa_flags & SA_SIGINFO) ||
+                          (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN);
+    if (handled_by_prev && !__atomic_exchange_n(&rgc_passed_on, 1, __ATOMIC_SEQ_CST))
+        sigaction(sig, prev, NULL);
+    else
         signal(sig, SIG_DFL);
-    }
+    if (info == NULL || info->si_code <= 0)
+        raise(sig);
 }
 
+/* Installs the guard, or re-installs it if something (faulthandler.enable(),
+   another library) replaced it since; never chains to itself. */
 int64_t rgc_guard_install(void)
 {
-    if (__atomic_load_n(&rgc_guard_ready, __ATOMIC_ACQUIRE)) return 0;
+    struct sigaction cur_segv, cur_bus;
+    if (sigaction(SIGSEGV, NULL, &cur_segv) < 0 || sigaction(SIGBUS, NULL, &cur_bus) < 0) return -errno;
+    int segv_ours = (cur_segv.sa_flags & SA_SIGINFO) && cur_segv.sa_sigaction == rgc_fault;
+    int bus_ours = (cur_bus.sa_flags & SA_SIGINFO) && cur_bus.sa_sigaction == rgc_fault;
+    if (segv_ours && bus_ours) return 0;
+    __atomic_store_n(&rgc_passed_on, 0, __ATOMIC_SEQ_CST);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = rgc_fault;
@@ -160,9 +173,15 @@ int64_t rgc_guard_install(void)
        needs no signal-mask restore (no syscall on the fast path). */
     sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGSEGV, &sa, &rgc_prev_segv) < 0) return -errno;
-    if (sigaction(SIGBUS, &sa, &rgc_prev_bus) < 0) return -errno;
-    __atomic_store_n(&rgc_guard_ready, 1, __ATOMIC_RELEASE);
+    /* the previous disposition is saved before ours goes in: a fault in between finds it */
+    if (!segv_ours) {
+        rgc_prev_segv = cur_segv;
+        if (sigaction(SIGSEGV, &sa, NULL) < 0) return -errno;
+    }
+    if (!bus_ours) {
+        rgc_prev_bus = cur_bus;
+        if (sigaction(SIGBUS, &sa, NULL) < 0) return -errno;
+    }
     return 0;
 }
 

@@ -182,14 +182,20 @@ class LinuxUffd:
         self.via = via  # "syscall" or "/dev/userfaultfd"
         self.user_mode_only = user_mode_only
         self._closer = weakref.finalize(self, _close_fd, fd)
+        # close() while a thread waits in read_events must not free the fd
+        # number under it (a reused number would be read as ours): the last
+        # reader closes it instead.
+        self._state_lock = threading.Lock()
+        self._closing = False
+        self._readers = 0
         self._out = threading.local()
 
     @property
     def closed(self) -> bool:
-        return not self._closer.alive
+        return self._closing or not self._closer.alive
 
     def _fd(self) -> int:
-        if not self._closer.alive:
+        if self._closing or not self._closer.alive:
             raise OSError(errno.EBADF, "the userfaultfd is closed")
         return self.fd
 
@@ -295,14 +301,31 @@ class LinuxUffd:
             if not timeout >= 0:  # also rejects NaN
                 raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        fd = self._fd()
+        with self._state_lock:
+            fd = self._fd()
+            self._readers += 1
+        try:
+            return self._wait_and_read(fd, deadline)
+        finally:
+            with self._state_lock:
+                self._readers -= 1
+                close_now = self._closing and not self._readers
+            if close_now:
+                self._closer()
+
+    # Waits are cut in slices so that signals (Ctrl-C) and close() are noticed.
+    WAIT_SLICE_MS = 250
+
+    def _wait_and_read(self, fd: int, deadline: float | None) -> list[FaultEvent]:
+        import time
+
         events = self._cell_events()
         while True:
             if deadline is None:
-                wait_ms = 1000  # slices, so that signals (Ctrl-C) are seen between them
+                wait_ms = self.WAIT_SLICE_MS
             else:
                 left = deadline - time.monotonic()
-                wait_ms = max(0, min(1000, int(left * 1000 + 0.999)))
+                wait_ms = max(0, min(self.WAIT_SLICE_MS, int(left * 1000 + 0.999)))
             n = lib.rgc_uffd_read_events(fd, wait_ms, events, 256)
             if n == -errno.EINTR:
                 n = 0
@@ -311,7 +334,7 @@ class LinuxUffd:
                 return self._decode(events, n)
             if deadline is not None and time.monotonic() >= deadline:
                 return []
-            if self.closed:
+            if self._closing:
                 raise OSError(errno.EBADF, "the userfaultfd was closed while waiting")
 
     def _cell_events(self):
@@ -333,6 +356,10 @@ class LinuxUffd:
         return out
 
     def close(self) -> None:
+        with self._state_lock:
+            self._closing = True
+            if self._readers:
+                return  # the last thread leaving read_events closes the fd
         self._closer()
 
     def __enter__(self) -> "LinuxUffd":
@@ -591,6 +618,8 @@ class LinuxKernel:
 
     # -- introspection ----------------------------------------------------------------
     def _pagemap_entries(self, addr: int, npages: int) -> np.ndarray:
+        if not self._closer.alive:  # its descriptor numbers may belong to other files by now
+            raise OSError(errno.EBADF, "this LinuxKernel is closed")
         first = addr // self.page_size
         want = 8 * npages
         raw = os.pread(self._pagemap, want, 8 * first) if npages else b""

@@ -10,6 +10,7 @@ timeout, and closing the uffd at teardown releases a thread left blocked.
 from __future__ import annotations
 
 import errno
+import os
 
 import numpy as np
 import pytest
@@ -186,3 +187,17 @@ def test_closing_the_uffd_releases_a_blocked_thread(k, mem):
     with pytest.raises(OSError) as exc:
         uffd.read_events()
     assert exc.value.errno == errno.EBADF
+
+
+@pytest.mark.timeout(30)
+def test_close_while_another_thread_waits_in_read_events(k, mem):
+    uffd = k.userfaultfd()
+    waiter = Faulter(lambda: uffd.read_events(timeout=None))
+    assert waiter.blocked(0.1)
+    uffd.close()
+    with pytest.raises(OSError) as exc:
+        waiter.finish()
+    assert exc.value.errno == errno.EBADF
+    # the descriptor was closed once the waiter left: its number is free again
+    with pytest.raises(OSError):
+        os.fstat(uffd.fd)
