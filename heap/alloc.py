@@ -65,20 +65,29 @@ def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0) -> tuple[np.n
     run_page: list[int] = []
     j = 0
     page = 0
-    any_large = bool(large.any())
-    while j < n:
-        if any_large and large.item(j):
-            if huge.item(j):
-                page = round_up(page, hpage_pages)
-            run_first.append(j)
-            run_page.append(page)
-            page += npages.item(j)
-            j += 1
-        else:
-            run_first.append(j)
-            run_page.append(page)
-            page += 1
-            j = stop.item(j)
+    if not large.any():
+        append, step = run_first.append, stop.item
+        while j < n:
+            append(j)
+            j = step(j)
+        run_page = range(len(run_first))
+    else:
+        stop_l, large_l, npages_l, huge_l = stop.tolist(), large.tolist(), npages.tolist(), huge.tolist()
+        while j < n:
+            if large_l[j]:
+                if huge_l[j]:
+                    page = round_up(page, hpage_pages)
+                run_first.append(j)
+                run_page.append(page)
+                page += npages_l[j]
+                j += 1
+            else:
+                run_first.append(j)
+                run_page.append(page)
+                page += 1
+                j = stop_l[j]
+    if not large.any():
+        page = len(run_first)
     first = np.asarray(run_first, dtype=np.int64)
     pages = np.asarray(run_page, dtype=np.int64)
     run = np.zeros(n, dtype=np.int64)

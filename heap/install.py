@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import HeapCorrupted
+from .objects import expand
 from .kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError
 
 EAGAIN_RETRIES = 64  # back-off attempts before giving up on a pending event
@@ -183,7 +184,6 @@ def slot_values(plan, marking, nrefs_old, new_by_row) -> np.ndarray:
     total = int(counts.sum())
     if total == 0:
         return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(counts)
-    positions = np.repeat(marking.slot_base[rows] - (ends - counts), counts) + np.arange(total)
+    positions = expand(marking.slot_base[rows], counts, 1)
     targets = marking.slot_target[positions]
     return np.where(targets >= 0, new_by_row[np.maximum(targets, 0)], 0)

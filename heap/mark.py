@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import HeapCorrupted
+from .objects import expand
 
 
 @dataclass
@@ -28,6 +29,47 @@ class Marking:
     slot_target: np.ndarray  # per slot position: row it references, -1 for None/unvisited
     levels: int
     slots_read: int
+
+
+class AddressIndex:
+    """Object start address -> row, by direct lookup.
+
+    One int32 per 16-byte granule of the arena, filled at the start of each
+    collection with the rows of the current objects and never cleared:
+    a stale entry is caught because ``starts[row]`` must equal the address.
+    ``searchsorted`` costs ~400 ns per random query on a million objects (one
+    cache miss per bisection step); this costs one gather. The array is
+    allocated lazily and only the granules of touched pages become resident.
+    """
+
+    def __init__(self, base: int, size: int, granule: int = 16):
+        self.base = base
+        self.shift = granule.bit_length() - 1
+        self.map = np.empty(size >> self.shift, dtype=np.int32)
+        self.starts = np.zeros(0, dtype=np.int64)
+
+    def build(self, starts: np.ndarray) -> None:
+        self.starts = starts
+        if starts.size:
+            self.map[(starts - self.base) >> self.shift] = np.arange(starts.size, dtype=np.int32)
+
+    def rows(self, addrs: np.ndarray, what: str) -> np.ndarray:
+        starts, n = self.starts, self.starts.size
+        granule = (addrs - self.base) >> self.shift
+        inside = (granule >= 0) & (granule < self.map.size)
+        if not inside.all():
+            k = int(np.flatnonzero(~inside)[0])
+            raise HeapCorrupted(what, f"0x{int(addrs[k]):x} is not the start of any object (outside the heap)")
+        rows = self.map[granule].astype(np.int64)
+        if n == 0:
+            bad = np.ones(addrs.size, dtype=bool)
+        else:
+            np.clip(rows, 0, n - 1, out=rows)
+            bad = starts[rows] != addrs
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise HeapCorrupted(what, f"0x{int(addrs[k]):x} is not the start of any object")
+        return rows
 
 
 def rows_of(starts: np.ndarray, addrs: np.ndarray, what: str) -> np.ndarray:
@@ -43,7 +85,9 @@ def rows_of(starts: np.ndarray, addrs: np.ndarray, what: str) -> np.ndarray:
     return rows
 
 
-def mark(kernel, model, starts: np.ndarray, nrefs: np.ndarray, roots: np.ndarray) -> Marking:
+def mark(kernel, model, index: AddressIndex, nrefs: np.ndarray, roots: np.ndarray) -> Marking:
+    """Mark from ``roots``; ``index`` was built over the current start column."""
+    starts = index.starts
     n = starts.size
     live = np.zeros(n, dtype=bool)
     slot_base = np.cumsum(nrefs) - nrefs
@@ -62,7 +106,7 @@ def mark(kernel, model, starts: np.ndarray, nrefs: np.ndarray, roots: np.ndarray
         return rows
 
     roots = np.asarray(roots, dtype=np.int64)
-    frontier = first_visits(rows_of(starts, roots[roots != 0], "root"))
+    frontier = first_visits(index.rows(roots[roots != 0], "root"))
     levels = slots_read = 0
     while frontier.size:
         levels += 1
@@ -74,10 +118,9 @@ def mark(kernel, model, starts: np.ndarray, nrefs: np.ndarray, roots: np.ndarray
         addrs = model.slot_addresses(starts[frontier], counts)
         words = kernel.load_words(addrs.astype(np.uint64)).view(np.int64)
         slots_read += words.size
-        ends = np.cumsum(counts)
-        positions = np.repeat(slot_base[frontier] - (ends - counts), counts) + np.arange(words.size)
+        positions = expand(slot_base[frontier], counts, 1)
         held = words != 0
-        targets = rows_of(starts, words[held], f"reference slot of a live object")
+        targets = index.rows(words[held], "reference slot of a live object")
         slot_target[positions[held]] = targets
         frontier = first_visits(targets)
     return Marking(live=live, slot_base=slot_base, slot_target=slot_target, levels=levels,

@@ -75,6 +75,25 @@ class RootScanner(Protocol):
     def update_roots(self, forward: Callable[[np.ndarray], np.ndarray]) -> None: ...
 
 
+def expand(firsts: np.ndarray, counts: np.ndarray, stride: int) -> np.ndarray:
+    """``firsts[i] + stride * k`` for every k < counts[i], i after i (flat).
+
+    The workhorse of slot enumeration; when every count is equal (the usual
+    case for a runtime's objects of one shape) it is one broadcast.
+    """
+    firsts = np.asarray(firsts, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size == 0:
+        return np.empty(0, dtype=np.int64)
+    c = int(counts[0])
+    if (counts == c).all():
+        return (firsts[:, None] + stride * np.arange(c, dtype=np.int64)[None, :]).ravel()
+    ends = np.cumsum(counts)
+    total = int(ends[-1])
+    # one repeat: firsts shifted back by the slots before each object, plus a global ramp
+    return np.repeat(firsts - stride * (ends - counts), counts) + stride * np.arange(total, dtype=np.int64)
+
+
 class DefaultObjectModel:
     """The layout documented at the top of this module."""
 
@@ -89,15 +108,7 @@ class DefaultObjectModel:
         return HEADER_BYTES + SLOT_BYTES * int(nrefs)
 
     def slot_addresses(self, starts, nrefs):
-        nrefs = np.asarray(nrefs, dtype=np.int64)
-        total = int(nrefs.sum())
-        if total == 0:
-            return np.empty(0, dtype=np.int64)
-        firsts = np.asarray(starts, dtype=np.int64) + HEADER_BYTES
-        # rank of each slot within its object: 0..nrefs[i]-1
-        ends = np.cumsum(nrefs)
-        rank = np.arange(total, dtype=np.int64) - np.repeat(ends - nrefs, nrefs)
-        return np.repeat(firsts, nrefs) + SLOT_BYTES * rank
+        return expand(np.asarray(starts, dtype=np.int64) + HEADER_BYTES, nrefs, SLOT_BYTES)
 
     def header_words(self, nbytes, nrefs, large):
         nbytes = np.asarray(nbytes, dtype=np.int64)

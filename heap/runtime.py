@@ -33,7 +33,7 @@ from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull
 from .install import InstallCounters, InstallInterrupted, PageInstaller, evacuate, slot_values
 from .kernel import (MADV_DONTNEED, MADV_HUGEPAGE, UFFD_FEATURE_MOVE, Kernel, KernelUnsupported,
                      UFFDIO_REGISTER_MODE_MISSING, open_kernel)
-from .mark import mark, rows_of
+from .mark import AddressIndex, mark, rows_of
 from .objects import DEFAULT_MODEL, ObjectModel, RootScanner
 from .plan import Plan, plan_remap, plan_slide
 from .roots import HandleTable, Ref, RefArray
@@ -97,6 +97,7 @@ class Heap:
             k.madvise(self._base, self._size, MADV_HUGEPAGE)
         self._alloc = Allocator(self._base, self._size, ps, k.hpage_size // ps if thp else 0)
         self._table = ObjectTable()
+        self._addr_index = AddressIndex(self._base, self._size)
         self._handles = HandleTable()
         self._uffd = None
         self._from_space = 0
@@ -442,7 +443,8 @@ class Heap:
         t = self._table
         old = {c: getattr(t, c).copy() for c in ObjectTable.COLUMNS}
         with clock.phase("mark") as ev:
-            marking = mark(self._kernel, self._model, old["start"], old["nrefs"], self._roots())
+            self._addr_index.build(old["start"])
+            marking = mark(self._kernel, self._model, self._addr_index, old["nrefs"], self._roots())
             live = marking.live
             stats.live_objects = int(live.sum())
             stats.live_bytes = int(old["total"][live].sum())
@@ -455,7 +457,7 @@ class Heap:
             addrs = np.asarray(addrs, dtype=np.int64)
             out = np.zeros(addrs.shape, dtype=np.int64)
             held = addrs != 0
-            out[held] = new_by_row[rows_of(old_starts, addrs[held], "root")]
+            out[held] = new_by_row[self._addr_index.rows(addrs[held], "root")]
             return out
 
         self._handles.forward(forward)
@@ -595,9 +597,12 @@ class Heap:
             if plan.last_object_end:
                 tail = round_up(plan.last_object_end - base, ps) + base - plan.last_object_end
                 k.store(plan.last_object_end, bytes(tail))
-            if old_top > new_top:
-                k.madvise(new_top, old_top - new_top, MADV_DONTNEED)
-            ev.update(released_bytes=max(old_top - new_top, 0))
+            # with THP, the huge page under the old top may reach past it
+            unit = self._alloc.hpage_pages * ps if self._thp else ps
+            old_end = min(base + round_up(old_top - base, unit), self._alloc.end)
+            if old_end > new_top:
+                k.madvise(new_top, old_end - new_top, MADV_DONTNEED)
+            ev.update(released_bytes=max(old_end - new_top, 0))
 
     # -- inspection ----------------------------------------------------------------------
     def _rss(self) -> int:
