@@ -127,9 +127,14 @@ def _raise_os(ret: int, call: str) -> None:
     raise OSError(err, f"{os.strerror(err)} ({call})")
 
 
-def _check(ret: int, call: str) -> int:
+def _check(ret: int, call: str, *args) -> int:
+    """``ret`` if it is a result; raise its errno if it is ``-errno``.
+
+    ``call`` is a format string filled with ``args`` only on failure, so that
+    the success path formats nothing.
+    """
     if ret < 0:
-        _raise_os(ret, call)
+        _raise_os(ret, call.format(*args) if args else call)
     return ret
 
 
@@ -211,16 +216,16 @@ class LinuxUffd:
         addr, length, mode = _u64(addr, "addr"), _u64(length, "length"), _u64(mode, "mode")
         owned.check("UFFDIO_REGISTER", addr, length)  # a registered interpreter page would hang us
         out = self._cell("uint64_t")
-        _check(lib.rgc_uffd_register(self._fd(), addr, length, mode, out), f"UFFDIO_REGISTER {addr:#x}+{length:#x}")
+        _check(lib.rgc_uffd_register(self._fd(), addr, length, mode, out), "UFFDIO_REGISTER {:#x}+{:#x}", addr, length)
         return int(out[0])
 
     def unregister(self, addr: int, length: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
-        _check(lib.rgc_uffd_unregister(self._fd(), addr, length), f"UFFDIO_UNREGISTER {addr:#x}+{length:#x}")
+        _check(lib.rgc_uffd_unregister(self._fd(), addr, length), "UFFDIO_UNREGISTER {:#x}+{:#x}", addr, length)
 
     def wake(self, addr: int, length: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
-        _check(lib.rgc_uffd_wake(self._fd(), addr, length), f"UFFDIO_WAKE {addr:#x}+{length:#x}")
+        _check(lib.rgc_uffd_wake(self._fd(), addr, length), "UFFDIO_WAKE {:#x}+{:#x}", addr, length)
 
     @staticmethod
     def _fail(ret: int, out, call: str):
@@ -475,12 +480,12 @@ class LinuxKernel:
             at = _u64(at, "at")
             if align and at % align:
                 raise ValueError(f"at={at:#x} is not a multiple of align={align:#x}")
-            addr = _check(lib.rgc_mmap(at, length, prot, flags | MAP_FIXED_NOREPLACE), f"mmap at {at:#x}")
+            addr = _check(lib.rgc_mmap(at, length, prot, flags | MAP_FIXED_NOREPLACE), "mmap at {:#x}", at)
             if addr != at:  # a kernel older than 4.17 treats the flag as a hint
                 lib.rgc_munmap(addr, length)
                 raise OSError(errno.EEXIST, f"{os.strerror(errno.EEXIST)} (mmap at {at:#x})")
         elif align <= self.page_size or length == 0:
-            addr = _check(lib.rgc_mmap(0, length, prot, flags), f"mmap {length:#x}")
+            addr = _check(lib.rgc_mmap(0, length, prot, flags), "mmap {:#x}", length)
         else:
             addr = self._mmap_aligned(length, prot, flags, align)
         owned.add(addr, length)
@@ -491,7 +496,7 @@ class LinuxKernel:
         span = length + align
         if span > U64_MAX:
             raise OSError(errno.ENOMEM, f"{os.strerror(errno.ENOMEM)} (mmap {length:#x} aligned {align:#x})")
-        base = _check(lib.rgc_mmap(0, span, prot, flags), f"mmap {length:#x} aligned {align:#x}")
+        base = _check(lib.rgc_mmap(0, span, prot, flags), "mmap {:#x} aligned {:#x}", length, align)
         start = (base + align - 1) & ~(align - 1)
         rounded = (length + self.page_size - 1) & ~(self.page_size - 1)
         if start > base:
@@ -504,7 +509,7 @@ class LinuxKernel:
     def munmap(self, addr: int, length: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
         owned.check("munmap", addr, length)
-        _check(lib.rgc_munmap(addr, length), f"munmap {addr:#x}+{length:#x}")
+        _check(lib.rgc_munmap(addr, length), "munmap {:#x}+{:#x}", addr, length)
         owned.remove(addr, length)
 
     def mremap(self, old_addr: int, length: int, new_addr: int, *, dontunmap: bool = False) -> int:
@@ -512,8 +517,7 @@ class LinuxKernel:
         flags = MREMAP_MAYMOVE | MREMAP_FIXED | (MREMAP_DONTUNMAP if dontunmap else 0)
         owned.check("mremap", old_addr, length)
         owned.check("mremap (target)", new_addr, length)  # MREMAP_FIXED unmaps whatever is there
-        addr = _check(lib.rgc_mremap(old_addr, length, length, flags, new_addr),
-                      f"mremap {old_addr:#x}+{length:#x} -> {new_addr:#x}")
+        addr = _check(lib.rgc_mremap(old_addr, length, length, flags, new_addr), "mremap {:#x}+{:#x} -> {:#x}", old_addr, length, new_addr)
         if not dontunmap:
             owned.remove(old_addr, length)
         owned.add(addr, length)
@@ -522,27 +526,29 @@ class LinuxKernel:
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         addr, length, prot = _u64(addr, "addr"), _u64(length, "length"), _int32(prot, "prot")
         owned.check("mprotect", addr, length)
-        _check(lib.rgc_mprotect(addr, length, prot), f"mprotect {addr:#x}+{length:#x} {prot:#x}")
+        _check(lib.rgc_mprotect(addr, length, prot), "mprotect {:#x}+{:#x} {:#x}", addr, length, prot)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
         addr, length, advice = _u64(addr, "addr"), _u64(length, "length"), _int32(advice, "advice")
         owned.check("madvise", addr, length)
-        _check(lib.rgc_madvise(addr, length, advice), f"madvise {addr:#x}+{length:#x} {advice}")
+        _check(lib.rgc_madvise(addr, length, advice), "madvise {:#x}+{:#x} {}", addr, length, advice)
 
     def mlock(self, addr: int, length: int, *, onfault: bool = False) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
         if onfault:
-            _check(lib.rgc_mlock2(addr, length, MLOCK_ONFAULT), f"mlock2(ONFAULT) {addr:#x}+{length:#x}")
+            _check(lib.rgc_mlock2(addr, length, MLOCK_ONFAULT), "mlock2(ONFAULT) {:#x}+{:#x}", addr, length)
         else:
-            _check(lib.rgc_mlock(addr, length), f"mlock {addr:#x}+{length:#x}")
+            _check(lib.rgc_mlock(addr, length), "mlock {:#x}+{:#x}", addr, length)
 
     def munlock(self, addr: int, length: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
-        _check(lib.rgc_munlock(addr, length), f"munlock {addr:#x}+{length:#x}")
+        _check(lib.rgc_munlock(addr, length), "munlock {:#x}+{:#x}", addr, length)
 
     # -- user-mode memory access ----------------------------------------------------
     @staticmethod
     def _range(addr: int, length: int) -> tuple[int, int]:
+        if type(addr) is int and type(length) is int and 0 <= addr and 0 <= length and addr + length <= U64_MAX + 1:
+            return addr, length  # the common case, checked in one expression
         addr, length = _u64(addr, "addr"), _u64(length, "length")
         if addr + length > U64_MAX + 1:
             raise OSError(errno.EFAULT, f"{os.strerror(errno.EFAULT)} ({addr:#x}+{length:#x} wraps around)")
@@ -558,7 +564,7 @@ class LinuxKernel:
             buf = self._raw_alloc("char[]", length)
         except MemoryError:
             raise OSError(errno.ENOMEM, f"{os.strerror(errno.ENOMEM)} (no buffer for load of {length:#x} bytes)") from None
-        _check(lib.rgc_load(addr, buf, length), f"load {addr:#x}+{length:#x}")
+        _check(lib.rgc_load(addr, buf, length), "load {:#x}+{:#x}", addr, length)
         return ffi.buffer(buf, length)[:]
 
     def store(self, addr: int, data) -> None:
@@ -568,7 +574,7 @@ class LinuxKernel:
             raise ArgumentTypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
         addr, length = self._range(addr, len(view))
         if length:
-            _check(lib.rgc_store(addr, view, length), f"store {addr:#x}+{length:#x}")
+            _check(lib.rgc_store(addr, view, length), "store {:#x}+{:#x}", addr, length)
 
     def load_words(self, addrs) -> np.ndarray:
         addrs = _u64_array(addrs, "addrs")
@@ -598,7 +604,7 @@ class LinuxKernel:
         dst, length = self._range(dst, length)
         src, _ = self._range(src, length)
         if length:
-            _check(lib.rgc_memmove(dst, src, length), f"memmove {src:#x} -> {dst:#x} +{length:#x}")
+            _check(lib.rgc_memmove(dst, src, length), "memmove {:#x} -> {:#x} +{:#x}", src, dst, length)
 
     def copy_ranges(self, dsts, srcs, lengths) -> None:
         dsts, srcs, lengths = (_u64_array(dsts, "dsts"), _u64_array(srcs, "srcs"), _u64_array(lengths, "lengths"))
