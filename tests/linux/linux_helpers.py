@@ -1,8 +1,15 @@
-"""Helpers shared by the Linux-backend tests (imported by name: tests/linux is on sys.path)."""
+"""Fixtures and helpers shared by the Linux-backend tests.
+
+Test modules import what they use from here (tests/linux is on sys.path under
+pytest's default import mode); there is deliberately no tests/linux/conftest.py,
+so that ``import conftest`` elsewhere in the suite stays unambiguous.
+"""
 
 from __future__ import annotations
 
 import threading
+
+import pytest
 
 from heap.kernel import PAGE_SIZE
 
@@ -77,3 +84,24 @@ class Faulter:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+# --- fixtures -------------------------------------------------------------------
+@pytest.fixture
+def k(linux_kernel):
+    yield linux_kernel
+    linux_kernel.close()
+
+
+@pytest.fixture
+def mem(k):
+    m = Mappings(k)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def uffd(k):
+    u = k.userfaultfd()
+    yield u
+    u.close()

@@ -17,7 +17,7 @@ import pytest
 
 from heap.kernel import PAGE_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, FaultEvent, UffdError
 
-from linux_helpers import Faulter
+from linux_helpers import Faulter, k, mem, uffd  # noqa: F401  (fixtures)
 
 PS = PAGE_SIZE
 STILL_BLOCKED_AFTER = 0.3  # seconds a woken-too-early thread would need to finish

@@ -25,6 +25,7 @@ from heap.kernel import (
     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
     UffdError,
 )
+from linux_helpers import k, mem, uffd  # noqa: F401  (pytest fixtures)
 
 PS, MIB2 = PAGE_SIZE, HPAGE_SIZE
 
