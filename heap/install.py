@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import HeapCorrupted
 from .objects import expand
-from .kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError
+from .kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError, move_ranges
 
 EAGAIN_RETRIES = 64  # back-off attempts before giving up on a pending event
 BACKOFF_FIRST_S = 1e-6
@@ -152,16 +152,49 @@ class PageInstaller:
         return dst, src, int(self.run_count[k]) * ps
 
     def install(self, counters: InstallCounters) -> None:
+        """Install every remaining run: all of them in one batched call while
+        the kernel says yes, ``install_page_range`` for a run it refuses."""
+        ps = self.kernel.page_size
+        plan = self.plan
         while self.pending:
-            dst, src, length = self.run_addresses(self.next_run)
-            off = self.run_done
+            if self.run_done:  # finish a run an earlier attempt left half done
+                self._install_run(self.next_run, counters)
+                continue
+            k = self.next_run
+            first = self.run_first[k:]
+            src_base = np.where(plan.page_rebuilt[first], self.scratch, self.from_space)
+            dsts = (self.arena + plan.page_dst[first] * ps).astype(np.uint64)
+            srcs = (src_base + plan.page_src[first] * ps).astype(np.uint64)
+            lengths = (self.run_count[k:] * ps).astype(np.uint64)
+            counters.ioctls += first.size
             try:
-                install_page_range(self.kernel, self.uffd, dst + off, src + off, length - off, counters)
-            except InstallInterrupted as exc:
-                self.run_done += exc.done
-                raise
-            self.next_run += 1
-            self.run_done = 0
+                move_ranges(self.uffd, dsts, srcs, lengths, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
+            except UffdError as exc:
+                failed = k + exc.index
+                counters.pages_moved += int(self.run_count[k:failed].sum())
+                counters.ioctls -= first.size - exc.index
+                self.next_run = failed
+                if exc.errno == errno.EAGAIN and exc.moved > 0:
+                    counters.partial_moves += 1
+                    counters.pages_moved += exc.moved // ps
+                    self.run_done = exc.moved
+                elif exc.errno == errno.EAGAIN:
+                    counters.eagain_retries += 1
+                self._install_run(failed, counters)
+                continue
+            counters.pages_moved += int(self.run_count[k:].sum())
+            self.next_run = self.run_first.size
+
+    def _install_run(self, k: int, counters: InstallCounters) -> None:
+        dst, src, length = self.run_addresses(k)
+        off = self.run_done
+        try:
+            install_page_range(self.kernel, self.uffd, dst + off, src + off, length - off, counters)
+        except InstallInterrupted as exc:
+            self.run_done += exc.done
+            raise
+        self.next_run = k + 1
+        self.run_done = 0
 
 
 def evacuate(kernel, model, plan, starts_old, totals_old, arena: int, from_space: int, scratch: int) -> int:

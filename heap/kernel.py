@@ -361,3 +361,24 @@ def choose_auto(**options) -> tuple[Kernel, str]:
         return open_sim(**options), f"falling back to the simulator because {exc} (run `remapgc doctor`)"
     return kernel, "userfaultfd with UFFDIO_MOVE works here (a one-page probe move kept its frame)"
 
+
+
+def move_ranges(uffd: Uffd, dsts, srcs, lengths, mode: int = 0) -> int:
+    """UFFDIO_MOVE each ``(dsts[i], srcs[i], lengths[i])`` in order; returns the bytes moved.
+
+    Uses the backend's batched ``move_ranges`` when it has one (one call into
+    C for all the ioctls), else one ``move`` per range. On the first range
+    that fails it raises that range's ``UffdError`` with ``index`` set to
+    its position (earlier ranges are done) and ``moved`` to its own progress.
+    """
+    batched = getattr(uffd, "move_ranges", None)
+    if batched is not None:
+        return batched(dsts, srcs, lengths, mode)
+    total = 0
+    for i, (dst, src, length) in enumerate(zip(dsts.tolist(), srcs.tolist(), lengths.tolist())):
+        try:
+            total += uffd.move(dst, src, length, mode)
+        except UffdError as exc:
+            exc.index = i
+            raise
+    return total
