@@ -9,11 +9,9 @@ is the machine-readable form of the same report.
 
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -89,15 +87,6 @@ class DemoContext:
             transient=True,
             disable=not self.console.is_terminal,
         )
-
-
-@contextlib.contextmanager
-def stopwatch() -> Iterator[Callable[[], int]]:
-    """``with stopwatch() as elapsed: ...; elapsed()`` -> nanoseconds since entry."""
-    start = time.perf_counter_ns()
-    end: list[int] = []
-    yield lambda: (end[0] if end else time.perf_counter_ns()) - start
-    end.append(time.perf_counter_ns())
 
 
 # --- formatting ------------------------------------------------------------------
