@@ -3,10 +3,20 @@
 Each method is one system call (or one ioctl) made by the compiled wrappers in
 ``uffd_backend._native``; cffi releases the GIL around every one of them, so a
 thread that sleeps in a userfault never blocks the Python thread that would
-resolve it. Arguments are checked in Python only where a bad value could hurt
-the process (sizes of buffers we allocate, the types cffi would reject with a
-TypeError); everything the kernel itself validates is left to the kernel so
-that its errno is what the caller sees.
+resolve it.
+
+This is the interpreter's own address space, so bad input is stopped where it
+could hurt the process, and nowhere else (elsewhere the kernel's own errno is
+what the caller sees):
+
+* types and ranges cffi would reject, and sizes of buffers we allocate, are
+  checked in Python (ValueError; a wrong type raises ArgumentTypeError, which
+  is both a TypeError and a ValueError);
+* user-mode accesses (load/store/memmove/...) run under a SIGSEGV/SIGBUS guard
+  in C: touching unmapped or protected memory raises EFAULT instead of
+  crashing, while a registered missing page still blocks in a real userfault;
+* calls that would unmap, protect, register or move memory that remapgc did
+  not map (the interpreter's) are refused with EPERM (``owned.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +70,6 @@ MAX_LOAD = 1 << 32
 # /proc/self/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst)
 PM_PFN_MASK = (1 << 55) - 1
 PM_EXCLUSIVE = 1 << 56
-PM_FILE_OR_SHARED_ANON = 1 << 61
 PM_SWAPPED = 1 << 62
 PM_PRESENT = 1 << 63
 # /proc/kpageflags bits
@@ -68,6 +77,7 @@ KPF_THP = 1 << 22
 KPF_ZERO_PAGE = 1 << 24
 # PAGEMAP_SCAN categories
 PAGE_IS_PRESENT = 1 << 3
+PAGE_IS_PFNZERO = 1 << 5
 PAGE_IS_HUGE = 1 << 6
 
 
@@ -216,7 +226,8 @@ class LinuxUffd:
         addr, length, mode = _u64(addr, "addr"), _u64(length, "length"), _u64(mode, "mode")
         owned.check("UFFDIO_REGISTER", addr, length)  # a registered interpreter page would hang us
         out = self._cell("uint64_t")
-        _check(lib.rgc_uffd_register(self._fd(), addr, length, mode, out), "UFFDIO_REGISTER {:#x}+{:#x}", addr, length)
+        _check(lib.rgc_uffd_register(self._fd(), addr, length, mode, out),
+               "UFFDIO_REGISTER {:#x}+{:#x}", addr, length)
         return int(out[0])
 
     def unregister(self, addr: int, length: int) -> None:
@@ -268,13 +279,15 @@ class LinuxUffd:
                 for s, n in zip(srcs[i:i + 4096].tolist(), lengths[i:i + 4096].tolist()):
                     owned.check("UFFDIO_MOVE", s, n)
         done, moved = ffi.new("uint64_t *"), ffi.new("int64_t *")
-        ret = lib.rgc_uffd_move_ranges(self._fd(), ffi.from_buffer("uint64_t[]", dsts), ffi.from_buffer("uint64_t[]", srcs),
-                                       ffi.from_buffer("uint64_t[]", lengths), dsts.size, mode, done, moved)
+        as_ptr = lambda arr: ffi.from_buffer("uint64_t[]", arr)  # noqa: E731
+        ret = lib.rgc_uffd_move_ranges(self._fd(), as_ptr(dsts), as_ptr(srcs), as_ptr(lengths), dsts.size, mode,
+                                       done, moved)
         if ret == 0:
             return int(lengths.sum())
         i = int(done[0])
         try:
-            self._fail(ret, moved, f"UFFDIO_MOVE range {i}: {int(srcs[i]):#x} -> {int(dsts[i]):#x} +{int(lengths[i]):#x}")
+            self._fail(ret, moved,
+                       f"UFFDIO_MOVE range {i}: {int(srcs[i]):#x} -> {int(dsts[i]):#x} +{int(lengths[i]):#x}")
         except UffdError as exc:
             exc.index = i
             raise
@@ -517,7 +530,8 @@ class LinuxKernel:
         flags = MREMAP_MAYMOVE | MREMAP_FIXED | (MREMAP_DONTUNMAP if dontunmap else 0)
         owned.check("mremap", old_addr, length)
         owned.check("mremap (target)", new_addr, length)  # MREMAP_FIXED unmaps whatever is there
-        addr = _check(lib.rgc_mremap(old_addr, length, length, flags, new_addr), "mremap {:#x}+{:#x} -> {:#x}", old_addr, length, new_addr)
+        addr = _check(lib.rgc_mremap(old_addr, length, length, flags, new_addr),
+                      "mremap {:#x}+{:#x} -> {:#x}", old_addr, length, new_addr)
         if not dontunmap:
             owned.remove(old_addr, length)
         owned.add(addr, length)
@@ -563,7 +577,8 @@ class LinuxKernel:
         try:
             buf = self._raw_alloc("char[]", length)
         except MemoryError:
-            raise OSError(errno.ENOMEM, f"{os.strerror(errno.ENOMEM)} (no buffer for load of {length:#x} bytes)") from None
+            raise OSError(errno.ENOMEM,
+                          f"{os.strerror(errno.ENOMEM)} (no buffer for a load of {length:#x} bytes)") from None
         _check(lib.rgc_load(addr, buf, length), "load {:#x}+{:#x}", addr, length)
         return ffi.buffer(buf, length)[:]
 
@@ -634,22 +649,29 @@ class LinuxKernel:
         entries[:got] = np.frombuffer(raw, dtype=np.uint64, count=got)
         return entries
 
-    def _kflags(self, pfn: int) -> int:
+    def _kflags(self, pfn: int) -> int | None:
+        """/proc/kpageflags of one frame, or None when frames or flags are hidden from us."""
         if self._kpageflags < 0 or pfn == 0:
-            return 0
+            return None
         raw = os.pread(self._kpageflags, 8, 8 * pfn)
-        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
+        return int.from_bytes(raw, "little") if len(raw) == 8 else None
 
-    def _pmd_mapped(self, addr: int) -> bool:
+    def _categories(self, addr: int) -> int:
+        """PAGEMAP_SCAN's categories of one page (needs no privilege), or -1 before Linux 6.7."""
         page = addr & ~(self.page_size - 1)
         with self._scan_lock:
-            n = lib.rgc_pagemap_scan(self._pagemap, page, page + self.page_size, PAGE_IS_HUGE,
-                                     PAGE_IS_HUGE, self._scan, 4)
-        if n < 0:
-            return False  # no PAGEMAP_SCAN (Linux < 6.7): report not huge rather than guess
-        return n > 0
+            n = lib.rgc_pagemap_scan(self._pagemap, page, page + self.page_size, 0,
+                                     PAGE_IS_PRESENT | PAGE_IS_PFNZERO | PAGE_IS_HUGE, self._scan, 4)
+            return int(self._scan[2]) if n > 0 else (0 if n == 0 else -1)
 
     def page_info(self, addr: int) -> PageInfo:
+        """The page at ``addr``: frame and exclusive bit from /proc/self/pagemap, zero
+        page and PMD mapping from PAGEMAP_SCAN, large folio from /proc/kpageflags.
+
+        Without CAP_SYS_ADMIN frames read as None and a large folio can only be
+        recognised while PMD-mapped. A swapped-out page reads as "present"
+        without a frame (there is no swap device on the machines remapgc targets).
+        """
         addr = _u64(addr, "addr")
         entry = int(self._pagemap_entries(addr, 1)[0])
         if not entry & PM_PRESENT:
@@ -657,15 +679,15 @@ class LinuxKernel:
                 return PageInfo(state="present", frame=None, exclusive=bool(entry & PM_EXCLUSIVE), huge=False)
             return PageInfo(state="none", frame=None, exclusive=False, huge=False)
         pfn = entry & PM_PFN_MASK
+        cats = self._categories(addr)
+        huge = cats > 0 and bool(cats & PAGE_IS_HUGE)
         kflags = self._kflags(pfn)
-        if kflags & KPF_ZERO_PAGE:
-            state = "zero"
-        elif kflags & KPF_THP:
-            state = "thp"
+        if kflags is not None:
+            zero, thp = bool(kflags & KPF_ZERO_PAGE), bool(kflags & KPF_THP)
         else:
-            state = "present"
-        return PageInfo(state=state, frame=pfn or None, exclusive=bool(entry & PM_EXCLUSIVE),
-                        huge=self._pmd_mapped(addr))
+            zero, thp = cats > 0 and bool(cats & PAGE_IS_PFNZERO), huge
+        state = "zero" if zero else "thp" if thp else "present"
+        return PageInfo(state=state, frame=pfn or None, exclusive=bool(entry & PM_EXCLUSIVE), huge=huge)
 
     def page_frames(self, addr: int, npages: int) -> np.ndarray:
         addr, npages = _u64(addr, "addr"), _u64(npages, "npages")

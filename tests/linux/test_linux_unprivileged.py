@@ -33,6 +33,14 @@ SCRIPT = textwrap.dedent("""
     a = k.mmap(4096)
     k.store(a, b"x")
     out["frame"] = k.page_info(a).frame
+    z = k.mmap(4096)
+    k.load(z, 1)
+    out["zero_state"] = k.page_info(z).state
+    h = k.mmap(2 << 20, align=2 << 20)
+    k.madvise(h, 2 << 20, 14)  # MADV_HUGEPAGE
+    k.store(h, b"x")
+    info = k.page_info(h)
+    out["thp"] = [info.state, info.huge]
     try:
         probe_move(k)
         out["probe"] = "ok"
@@ -61,6 +69,8 @@ def test_without_cap_sys_ptrace_all_fault_contexts_fall_back_to_dev_userfaultfd(
     assert res["True"] == "syscall"  # user-mode-only contexts need no privilege
     assert res["False"] == "/dev/userfaultfd"  # the syscall is refused, the device is not
     assert res["frame"] is None  # without CAP_SYS_ADMIN pagemap hides frame numbers
+    assert res["zero_state"] == "zero"  # ...but PAGEMAP_SCAN still tells the zero page
+    assert res["thp"] == ["thp", True]  # ...and a PMD-mapped THP
     assert res["probe"] == "ok"
 
 
