@@ -386,3 +386,12 @@ def test_move_ranges_stops_at_the_failing_range_and_names_it(k, mem, uffd):
     assert (exc.value.errno, exc.value.moved, exc.value.index) == (errno.EEXIST, 0, 2)
     assert (k.page_frames(dst, 2) == frames[:2]).all()  # the ranges before it were moved
     assert (k.page_frames(src + 2 * PS, 2) == frames[2:]).all()  # the failing one and the rest were not
+
+
+def test_pte_mapped_large_folio_is_thp_but_not_huge(k, mem):
+    src = _thp_region(k, mem)
+    frames = k.page_frames(src, MIB2 // PS)
+    k.mprotect(src + 100 * PS, PS, PROT_READ)  # splits the PMD mapping, not the folio
+    info = k.page_info(src + 5 * PS)
+    assert info.state == "thp" and not info.huge
+    assert (k.page_frames(src, MIB2 // PS) == frames).all()
