@@ -133,17 +133,7 @@ def compact_arrays(ctx: DemoContext, specs: list[ArraySpec], dies: np.ndarray, t
     total = sum(spec.nbytes for spec in specs)
     with ctx.heap(size=max(64 * MiB, 2 * total), thp=thp) as heap:
         kernel = heap.kernel
-        refs: list = []
-        checksums: list[int] = []
-        with ctx.progress() as progress:
-            task = progress.add_task(f"storing arrays ({label})", total=len(specs))
-            for spec in specs:
-                array = spec.build()
-                ref = heap.alloc(nbytes=spec.nbytes)
-                ref.write(array.tobytes())
-                refs.append(ref)
-                checksums.append(zlib.crc32(array))
-                progress.advance(task)
+        refs, checksums = store_arrays(ctx, heap, specs, label)
         first_pause = heap.collect().pause_ns  # the heap's first collection also builds its side tables
         for index in np.flatnonzero(dies):
             refs[index] = None
@@ -162,6 +152,9 @@ def compact_arrays(ctx: DemoContext, specs: list[ArraySpec], dies: np.ndarray, t
                              {i: refs[i].address for i in survivors}, frames, frames_after)
         huge_after = sum(huge_pages(kernel, refs[i]) for i in survivors)
         intact = [i for i in survivors if read_back(refs[i], specs[i], checksums[i])]
+        report.check(f"exactly the dropped arrays were freed ({label})",
+                     stats["freed_objects"] == int(dies.sum()) and stats["live_objects"] == len(survivors),
+                     f"{stats['freed_objects']} freed, {stats['live_objects']} live")
         report.check(f"zero bytes copied ({label})", stats["bytes_copied"] == 0,
                      f"{fmt_bytes(stats['bytes_moved_zero_copy'])} moved by the kernel, "
                      f"{fmt_bytes(stats['bytes_copied'])} copied")
@@ -174,6 +167,21 @@ def compact_arrays(ctx: DemoContext, specs: list[ArraySpec], dies: np.ndarray, t
                      f"{fmt_bytes(stats['rss_before'])} → {fmt_bytes(stats['rss_after'])}")
         report.check_raises_nothing(f"heap.verify() ({label})", heap.verify)
     return ThpRun(thp, stats, len(moved), pages, frames_kept, huge_before, huge_after, len(intact), trace)
+
+
+def store_arrays(ctx: DemoContext, heap, specs: list[ArraySpec], label: str) -> tuple[list, list[int]]:
+    """Each array's bytes in a large heap object; the Refs (the only roots) and the arrays' checksums."""
+    refs: list = []
+    checksums: list[int] = []
+    with ctx.progress() as progress:
+        task = progress.add_task(f"storing arrays ({label})", total=len(specs))
+        for spec in specs:
+            array = spec.build()
+            refs.append(heap.alloc(nbytes=spec.nbytes))
+            refs[-1].write(array.tobytes())
+            checksums.append(zlib.crc32(array))
+            progress.advance(task)
+    return refs, checksums
 
 
 def frames_of(kernel, ref) -> np.ndarray:

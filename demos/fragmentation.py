@@ -177,6 +177,10 @@ def compact_once(ctx: DemoContext, population: Population, compactor: str, repor
         after = occupancy_of(heap, refs, survivors, base, npages, page_size)
         moved = [i for i in large if refs[i].address != addresses_before[i]]
         kept = [i for i in moved if np.array_equal(frames_of(heap, refs[i]), frames_before[i])]
+        dead = int(population.dies.sum())
+        report.check(f"exactly the dropped objects were freed ({compactor})",
+                     stats["freed_objects"] == dead and stats["live_objects"] == len(survivors),
+                     f"{stats['freed_objects']:,} freed, {stats['live_objects']:,} live")
         check_survivors(heap, population, refs, compactor, report)
         report.check(f"RSS dropped ({compactor})", stats["rss_after"] < stats["rss_before"],
                      f"{fmt_bytes(stats['rss_before'])} → {fmt_bytes(stats['rss_after'])}")
