@@ -75,8 +75,8 @@ def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0) -> tuple[np.n
         stop_l, large_l, npages_l, huge_l = stop.tolist(), large.tolist(), npages.tolist(), huge.tolist()
         while j < n:
             if large_l[j]:
-                if huge_l[j]:
-                    page = round_up(page, hpage_pages)
+                if huge_l[j] or (hpage_pages and page % hpage_pages + npages_l[j] > hpage_pages):
+                    page = round_up(page, hpage_pages)  # huge: aligned; medium: never straddles
                 run_first.append(j)
                 run_page.append(page)
                 page += npages_l[j]
@@ -206,8 +206,11 @@ class Allocator:
     def _large_run(self, total: int) -> tuple[int, int]:
         npages = int(large_pages(np.int64(total), self.page_size, self.hpage_pages))
         start = self.top
-        if self.hpage_pages and total >= self.hpage_pages * self.page_size:
-            start = self.base + round_up(self.top - self.base, self.hpage_pages * self.page_size)
+        hp = self.hpage_pages
+        if hp:
+            page = (start - self.base) // self.page_size
+            if total >= hp * self.page_size or page % hp + npages > hp:
+                start = self.base + round_up(page, hp) * self.page_size
         return start, npages
 
     def place_many(self, totals: np.ndarray) -> np.ndarray | None:

@@ -14,6 +14,7 @@ again.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,28 +33,41 @@ class Marking:
 
 
 class AddressIndex:
-    """Object start address -> row, by direct lookup.
+    """Object start address -> row.
 
-    One int32 per 16-byte granule of the arena, filled at the start of each
-    collection with the rows of the current objects and never cleared:
-    a stale entry is caught because ``starts[row]`` must equal the address.
-    ``searchsorted`` costs ~400 ns per random query on a million objects (one
-    cache miss per bisection step); this costs one gather. The array is
-    allocated lazily and only the granules of touched pages become resident.
+    With many objects, by direct lookup: one int32 per 16-byte granule of the
+    arena, filled at the start of each collection with the rows of the
+    current objects and never cleared (a stale entry is caught because
+    ``starts[row]`` must equal the address). ``searchsorted`` costs ~400 ns
+    per random query on a million objects (a cache miss per bisection step);
+    this costs one gather. The array lives in its own anonymous mapping (no
+    huge pages: only the granules of touched pages become resident). With few
+    objects, ``searchsorted`` is cheaper than touching the map.
     """
+
+    DIRECT_FROM = 1 << 15  # objects
 
     def __init__(self, base: int, size: int, granule: int = 16):
         self.base = base
+        self.size = size
         self.shift = granule.bit_length() - 1
-        self.map = np.empty(size >> self.shift, dtype=np.int32)
+        self._mapping = None
+        self.map = None
+        self.direct = False
         self.starts = np.zeros(0, dtype=np.int64)
 
     def build(self, starts: np.ndarray) -> None:
         self.starts = starts
-        if starts.size:
+        self.direct = starts.size >= self.DIRECT_FROM
+        if self.direct:
+            if self.map is None:
+                self._mapping = mmap.mmap(-1, (self.size >> self.shift) * 4)
+                self.map = np.frombuffer(self._mapping, dtype=np.int32)
             self.map[(starts - self.base) >> self.shift] = np.arange(starts.size, dtype=np.int32)
 
     def rows(self, addrs: np.ndarray, what: str) -> np.ndarray:
+        if not self.direct:
+            return rows_of(self.starts, addrs, what)
         starts, n = self.starts, self.starts.size
         granule = (addrs - self.base) >> self.shift
         inside = (granule >= 0) & (granule < self.map.size)
@@ -61,11 +75,8 @@ class AddressIndex:
             k = int(np.flatnonzero(~inside)[0])
             raise HeapCorrupted(what, f"0x{int(addrs[k]):x} is not the start of any object (outside the heap)")
         rows = self.map[granule].astype(np.int64)
-        if n == 0:
-            bad = np.ones(addrs.size, dtype=bool)
-        else:
-            np.clip(rows, 0, n - 1, out=rows)
-            bad = starts[rows] != addrs
+        np.clip(rows, 0, n - 1, out=rows)
+        bad = starts[rows] != addrs
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             raise HeapCorrupted(what, f"0x{int(addrs[k]):x} is not the start of any object")

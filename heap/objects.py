@@ -17,8 +17,12 @@ compactors follow them, so a page can always move whole):
 
 * a *small* object (total < page size) never crosses a page boundary;
 * a *large* object (total >= page size) starts on a page boundary and owns
-  every page it touches; with THP, an object of total >= 2 MiB starts on a
-  2 MiB boundary and owns whole 2 MiB units, so it moves PMD by PMD.
+  every page it touches;
+* with THP, an object of total >= 2 MiB (*huge*) starts on a 2 MiB boundary
+  and owns whole 2 MiB units, so it moves PMD by PMD; a large object smaller
+  than that never crosses a 2 MiB boundary, so every 2 MiB unit of the arena
+  can move whole as one PMD (the THP compactor's unit, as the page is
+  without THP).
 
 Runtimes that bring their own layout implement ``ObjectModel``; runtimes that
 hold references outside the heap's handles implement ``RootScanner`` (in the

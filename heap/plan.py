@@ -9,8 +9,13 @@ Remap plan (ARCHITECTURE.md step 2). The arena's used pages are classified:
 * the live objects of the other (sparse) small pages are evacuated: copied
   into rebuilt pages, packed.
 
+With THP the same rules apply one level up, to 2 MiB units instead of pages
+(moving a piece of a huge page would split it, which costs more than
+copying it): huge objects move whole, dense 2 MiB units move whole by PMD,
+the live objects of sparse units are copied into rebuilt 2 MiB units.
+
 To-space layout, from the arena base: the whole-moving units in address
-order (huge objects re-aligned to 2 MiB), then the rebuilt pages. Both parts
+order, then the rebuilt pages (unit-aligned). Both parts
 keep address order, so the new side tables are the concatenation of two
 ordered selections, never a sort.
 
@@ -63,51 +68,59 @@ class Plan:
 
 def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int,
                used_pages: int, dense: float) -> Plan:
+    """The remap plan. The *unit* is what moves whole: a page, or with THP a
+    2 MiB region (so whole-moving units go by PMD and are never split).
+    An object at least one unit long owns its units and always moves whole;
+    other units move whole when dense, else their live objects are evacuated
+    (copied) into rebuilt units."""
     ps = page_size
+    up = hpage_pages or 1  # pages per unit
     rows = np.flatnonzero(live)
     l_start = starts[rows]
     l_total = totals[rows]
-    large = l_total >= ps
     page = (l_start - base) // ps
-    small_bytes = np.bincount(page[~large], weights=l_total[~large], minlength=used_pages)
-    dense_page = small_bytes >= dense * ps
-    whole = large | dense_page[page]
+    owner = l_total >= up * ps  # owns its units: always moves whole
+    unit = page // up  # non-decreasing: rows are in address order
+    # live bytes of each unit holding non-owner objects, by run-length (no
+    # array over all units: the arena may be much larger than what lives in it)
+    shared = ~owner
+    u_shared = unit[shared]
+    if u_shared.size:
+        first = np.flatnonzero(np.diff(u_shared, prepend=-1))
+        unit_bytes = np.add.reduceat(l_total[shared], first)
+        dense_units = u_shared[first][unit_bytes >= dense * up * ps]
+    else:
+        dense_units = np.zeros(0, dtype=np.int64)
+    at = np.minimum(np.searchsorted(dense_units, unit), max(dense_units.size - 1, 0))
+    in_dense = (dense_units[at] == unit) if dense_units.size else np.zeros(unit.size, dtype=bool)
+    whole = owner | in_dense
 
-    # units that move whole, in address order
-    dense_pages = np.flatnonzero(dense_page)
-    l_npages = large_pages(l_total[large], ps, hpage_pages)
-    unit_src = np.concatenate([dense_pages, page[large]])
-    unit_n = np.concatenate([np.ones(dense_pages.size, dtype=np.int64), l_npages])
-    unit_huge = np.concatenate([np.zeros(dense_pages.size, dtype=bool),
-                                (l_total[large] >= hpage_pages * ps) if hpage_pages
-                                else np.zeros(l_npages.size, dtype=bool)])
+    # what moves whole, in address order: dense units and owner objects
+    o_npages = large_pages(l_total[owner], ps, hpage_pages)
+    unit_src = np.concatenate([dense_units * up, page[owner]])
+    unit_n = np.concatenate([np.full(dense_units.size, up, dtype=np.int64), o_npages])
     order = np.argsort(unit_src, kind="stable")
-    unit_src, unit_n, unit_huge = unit_src[order], unit_n[order], unit_huge[order]
+    unit_src, unit_n = unit_src[order], unit_n[order]
+    # every piece is a whole number of units long, so packing them keeps
+    # them unit-aligned (2 MiB-aligned with THP): PMD moves stay PMD moves
     unit_dst = np.cumsum(unit_n) - unit_n
-    for k in np.flatnonzero(unit_huge):  # few: only objects >= 2 MiB
-        pad = -int(unit_dst[k]) % hpage_pages
-        if pad:
-            unit_dst[k:] += pad
     whole_end = int(unit_dst[-1] + unit_n[-1]) if unit_n.size else 0
 
     nwhole = int(unit_n.sum())
-    rank = np.arange(nwhole, dtype=np.int64) - np.repeat(np.cumsum(unit_n) - unit_n, unit_n)
+    rank = np.arange(nwhole, dtype=np.int64) - np.repeat(unit_dst, unit_n)
     src_pages = np.repeat(unit_src, unit_n) + rank
     dst_pages = np.repeat(unit_dst, unit_n) + rank
-    forward_page = np.full(max(used_pages, 1), -1, dtype=np.int64)
-    forward_page[src_pages] = dst_pages
+    w_page = page[whole]
+    piece = np.searchsorted(unit_src, w_page, side="right") - 1
+    whole_new = base + (unit_dst[piece] + w_page - unit_src[piece]) * ps + (l_start[whole] - base) % ps
 
     ev = ~whole
-    ev_offsets, ev_pages = pack(l_total[ev], ps, 0)
-    whole_new = base + forward_page[page[whole]] * ps + (l_start[whole] - base) % ps
+    ev_offsets, ev_pages = pack(l_total[ev], ps, hpage_pages)
     ev_new = base + whole_end * ps + ev_offsets
 
     live_rows = np.concatenate([rows[whole], rows[ev]])
     new_starts = np.concatenate([whole_new, ev_new])
-    if ev_pages:
-        last_end = int(ev_new[-1] + l_total[ev][-1])
-    else:
-        last_end = 0
+    last_end = int(ev_new[-1] + l_total[ev][-1]) if ev_pages and l_total[ev][-1] < ps else 0
     return Plan(
         live_rows=live_rows,
         new_starts=new_starts,

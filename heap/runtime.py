@@ -42,7 +42,11 @@ from .stats import GCStats, HeapStats, PhaseClock
 log = structlog.get_logger("remapgc.heap")
 
 COMPACTORS = ("auto", "remap", "copy")
-DEFAULT_DENSE = 0.5  # a small page with at least this live fraction moves whole
+DEFAULT_DENSE = 0.5  # a small-object page with at least this live fraction moves whole
+# With THP the unit is a 2 MiB huge page; leaving its holes costs memory but
+# copying its objects out costs time (and a fresh huge page), so it moves
+# whole at a lower live fraction.
+DEFAULT_DENSE_HUGE = 0.25
 MAX_NREFS = (1 << 32) - 1
 
 
@@ -60,20 +64,23 @@ class Heap:
     compactor: "auto" (remap when userfaultfd with UFFDIO_MOVE works, else
     copy, logging why) | "remap" | "copy".
     thp: advise the arena MADV_HUGEPAGE and place objects >= 2 MiB 2 MiB-aligned.
-    dense: live fraction at which a small-object page moves whole instead of
-    being evacuated.
+    dense: live fraction at which a unit (a small-object page; with THP a
+    2 MiB region) moves whole instead of having its objects evacuated
+    (default 0.5, with THP 0.25).
     collect_every: collect before an allocation once this many bytes were
     allocated since the last collection (None: only when the heap is full).
     """
 
     def __init__(self, kernel: str | Kernel = "auto", size: int = 256 << 20, *, compactor: str = "auto",
-                 thp: bool = False, dense: float = DEFAULT_DENSE, collect_every: int | None = None,
+                 thp: bool = False, dense: float | None = None, collect_every: int | None = None,
                  object_model: ObjectModel | None = None, root_scanners: Iterable[RootScanner] = ()):
         if compactor not in COMPACTORS:
             raise ValueError(f"compactor must be one of {COMPACTORS}, not {compactor!r}")
         size = _index(size, "size")
         if size <= 0:
             raise ValueError(f"size must be positive, not {size}")
+        if dense is None:
+            dense = DEFAULT_DENSE_HUGE if thp else DEFAULT_DENSE
         if not 0.0 < dense <= 1.0:
             raise ValueError(f"dense must be in (0, 1], not {dense}")
         self._lock = threading.RLock()
@@ -489,7 +496,7 @@ class Heap:
                 raise
             scratch_len = plan.rebuilt_pages * ps
             try:
-                scratch = k.mmap(scratch_len) if scratch_len else 0
+                scratch = self._map_scratch(scratch_len) if scratch_len else 0
             except OSError:
                 self._unflip()
                 raise
@@ -556,6 +563,12 @@ class Heap:
             k.munmap(scratch, scratch_len)
         self._pending_release = (0, 0)
         return dict(from_space_bytes=self._size, scratch_bytes=scratch_len)
+
+    def _map_scratch(self, length: int) -> int:
+        """Where rebuilt pages are assembled; with THP, huge pages too, so
+        rebuilt 2 MiB units install by PMD."""
+        k = self._kernel
+        return k.mmap(length, align=k.hpage_size if self._thp else 0)
 
     def _unflip(self) -> None:
         """Undo a flip whose plan could not be carried out: the pages go back."""

@@ -41,7 +41,9 @@ def verify_heap(heap) -> None:
     crosses = ~large & ((starts - base) // ps != (starts + totals - 1 - base) // ps)
     unaligned = large & ((starts - base) % ps != 0)
     if a.hpage_pages:
-        unaligned |= (totals >= a.hpage_pages * ps) & ((starts - base) % (a.hpage_pages * ps) != 0)
+        hpb = a.hpage_pages * ps
+        unaligned |= (totals >= hpb) & ((starts - base) % hpb != 0)
+        unaligned |= large & (totals < hpb) & ((starts - base) // hpb != (starts + totals - 1 - base) // hpb)
     if (crosses | unaligned).any():
         i = _first(crosses | unaligned)
         raise HeapCorrupted("placement", f"object {i} at 0x{int(starts[i]):x} ({int(totals[i])} bytes) breaks the "
