@@ -31,6 +31,11 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    scope: str = ""  # which run of the demo it is about ("remap", "THP on"...), "" for the whole demo
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.name} ({self.scope})" if self.scope else self.name
 
 
 @dataclass
@@ -47,17 +52,17 @@ class DemoReport:
     def ok(self) -> bool:
         return bool(self.checks) and all(check.ok for check in self.checks)
 
-    def check(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append(Check(name, bool(ok), detail))
+    def check(self, name: str, ok: bool, detail: str = "", scope: str = "") -> bool:
+        self.checks.append(Check(name, bool(ok), detail, scope))
         return bool(ok)
 
-    def check_raises_nothing(self, name: str, action: Callable[[], Any], detail: str = "") -> bool:
+    def check_raises_nothing(self, name: str, action: Callable[[], Any], detail: str = "", scope: str = "") -> bool:
         """Run ``action``; the check holds when it returns without raising."""
         try:
             action()
         except Exception as exc:  # the exception is the evidence: report it, don't hide it
-            return self.check(name, False, f"{type(exc).__name__}: {exc}")
-        return self.check(name, True, detail)
+            return self.check(name, False, f"{type(exc).__name__}: {exc}", scope)
+        return self.check(name, True, detail, scope)
 
 
 @dataclass
@@ -135,14 +140,28 @@ GCSTATS_FIELDS = (
 
 
 # --- showing a report ---------------------------------------------------------------
+def mark(ok: bool) -> str:
+    return "[green]✓[/]" if ok else "[bold red]✗[/]"
+
+
 def checks_table(checks: list[Check]) -> Table:
-    table = Table(title="integrity checks", show_header=False, box=None, pad_edge=False)
+    """One row per check; checks made once per run (scoped) share a row, one column per run."""
+    scopes = list(dict.fromkeys(c.scope for c in checks if c.scope))
+    table = Table(title="integrity checks", box=None, pad_edge=False, show_header=bool(scopes))
     table.add_column(width=2)
     table.add_column()
-    table.add_column(style="dim")
+    for scope in scopes or [""]:
+        table.add_column(scope, style="dim", header_style="bold")
+    rows: dict[str, dict[str, Check]] = {}
     for check in checks:
-        mark = "[green]✓[/]" if check.ok else "[bold red]✗[/]"
-        table.add_row(mark, check.name, check.detail)
+        rows.setdefault(check.name, {})[check.scope] = check
+    for name, by_scope in rows.items():
+        all_ok = all(c.ok for c in by_scope.values())
+        if "" in by_scope:
+            cells = [by_scope[""].detail] + [""] * (len(scopes) - 1 if scopes else 0)
+        else:
+            cells = [f"{mark(by_scope[s].ok)} {by_scope[s].detail}" if s in by_scope else "" for s in scopes]
+        table.add_row(mark(all_ok), name, *cells)
     return table
 
 
@@ -166,7 +185,7 @@ def report_json(report: DemoReport, ctx: DemoContext) -> dict[str, Any]:
         "size": ctx.size,
         "seed": ctx.seed,
         "metrics": report.metrics,
-        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks],
+        "checks": [{"name": c.full_name, "ok": c.ok, "detail": c.detail, "scope": c.scope} for c in report.checks],
         "notes": report.notes,
         "plot": report.plot,
     }

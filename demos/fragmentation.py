@@ -116,12 +116,11 @@ def run(ctx: DemoContext) -> DemoReport:
     report.check("both compactors kept the same live bytes",
                  remap.stats["live_bytes"] == copy.stats["live_bytes"],
                  f"{fmt_bytes(remap.stats['live_bytes'])} vs {fmt_bytes(copy.stats['live_bytes'])}")
-    report.check("page moves did the work of the remap compactor", remap.stats["pages_moved"] > 0
-                 and remap.stats["bytes_moved_zero_copy"] > 0,
-                 f"{fmt_count(remap.stats['pages_moved'])} pages moved zero-copy")
-    report.check("moved page-sized objects kept their physical frames (remap)",
+    report.check("pages moved zero-copy", remap.stats["pages_moved"] > 0 and remap.stats["bytes_moved_zero_copy"] > 0,
+                 f"{fmt_count(remap.stats['pages_moved'])}", scope="remap")
+    report.check("moved objects of ≥ 1 page kept their physical frames",
                  remap.large_moved > 0 and remap.large_kept_frames == remap.large_moved,
-                 f"{remap.large_kept_frames}/{remap.large_moved} moved objects of ≥ 1 page, every frame unchanged")
+                 f"{remap.large_kept_frames}/{remap.large_moved}", scope="remap")
     report.metrics = {
         "objects": int(len(population.sizes)),
         "survivors": int(len(population.survivors)),
@@ -178,12 +177,12 @@ def compact_once(ctx: DemoContext, population: Population, compactor: str, repor
         moved = [i for i in large if refs[i].address != addresses_before[i]]
         kept = [i for i in moved if np.array_equal(frames_of(heap, refs[i]), frames_before[i])]
         dead = int(population.dies.sum())
-        report.check(f"exactly the dropped objects were freed ({compactor})",
+        report.check("exactly the dropped objects were freed",
                      stats["freed_objects"] == dead and stats["live_objects"] == len(survivors),
-                     f"{stats['freed_objects']:,} freed, {stats['live_objects']:,} live")
+                     f"{stats['freed_objects']:,} freed", scope=compactor)
         check_survivors(heap, population, refs, compactor, report)
-        report.check(f"RSS dropped ({compactor})", stats["rss_after"] < stats["rss_before"],
-                     f"{fmt_bytes(stats['rss_before'])} → {fmt_bytes(stats['rss_after'])}")
+        report.check("RSS dropped", stats["rss_after"] < stats["rss_before"],
+                     f"{fmt_bytes(stats['rss_before'])} → {fmt_bytes(stats['rss_after'])}", scope=compactor)
     return CompactionRun(compactor, stats, before, after, len(moved), len(kept), phases)
 
 
@@ -237,12 +236,12 @@ def check_survivors(heap, population: Population, refs: list, compactor: str, re
             referent = refs[i].get_ref(slot)
             if referent is None or referent.address != refs[target].address:
                 bad_slots.append((int(i), slot))
-    report.check(f"every survivor's payload intact ({compactor})", not bad_payloads,
-                 f"{len(survivors):,} checksums" if not bad_payloads else f"corrupt: objects {bad_payloads[:5]}…")
+    report.check("every survivor's payload intact", not bad_payloads,
+                 f"{len(survivors):,}" if not bad_payloads else f"corrupt: objects {bad_payloads[:5]}…", scope=compactor)
     edges = sum(len(population.slot_targets[i]) for i in survivors)
-    report.check(f"every survivor's references intact ({compactor})", not bad_slots,
-                 f"{edges:,} references" if not bad_slots else f"wrong: (object, slot) {bad_slots[:5]}…")
-    report.check_raises_nothing(f"heap.verify() ({compactor})", heap.verify)
+    report.check("every survivor's references intact", not bad_slots,
+                 f"{edges:,}" if not bad_slots else f"wrong: (object, slot) {bad_slots[:5]}…", scope=compactor)
+    report.check_raises_nothing("heap.verify()", heap.verify, scope=compactor)
 
 
 def comparison_table(population: Population, runs: list[CompactionRun], metrics: dict) -> Table:
