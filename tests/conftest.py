@@ -1,50 +1,14 @@
 """The backend-swap matrix: fixtures that run a test on each Kernel backend.
 
-``kernel`` is parametrised over ("sim", "linux"). The Linux side is skipped
-only where it cannot run (not Linux, userfaultfd refused, no UFFDIO_MOVE, or
-REMAPGC_DISABLE_LINUX=1), and the skip says why. Every Linux skip is also
-appended to the file named by REMAPGC_SKIP_REPORT, so that .ci/run can fail
-when Linux tests were skipped on a machine where `remapgc doctor` says MOVE
-works.
+``kernel`` is parametrised over ("sim", "linux"); see tests/backends.py for
+when the Linux side skips and how skips are recorded for CI.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-
 import pytest
 
-from heap.kernel import KernelUnsupported, open_kernel, probe_move
-
-BACKENDS = ("sim", "linux")
-
-
-@functools.lru_cache(maxsize=None)
-def linux_unavailable_reason() -> str | None:
-    try:
-        kernel = open_kernel("linux")
-        probe_move(kernel)
-    except KernelUnsupported as exc:
-        return str(exc)
-    return None
-
-
-def skip_linux_if_unavailable() -> None:
-    reason = linux_unavailable_reason()
-    if reason is None:
-        return
-    report = os.environ.get("REMAPGC_SKIP_REPORT")
-    if report:
-        with open(report, "a") as fh:
-            fh.write(reason + "\n")
-    pytest.skip(f"Linux backend unavailable: {reason}")
-
-
-def make_kernel(name: str, **options):
-    if name == "linux":
-        skip_linux_if_unavailable()
-    return open_kernel(name, **options)
+from tests.backends import BACKENDS, make_kernel, skip_linux_if_unavailable
 
 
 @pytest.fixture(params=BACKENDS)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import make_kernel
+from tests.backends import make_kernel
 
 from .runner import Record, run_scenario
 

@@ -20,7 +20,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 
-from conftest import make_kernel
+from tests.backends import make_kernel
 
 from .generator import scenarios
 from .runner import differences, run_scenario

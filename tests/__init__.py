@@ -1,0 +1,1 @@
+"""The test matrix of remapgc (see tests/backends.py)."""

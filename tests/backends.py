@@ -1,0 +1,50 @@
+"""Which Kernel backends a test can run on, and the recorded Linux skips.
+
+The Linux side is skipped only where it cannot run (not Linux, userfaultfd
+refused, no UFFDIO_MOVE, or REMAPGC_DISABLE_LINUX=1), and the skip says why.
+Every Linux skip is also appended to the file named by REMAPGC_SKIP_REPORT,
+so that .ci/run can fail when Linux tests were skipped on a machine where
+`remapgc doctor` says MOVE works.
+
+Import it as ``from tests.backends import make_kernel`` (a plain module, so
+no test file has to import a conftest).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+from heap.kernel import KernelUnsupported, open_kernel, probe_move
+
+BACKENDS = ("sim", "linux")
+
+
+
+@functools.lru_cache(maxsize=None)
+def linux_unavailable_reason() -> str | None:
+    try:
+        kernel = open_kernel("linux")
+        probe_move(kernel)
+    except KernelUnsupported as exc:
+        return str(exc)
+    return None
+
+
+def skip_linux_if_unavailable() -> None:
+    reason = linux_unavailable_reason()
+    if reason is None:
+        return
+    report = os.environ.get("REMAPGC_SKIP_REPORT")
+    if report:
+        with open(report, "a") as fh:
+            fh.write(reason + "\n")
+    pytest.skip(f"Linux backend unavailable: {reason}")
+
+
+def make_kernel(name: str, **options):
+    if name == "linux":
+        skip_linux_if_unavailable()
+    return open_kernel(name, **options)
