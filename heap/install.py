@@ -134,45 +134,40 @@ class PageInstaller:
         self.arena = arena
         self.from_space = from_space
         self.scratch = scratch
-        self.run_first, self.run_count = plan.runs()
+        self.run_dst, self.run_src, self.run_rebuilt, self.run_count = plan.runs()
         self.next_run = 0
         self.run_done = 0  # bytes of run ``next_run`` already installed
 
     @property
     def pending(self) -> bool:
-        return self.next_run < self.run_first.size
+        return self.next_run < self.run_count.size
 
     def run_addresses(self, k: int) -> tuple[int, int, int]:
         ps = self.kernel.page_size
-        i = int(self.run_first[k])
-        plan = self.plan
-        src_base = self.scratch if plan.page_rebuilt[i] else self.from_space
-        dst = self.arena + int(plan.page_dst[i]) * ps
-        src = src_base + int(plan.page_src[i]) * ps
-        return dst, src, int(self.run_count[k]) * ps
+        src_base = self.scratch if self.run_rebuilt[k] else self.from_space
+        return (self.arena + int(self.run_dst[k]) * ps, src_base + int(self.run_src[k]) * ps,
+                int(self.run_count[k]) * ps)
 
     def install(self, counters: InstallCounters) -> None:
         """Install every remaining run: all of them in one batched call while
         the kernel says yes, ``install_page_range`` for a run it refuses."""
         ps = self.kernel.page_size
-        plan = self.plan
         while self.pending:
             if self.run_done:  # finish a run an earlier attempt left half done
                 self._install_run(self.next_run, counters)
                 continue
             k = self.next_run
-            first = self.run_first[k:]
-            src_base = np.where(plan.page_rebuilt[first], self.scratch, self.from_space)
-            dsts = (self.arena + plan.page_dst[first] * ps).astype(np.uint64)
-            srcs = (src_base + plan.page_src[first] * ps).astype(np.uint64)
+            src_base = np.where(self.run_rebuilt[k:], self.scratch, self.from_space)
+            dsts = (self.arena + self.run_dst[k:] * ps).astype(np.uint64)
+            srcs = (src_base + self.run_src[k:] * ps).astype(np.uint64)
             lengths = (self.run_count[k:] * ps).astype(np.uint64)
-            counters.ioctls += first.size
+            counters.ioctls += lengths.size
             try:
                 move_ranges(self.uffd, dsts, srcs, lengths, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
             except UffdError as exc:
                 failed = k + exc.index
                 counters.pages_moved += int(self.run_count[k:failed].sum())
-                counters.ioctls -= first.size - exc.index
+                counters.ioctls -= lengths.size - exc.index
                 self.next_run = failed
                 if exc.errno == errno.EAGAIN and exc.moved > 0:
                     counters.partial_moves += 1
@@ -183,7 +178,7 @@ class PageInstaller:
                 self._install_run(failed, counters)
                 continue
             counters.pages_moved += int(self.run_count[k:].sum())
-            self.next_run = self.run_first.size
+            self.next_run = self.run_count.size
 
     def _install_run(self, k: int, counters: InstallCounters) -> None:
         dst, src, length = self.run_addresses(k)

@@ -19,10 +19,11 @@ order, then the rebuilt pages (unit-aligned). Both parts
 keep address order, so the new side tables are the concatenation of two
 ordered selections, never a sort.
 
-The per-page plan is two arrays over to-space pages, in address order:
-``page_dst`` (page index in the arena) and ``page_src`` (page index in the
-from-space when ``page_rebuilt`` is False, else in the rebuilt scratch area).
-The concurrent compactor and the fault handler install from the same arrays.
+The plan is kept as pieces (a dense unit, an object's page run, the rebuilt
+area), from which ``Plan.runs()`` gives the batched MOVEs and ``Plan.pages()``
+the per-page plan (to-space page -> its source page in the from-space or in
+the rebuilt scratch area) that the concurrent installer and the fault
+handler index by page.
 
 Copy plan (the sliding compactor): every live object packed in order from the
 arena base; a live object never moves up, so one ordered memmove pass works.
@@ -45,25 +46,43 @@ class Plan:
     # remap only:
     evacuated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per live object (new order)
     rebuilt_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # of evacuees, in scratch
-    page_dst: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    page_src: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    page_rebuilt: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # the to-space as pieces in address order: piece i is piece_n[i] pages at
+    # arena page piece_dst[i], coming from page piece_src[i] of the from-space
+    # (or of the scratch area when piece_rebuilt[i])
+    piece_dst: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    piece_src: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    piece_n: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    piece_rebuilt: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     rebuilt_pages: int = 0
     whole_pages: int = 0
     last_object_end: int = 0  # where small-object bumping may resume (0: start a new page)
 
-    def runs(self) -> tuple[np.ndarray, np.ndarray]:
-        """Split the per-page plan into maximal runs that one MOVE can do:
-        returns (first plan index, page count) of each run."""
-        n = self.page_dst.size
+    def pages(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The per-page plan: for every to-space page in address order, its
+        arena page, its source page, and whether the source is a rebuilt page
+        (scratch) rather than a from-space page. What the concurrent installer
+        and the fault handler index by page."""
+        n = self.piece_n
+        rank = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+        return (np.repeat(self.piece_dst, n) + rank, np.repeat(self.piece_src, n) + rank,
+                np.repeat(self.piece_rebuilt, n))
+
+    def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Maximal runs one MOVE can do (pieces contiguous on both sides merged):
+        (arena page, source page, rebuilt?, pages) per run."""
+        n = self.piece_n.size
         if n == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, np.zeros(0, dtype=bool), z
+        end_dst = self.piece_dst + self.piece_n
+        end_src = self.piece_src + self.piece_n
         brk = np.ones(n, dtype=bool)
-        brk[1:] = ((np.diff(self.page_dst) != 1) | (np.diff(self.page_src) != 1)
-                   | (self.page_rebuilt[1:] != self.page_rebuilt[:-1]))
+        brk[1:] = ((self.piece_dst[1:] != end_dst[:-1]) | (self.piece_src[1:] != end_src[:-1])
+                   | (self.piece_rebuilt[1:] != self.piece_rebuilt[:-1]))
         first = np.flatnonzero(brk)
-        count = np.diff(np.append(first, n))
-        return first, count
+        last = np.append(first[1:], n) - 1
+        return (self.piece_dst[first], self.piece_src[first], self.piece_rebuilt[first],
+                end_dst[last] - self.piece_dst[first])
 
 
 def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int,
@@ -107,9 +126,6 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     whole_end = int(unit_dst[-1] + unit_n[-1]) if unit_n.size else 0
 
     nwhole = int(unit_n.sum())
-    rank = np.arange(nwhole, dtype=np.int64) - np.repeat(unit_dst, unit_n)
-    src_pages = np.repeat(unit_src, unit_n) + rank
-    dst_pages = np.repeat(unit_dst, unit_n) + rank
     w_page = page[whole]
     piece = np.searchsorted(unit_src, w_page, side="right") - 1
     whole_new = base + (unit_dst[piece] + w_page - unit_src[piece]) * ps + (l_start[whole] - base) % ps
@@ -127,9 +143,11 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         end_pages=whole_end + ev_pages,
         evacuated=np.concatenate([np.zeros(int(whole.sum()), dtype=bool), np.ones(int(ev.sum()), dtype=bool)]),
         rebuilt_offsets=ev_offsets,
-        page_dst=np.concatenate([dst_pages, whole_end + np.arange(ev_pages, dtype=np.int64)]),
-        page_src=np.concatenate([src_pages, np.arange(ev_pages, dtype=np.int64)]),
-        page_rebuilt=np.concatenate([np.zeros(nwhole, dtype=bool), np.ones(ev_pages, dtype=bool)]),
+        piece_dst=np.append(unit_dst, whole_end) if ev_pages else unit_dst,
+        piece_src=np.append(unit_src, 0) if ev_pages else unit_src,
+        piece_n=np.append(unit_n, ev_pages) if ev_pages else unit_n,
+        piece_rebuilt=np.append(np.zeros(unit_n.size, dtype=bool), True) if ev_pages
+        else np.zeros(unit_n.size, dtype=bool),
         rebuilt_pages=ev_pages,
         whole_pages=nwhole,
         last_object_end=last_end,

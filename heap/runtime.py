@@ -99,7 +99,9 @@ class Heap:
         self._ps = ps
         unit = k.hpage_size if thp else ps
         self._size = round_up(size, unit)
-        self._base = k.mmap(self._size, align=k.hpage_size if thp else 0)
+        # 2 MiB-aligned even without THP: the flip's mremap then moves whole
+        # page tables instead of one PTE at a time
+        self._base = k.mmap(self._size, align=k.hpage_size)
         if thp:
             k.madvise(self._base, self._size, MADV_HUGEPAGE)
         self._alloc = Allocator(self._base, self._size, ps, k.hpage_size // ps if thp else 0)
@@ -545,7 +547,7 @@ class Heap:
 
     def _install_pending(self, counters: InstallCounters) -> None:
         inst = self._pending
-        self._pending_runs = inst.run_first.size
+        self._pending_runs = inst.run_count.size
         try:
             inst.install(counters)
         except InstallInterrupted as exc:
