@@ -98,9 +98,14 @@ def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0) -> tuple[np.n
 
 
 class ObjectTable:
-    """Side tables: one row per object, rows sorted by address."""
+    """Side tables: one row per object, rows sorted by address.
 
-    COLUMNS = ("start", "nbytes", "nrefs", "total")
+    ``slot`` is the position of the object's first reference slot in the
+    heap-wide slot numbering (a running sum of ``nrefs``), which marking uses
+    to record where each slot points.
+    """
+
+    COLUMNS = ("start", "nbytes", "nrefs", "total", "slot")
 
     def __init__(self, capacity: int = 1024):
         self.n = 0
@@ -116,7 +121,13 @@ class ObjectTable:
                 grown[: self.n] = arr[: self.n]
                 self._cols[c] = grown
 
+    @property
+    def nslots(self) -> int:
+        n = self.n
+        return int(self._cols["slot"][n - 1] + self._cols["nrefs"][n - 1]) if n else 0
+
     def append(self, start: int, nbytes: int, nrefs: int, total: int) -> int:
+        slot = self.nslots
         self._reserve(1)
         i = self.n
         cols = self._cols
@@ -124,20 +135,30 @@ class ObjectTable:
         cols["nbytes"][i] = nbytes
         cols["nrefs"][i] = nrefs
         cols["total"][i] = total
+        cols["slot"][i] = slot
         self.n = i + 1
         return i
 
     def extend(self, start, nbytes, nrefs, total) -> None:
         k = len(start)
+        first_slot = self.nslots
         self._reserve(k)
-        for c, v in zip(self.COLUMNS, (start, nbytes, nrefs, total)):
+        nrefs = np.asarray(nrefs, dtype=np.int64)
+        slot = first_slot + np.cumsum(nrefs) - nrefs
+        for c, v in zip(self.COLUMNS, (start, nbytes, nrefs, total, slot)):
             self._cols[c][self.n: self.n + k] = v
         self.n += k
 
     def replace(self, start, nbytes, nrefs, total) -> None:
-        """After a compaction: the live objects, in their new address order."""
+        """After a compaction: the live objects, in their new address order.
+        Fresh arrays, so views of the old columns stay valid."""
+        cap = max(1024, 2 * len(start))
+        self._cols = {c: np.zeros(cap, dtype=np.int64) for c in self.COLUMNS}
         self.n = 0
         self.extend(start, nbytes, nrefs, total)
+
+    def column(self, name: str) -> np.ndarray:
+        return self._cols[name][: self.n]
 
     @property
     def start(self) -> np.ndarray:
@@ -154,6 +175,10 @@ class ObjectTable:
     @property
     def total(self) -> np.ndarray:
         return self._cols["total"][: self.n]
+
+    @property
+    def slot(self) -> np.ndarray:
+        return self._cols["slot"][: self.n]
 
     def find(self, addr: int) -> int:
         """Row of the object starting at ``addr``, or -1."""

@@ -33,54 +33,71 @@ class Marking:
 
 
 class AddressIndex:
-    """Object start address -> row.
+    """Object start address -> row, by direct lookup.
 
-    With many objects, by direct lookup: one int32 per 16-byte granule of the
-    arena, filled at the start of each collection with the rows of the
-    current objects and never cleared (a stale entry is caught because
-    ``starts[row]`` must equal the address). ``searchsorted`` costs ~400 ns
-    per random query on a million objects (a cache miss per bisection step);
-    this costs one gather. The array lives in its own anonymous mapping (no
-    huge pages: only the granules of touched pages become resident). With few
-    objects, ``searchsorted`` is cheaper than touching the map.
+    One int32 per 16-byte granule of the arena holds the row of the object
+    starting there. It is kept up to date as objects are allocated and
+    rewritten after each compaction, and never cleared: a stale entry is
+    caught because ``starts[row]`` must equal the address. (``searchsorted``
+    costs ~400 ns per random query on a million objects, a cache miss per
+    bisection step; this is one gather.) The array lives in its own anonymous
+    mapping without huge pages: only the granules of touched pages become
+    resident, about 4 bytes per object.
     """
-
-    DIRECT_FROM = 1 << 15  # objects
 
     def __init__(self, base: int, size: int, granule: int = 16):
         self.base = base
-        self.size = size
         self.shift = granule.bit_length() - 1
-        self._mapping = None
-        self.map = None
-        self.direct = False
-        self.starts = np.zeros(0, dtype=np.int64)
+        self._mapping = mmap.mmap(-1, (size >> self.shift) * 4)
+        self.map = np.frombuffer(self._mapping, dtype=np.int32)
 
-    def build(self, starts: np.ndarray) -> None:
-        self.starts = starts
-        self.direct = starts.size >= self.DIRECT_FROM
-        if self.direct:
-            if self.map is None:
-                self._mapping = mmap.mmap(-1, (self.size >> self.shift) * 4)
-                self.map = np.frombuffer(self._mapping, dtype=np.int32)
-            self.map[(starts - self.base) >> self.shift] = np.arange(starts.size, dtype=np.int32)
+    def add(self, start: int, row: int) -> None:
+        self.map[(start - self.base) >> self.shift] = row
 
-    def rows(self, addrs: np.ndarray, what: str) -> np.ndarray:
-        if not self.direct:
-            return rows_of(self.starts, addrs, what)
-        starts, n = self.starts, self.starts.size
+    def add_many(self, starts: np.ndarray, first_row: int) -> None:
+        if starts.size:
+            self.map[(starts - self.base) >> self.shift] = np.arange(first_row, first_row + starts.size,
+                                                                     dtype=np.int32)
+
+    def rows(self, starts: np.ndarray, addrs: np.ndarray, what: str) -> np.ndarray:
+        """Rows of the objects starting exactly at ``addrs`` (``starts`` is the
+        start column the index describes); HeapCorrupted names the first
+        address that is no object start."""
+        n = starts.size
         granule = (addrs - self.base) >> self.shift
         inside = (granule >= 0) & (granule < self.map.size)
         if not inside.all():
             k = int(np.flatnonzero(~inside)[0])
             raise HeapCorrupted(what, f"0x{int(addrs[k]):x} is not the start of any object (outside the heap)")
         rows = self.map[granule].astype(np.int64)
-        np.clip(rows, 0, n - 1, out=rows)
-        bad = starts[rows] != addrs
+        if n == 0:
+            bad = np.ones(addrs.size, dtype=bool)
+        else:
+            np.clip(rows, 0, n - 1, out=rows)
+            bad = starts[rows] != addrs
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             raise HeapCorrupted(what, f"0x{int(addrs[k]):x} is not the start of any object")
         return rows
+
+
+class Workspace:
+    """Marking's scratch arrays, kept between collections and grown with the
+    heap (fresh multi-megabyte arrays would cost a page fault per 4 KiB at
+    every collection)."""
+
+    def __init__(self):
+        self.live = np.zeros(0, dtype=bool)
+        self.stamp = np.zeros(0, dtype=np.int64)
+        self.slot_target = np.zeros(0, dtype=np.int64)
+
+    def reserve(self, objects: int, slots: int) -> None:
+        if objects > self.live.size:
+            cap = max(objects, 2 * self.live.size, 1024)
+            self.live = np.ones(cap, dtype=bool)  # written now: its pages fault here, not in a pause
+            self.stamp = np.full(cap, -1, dtype=np.int64)
+        if slots > self.slot_target.size:
+            self.slot_target = np.full(max(slots, 2 * self.slot_target.size, 1024), -1, dtype=np.int64)
 
 
 def rows_of(starts: np.ndarray, addrs: np.ndarray, what: str) -> np.ndarray:
@@ -96,14 +113,15 @@ def rows_of(starts: np.ndarray, addrs: np.ndarray, what: str) -> np.ndarray:
     return rows
 
 
-def mark(kernel, model, index: AddressIndex, nrefs: np.ndarray, roots: np.ndarray) -> Marking:
-    """Mark from ``roots``; ``index`` was built over the current start column."""
-    starts = index.starts
+def mark(kernel, model, index: AddressIndex, work: Workspace, starts: np.ndarray, nrefs: np.ndarray,
+         slot_base: np.ndarray, roots: np.ndarray) -> Marking:
+    """Mark from ``roots``; ``index`` describes ``starts``."""
     n = starts.size
-    live = np.zeros(n, dtype=bool)
-    slot_base = np.cumsum(nrefs) - nrefs
-    slot_target = np.full(int(nrefs.sum()) if n else 0, -1, dtype=np.int64)
-    stamp = np.empty(n, dtype=np.int64)
+    work.reserve(n, int(slot_base[-1] + nrefs[-1]) if n else 0)
+    live = work.live[:n]
+    live[:] = False
+    stamp = work.stamp
+    slot_target = work.slot_target
 
     def first_visits(rows: np.ndarray) -> np.ndarray:
         rows = rows[~live[rows]]
@@ -117,22 +135,24 @@ def mark(kernel, model, index: AddressIndex, nrefs: np.ndarray, roots: np.ndarra
         return rows
 
     roots = np.asarray(roots, dtype=np.int64)
-    frontier = first_visits(index.rows(roots[roots != 0], "root"))
+    frontier = first_visits(index.rows(starts, roots[roots != 0], "root"))
     levels = slots_read = 0
     while frontier.size:
         levels += 1
         counts = nrefs[frontier]
         has = counts > 0
-        frontier, counts = frontier[has], counts[has]
+        if not has.all():
+            frontier, counts = frontier[has], counts[has]
         if not frontier.size:
             break
         addrs = model.slot_addresses(starts[frontier], counts)
         words = kernel.load_words(addrs.astype(np.uint64)).view(np.int64)
         slots_read += words.size
-        positions = expand(slot_base[frontier], counts, 1)
         held = words != 0
-        targets = index.rows(words[held], "reference slot of a live object")
-        slot_target[positions[held]] = targets
+        targets = index.rows(starts, words[held], "reference slot of a live object")
+        recorded = np.full(words.size, -1, dtype=np.int64)
+        recorded[held] = targets
+        slot_target[expand(slot_base[frontier], counts, 1)] = recorded
         frontier = first_visits(targets)
     return Marking(live=live, slot_base=slot_base, slot_target=slot_target, levels=levels,
                    slots_read=slots_read)

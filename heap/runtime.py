@@ -33,7 +33,7 @@ from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull
 from .install import InstallCounters, InstallInterrupted, PageInstaller, evacuate, slot_values
 from .kernel import (MADV_DONTNEED, MADV_HUGEPAGE, UFFD_FEATURE_MOVE, Kernel, KernelUnsupported,
                      UFFDIO_REGISTER_MODE_MISSING, open_kernel)
-from .mark import AddressIndex, mark, rows_of
+from .mark import AddressIndex, Workspace, mark, rows_of
 from .objects import DEFAULT_MODEL, ObjectModel, RootScanner
 from .plan import Plan, plan_remap, plan_slide
 from .roots import HandleTable, Ref, RefArray
@@ -107,6 +107,7 @@ class Heap:
         self._alloc = Allocator(self._base, self._size, ps, k.hpage_size // ps if thp else 0)
         self._table = ObjectTable()
         self._addr_index = AddressIndex(self._base, self._size)
+        self._work = Workspace()
         self._handles = HandleTable()
         self._uffd = None
         self._from_space = 0
@@ -216,7 +217,8 @@ class Heap:
             header = self._model.header_words(np.array([nbytes]), np.array([nrefs]),
                                               np.array([total >= self._ps]))
             self._kernel.store(addr, header.astype(np.uint64).tobytes())
-            self._table.append(addr, nbytes, nrefs, total)
+            row = self._table.append(addr, nbytes, nrefs, total)
+            self._addr_index.add(addr, row)
             return Ref(self, self._handles.new(addr))
 
     def alloc_many(self, nbytes, nrefs) -> RefArray:
@@ -238,7 +240,9 @@ class Heap:
             hw = words.shape[1]
             where = (addrs[:, None] + 8 * np.arange(hw)[None, :]).ravel()
             self._kernel.store_words(where.astype(np.uint64), words.ravel().astype(np.uint64))
+            self._addr_index.add_many(addrs, self._table.n)
             self._table.extend(addrs, nbytes, nrefs, totals)
+            self._work.reserve(self._table.n, self._table.nslots)
             key = id(addrs) ^ time.perf_counter_ns()
             while key in self._handles.blocks:
                 key += 1
@@ -450,10 +454,10 @@ class Heap:
 
     def _mark(self, stats: GCStats, clock: PhaseClock):
         t = self._table
-        old = {c: getattr(t, c).copy() for c in ObjectTable.COLUMNS}
+        old = {c: t.column(c) for c in ObjectTable.COLUMNS}  # views: the commit swaps in new arrays
         with clock.phase("mark") as ev:
-            self._addr_index.build(old["start"])
-            marking = mark(self._kernel, self._model, self._addr_index, old["nrefs"], self._roots())
+            marking = mark(self._kernel, self._model, self._addr_index, self._work, old["start"], old["nrefs"],
+                           old["slot"], self._roots())
             live = marking.live
             stats.live_objects = int(live.sum())
             stats.live_bytes = int(old["total"][live].sum())
@@ -466,7 +470,7 @@ class Heap:
             addrs = np.asarray(addrs, dtype=np.int64)
             out = np.zeros(addrs.shape, dtype=np.int64)
             held = addrs != 0
-            out[held] = new_by_row[self._addr_index.rows(addrs[held], "root")]
+            out[held] = new_by_row[self._addr_index.rows(old_starts, addrs[held], "root")]
             return out
 
         self._handles.forward(forward)
@@ -476,6 +480,7 @@ class Heap:
     def _commit_tables(self, old, plan: Plan, top: int) -> None:
         rows = plan.live_rows
         self._table.replace(plan.new_starts, old["nbytes"][rows], old["nrefs"][rows], old["total"][rows])
+        self._addr_index.add_many(plan.new_starts, 0)
         self._alloc.reset(plan.new_starts, old["total"][rows], top, plan.last_object_end)
 
     def _collect_remap(self, stats: GCStats, clock: PhaseClock) -> None:

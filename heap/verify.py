@@ -36,6 +36,18 @@ def verify_heap(heap) -> None:
             i = _first(overlap)
             raise HeapCorrupted("side tables", f"objects {i} and {i + 1} overlap or are out of address order")
 
+    # the address index and the slot numbering agree with the start column
+    if starts.size:
+        try:
+            indexed = heap._addr_index.rows(starts, starts, "address index")
+        except HeapCorrupted:
+            indexed = None
+        if indexed is None or (indexed != np.arange(starts.size)).any():
+            raise HeapCorrupted("side tables", "the address index does not map every object start to its row")
+        slot = t.slot
+        if slot[0] != 0 or (slot[1:] != slot[:-1] + nrefs[:-1]).any():
+            raise HeapCorrupted("side tables", "the slot numbering is not the running sum of nrefs")
+
     # placement rules (objects.py)
     large = totals >= ps
     crosses = ~large & ((starts - base) // ps != (starts + totals - 1 - base) // ps)
