@@ -115,3 +115,23 @@ def moved_pages(traces: list, path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def heap_timeline(allocations: list[int], heap_bytes: list[int], collections: list[int], path: Path,
+                  title: str) -> None:
+    """Heap bytes in use against objects allocated: a sawtooth whose drops are collections."""
+    allocations = np.asarray(allocations)
+    heap_bytes = np.asarray(heap_bytes)
+    collections = np.asarray(collections)
+    fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
+    ax.plot(allocations, heap_bytes / 1024, linewidth=1, label="heap bytes in use")
+    collected = np.flatnonzero(np.diff(collections) > 0) + 1
+    ax.plot(allocations[collected], heap_bytes[collected] / 1024, "v", markersize=4, color="tab:red",
+            label=f"after a collection ({int(collections[-1]) if len(collections) else 0} in all)")
+    ax.set_xlabel("Lisp objects allocated (conses, numbers, strings, closures, frames)")
+    ax.set_ylabel("KiB")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

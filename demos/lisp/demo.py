@@ -18,6 +18,7 @@ from rich.table import Table
 
 from demos.common import KiB, MiB, DemoContext, DemoReport, fmt_bytes, fmt_count, fmt_ns, stats_dict
 from demos.lisp.interpreter import Interpreter
+from demos.lisp.layout import LispMemory
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,29 @@ class CollectionLog:
         self.explicit.append(stats_dict(stats))
 
 
+@dataclass
+class HeapTimeline:
+    """The heap as the program runs: sampled every few hundred allocations."""
+
+    heap: object
+    allocations: list[int] = field(default_factory=list)
+    heap_bytes: list[int] = field(default_factory=list)  # bytes of objects not yet found dead
+    collections: list[int] = field(default_factory=list)
+
+    def __call__(self, allocations: int) -> None:
+        self.allocations.append(allocations)
+        self.heap_bytes.append(int(self.heap.stats().live_bytes))
+        self.collections.append(int(getattr(self.heap, "collections", 0)))
+
+
 def run(ctx: DemoContext) -> DemoReport:
     size = SIZES[ctx.size]
     report = DemoReport("lisp", "a Lisp interpreter whose values live in the heap")
     log = CollectionLog()
     with ctx.heap(size=size.heap_bytes, collect_every=size.collect_every) as heap:
-        lisp = Interpreter(heap, on_collect=log)
+        timeline = HeapTimeline(heap)
+        memory = LispMemory(heap, observe=timeline if ctx.plot is not None else None, observe_every=200)
+        lisp = Interpreter(heap, on_collect=log, memory=memory)
         started = time.perf_counter_ns()
         lisp.run(LIBRARY)
         with ctx.progress() as progress:
@@ -148,7 +166,12 @@ def run(ctx: DemoContext) -> DemoReport:
     }
     report.tables.append(summary_table(report.metrics))
     if ctx.plot is not None:
-        report.notes.append("this demo draws no picture; --plot was ignored")
+        from demos.plots import heap_timeline
+
+        heap_timeline(timeline.allocations, timeline.heap_bytes, timeline.collections, ctx.plot,
+                      title=f"remapgc lisp demo ({ctx.backend} backend): the interpreter's heap while the program "
+                            f"runs\n{collections['total']} collections, answer {answer}")
+        report.plot = str(ctx.plot)
     return report
 
 

@@ -161,9 +161,10 @@ class Interpreter:
 
     GLOBALS_CAPACITY = 64
 
-    def __init__(self, heap, *, on_collect: Callable[[object], None] | None = None):
+    def __init__(self, heap, *, on_collect: Callable[[object], None] | None = None,
+                 memory: LispMemory | None = None):
         self.heap = heap
-        self.memory = LispMemory(heap)
+        self.memory = memory or LispMemory(heap)
         self.on_collect = on_collect
         self.codes: list[Code] = []
         self.symbols: dict[str, Value] = {}  # the symbol table: interned symbols are roots

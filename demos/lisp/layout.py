@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
+from typing import Callable
 
 
 class Tag(IntEnum):
@@ -47,19 +48,26 @@ class LispMemory:
     allocation here may collect (and move everything) without harm.
     """
 
-    def __init__(self, heap):
+    def __init__(self, heap, *, observe: Callable[[int], None] | None = None, observe_every: int = 1000):
         self.heap = heap
         self.allocations = 0
+        self.observe = observe  # called with the allocation count every ``observe_every`` allocations
+        self.observe_every = observe_every
+
+    def _counted(self) -> None:
+        self.allocations += 1
+        if self.observe is not None and self.allocations % self.observe_every == 0:
+            self.observe(self.allocations)
 
     def _new(self, tag: Tag, nbytes: int, nrefs: int = 0, word: int = 0):
-        self.allocations += 1
+        self._counted()
         obj = self.heap.alloc(nbytes=nbytes, nrefs=nrefs)
         obj.write(WORD.pack(tag, word))
         return obj
 
     # -- constructors -----------------------------------------------------------
     def fixnum(self, value: int):
-        self.allocations += 1
+        self._counted()
         obj = self.heap.alloc(nbytes=FIXNUM.size, nrefs=0)
         obj.write(FIXNUM.pack(Tag.FIXNUM, value))
         return obj

@@ -38,12 +38,15 @@ def test_fragmentation_compacts_by_page_moves_and_by_copying(capsys, kernel_name
 
 
 @pytest.mark.timeout(600)
-def test_lisp_prints_the_known_answer(capsys, kernel_name):
-    code, summary = run_demo_json(capsys, "lisp", kernel_name)
+def test_lisp_prints_the_known_answer(capsys, kernel_name, tmp_path):
+    picture = tmp_path / "timeline.png"
+    code, summary = run_demo_json(capsys, "lisp", kernel_name, "--plot", str(picture))
     assert_passed(code, summary, "lisp", kernel_name)
     # 12 rounds over lists of 60; sum of (i + Σ (x+i)² over even x < 60); Σ 2^(i mod 7); fib 12.
     assert summary["metrics"]["answer"] == '(12 565938 189 "round-12" 144 done)'
     assert summary["metrics"]["collections"] >= 3
+    assert summary["metrics"]["automatic_collections"] >= 1
+    assert picture.read_bytes().startswith(PNG_MAGIC)
 
 
 @pytest.mark.timeout(600)
