@@ -104,31 +104,33 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     # array over all units: the arena may be much larger than what lives in it)
     shared = ~owner
     u_shared = unit[shared]
+    in_dense = np.zeros(unit.size, dtype=bool)
     if u_shared.size:
         first = np.flatnonzero(np.diff(u_shared, prepend=-1))
         unit_bytes = np.add.reduceat(l_total[shared], first)
-        dense_units = u_shared[first][unit_bytes >= dense * up * ps]
-    else:
-        dense_units = np.zeros(0, dtype=np.int64)
-    at = np.minimum(np.searchsorted(dense_units, unit), max(dense_units.size - 1, 0))
-    in_dense = (dense_units[at] == unit) if dense_units.size else np.zeros(unit.size, dtype=bool)
+        lengths = np.diff(np.append(first, u_shared.size))
+        in_dense[shared] = np.repeat(unit_bytes >= dense * up * ps, lengths)
     whole = owner | in_dense
 
-    # what moves whole, in address order: dense units and owner objects
-    o_npages = large_pages(l_total[owner], ps, hpage_pages)
-    unit_src = np.concatenate([dense_units * up, page[owner]])
-    unit_n = np.concatenate([np.full(dense_units.size, up, dtype=np.int64), o_npages])
-    order = np.argsort(unit_src, kind="stable")
-    unit_src, unit_n = unit_src[order], unit_n[order]
+    # the pieces that move whole (an owner's run, a dense unit), in address
+    # order; consecutive whole objects of one piece are adjacent in row order
+    w = np.flatnonzero(whole)
+    w_owner, w_unit = owner[w], unit[w]
+    starts_piece = w_owner.copy()
+    if w.size:
+        starts_piece[0] = True
+        starts_piece[1:] |= (w_unit[1:] != w_unit[:-1]) | w_owner[:-1]
+    piece_of = np.cumsum(starts_piece) - 1
+    fw = w[starts_piece]
+    unit_src = np.where(owner[fw], page[fw], unit[fw] * up)
+    unit_n = np.where(owner[fw], large_pages(l_total[fw], ps, hpage_pages), up)
     # every piece is a whole number of units long, so packing them keeps
     # them unit-aligned (2 MiB-aligned with THP): PMD moves stay PMD moves
     unit_dst = np.cumsum(unit_n) - unit_n
     whole_end = int(unit_dst[-1] + unit_n[-1]) if unit_n.size else 0
-
     nwhole = int(unit_n.sum())
-    w_page = page[whole]
-    piece = np.searchsorted(unit_src, w_page, side="right") - 1
-    whole_new = base + (unit_dst[piece] + w_page - unit_src[piece]) * ps + (l_start[whole] - base) % ps
+    whole_new = (base + (unit_dst[piece_of] + page[w] - unit_src[piece_of]) * ps
+                 + (l_start[w] - base) % ps)
 
     ev = ~whole
     ev_offsets, ev_pages = pack(l_total[ev], ps, hpage_pages)
