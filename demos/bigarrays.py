@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from rich.table import Table
 
-from demos.common import MiB, DemoContext, DemoReport, fmt_bytes, fmt_count, fmt_ns, stats_dict
+from demos.common import MiB, DemoContext, DemoReport, fmt_bytes, fmt_count, fmt_ns, ratio, stats_dict
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,12 @@ def run(ctx: DemoContext) -> DemoReport:
         **{f"{r.setup.key}_{key}": getattr(r, key) for r in runs
            for key in ("moved", "pages", "frames_kept", "huge_before", "huge_after", "arrays_intact")},
     }
-    report.tables.append(arrays_table(specs, dies, runs))
+    copying = next(r for r in runs if r.setup.compactor == "copy")
+    for r in runs:
+        if r is not copying:
+            report.metrics[f"pause_ratio_copy_over_{r.setup.key}"] = ratio(copying.stats["pause_ns"],
+                                                                           r.stats["pause_ns"])
+    report.tables.append(arrays_table(specs, dies, runs, report.metrics))
     if ctx.plot is not None:
         from demos.plots import moved_pages
 
@@ -222,7 +227,7 @@ def read_back(ref, spec: ArraySpec, checksum: int) -> bool:
     return zlib.crc32(array) == checksum and np.array_equal(array, spec.build())
 
 
-def arrays_table(specs: list[ArraySpec], dies: np.ndarray, runs: list[ArraysRun]) -> Table:
+def arrays_table(specs: list[ArraySpec], dies: np.ndarray, runs: list[ArraysRun], metrics: dict) -> Table:
     survivors = int((~dies).sum())
     table = Table(title=f"{len(specs)} arrays ({fmt_bytes(sum(s.nbytes for s in specs))}), "
                         f"{len(specs) - survivors} freed, {survivors} kept")
@@ -243,4 +248,7 @@ def arrays_table(specs: list[ArraySpec], dies: np.ndarray, runs: list[ArraysRun]
     )
     for label, cell in rows:
         table.add_row(label, *(cell(r) for r in runs))
+    ratios = [f"{r.setup.label} {metrics[f'pause_ratio_copy_over_{r.setup.key}']:.1f}×" for r in runs
+              if metrics.get(f"pause_ratio_copy_over_{r.setup.key}")]
+    table.caption = "pause of the copying compactor / pause of page moves: " + ", ".join(ratios)
     return table
