@@ -90,3 +90,26 @@ def test_dense_small_pages_move_whole_sparse_ones_are_evacuated(kernel_name):
         assert np.array_equal(k.page_frames(heap.base, 4), dense_frames)
         assert stats.pages_moved == 5  # 4 dense + 1 rebuilt
         heap.verify()
+
+
+@pytest.mark.timeout(60)
+def test_dense_huge_unit_moves_by_pmd_with_its_medium_objects(kernel_name):
+    with Heap(kernel=kernel_name, size=32 * MiB, compactor="remap", thp=True) as heap:
+        k = heap.kernel
+        ps, hp = k.page_size, k.hpage_size
+        dead = heap.alloc(2 * MiB)  # a huge object that dies: the unit after it moves down
+        medium = [heap.alloc(400 << 10) for _ in range(4)]  # 1.6 MiB of a 2 MiB unit: dense
+        for ref in medium:
+            touch_every_page(ref, 400 << 10, ps)
+        unit = medium[0].address - heap.base
+        assert unit % hp == 0 and all(r.address - heap.base < unit + hp for r in medium)
+        frames = [frames_of(heap, r) for r in medium]
+        assert k.page_info(medium[0].address).huge
+        del dead
+        stats = heap.collect()
+        assert medium[0].address == heap.base
+        assert stats.bytes_copied == 0
+        for ref, before in zip(medium, frames):
+            assert np.array_equal(frames_of(heap, ref), before)
+        assert k.page_info(heap.base).huge, "the unit should still be one PMD-mapped huge page"
+        heap.verify()

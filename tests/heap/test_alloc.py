@@ -1,0 +1,86 @@
+"""Allocation: growth, collecting when full, HeapFull, and what a new object reads."""
+
+from __future__ import annotations
+
+import pytest
+from structlog.testing import capture_logs
+
+from heap import GCStats, Heap, HeapFull
+
+MiB = 1 << 20
+
+
+@pytest.mark.timeout(60)
+def test_new_objects_read_zero_and_none(kernel_name):
+    with Heap(kernel=kernel_name, size=8 * MiB) as heap:
+        for n, k in ((0, 0), (40, 3), (3000, 1), (70_000, 2)):
+            r = heap.alloc(n, k)
+            assert r.read(n) == bytes(n) and all(r.get_ref(i) is None for i in range(k))
+            r.write(b"\xff" * n)
+        heap.collect()  # after a compaction the free space must read zero again
+        r = heap.alloc(200, 2)
+        assert r.read(200) == bytes(200) and r.get_ref(1) is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compactor", ["remap", "copy"])
+def test_alloc_collects_by_itself_when_full(kernel_name, compactor):
+    with Heap(kernel=kernel_name, size=4 * MiB, compactor=compactor) as heap:
+        keep = heap.alloc(1000)
+        keep.write(b"kept")
+        for _ in range(200):  # 200 x 64 KiB of garbage through a 4 MiB heap
+            heap.alloc(64 << 10)
+        assert heap.collections >= 2
+        assert keep.read(4) == b"kept"
+        heap.verify()
+
+
+@pytest.mark.timeout(60)
+def test_heap_full_when_live_data_does_not_fit(kernel_name):
+    with Heap(kernel=kernel_name, size=2 * MiB) as heap:
+        live = []
+        with pytest.raises(HeapFull):
+            for i in range(100):
+                r = heap.alloc(100 << 10)
+                r.write(i.to_bytes(4, "little"))
+                live.append(r)
+        assert 10 <= len(live) < 21
+        for i, r in enumerate(live):
+            assert r.read(4) == i.to_bytes(4, "little")
+        heap.verify()
+        del r
+        live.pop()  # room for one again
+        heap.alloc(100 << 10)
+
+
+@pytest.mark.timeout(60)
+def test_collect_every_triggers_collections(kernel_name):
+    with Heap(kernel=kernel_name, size=16 * MiB, collect_every=256 << 10) as heap:
+        total = int(heap.object_model.total_bytes(16 << 10, 0))
+        for _ in range(64):
+            heap.alloc(16 << 10)
+        per_cycle = (256 << 10) // total  # allocations that fit under the trigger
+        assert heap.collections == (64 - 1) // per_cycle
+
+
+@pytest.mark.timeout(60)
+def test_stats_and_one_event_per_phase(kernel_name):
+    with Heap(kernel=kernel_name, size=8 * MiB, compactor="remap") as heap:
+        a = heap.alloc(100, 1)
+        a.set_ref(0, heap.alloc(200))
+        heap.alloc(5000)
+        before = heap.stats()
+        assert before.objects == 3 and before.free_bytes < heap.size
+        with capture_logs() as logs:
+            stats = heap.collect()
+        assert isinstance(stats, GCStats)
+        assert stats.live_objects == 2 and stats.freed_objects == 1
+        assert stats.live_bytes == heap.stats().live_bytes
+        assert 0 < stats.pause_ns <= stats.total_ns
+        phases = [e["phase"] for e in logs if e["event"].startswith("gc_") and "phase" in e]
+        for phase in ("mark", "plan", "flip", "install", "release"):
+            assert phases.count(phase) == 1, phases
+        assert set(GCStats.__dataclass_fields__) == {
+            "live_objects", "live_bytes", "freed_objects", "pages_moved", "bytes_moved_zero_copy",
+            "bytes_copied", "eagain_retries", "partial_moves", "eexist_races", "ebusy_fallbacks",
+            "faults_served", "pause_ns", "total_ns", "rss_before", "rss_after"}
