@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from heap import Heap
-from heap.kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, open_kernel
+from heap.kernel import MADV_HUGEPAGE, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, open_kernel
 
 MiB = 1 << 20
 RESULTS = Path(__file__).resolve().parent / "results" / "compaction.json"
@@ -84,21 +84,27 @@ def build_small(heap: Heap, count: int, rng: np.random.Generator):
     return root
 
 
-def move_floor(kernel, pages: int, runs: int, reps: int = 3) -> int:
-    """ns to MOVE ``pages`` populated pages in ``runs`` equal ioctls, fresh mappings."""
+def move_floor(kernel, pages: int, runs: int, thp: bool = False, reps: int = 3) -> int:
+    """ns to MOVE ``pages`` populated pages in ``runs`` equal ioctls between
+    fresh mappings (with THP: huge pages, runs cut at 2 MiB boundaries)."""
     ps = kernel.page_size
-    pages = max(pages, 1)
-    runs = max(1, min(runs, pages))
+    unit = kernel.hpage_size // ps if thp else 1
+    pages = max(-(-pages // unit) * unit, unit)
+    runs = max(1, min(runs, pages // unit))
     length = pages * ps
     best = None
     for _ in range(reps):
-        src, dst = kernel.mmap(length), kernel.mmap(length)
+        src = kernel.mmap(length, align=kernel.hpage_size)
+        dst = kernel.mmap(length, align=kernel.hpage_size)
+        if thp:
+            kernel.madvise(src, length, MADV_HUGEPAGE)
+            kernel.madvise(dst, length, MADV_HUGEPAGE)
         uffd = kernel.userfaultfd()
         try:
             where = src + np.arange(pages, dtype=np.uint64) * ps
             kernel.store_words(where, where)
             uffd.register(dst, length)
-            bounds = np.linspace(0, pages, runs + 1).astype(np.int64) * ps
+            bounds = (np.linspace(0, pages // unit, runs + 1).astype(np.int64) * unit) * ps
             t0 = time.perf_counter_ns()
             for a, b in zip(bounds[:-1], bounds[1:]):
                 if b > a:
@@ -131,7 +137,7 @@ def run_large(kernel_name: str, compactor: str, thp: bool, total: int, seed: int
                    profile=_profile_text(prof))
         heap.verify()
         if compactor == "remap" and row["install_pages"]:
-            row["floor_ns"] = move_floor(heap.kernel, row["install_pages"], row["install_runs"])
+            row["floor_ns"] = move_floor(heap.kernel, row["install_pages"], row["install_runs"], thp)
         del keep
         return row
 

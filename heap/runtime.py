@@ -193,6 +193,7 @@ class Heap:
             self._base = self._from_space = 0
             self._pending_release = (0, 0)
             self._pending = None
+            self._addr_index = self._work = None  # their memory goes with them
             if self._owns_kernel and hasattr(k, "close"):
                 k.close()
 

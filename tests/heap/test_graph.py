@@ -144,14 +144,14 @@ def test_random_graph_survives_twenty_collections(kernel_name, compactor):
     rng = random.Random(f"graph-{kernel_name}-{compactor}")
     with Heap(kernel=kernel_name, size=96 << 20, compactor=compactor) as heap:
         mirror = Mirror(heap, rng)
-        mirror.mutate(120)
+        mirror.mutate(400)
         for cycle in range(20):
             expected_live = mirror.forget_unreachable()
             stats = heap.collect()
             assert stats.live_objects == expected_live, f"cycle {cycle}"
             heap.verify()
             mirror.check_heap()
-            mirror.mutate(40)
+            mirror.mutate(150)
         assert heap.collections == 20
 
 
