@@ -7,7 +7,7 @@ import sys
 
 from setuptools import setup
 
-cffi_modules = []
+cffi_modules = ["heap/_native_build.py:ffibuilder"]  # portable C: the collector's side-table loops
 if sys.platform.startswith("linux"):
     cffi_modules.append("uffd_backend/_build.py:ffibuilder")
 

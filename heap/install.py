@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import HeapCorrupted
-from .objects import expand
+from .native import slot_values as native_slot_values
 from .kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError, move_ranges
 
 EAGAIN_RETRIES = 64  # back-off attempts before giving up on a pending event
@@ -207,11 +207,4 @@ def evacuate(kernel, model, plan, starts_old, totals_old, arena: int, from_space
 
 def slot_values(plan, marking, nrefs_old, new_by_row) -> np.ndarray:
     """The new value of every slot of every live object (new order, object-major)."""
-    rows = plan.live_rows
-    counts = nrefs_old[rows]
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    positions = expand(marking.slot_base[rows], counts, 1)
-    targets = marking.slot_target[positions]
-    return np.where(targets >= 0, new_by_row[np.maximum(targets, 0)], 0)
+    return native_slot_values(plan.live_rows, nrefs_old, marking.slot_base, marking.slot_target, new_by_row)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import HeapCorrupted
-from .objects import expand
+from .native import expand, first_visits, mark_targets
 
 
 @dataclass
@@ -123,19 +123,8 @@ def mark(kernel, model, index: AddressIndex, work: Workspace, starts: np.ndarray
     stamp = work.stamp
     slot_target = work.slot_target
 
-    def first_visits(rows: np.ndarray) -> np.ndarray:
-        rows = rows[~live[rows]]
-        if rows.size:
-            # keep one copy of each row without sorting: the last writer of
-            # stamp[row] is the survivor
-            order = np.arange(rows.size, dtype=np.int64)
-            stamp[rows] = order
-            rows = rows[stamp[rows] == order]
-            live[rows] = True
-        return rows
-
     roots = np.asarray(roots, dtype=np.int64)
-    frontier = first_visits(index.rows(starts, roots[roots != 0], "root"))
+    frontier = first_visits(index.rows(starts, roots[roots != 0], "root"), live, stamp)
     levels = slots_read = 0
     while frontier.size:
         levels += 1
@@ -146,13 +135,9 @@ def mark(kernel, model, index: AddressIndex, work: Workspace, starts: np.ndarray
         if not frontier.size:
             break
         addrs = model.slot_addresses(starts[frontier], counts)
-        words = kernel.load_words(addrs.astype(np.uint64)).view(np.int64)
+        words = kernel.load_words(addrs.view(np.uint64)).view(np.int64)
         slots_read += words.size
-        held = words != 0
-        targets = index.rows(starts, words[held], "reference slot of a live object")
-        recorded = np.full(words.size, -1, dtype=np.int64)
-        recorded[held] = targets
-        slot_target[expand(slot_base[frontier], counts, 1)] = recorded
-        frontier = first_visits(targets)
+        positions = expand(slot_base[frontier], counts, 1)
+        frontier = mark_targets(words, positions, index, starts, slot_target, live, stamp)
     return Marking(live=live, slot_base=slot_base, slot_target=slot_target, levels=levels,
                    slots_read=slots_read)

@@ -36,6 +36,8 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from .native import expand
+
 ALIGN = 16
 HEADER_BYTES = 16
 SLOT_BYTES = 8
@@ -77,25 +79,6 @@ class RootScanner(Protocol):
     def scan_roots(self) -> np.ndarray: ...
 
     def update_roots(self, forward: Callable[[np.ndarray], np.ndarray]) -> None: ...
-
-
-def expand(firsts: np.ndarray, counts: np.ndarray, stride: int) -> np.ndarray:
-    """``firsts[i] + stride * k`` for every k < counts[i], i after i (flat).
-
-    The workhorse of slot enumeration; when every count is equal (the usual
-    case for a runtime's objects of one shape) it is one broadcast.
-    """
-    firsts = np.asarray(firsts, dtype=np.int64)
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.size == 0:
-        return np.empty(0, dtype=np.int64)
-    c = int(counts[0])
-    if (counts == c).all():
-        return (firsts[:, None] + stride * np.arange(c, dtype=np.int64)[None, :]).ravel()
-    ends = np.cumsum(counts)
-    total = int(ends[-1])
-    # one repeat: firsts shifted back by the slots before each object, plus a global ramp
-    return np.repeat(firsts - stride * (ends - counts), counts) + stride * np.arange(total, dtype=np.int64)
 
 
 class DefaultObjectModel:

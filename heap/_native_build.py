@@ -1,0 +1,87 @@
+"""cffi (API mode) build of ``heap._native``: the collector's side-table loops in C.
+
+These loops only read and write numpy arrays the heap owns (side tables,
+slot numbering, the address index); they never touch heap memory, which is
+reached only through the Kernel protocol. They are portable C, so the heap
+gets them on every OS with a compiler; without the extension ``heap.native``
+runs the same steps in numpy.
+"""
+
+from cffi import FFI
+
+CDEF = r"""
+int64_t rgc_expand(const int64_t *firsts, const int64_t *counts, int64_t n, int64_t stride, int64_t *out);
+int64_t rgc_mark_targets(const int64_t *words, const int64_t *positions, int64_t nwords,
+                         const int32_t *index, int64_t index_len, int64_t base, int64_t shift,
+                         const int64_t *starts, int64_t nstarts,
+                         int64_t *slot_target, uint8_t *live, int64_t *next, int64_t *nnext);
+int64_t rgc_slot_values(const int64_t *rows, int64_t nrows, const int64_t *nrefs, const int64_t *slot_base,
+                        const int64_t *slot_target, const int64_t *new_by_row, int64_t *out);
+"""
+
+C_SOURCE = r"""
+#include <stdint.h>
+
+/* out = firsts[i] + stride * k for k < counts[i], object after object; returns the count. */
+int64_t rgc_expand(const int64_t *firsts, const int64_t *counts, int64_t n, int64_t stride, int64_t *out)
+{
+    int64_t o = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t f = firsts[i];
+        for (int64_t k = 0; k < counts[i]; k++)
+            out[o++] = f + stride * k;
+    }
+    return o;
+}
+
+/* One marking level: map each slot word to the row of the object starting
+   there, record it for the slot, and collect the rows seen for the first
+   time. Returns 0, or -(i+1) for the first word that is no object start. */
+int64_t rgc_mark_targets(const int64_t *words, const int64_t *positions, int64_t nwords,
+                         const int32_t *index, int64_t index_len, int64_t base, int64_t shift,
+                         const int64_t *starts, int64_t nstarts,
+                         int64_t *slot_target, uint8_t *live, int64_t *next, int64_t *nnext)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; i < nwords; i++) {
+        int64_t w = words[i];
+        if (w == 0) {
+            slot_target[positions[i]] = -1;
+            continue;
+        }
+        int64_t g = (w - base) >> shift;
+        if (w < base || g >= index_len) { *nnext = n; return -(i + 1); }
+        int64_t r = index[g];
+        if (r < 0 || r >= nstarts || starts[r] != w) { *nnext = n; return -(i + 1); }
+        slot_target[positions[i]] = r;
+        if (!live[r]) {
+            live[r] = 1;
+            next[n++] = r;
+        }
+    }
+    *nnext = n;
+    return 0;
+}
+
+/* The new value of every slot of the objects in rows (object-major). */
+int64_t rgc_slot_values(const int64_t *rows, int64_t nrows, const int64_t *nrefs, const int64_t *slot_base,
+                        const int64_t *slot_target, const int64_t *new_by_row, int64_t *out)
+{
+    int64_t o = 0;
+    for (int64_t i = 0; i < nrows; i++) {
+        int64_t r = rows[i], s = slot_base[r];
+        for (int64_t k = 0; k < nrefs[r]; k++) {
+            int64_t t = slot_target[s + k];
+            out[o++] = t >= 0 ? new_by_row[t] : 0;
+        }
+    }
+    return o;
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("heap._native", C_SOURCE, extra_compile_args=["-O2"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,102 @@
+"""The collector's hot side-table loops: compiled C (``heap._native``, built
+by ``pip install`` from ``heap/_native_build.py``) when available, else the
+same steps in numpy. Both compute the same results; the tests run both.
+
+None of this touches heap memory (that goes through the Kernel protocol);
+it only combines arrays the heap owns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import HeapCorrupted
+
+try:
+    from ._native import ffi as _ffi
+    from ._native import lib as _lib
+except ImportError:  # no compiler at install time: numpy does it, slower
+    _ffi = _lib = None
+
+COMPILED = _lib is not None
+
+
+def _ptr(ctype: str, arr: np.ndarray):
+    return _ffi.from_buffer(ctype, arr)
+
+
+def expand(firsts, counts, stride: int, *, compiled: bool = COMPILED) -> np.ndarray:
+    """``firsts[i] + stride * k`` for every k < counts[i], i after i (flat)."""
+    firsts = np.ascontiguousarray(firsts, dtype=np.int64)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    if counts.size == 0:
+        return np.empty(0, dtype=np.int64)
+    c = int(counts[0])
+    if (counts == c).all():  # one shape: one broadcast
+        return (firsts[:, None] + stride * np.arange(c, dtype=np.int64)[None, :]).ravel()
+    if compiled:
+        out = np.empty(int(counts.sum()), dtype=np.int64)
+        _lib.rgc_expand(_ptr("int64_t[]", firsts), _ptr("int64_t[]", counts), firsts.size, stride,
+                        _ptr("int64_t[]", out))
+        return out
+    ends = np.cumsum(counts)
+    # one repeat: firsts shifted back by the slots before each object, plus a global ramp
+    return np.repeat(firsts - stride * (ends - counts), counts) + stride * np.arange(int(ends[-1]), dtype=np.int64)
+
+
+def first_visits(rows: np.ndarray, live: np.ndarray, stamp: np.ndarray) -> np.ndarray:
+    """The rows not yet live, each once; marks them live."""
+    rows = rows[~live[rows]]
+    if rows.size:
+        # one copy of each row without sorting: the last writer of stamp[row] survives
+        order = np.arange(rows.size, dtype=np.int64)
+        stamp[rows] = order
+        rows = rows[stamp[rows] == order]
+        live[rows] = True
+    return rows
+
+
+def mark_targets(words: np.ndarray, positions: np.ndarray, index, starts: np.ndarray, slot_target: np.ndarray,
+                 live: np.ndarray, stamp: np.ndarray, *, compiled: bool = COMPILED) -> np.ndarray:
+    """One marking level: record the row every slot word points at
+    (``slot_target[positions[i]]``, -1 for None), mark the rows reached for
+    the first time and return them. HeapCorrupted names a word that is no
+    object start."""
+    if compiled:
+        words = np.ascontiguousarray(words, dtype=np.int64)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        nxt = np.empty(words.size, dtype=np.int64)
+        count = _ffi.new("int64_t *")
+        ret = _lib.rgc_mark_targets(_ptr("int64_t[]", words), _ptr("int64_t[]", positions), words.size,
+                                    _ptr("int32_t[]", index.map), index.map.size, index.base, index.shift,
+                                    _ptr("int64_t[]", starts), starts.size, _ptr("int64_t[]", slot_target),
+                                    _ptr("uint8_t[]", live.view(np.uint8)), _ptr("int64_t[]", nxt), count)
+        if ret < 0:
+            bad = int(words[-ret - 1])
+            raise HeapCorrupted("reference slot of a live object", f"0x{bad:x} is not the start of any object")
+        return nxt[: count[0]]
+    held = words != 0
+    targets = index.rows(starts, words[held], "reference slot of a live object")
+    recorded = np.full(words.size, -1, dtype=np.int64)
+    recorded[held] = targets
+    slot_target[positions] = recorded
+    return first_visits(targets, live, stamp)
+
+
+def slot_values(rows: np.ndarray, nrefs: np.ndarray, slot_base: np.ndarray, slot_target: np.ndarray,
+                new_by_row: np.ndarray, *, compiled: bool = COMPILED) -> np.ndarray:
+    """The new value of every slot of the objects ``rows`` (object-major):
+    the new address of the object it pointed at, or 0."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    counts = nrefs[rows]
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    if compiled:
+        out = np.empty(total, dtype=np.int64)
+        _lib.rgc_slot_values(_ptr("int64_t[]", rows), rows.size, _ptr("int64_t[]", np.ascontiguousarray(nrefs)),
+                             _ptr("int64_t[]", np.ascontiguousarray(slot_base)), _ptr("int64_t[]", slot_target),
+                             _ptr("int64_t[]", np.ascontiguousarray(new_by_row)), _ptr("int64_t[]", out))
+        return out
+    targets = slot_target[expand(slot_base[rows], counts, 1, compiled=False)]
+    return np.where(targets >= 0, new_by_row[np.maximum(targets, 0)], 0)

@@ -1,0 +1,87 @@
+"""The compiled side-table loops and their numpy twins give the same results,
+and a collection gives the same heap with either."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import heap.native as native
+from heap import Heap, HeapCorrupted
+from heap.mark import AddressIndex
+
+needs_compiled = pytest.mark.skipif(not native.COMPILED, reason="heap._native was not built")
+
+
+@needs_compiled
+@pytest.mark.parametrize("counts", [[2, 2, 2], [0, 3, 1, 0, 5], [1]], ids=["uniform", "mixed", "one"])
+def test_expand_agrees(counts):
+    firsts = np.array([100, 2000, 30_000, 400_000, 5_000_000][: len(counts)], dtype=np.int64)
+    a = native.expand(firsts, np.array(counts), 8, compiled=True)
+    b = native.expand(firsts, np.array(counts), 8, compiled=False)
+    assert np.array_equal(a, b) and a.size == sum(counts)
+
+
+@needs_compiled
+def test_mark_targets_and_slot_values_agree():
+    rng = np.random.default_rng(7)
+    base, n = 1 << 30, 5000
+    starts = base + np.cumsum(rng.integers(2, 20, size=n) * 16)
+    index = AddressIndex(base, 1 << 24)
+    index.add_many(starts, 0)
+    words = np.where(rng.random(20_000) < 0.2, 0, starts[rng.integers(0, n, size=20_000)])
+    positions = rng.permutation(40_000)[:20_000]
+    already = np.zeros(n, dtype=bool)
+    already[rng.integers(0, n, 50)] = True  # marked in an earlier level
+    results = []
+    for compiled in (True, False):
+        live = already.copy()
+        slot_target = np.full(40_000, -7, dtype=np.int64)
+        new = native.mark_targets(words, positions, index, starts, slot_target, live, np.empty(n, dtype=np.int64),
+                                  compiled=compiled)
+        results.append((np.sort(new), slot_target, live.copy()))
+    assert np.array_equal(results[0][0], results[1][0])
+    assert np.array_equal(results[0][1], results[1][1])
+    assert np.array_equal(results[0][2], results[1][2])
+    nrefs = rng.integers(0, 4, size=n)
+    slot_base = np.cumsum(nrefs) - nrefs
+    target = rng.integers(-1, n, size=int(nrefs.sum()))
+    new_by_row = rng.integers(1, 1 << 40, size=n)
+    rows = rng.permutation(n)[:3000]
+    assert np.array_equal(native.slot_values(rows, nrefs, slot_base, target, new_by_row, compiled=True),
+                          native.slot_values(rows, nrefs, slot_base, target, new_by_row, compiled=False))
+
+
+@needs_compiled
+@pytest.mark.parametrize("compiled", [True, False], ids=["C", "numpy"])
+def test_dangling_word_is_reported_by_both(compiled):
+    base = 1 << 30
+    starts = base + np.arange(10, dtype=np.int64) * 64
+    index = AddressIndex(base, 1 << 20)
+    index.add_many(starts, 0)
+    words = np.array([starts[3], starts[4] + 16], dtype=np.int64)
+    with pytest.raises(HeapCorrupted, match=hex(int(starts[4] + 16))):
+        native.mark_targets(words, np.arange(2), index, starts, np.zeros(2, dtype=np.int64),
+                            np.zeros(10, dtype=bool), np.empty(10, dtype=np.int64), compiled=compiled)
+
+
+@pytest.mark.timeout(60)
+def test_collection_without_the_compiled_loops(kernel_name, monkeypatch):
+    monkeypatch.setattr(native, "COMPILED", False)
+    for name in ("expand", "mark_targets", "slot_values"):
+        fn = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _fn=fn, **k: _fn(*a, **{**k, "compiled": False}))
+    import heap.mark, heap.objects, heap.install  # their imported names too
+    monkeypatch.setattr(heap.mark, "expand", native.expand)
+    monkeypatch.setattr(heap.mark, "mark_targets", native.mark_targets)
+    monkeypatch.setattr(heap.objects, "expand", native.expand)
+    monkeypatch.setattr(heap.install, "native_slot_values", native.slot_values)
+    with Heap(kernel=kernel_name, size=16 << 20) as h:
+        arr = h.alloc_many(np.arange(2000) % 50 + 8, np.arange(2000) % 3)
+        has = np.flatnonzero(np.arange(2000) % 3 > 0)
+        arr.set_refs(0, has, arr, (has * 7) % 2000)
+        keep = [arr[int(i)] for i in range(0, 2000, 5)]
+        del arr
+        stats = h.collect()
+        assert stats.live_objects >= 400
+        h.verify()
