@@ -217,13 +217,35 @@ class SimKernel:
             return
         self.counters.pmds_split += 1
 
-    def _split_folio(self, frame: int) -> bool:
-        """split_folio() of the large folio holding ``frame``; False (EBUSY) if it is pinned."""
-        head = int(self.frames.head[frame])
-        nr = int(self.frames.nr[head])
-        if self.frames.pins[head:head + nr].any():
+    def _split_folio(self, frame: int, row: int) -> bool:
+        """split_folio() of the large folio holding ``frame``, mapped in PTE row ``row``.
+
+        False (EBUSY) if it is pinned. On success, as 6.12+ does when it
+        remaps an anonymous folio after splitting it, every zero-filled page
+        (unless the VMA is mlocked) is replaced by the shared zero page.
+        """
+        fr = self.frames
+        head = int(fr.head[frame])
+        nr = int(fr.nr[head])
+        if fr.pins[head:head + nr].any():
             return False
-        self.counters.pages_split += self.frames.split_folio(head)
+        self.counters.pages_split += fr.split_folio(head)
+        entries = self.pt.pte[row]
+        mine = np.flatnonzero((entries >= head) & (entries < head + nr))
+        if mine.size:
+            region = int(self.pt.region_of[row])
+            vma = self.mm.find((region << PMD_SHIFT) + (int(mine[0]) << PAGE_SHIFT))
+            if vma is not None and not vma.locked:
+                frames = entries[mine]
+                slots = fr.slot[frames]
+                zero = slots == 0
+                written = ~zero
+                if written.any():
+                    self.frames.content.ensure()
+                    zero[written] = ~fr.content.pages[slots[written]].any(axis=1)
+                if zero.any():
+                    self.pt.pte[row, mine[zero]] = ZERO_FRAME
+                    fr.unmap(frames[zero])
         return True
 
     def _split_boundary(self, addr: int) -> None:
@@ -421,7 +443,7 @@ class SimKernel:
                 row = self.pt.row(region)
                 head = int(self.pt.pte[row, 0])
                 self._split_pmd(region)
-                self._split_folio(head)
+                self._split_folio(head, row)
 
     def mlock(self, addr: int, length: int, *, onfault: bool = False) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
@@ -458,61 +480,100 @@ class SimKernel:
         return start, end
 
     def _populate(self, start: int, end: int) -> None:
-        """__mm_populate: fault every page in (write for private writable VMAs); errors ignored."""
+        """__mm_populate for mlock: fault every page in, write faults for private writable VMAs.
+
+        Stops at the first failure and reports it as mlock does (EFAULT -> ENOMEM).
+        """
         addr = start
         while addr < end:
             vma = self.mm.find(addr)
             if vma is None:
-                addr += PAGE_SIZE
+                nxt = self.mm.overlapping(addr, end)
+                if not nxt:
+                    return
+                addr = nxt[0].start
                 continue
             stop = min(vma.end, end)
-            if vma.prot & (PROT_READ | PROT_WRITE | PROT_EXEC):
-                write = bool(vma.prot & PROT_WRITE) and not vma.shared
-                for page in range(addr, stop, PAGE_SIZE):
-                    try:
-                        self._fault(page, write, user=False)
-                    except OSError:
-                        pass
+            if vma.lockonfault:
+                addr = stop
+                continue
+            if not vma.prot & (PROT_READ | PROT_WRITE | PROT_EXEC):
+                raise _err(errno.ENOMEM, f"mlock: cannot populate PROT_NONE memory at {addr:#x}")
+            write = bool(vma.prot & PROT_WRITE) and not vma.shared
+            for page in range(addr, stop, PAGE_SIZE):
+                try:
+                    self._fault(page, write, user=False)
+                except OSError:
+                    raise _err(errno.ENOMEM, f"mlock: cannot populate {page:#x}") from None
             addr = stop
 
     def mremap(self, old_addr: int, length: int, new_addr: int, *, dontunmap: bool = False) -> int:
+        """mremap(MREMAP_MAYMOVE|MREMAP_FIXED[|MREMAP_DONTUNMAP]) with old_len == new_len.
+
+        Since 6.17 such a pure move may span several VMAs (gaps between them
+        are kept), unless one is registered with a userfaultfd.
+        """
         old_addr, length, new_addr = _u64(old_addr, "old_addr"), _u64(length, "length"), _u64(new_addr, "new_addr")
         with self._lock:
             what = f"mremap {old_addr:#x}+{length:#x} -> {new_addr:#x}"
             if old_addr & (PAGE_SIZE - 1):
                 raise _err(errno.EINVAL, what)
             length = _page_align(length)
-            if length == 0:
-                raise _err(errno.EINVAL, what)
-            if new_addr & (PAGE_SIZE - 1) or length > TASK_SIZE or new_addr > TASK_SIZE - length:
+            if length == 0 or length > TASK_SIZE or new_addr > TASK_SIZE - length or new_addr & (PAGE_SIZE - 1):
                 raise _err(errno.EINVAL, what)
             if old_addr + length > new_addr and new_addr + length > old_addr:
                 raise _err(errno.EINVAL, what + ": the ranges overlap")
-            vma = self.mm.find(old_addr)
-            if vma is None or length > vma.end - old_addr:
+            start, end = old_addr, old_addr + length
+            pieces = [(v.start, v.end, v.uffd is not None) for v in self.mm.overlapping(start, end)]
+            if not pieces or pieces[0][0] > start:
                 raise _err(errno.EFAULT, what)
-            self._unmap_range(new_addr, new_addr + length)
-            self._move_vma(old_addr, new_addr, length, dontunmap)
-            return new_addr
+            result = None
+            target = new_addr
+            last_end = 0
+            for i, (vstart, vend, armed) in enumerate(pieces):
+                lo, hi = max(vstart, start), min(vend, end)
+                dst = target + (vstart - last_end if i else 0)
+                last_end = vend
+                if armed and (i > 0 or vend < end):
+                    raise _err(errno.EFAULT, what + ": cannot move several VMAs when one is registered with a uffd")
+                self._unmap_range(dst, dst + (hi - lo))
+                if self.mm.find(lo) is None:
+                    raise _err(errno.EFAULT, what)
+                self._move_vma(lo, dst, hi - lo, dontunmap)
+                if result is None:
+                    result = dst
+                target = dst + (hi - lo)
+            return result
 
     def _move_vma(self, old: int, new: int, length: int, dontunmap: bool) -> None:
-        [vma] = self._isolate(old, old + length)
+        if dontunmap:
+            vma = self.mm.find(old)  # DONTUNMAP leaves the old VMA whole
+            self._split_boundary(old)
+            self._split_boundary(old + length)
+        else:
+            [vma] = self._isolate(old, old + length)
         # The new VMA keeps pgoff and anon_vma; its uffd registration is dropped
         # (the contexts here never ask for UFFD_FEATURE_EVENT_REMAP).
-        moved = vma.copy(start=new, end=new + length, uffd=None, uffd_mode=0)
+        moved = vma.copy(start=new, end=new + length, pgoff=vma.pgoff + ((old - vma.start) >> PAGE_SHIFT),
+                         uffd=None, uffd_mode=0)
         self.mm.insert(moved)
-        self._move_page_tables(old, new, length)
+        self._move_page_tables(old, new, length, whole_tables=vma.uffd is None)
         if dontunmap:
             vma.locked = vma.lockonfault = False
-            vma.anon_vma = None
-            self.mm.merge_around(old, old + length)
+            if vma.start == old and vma.end == old + length:
+                vma.anon_vma = None
+            self.mm.merge_around(vma.start, vma.end)
         else:
             self.mm.remove(vma)
             self._free_pgtables(old, old + length)
         self.mm.merge_around(new, new + length)
 
-    def _move_page_tables(self, old: int, new: int, length: int) -> None:
-        """move_page_tables: whole PMD entries where both sides allow it, else PTE by PTE."""
+    def _move_page_tables(self, old: int, new: int, length: int, whole_tables: bool) -> None:
+        """move_page_tables: whole PMD entries where both sides allow it, else PTE by PTE.
+
+        ``whole_tables``: a PTE table may move as one PMD entry (not when the
+        old VMA is registered with a uffd lacking EVENT_REMAP).
+        """
         done = 0
         while done < length:
             src, dst = old + done, new + done
@@ -521,10 +582,11 @@ class SimKernel:
             row = self.pt.row(sreg)
             if row >= 0:
                 kind = self.pt.kind[row]
-                if extent == PMD_SIZE and self.pt.row(dreg) < 0:
+                huge = kind in (THP, HUGE_ZERO)
+                if extent == PMD_SIZE and self.pt.row(dreg) < 0 and (huge or whole_tables):
                     self.pt.move_row(sreg, dreg)
                 else:
-                    if kind != TABLE:
+                    if huge:
                         self._split_pmd(sreg)
                     drow = self.pt.table(dreg)
                     n = extent >> PAGE_SHIFT

@@ -37,6 +37,7 @@ class PageTables:
         cap = 64
         self.pte = np.full((cap, PTRS_PER_PMD), NO_FRAME, dtype=np.int64)
         self.kind = np.zeros(cap, dtype=np.int8)
+        self.region_of = np.full(cap, -1, dtype=np.int64)  # row -> its 2 MiB region number
         self.slot_of: dict[int, int] = {}  # 2 MiB region number -> row of ``pte``
         self._free_rows = list(range(cap - 1, -1, -1))
         self.puds: set[int] = set()  # 1 GiB region numbers with a PMD table
@@ -58,7 +59,9 @@ class PageTables:
             pte[:cap] = self.pte
             kind = np.zeros(cap * 2, dtype=np.int8)
             kind[:cap] = self.kind
-            self.pte, self.kind = pte, kind
+            region_of = np.full(cap * 2, -1, dtype=np.int64)
+            region_of[:cap] = self.region_of
+            self.pte, self.kind, self.region_of = pte, kind, region_of
             self._free_rows = list(range(cap * 2 - 1, cap - 1, -1))
         return self._free_rows.pop()
 
@@ -69,6 +72,7 @@ class PageTables:
         self.kind[row] = kind
         self.pte[row] = NO_FRAME
         self.slot_of[region] = row
+        self.region_of[row] = region
         self.puds.add(region >> (PUD_SHIFT - PMD_SHIFT))
         self.version += 1
         return row
@@ -85,6 +89,7 @@ class PageTables:
         row = self.slot_of.pop(region)
         self.kind[row] = NONE
         self.pte[row] = NO_FRAME
+        self.region_of[row] = -1
         self._free_rows.append(row)
         self.version += 1
 
@@ -93,6 +98,7 @@ class PageTables:
         row = self.slot_of.pop(src_region)
         assert dst_region not in self.slot_of
         self.slot_of[dst_region] = row
+        self.region_of[row] = dst_region
         self.puds.add(dst_region >> (PUD_SHIFT - PMD_SHIFT))
         self.version += 1
 

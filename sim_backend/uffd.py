@@ -394,17 +394,17 @@ class SimUffd:
             run = (sp == NO_FRAME) & (dp == NO_FRAME)
             n = limit if run.all() else int(np.argmin(run))
             return n << PAGE_SHIFT, 0
+        if frame >= FIRST_FRAME and fr.excl[frame] and fr.nr[frame] > 1:
+            if not k._split_folio(frame, srow):
+                return 0, errno.EBUSY
+            frame = int(pt.pte[srow, si])  # re-examined: it may have become the zero page
         if frame == ZERO_FRAME:
             pt.pte[drow, di] = ZERO_FRAME
             pt.pte[srow, si] = NO_FRAME
             counters.ptes_moved += 1
             counters.tlb_flushes += 1
             return PAGE_SIZE, 0
-        if frame < FIRST_FRAME or not fr.excl[frame]:
-            return 0, errno.EBUSY
-        if fr.nr[frame] > 1 and not k._split_folio(frame):
-            return 0, errno.EBUSY
-        if fr.pins[frame]:
+        if frame < FIRST_FRAME or not fr.excl[frame] or fr.pins[frame]:
             return 0, errno.EBUSY
         first_av = fr.anon_vma[frame]
         if srow == drow and si < di + limit and di < si + limit:
