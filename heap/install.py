@@ -127,13 +127,12 @@ class PageInstaller:
     """Installs a plan's to-space pages run by run, remembering progress so an
     interrupted install can be resumed later (``pending``)."""
 
-    def __init__(self, kernel, uffd, plan, arena: int, from_space: int, scratch: int):
+    def __init__(self, kernel, uffd, plan, arena: int, from_space: int):
         self.kernel = kernel
         self.uffd = uffd
         self.plan = plan
         self.arena = arena
         self.from_space = from_space
-        self.scratch = scratch
         self.run_dst, self.run_src, self.run_rebuilt, self.run_count = plan.runs()
         self.next_run = 0
         self.run_done = 0  # bytes of run ``next_run`` already installed
@@ -144,8 +143,7 @@ class PageInstaller:
 
     def run_addresses(self, k: int) -> tuple[int, int, int]:
         ps = self.kernel.page_size
-        src_base = self.scratch if self.run_rebuilt[k] else self.from_space
-        return (self.arena + int(self.run_dst[k]) * ps, src_base + int(self.run_src[k]) * ps,
+        return (self.arena + int(self.run_dst[k]) * ps, self.from_space + int(self.run_src[k]) * ps,
                 int(self.run_count[k]) * ps)
 
     def install(self, counters: InstallCounters) -> None:
@@ -157,9 +155,8 @@ class PageInstaller:
                 self._install_run(self.next_run, counters)
                 continue
             k = self.next_run
-            src_base = np.where(self.run_rebuilt[k:], self.scratch, self.from_space)
             dsts = (self.arena + self.run_dst[k:] * ps).astype(np.uint64)
-            srcs = (src_base + self.run_src[k:] * ps).astype(np.uint64)
+            srcs = (self.from_space + self.run_src[k:] * ps).astype(np.uint64)
             lengths = (self.run_count[k:] * ps).astype(np.uint64)
             counters.ioctls += lengths.size
             try:
@@ -192,17 +189,17 @@ class PageInstaller:
         self.run_done = 0
 
 
-def evacuate(kernel, model, plan, starts_old, totals_old, arena: int, from_space: int, scratch: int) -> int:
-    """Copy the evacuated objects from the from-space into the rebuilt pages."""
+def evacuate(kernel, plan, totals_old, from_space: int) -> int:
+    """Slide the evacuated objects down into the rebuilt units, inside the
+    from-space (ordered: no object lands on one not yet moved)."""
     ev = plan.evacuated
     if not ev.any():
         return 0
-    rows = plan.live_rows[ev]
-    srcs = from_space + (starts_old[rows] - arena)
-    dsts = scratch + plan.rebuilt_offsets
-    lengths = totals_old[rows]
-    kernel.copy_ranges(dsts.astype(np.uint64), srcs.astype(np.uint64), lengths.astype(np.uint64))
-    return int(lengths.sum())
+    lengths = totals_old[plan.live_rows[ev]]
+    moving = plan.evac_to != plan.evac_from
+    kernel.copy_ranges((from_space + plan.evac_to[moving]).astype(np.uint64),
+                       (from_space + plan.evac_from[moving]).astype(np.uint64), lengths[moving].astype(np.uint64))
+    return int(lengths[moving].sum())
 
 
 def slot_values(plan, marking, nrefs_old, new_by_row) -> np.ndarray:

@@ -6,23 +6,28 @@ Remap plan (ARCHITECTURE.md step 2). The arena's used pages are classified:
 * a large live object's page run moves whole (zero-copy);
 * a small-object page whose live bytes are at least ``dense`` x page size
   moves whole, holes and all (zero-copy);
-* the live objects of the other (sparse) small pages are evacuated: copied
-  into rebuilt pages, packed.
+* the live objects of the other (sparse) small pages are evacuated: packed
+  into rebuilt pages. The rebuilt pages are the sparse pages themselves, in
+  the from-space: the evacuees slide down through the sequence of sparse
+  pages (one ordered memmove pass, like the copying compactor, but only over
+  pages that are invisible to mutators), so no fresh page is faulted in and
+  the rebuilt pages install with MOVE like any other.
 
 With THP the same rules apply one level up, to 2 MiB units instead of pages
 (moving a piece of a huge page would split it, which costs more than
 copying it): huge objects move whole, dense 2 MiB units move whole by PMD,
-the live objects of sparse units are copied into rebuilt 2 MiB units.
+the live objects of sparse units slide into the first sparse units, which
+then move by PMD too (still huge pages: a memmove inside one does not split it).
 
 To-space layout, from the arena base: the whole-moving units in address
 order, then the rebuilt pages (unit-aligned). Both parts
 keep address order, so the new side tables are the concatenation of two
 ordered selections, never a sort.
 
-The plan is kept as pieces (a dense unit, an object's page run, the rebuilt
-area), from which ``Plan.runs()`` gives the batched MOVEs and ``Plan.pages()``
-the per-page plan (to-space page -> its source page in the from-space or in
-the rebuilt scratch area) that the concurrent installer and the fault
+The plan is kept as pieces (a dense unit, an object's page run, a rebuilt
+unit), from which ``Plan.runs()`` gives the batched MOVEs and ``Plan.pages()``
+the per-page plan (to-space page -> its source page in the from-space, and
+whether it is a rebuilt one) that the concurrent installer and the fault
 handler index by page.
 
 Copy plan (the sliding compactor): every live object packed in order from the
@@ -45,10 +50,12 @@ class Plan:
     end_pages: int  # to-space size in pages, from the arena base
     # remap only:
     evacuated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per live object (new order)
-    rebuilt_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # of evacuees, in scratch
+    # evacuees (in new order): offset of their old and their rebuilt copy in the from-space
+    evac_from: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    evac_to: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # the to-space as pieces in address order: piece i is piece_n[i] pages at
     # arena page piece_dst[i], coming from page piece_src[i] of the from-space
-    # (or of the scratch area when piece_rebuilt[i])
+    # (a rebuilt unit when piece_rebuilt[i])
     piece_dst: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     piece_src: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     piece_n: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -59,9 +66,9 @@ class Plan:
 
     def pages(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The per-page plan: for every to-space page in address order, its
-        arena page, its source page, and whether the source is a rebuilt page
-        (scratch) rather than a from-space page. What the concurrent installer
-        and the fault handler index by page."""
+        arena page, its source page in the from-space, and whether it is a
+        rebuilt page. What the concurrent installer and the fault handler
+        index by page."""
         n = self.piece_n
         rank = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
         return (np.repeat(self.piece_dst, n) + rank, np.repeat(self.piece_src, n) + rank,
@@ -132,8 +139,15 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     whole_new = (base + (unit_dst[piece_of] + page[w] - unit_src[piece_of]) * ps
                  + (l_start[w] - base) % ps)
 
+    # evacuees slide down through the units they come from (in the from-space)
     ev = ~whole
+    unit_bytes = up * ps
     ev_offsets, ev_pages = pack(l_total[ev], ps, hpage_pages)
+    ev_unit = unit[ev]
+    sources = ev_unit[np.flatnonzero(np.diff(ev_unit, prepend=-1))] if ev_unit.size else ev_unit
+    used = -(-ev_pages // up)  # rebuilt units; never more than the units they come from
+    evac_to = sources[ev_offsets // unit_bytes] * unit_bytes + ev_offsets % unit_bytes
+    evac_from = l_start[ev] - base
     ev_new = base + whole_end * ps + ev_offsets
 
     live_rows = np.concatenate([rows[whole], rows[ev]])
@@ -142,15 +156,15 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     return Plan(
         live_rows=live_rows,
         new_starts=new_starts,
-        end_pages=whole_end + ev_pages,
+        end_pages=whole_end + used * up,
         evacuated=np.concatenate([np.zeros(int(whole.sum()), dtype=bool), np.ones(int(ev.sum()), dtype=bool)]),
-        rebuilt_offsets=ev_offsets,
-        piece_dst=np.append(unit_dst, whole_end) if ev_pages else unit_dst,
-        piece_src=np.append(unit_src, 0) if ev_pages else unit_src,
-        piece_n=np.append(unit_n, ev_pages) if ev_pages else unit_n,
-        piece_rebuilt=np.append(np.zeros(unit_n.size, dtype=bool), True) if ev_pages
-        else np.zeros(unit_n.size, dtype=bool),
-        rebuilt_pages=ev_pages,
+        evac_from=evac_from,
+        evac_to=evac_to,
+        piece_dst=np.concatenate([unit_dst, whole_end + np.arange(used, dtype=np.int64) * up]),
+        piece_src=np.concatenate([unit_src, sources[:used] * up]),
+        piece_n=np.concatenate([unit_n, np.full(used, up, dtype=np.int64)]),
+        piece_rebuilt=np.concatenate([np.zeros(unit_n.size, dtype=bool), np.ones(used, dtype=bool)]),
+        rebuilt_pages=used * up,
         whole_pages=nwhole,
         last_object_end=last_end,
     )

@@ -7,7 +7,7 @@ Two compactors share marking and the object model:
   mapped, empty and registered with the userfaultfd, so a stray touch would
   fault instead of reading stale memory); evacuate the sparse pages' objects
   into rebuilt pages and fix every reference slot while the pages are still
-  invisible (in the from-space or the scratch area); update the roots;
+  invisible (in the from-space); update the roots;
   install every to-space page with one UFFDIO_MOVE per contiguous run;
   release the from-space so RSS drops.
 * ``copy``: mark; slide every live object down with one ordered batch of
@@ -112,7 +112,6 @@ class Heap:
         self._uffd = None
         self._from_space = 0
         self._pending: PageInstaller | None = None
-        self._pending_release: tuple[int, int] = (0, 0)
         self._since_collect = 0
         self.last_phase_ns: dict[str, int] = {}  # phase -> ns of the last collection
         self.last_events: list[dict] = []  # the phase events of the last collection, as logged
@@ -187,11 +186,10 @@ class Heap:
             if self._uffd is not None:
                 self._uffd.close()
                 self._uffd = None
-            for addr, length in ((self._base, self._size), (self._from_space, self._size), self._pending_release):
+            for addr, length in ((self._base, self._size), (self._from_space, self._size)):
                 if addr:
                     k.munmap(addr, length)
             self._base = self._from_space = 0
-            self._pending_release = (0, 0)
             self._pending = None
             self._addr_index = self._work = None  # their memory goes with them
             if self._owns_kernel and hasattr(k, "close"):
@@ -502,34 +500,28 @@ class Heap:
             except OSError:
                 uffd.unregister(base, size)
                 raise
-            scratch_len = plan.rebuilt_pages * ps
-            try:
-                scratch = self._map_scratch(scratch_len) if scratch_len else 0
-            except OSError:
-                self._unflip()
-                raise
             ev.update(bytes=self._alloc.used_pages * ps)
         with clock.phase("fixup") as ev:
             try:
-                stats.bytes_copied += evacuate(k, self._model, plan, old["start"], old["total"], base, fs, scratch)
+                stats.bytes_copied += evacuate(k, plan, old["total"], fs)
             except OSError:
-                if scratch:
-                    k.munmap(scratch, scratch_len)
                 self._unflip()
                 raise
             rows = plan.live_rows
-            locations = np.where(plan.evacuated, 0, fs + (old["start"][rows] - base))
-            locations[plan.evacuated] = scratch + plan.rebuilt_offsets
+            locations = fs + (old["start"][rows] - base)
+            locations[plan.evacuated] = fs + plan.evac_to
+            if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
+                end = int(locations[-1] + old["total"][rows[-1]])
+                k.store(end, bytes(round_up(end - fs, ps) + fs - end))
             slots = self._model.slot_addresses(locations, old["nrefs"][rows])
             values = slot_values(plan, marking, old["nrefs"], new_by_row)
-            k.store_words(slots.astype(np.uint64), values.astype(np.uint64))
+            k.store_words(slots.view(np.uint64), values.view(np.uint64))
             t_roots = time.perf_counter_ns()
             self._forward_roots(old["start"], new_by_row)
             self._commit_tables(old, plan, base + plan.end_pages * ps)
             ev.update(slots=int(slots.size), evacuated_bytes=stats.bytes_copied,
                       roots_ns=time.perf_counter_ns() - t_roots)
-        self._pending = PageInstaller(k, uffd, plan, base, fs, scratch)
-        self._pending_release = (scratch, scratch_len)
+        self._pending = PageInstaller(k, uffd, plan, base, fs)
         counters = InstallCounters()
         with clock.phase("install") as ev:
             try:
@@ -564,19 +556,8 @@ class Heap:
 
     def _release_from_space(self) -> dict:
         """After an install: drop what the from-space still holds (the dead pages)."""
-        k = self._kernel
-        k.madvise(self._from_space, self._size, MADV_DONTNEED)
-        scratch, scratch_len = self._pending_release
-        if scratch:
-            k.munmap(scratch, scratch_len)
-        self._pending_release = (0, 0)
-        return dict(from_space_bytes=self._size, scratch_bytes=scratch_len)
-
-    def _map_scratch(self, length: int) -> int:
-        """Where rebuilt pages are assembled; with THP, huge pages too, so
-        rebuilt 2 MiB units install by PMD."""
-        k = self._kernel
-        return k.mmap(length, align=k.hpage_size if self._thp else 0)
+        self._kernel.madvise(self._from_space, self._size, MADV_DONTNEED)
+        return dict(from_space_bytes=self._size)
 
     def _unflip(self) -> None:
         """Undo a flip whose plan could not be carried out: the pages go back."""

@@ -76,18 +76,24 @@ def test_dense_small_pages_move_whole_sparse_ones_are_evacuated(kernel_name):
         block = heap.alloc_many(np.full(per_page * 6, 256 - 16), 0)
         addrs = block.addresses
         pages = (addrs - heap.base) // ps
-        # page 0 dies entirely, page 1 keeps 2 of 16 (sparse), pages 2-5 keep all (dense)
-        keep = np.flatnonzero((pages >= 2) | ((pages == 1) & (np.arange(addrs.size) % per_page < 2)))
+        # page 0 dies entirely, page 1 keeps 2 of 16 (sparse: objects 5 and 9 slide to its
+        # start), pages 2-5 keep all (dense)
+        keep = np.flatnonzero((pages >= 2) | ((pages == 1) & np.isin(np.arange(addrs.size) % per_page, [5, 9])))
         refs = [block[int(i)] for i in keep]
+        original = [r.address for r in refs]
         for r in refs:
-            r.write(r.address.to_bytes(8, "little"), 0)
+            r.write(r.address.to_bytes(8, "little"), 0)  # each object carries its old address
         dense_frames = k.page_frames(heap.base + 2 * ps, 4)
+        sparse_frame = k.page_frames(heap.base + ps, 1)
         del block
         stats = heap.collect()
         assert stats.live_objects == keep.size
         assert stats.bytes_copied == 2 * 256  # the two survivors of the sparse page
+        assert all(r.read(8, 0) == a.to_bytes(8, "little") for r, a in zip(refs, original))
         # the four dense pages moved down by two pages, frames intact
         assert np.array_equal(k.page_frames(heap.base, 4), dense_frames)
+        # the sparse page was rebuilt in place, then moved too: same frame
+        assert np.array_equal(k.page_frames(heap.base + 4 * ps, 1), sparse_frame)
         assert stats.pages_moved == 5  # 4 dense + 1 rebuilt
         heap.verify()
 
