@@ -2,17 +2,25 @@
 
 Two compactors share marking and the object model:
 
-* ``remap`` (ARCHITECTURE.md "Compaction"): mark; plan; flip the whole arena
-  to a from-space with one ``mremap(MREMAP_DONTUNMAP)`` (the arena stays
-  mapped, empty and registered with the userfaultfd, so a stray touch would
-  fault instead of reading stale memory); evacuate the sparse pages' objects
-  into rebuilt pages and fix every reference slot while the pages are still
-  invisible (in the from-space); update the roots;
-  install every to-space page with one UFFDIO_MOVE per contiguous run;
-  release the from-space so RSS drops.
+* ``remap`` (ARCHITECTURE.md "Compaction"): mark; plan; register the arena
+  with the userfaultfd and flip it whole to the from-space with one
+  ``mremap(MREMAP_DONTUNMAP)`` (the arena stays mapped, empty and registered,
+  so a stray touch would fault instead of reading stale memory; measured
+  against one whole-range UFFDIO_MOVE as the flip: 1.2 ms against 5 ms for
+  512 MiB); slide the sparse pages' live objects down into the first sparse
+  pages and fix every reference slot, all inside the from-space where no
+  mutator can see it; update the roots; install every to-space page with one
+  UFFDIO_MOVE per contiguous run (all runs in one batched call); unregister.
+  The pause ends there. Releasing the from-space (MADV_DONTNEED: RSS drops)
+  happens after the heap lock is dropped; ``total_ns`` includes it.
 * ``copy``: mark; slide every live object down with one ordered batch of
-  memmoves; fix the slots; release the freed tail. Used when userfaultfd is
-  unusable, and the baseline of every benchmark.
+  memmoves; fix the slots; release the freed tail (inside the pause: it is
+  arena memory). Used when userfaultfd is unusable, and the baseline of
+  every benchmark.
+
+Freed space is reused through compaction: allocation only bumps upwards, so
+the side tables stay sorted by address and a collection packs the live
+objects at the bottom and leaves the rest of the arena empty.
 
 Every public method takes the heap's lock; ``Ref`` methods go through here.
 """
