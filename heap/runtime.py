@@ -58,6 +58,14 @@ DEFAULT_DENSE_HUGE = 0.25
 MAX_NREFS = (1 << 32) - 1
 
 
+class _RemapRefused(Exception):
+    """The kernel refused the remap compactor before anything changed."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
 def _index(value, name: str) -> int:
     try:
         return operator.index(value)
@@ -125,6 +133,7 @@ class Heap:
         self.last_events: list[dict] = []  # the phase events of the last collection, as logged
         self.collections = 0
         self._closed = False
+        self._auto = compactor == "auto"
         self._compactor = self._choose_compactor(compactor)
 
     # -- set-up -------------------------------------------------------------------
@@ -424,7 +433,15 @@ class Heap:
         t0 = time.perf_counter_ns()
         clock = PhaseClock(self._compactor)
         if self._compactor == "remap":
-            self._collect_remap(stats, clock)
+            try:
+                self._collect_remap(stats, clock)
+            except _RemapRefused as exc:
+                if not self._auto:
+                    raise exc.error
+                # nothing was changed yet: compact by copying, now and from now on
+                log.warning("compactor_fallback", compactor="copy", reason=f"registering the arena failed: {exc.error}")
+                self._compactor = clock.compactor = "copy"
+                self._collect_copy(stats, clock)
         else:
             self._collect_copy(stats, clock)
         stats.pause_ns = time.perf_counter_ns() - t0
@@ -502,7 +519,10 @@ class Heap:
             ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
                       evacuated=int(plan.evacuated.sum()))
         with clock.phase("flip") as ev:
-            uffd.register(base, size, UFFDIO_REGISTER_MODE_MISSING)
+            try:
+                uffd.register(base, size, UFFDIO_REGISTER_MODE_MISSING)
+            except OSError as exc:
+                raise _RemapRefused(exc) from exc
             try:
                 k.mremap(base, size, fs, dontunmap=True)
             except OSError:

@@ -149,3 +149,81 @@ def test_both_compactors_give_the_same_heap(kernel_name, compactor):
         assert chain_length(keep) == 300
         assert keep.get_ref(0).get_ref(0).read(4) != b""
         heap.verify()
+
+
+class FailingCopy(NoUserfaultfd):
+    """A kernel whose next copy_ranges fails (as a memmove into memory that could not be allocated)."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.fail = False
+
+    def userfaultfd(self, *args, **kwargs):
+        return self._inner.userfaultfd(*args, **kwargs)
+
+    def copy_ranges(self, *args):
+        if self.fail:
+            self.fail = False
+            raise OSError(errno.ENOMEM, "injected by the test")
+        return self._inner.copy_ranges(*args)
+
+
+@pytest.mark.timeout(30)
+def test_failed_evacuation_puts_every_page_back(kernel_name):
+    kernel = FailingCopy(make_kernel(kernel_name))
+    with Heap(kernel=kernel, size=8 << 20, compactor="remap") as heap:
+        keep, more = scattered_heap(heap)
+        frames = heap.kernel.page_frames(more.address, 4)
+        kernel.fail = True
+        with pytest.raises(OSError) as info:
+            heap.collect()
+        assert info.value.errno == errno.ENOMEM
+        heap.verify()  # nothing moved: same addresses, same frames, same contents
+        assert np.array_equal(heap.kernel.page_frames(more.address, 4), frames)
+        assert chain_length(keep) == 300 and more.read(3) == b"big"
+        stats = heap.collect()  # and the next collection works
+        assert stats.live_objects == 301
+        assert chain_length(keep) == 300 and more.read(3) == b"big"
+        heap.verify()
+
+
+class RefusingRegister(NoUserfaultfd):
+    """userfaultfd opens, but registering memory is refused (as under a seccomp or LSM policy)."""
+
+    def userfaultfd(self, *args, **kwargs):
+        return RefuseRegisterUffd(self._inner.userfaultfd(*args, **kwargs))
+
+
+class RefuseRegisterUffd:
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def register(self, *args, **kwargs):
+        raise OSError(errno.EPERM, "injected by the test")
+
+
+@pytest.mark.timeout(30)
+def test_auto_switches_to_copy_when_registering_is_refused(kernel_name):
+    with Heap(kernel=RefusingRegister(make_kernel(kernel_name)), size=8 << 20) as heap:
+        assert heap.compactor == "remap"
+        keep, more = scattered_heap(heap)
+        with capture_logs() as logs:
+            stats = heap.collect()
+        assert heap.compactor == "copy" and stats.live_objects == 301
+        assert any(e["event"] == "compactor_fallback" and "registering the arena failed" in e["reason"]
+                   for e in logs)
+        assert chain_length(keep) == 300 and more.read(3) == b"big"
+        heap.verify()
+
+
+def test_remap_demanded_and_registering_refused_raises(kernel_name):
+    with Heap(kernel=RefusingRegister(make_kernel(kernel_name)), size=8 << 20, compactor="remap") as heap:
+        keep, more = scattered_heap(heap)
+        with pytest.raises(OSError) as info:
+            heap.collect()
+        assert info.value.errno == errno.EPERM
+        assert chain_length(keep) == 300
+        heap.verify()
