@@ -17,6 +17,7 @@ int64_t rgc_mark_targets(const int64_t *words, const int64_t *positions, int64_t
                          int64_t *slot_target, uint8_t *live, int64_t *next, int64_t *nnext);
 int64_t rgc_slot_values(const int64_t *rows, int64_t nrows, const int64_t *nrefs, const int64_t *slot_base,
                         const int64_t *slot_target, const int64_t *new_by_row, int64_t *out);
+int64_t rgc_pack(const int64_t *totals, int64_t n, int64_t page, int64_t hpage_pages, int64_t *offsets);
 """
 
 C_SOURCE = r"""
@@ -76,6 +77,38 @@ int64_t rgc_slot_values(const int64_t *rows, int64_t nrows, const int64_t *nrefs
         }
     }
     return o;
+}
+
+static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+/* Greedy placement in order from offset 0 under the rules of heap/objects.py;
+   returns the pages used. */
+int64_t rgc_pack(const int64_t *totals, int64_t n, int64_t page, int64_t hpage_pages, int64_t *offsets)
+{
+    int64_t pos = 0, unit = hpage_pages * page;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t t = totals[i];
+        if (t < page) {
+            if (pos / page != (pos + t - 1) / page)
+                pos = round_up(pos, page);
+            offsets[i] = pos;
+            pos += t;
+            continue;
+        }
+        int64_t pages = (t + page - 1) / page;
+        pos = round_up(pos, page);
+        if (hpage_pages) {
+            if (t >= unit) {
+                pages = round_up(pages, hpage_pages);
+                pos = round_up(pos, unit);
+            } else if ((pos / page) % hpage_pages + pages > hpage_pages) {
+                pos = round_up(pos, unit);
+            }
+        }
+        offsets[i] = pos;
+        pos += pages * page;
+    }
+    return (pos + page - 1) / page;
 }
 """
 

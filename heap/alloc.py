@@ -43,9 +43,16 @@ def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0) -> tuple[np.n
     placement rules allow (greedy first fit, order kept).
 
     Returns each object's offset from the origin and the number of pages
-    used. The Python loop runs once per page (per small page, or per large
-    object), never once per object.
+    used. One pass in C (``heap.native``), else ``pack_numpy``.
     """
+    from .native import pack as native_pack
+
+    return native_pack(totals, page_size, hpage_pages)
+
+
+def pack_numpy(totals: np.ndarray, page_size: int, hpage_pages: int = 0) -> tuple[np.ndarray, int]:
+    """``pack`` in numpy: the Python loop runs once per page (per small page,
+    or per large object), never once per object."""
     totals = np.asarray(totals, dtype=np.int64)
     n = totals.size
     if n == 0:

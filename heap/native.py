@@ -100,3 +100,15 @@ def slot_values(rows: np.ndarray, nrefs: np.ndarray, slot_base: np.ndarray, slot
         return out
     targets = slot_target[expand(slot_base[rows], counts, 1, compiled=False)]
     return np.where(targets >= 0, new_by_row[np.maximum(targets, 0)], 0)
+
+
+def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0, *, compiled: bool = COMPILED):
+    """Greedy in-order placement (see ``heap.alloc.pack``): (offsets, pages used)."""
+    totals = np.ascontiguousarray(totals, dtype=np.int64)
+    if not compiled or totals.size == 0:
+        from .alloc import pack_numpy
+
+        return pack_numpy(totals, page_size, hpage_pages)
+    offsets = np.empty(totals.size, dtype=np.int64)
+    pages = _lib.rgc_pack(_ptr("int64_t[]", totals), totals.size, page_size, hpage_pages, _ptr("int64_t[]", offsets))
+    return offsets, int(pages)

@@ -12,7 +12,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heap.alloc import large_pages, pack
+import heap.native as native
+from heap.alloc import large_pages, pack, pack_numpy
 
 PS = 4096
 HP = 8  # a small "huge page" (8 pages) keeps the examples small
@@ -63,6 +64,8 @@ def test_pack_is_legal_and_never_above_a_legal_layout(totals, data, hp):
     gaps = data.draw(st.lists(st.integers(0, 300), min_size=len(totals), max_size=len(totals)))
     offsets, npages = pack(totals, PS, hp)
     legal(offsets, totals, hp)
+    twin_offsets, twin_pages = pack_numpy(totals, PS, hp)  # the numpy twin of the compiled loop
+    assert np.array_equal(offsets, twin_offsets) and npages == twin_pages
     layout = some_layout(totals, gaps, hp)
     legal(layout, totals, hp)
     assert (offsets <= layout).all()
