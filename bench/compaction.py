@@ -11,9 +11,11 @@ Workloads, each built fresh for each compactor in the same process:
   live half is a shuffled binary tree reached from one root); the whole
   stop-the-world cycle in objects/s (all objects, live and dead, per second).
 
-    python -m bench.compaction [--quick] [--kernel linux|sim|auto] [--profile]
+    python -m bench.compaction [--quick] [--repeat N] [--kernel linux|sim|auto] [--profile]
 
-Prints a table and writes bench/results/compaction.json.
+Each measurement is the shortest pause of N fresh runs (default 3): the
+machine is shared, and other processes' bursts only ever add time. Prints a
+table and writes bench/results/compaction.json (every run's pause included).
 """
 
 from __future__ import annotations
@@ -180,9 +182,13 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
     parser.add_argument("--kernel", default="linux", help="linux | sim | auto (default linux)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs per workload and compactor, the shortest pause kept (default 3, 1 with --quick)")
     parser.add_argument("--profile", action="store_true", help="cProfile each collection, print the top of it")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     console = Console(width=200)
     large_total = 64 * MiB if args.quick else 512 * MiB
@@ -190,13 +196,25 @@ def main(argv=None) -> int:
     kernel_name = open_kernel(args.kernel).name if args.kernel == "auto" else args.kernel
 
     rows = []
+    def best_of(label: str, run) -> dict:
+        """The run with the shortest pause of ``--repeat`` (the machine is shared
+        and noisy); every pause is kept in the row."""
+        runs = []
+        for _ in range(args.repeat):
+            runs.append(run())
+            console.print(f"{label}: {ms(runs[-1]['pause_ns'])} ms")
+        best = min(runs, key=lambda r: r["pause_ns"])
+        best["pauses_ns"] = [r["pause_ns"] for r in runs]
+        return best
+
+    # interleaved, so that a burst of load elsewhere hits both compactors
     for thp in (False, True):
         for compactor in ("remap", "copy"):
-            rows.append(run_large(kernel_name, compactor, thp, large_total, args.seed, args.profile))
-            console.print(f"large thp={thp} {compactor}: {ms(rows[-1]['pause_ns'])} ms")
+            rows.append(best_of(f"large thp={thp} {compactor}",
+                                lambda: run_large(kernel_name, compactor, thp, large_total, args.seed, args.profile)))
     for compactor in ("remap", "copy"):
-        rows.append(run_small(kernel_name, compactor, small_count, args.seed, args.profile))
-        console.print(f"small {compactor}: {ms(rows[-1]['pause_ns'])} ms")
+        rows.append(best_of(f"small {compactor}",
+                            lambda: run_small(kernel_name, compactor, small_count, args.seed, args.profile)))
 
     def find(workload, compactor, thp=False):
         return next(r for r in rows if r["workload"] == workload and r["compactor"] == compactor and r["thp"] == thp)
