@@ -18,6 +18,9 @@ int64_t rgc_mark_targets(const int64_t *words, const int64_t *positions, int64_t
 int64_t rgc_slot_values(const int64_t *rows, int64_t nrows, const int64_t *nrefs, const int64_t *slot_base,
                         const int64_t *slot_target, const int64_t *new_by_row, int64_t *out);
 int64_t rgc_pack(const int64_t *totals, int64_t n, int64_t page, int64_t hpage_pages, int64_t *offsets);
+int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
+                       int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, uint8_t *whole,
+                       int64_t *new_start, int64_t *piece_src, int64_t *piece_n, int64_t *whole_end);
 """
 
 C_SOURCE = r"""
@@ -109,6 +112,43 @@ int64_t rgc_pack(const int64_t *totals, int64_t n, int64_t page, int64_t hpage_p
         pos += pages * page;
     }
     return (pos + page - 1) / page;
+}
+
+/* The remap plan's whole-moving part, for live objects in address order:
+   which objects move whole (owners of their units, objects of dense units),
+   the pieces they move in, and their new addresses. Returns the piece count. */
+int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
+                       int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, uint8_t *whole,
+                       int64_t *new_start, int64_t *piece_src, int64_t *piece_n, int64_t *whole_end)
+{
+    int64_t unit = unit_pages * page;
+    for (int64_t i = 0; i < n;) {
+        if (total[i] >= unit) { whole[i++] = 1; continue; }
+        int64_t u = (start[i] - base) / unit, j = i, bytes = 0;
+        while (j < n && total[j] < unit && (start[j] - base) / unit == u) bytes += total[j++];
+        for (uint8_t dense = bytes >= dense_bytes; i < j; i++) whole[i] = dense;
+    }
+    int64_t pieces = 0, dst = 0, src = 0, at = 0, last_unit = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (!whole[i]) continue;
+        int64_t pg = (start[i] - base) / page;
+        if (total[i] >= unit) {
+            int64_t pages = (total[i] + page - 1) / page;
+            if (hpage_pages && total[i] >= hpage_pages * page) pages = round_up(pages, hpage_pages);
+            src = pg; at = dst;
+            piece_src[pieces] = pg; piece_n[pieces++] = pages;
+            dst += pages;
+            last_unit = -1;
+        } else if (pg / unit_pages != last_unit) {
+            last_unit = pg / unit_pages;
+            src = last_unit * unit_pages; at = dst;
+            piece_src[pieces] = src; piece_n[pieces++] = unit_pages;
+            dst += unit_pages;
+        }
+        new_start[i] = base + (at + pg - src) * page + (start[i] - base) % page;
+    }
+    *whole_end = dst;
+    return pieces;
 }
 """
 

@@ -112,3 +112,27 @@ def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0, *, compiled: 
     offsets = np.empty(totals.size, dtype=np.int64)
     pages = _lib.rgc_pack(_ptr("int64_t[]", totals), totals.size, page_size, hpage_pages, _ptr("int64_t[]", offsets))
     return offsets, int(pages)
+
+
+def plan_whole(l_start: np.ndarray, l_total: np.ndarray, base: int, page_size: int, unit_pages: int,
+               hpage_pages: int, dense_bytes: int, *, compiled: bool = COMPILED):
+    """The whole-moving part of the remap plan (see ``heap.plan``):
+    (whole flags, new starts of the whole ones (others undefined), piece
+    source pages, piece page counts, pages they fill)."""
+    l_start = np.ascontiguousarray(l_start, dtype=np.int64)
+    l_total = np.ascontiguousarray(l_total, dtype=np.int64)
+    if not compiled:
+        from .plan import plan_whole_numpy
+
+        return plan_whole_numpy(l_start, l_total, base, page_size, unit_pages, hpage_pages, dense_bytes)
+    n = l_start.size
+    whole = np.empty(n, dtype=bool)
+    new_start = np.empty(n, dtype=np.int64)
+    piece_src = np.empty(n, dtype=np.int64)
+    piece_n = np.empty(n, dtype=np.int64)
+    end = _ffi.new("int64_t *")
+    pieces = _lib.rgc_plan_whole(_ptr("int64_t[]", l_start), _ptr("int64_t[]", l_total), n, base, page_size,
+                                 unit_pages, hpage_pages, dense_bytes, _ptr("uint8_t[]", whole.view(np.uint8)),
+                                 _ptr("int64_t[]", new_start), _ptr("int64_t[]", piece_src),
+                                 _ptr("int64_t[]", piece_n), end)
+    return whole, new_start, piece_src[:pieces].copy(), piece_n[:pieces].copy(), int(end[0])

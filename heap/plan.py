@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .alloc import large_pages, pack
+from .native import plan_whole
 
 
 @dataclass
@@ -104,46 +105,17 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     rows = np.flatnonzero(live)
     l_start = starts[rows]
     l_total = totals[rows]
-    page = (l_start - base) // ps
-    owner = l_total >= up * ps  # owns its units: always moves whole
-    unit = page // up  # non-decreasing: rows are in address order
-    # live bytes of each unit holding non-owner objects, by run-length (no
-    # array over all units: the arena may be much larger than what lives in it)
-    shared = ~owner
-    u_shared = unit[shared]
-    in_dense = np.zeros(unit.size, dtype=bool)
-    if u_shared.size:
-        first = np.flatnonzero(np.diff(u_shared, prepend=-1))
-        unit_bytes = np.add.reduceat(l_total[shared], first)
-        lengths = np.diff(np.append(first, u_shared.size))
-        in_dense[shared] = np.repeat(unit_bytes >= dense * up * ps, lengths)
-    whole = owner | in_dense
-
-    # the pieces that move whole (an owner's run, a dense unit), in address
-    # order; consecutive whole objects of one piece are adjacent in row order
-    w = np.flatnonzero(whole)
-    w_owner, w_unit = owner[w], unit[w]
-    starts_piece = w_owner.copy()
-    if w.size:
-        starts_piece[0] = True
-        starts_piece[1:] |= (w_unit[1:] != w_unit[:-1]) | w_owner[:-1]
-    piece_of = np.cumsum(starts_piece) - 1
-    fw = w[starts_piece]
-    unit_src = np.where(owner[fw], page[fw], unit[fw] * up)
-    unit_n = np.where(owner[fw], large_pages(l_total[fw], ps, hpage_pages), up)
-    # every piece is a whole number of units long, so packing them keeps
-    # them unit-aligned (2 MiB-aligned with THP): PMD moves stay PMD moves
+    whole, new_start, unit_src, unit_n, whole_end = plan_whole(l_start, l_total, base, ps, up, hpage_pages,
+                                                               int(np.ceil(dense * up * ps)))
     unit_dst = np.cumsum(unit_n) - unit_n
-    whole_end = int(unit_dst[-1] + unit_n[-1]) if unit_n.size else 0
-    nwhole = int(unit_n.sum())
-    whole_new = (base + (unit_dst[piece_of] + page[w] - unit_src[piece_of]) * ps
-                 + (l_start[w] - base) % ps)
+    nwhole = whole_end
+    whole_new = new_start[whole]
 
     # evacuees slide down through the units they come from (in the from-space)
     ev = ~whole
     unit_bytes = up * ps
     ev_offsets, ev_pages = pack(l_total[ev], ps, hpage_pages)
-    ev_unit = unit[ev]
+    ev_unit = (l_start[ev] - base) // unit_bytes
     sources = ev_unit[np.flatnonzero(np.diff(ev_unit, prepend=-1))] if ev_unit.size else ev_unit
     used = -(-ev_pages // up)  # rebuilt units; never more than the units they come from
     evac_to = sources[ev_offsets // unit_bytes] * unit_bytes + ev_offsets % unit_bytes
@@ -177,3 +149,37 @@ def plan_slide(starts, totals, live, base: int, page_size: int, hpage_pages: int
     new_starts = base + offsets
     last_end = int(new_starts[-1] + l_total[-1]) if rows.size and l_total[-1] < page_size else 0
     return Plan(live_rows=rows, new_starts=new_starts, end_pages=npages, last_object_end=last_end)
+
+
+def plan_whole_numpy(l_start, l_total, base: int, ps: int, up: int, hpage_pages: int, dense_bytes: int):
+    """``heap.native.plan_whole`` in numpy."""
+    page = (l_start - base) // ps
+    owner = l_total >= up * ps  # owns its units: always moves whole
+    unit = page // up  # non-decreasing: rows are in address order
+    # live bytes of each unit holding non-owner objects, by run-length (no
+    # array over all units: the arena may be much larger than what lives in it)
+    shared = ~owner
+    u_shared = unit[shared]
+    in_dense = np.zeros(unit.size, dtype=bool)
+    if u_shared.size:
+        first = np.flatnonzero(np.diff(u_shared, prepend=-1))
+        unit_bytes = np.add.reduceat(l_total[shared], first)
+        lengths = np.diff(np.append(first, u_shared.size))
+        in_dense[shared] = np.repeat(unit_bytes >= dense_bytes, lengths)
+    whole = owner | in_dense
+    # the pieces that move whole (an owner's run, a dense unit), in address
+    # order; consecutive whole objects of one piece are adjacent in row order
+    w = np.flatnonzero(whole)
+    w_owner, w_unit = owner[w], unit[w]
+    starts_piece = w_owner.copy()
+    if w.size:
+        starts_piece[0] = True
+        starts_piece[1:] |= (w_unit[1:] != w_unit[:-1]) | w_owner[:-1]
+    piece_of = np.cumsum(starts_piece) - 1
+    fw = w[starts_piece]
+    piece_src = np.where(owner[fw], page[fw], unit[fw] * up)
+    piece_n = np.where(owner[fw], large_pages(l_total[fw], ps, hpage_pages), up)
+    piece_dst = np.cumsum(piece_n) - piece_n
+    new_start = np.zeros(l_start.size, dtype=np.int64)
+    new_start[w] = base + (piece_dst[piece_of] + page[w] - piece_src[piece_of]) * ps + (l_start[w] - base) % ps
+    return whole, new_start, piece_src, piece_n, int(piece_n.sum())

@@ -85,3 +85,24 @@ def test_collection_without_the_compiled_loops(kernel_name, monkeypatch):
         stats = h.collect()
         assert stats.live_objects >= 400
         h.verify()
+
+
+@needs_compiled
+@pytest.mark.parametrize("hp", [0, 8], ids=["pages", "huge-units"])
+def test_plan_whole_agrees(hp):
+    from heap.alloc import pack
+
+    rng = np.random.default_rng(hp)
+    ps, base = 4096, 1 << 32
+    totals = np.where(rng.random(3000) < 0.9, rng.integers(1, 60, 3000) * 16, rng.integers(256, 3000, 3000) * 16)
+    offsets, _ = pack(totals, ps, hp)
+    live = rng.random(3000) < 0.5
+    up = hp or 1
+    args = (base + offsets[live], totals[live], base, ps, up, hp, up * ps // 2)
+    c = native.plan_whole(*args, compiled=True)
+    py = native.plan_whole(*args, compiled=False)
+    assert np.array_equal(c[0], py[0])
+    assert np.array_equal(c[1][c[0]], py[1][py[0]])
+    for a, b in zip(c[2:], py[2:]):
+        assert np.array_equal(a, b)
+    assert 0 < c[0].sum() < c[0].size
