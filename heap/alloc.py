@@ -158,9 +158,8 @@ class ObjectTable:
 
     def replace(self, start, nbytes, nrefs, total) -> None:
         """After a compaction: the live objects, in their new address order.
-        Fresh arrays, so views of the old columns stay valid."""
-        cap = max(1024, 2 * len(start))
-        self._cols = {c: np.zeros(cap, dtype=np.int64) for c in self.COLUMNS}
+        Written over the old rows (memory already faulted in): the arguments
+        must not be views of the columns, and views taken before are stale after."""
         self.n = 0
         self.extend(start, nbytes, nrefs, total)
 

@@ -486,7 +486,7 @@ class Heap:
 
     def _mark(self, stats: GCStats, clock: PhaseClock):
         t = self._table
-        old = {c: t.column(c) for c in ObjectTable.COLUMNS}  # views: the commit swaps in new arrays
+        old = {c: t.column(c) for c in ObjectTable.COLUMNS}  # views: valid until _commit_tables rewrites them
         with clock.phase("mark") as ev:
             marking = mark(self._kernel, self._model, self._addr_index, self._work, old["start"], old["nrefs"],
                            old["slot"], self._roots())
@@ -510,10 +510,12 @@ class Heap:
             scanner.update_roots(forward)
 
     def _commit_tables(self, old, plan: Plan, top: int) -> None:
+        """The new layout becomes the heap's; ``old`` is stale afterwards."""
         rows = plan.live_rows
-        self._table.replace(plan.new_starts, old["nbytes"][rows], old["nrefs"][rows], old["total"][rows])
+        nbytes, nrefs, totals = old["nbytes"][rows], old["nrefs"][rows], old["total"][rows]  # copies first
+        self._table.replace(plan.new_starts, nbytes, nrefs, totals)
         self._addr_index.add_many(plan.new_starts, 0)
-        self._alloc.reset(plan.new_starts, old["total"][rows], top, plan.last_object_end)
+        self._alloc.reset(plan.new_starts, totals, top, plan.last_object_end)
 
     def _collect_remap(self, stats: GCStats, clock: PhaseClock) -> None:
         k, uffd, ps = self._kernel, self._uffd, self._ps
