@@ -743,15 +743,15 @@ class SimKernel:
             ok &= frames != NO_FRAME
         return frames, ok
 
-    def _resolve(self, bad_pages: np.ndarray, write: bool) -> None:
+    def _resolve(self, bad_pages: np.ndarray, write: bool, user: bool = True) -> None:
         """Fault in ``bad_pages`` (in order of first use); only the first may block or raise."""
         if bad_pages.size == 0:
             return
         _, first = np.unique(bad_pages, return_index=True)
         order = bad_pages[np.sort(first)]
-        self._fault(int(order[0]) << PAGE_SHIFT, write)
+        self._fault(int(order[0]) << PAGE_SHIFT, write, user=user)
         for page in order[1:].tolist():
-            if not self._fault(page << PAGE_SHIFT, write, may_block=False):
+            if not self._fault(page << PAGE_SHIFT, write, user=user, may_block=False):
                 return
 
     def _pool_ready(self) -> None:
@@ -952,14 +952,15 @@ class SimKernel:
             else:
                 self._resolve(dpages[~dok], True)
 
-    def _read_locked(self, addr: int, length: int) -> np.ndarray:
+    def _read_locked(self, addr: int, length: int, user: bool = True) -> np.ndarray:
+        """Read memory; ``user=False`` is a kernel-mode access (copy_from_user in an ioctl)."""
         first, last = addr >> PAGE_SHIFT, (addr + length - 1) >> PAGE_SHIFT
         pages = np.arange(first, last + 1, dtype=np.int64)
         while True:
             frames, ok = self._accessible(pages, False)
             if ok.all():
                 break
-            self._resolve(pages[~ok], False)
+            self._resolve(pages[~ok], False, user=user)
         self._pool_ready()
         data = self.frames.content.pages[self.frames.slot[frames]].reshape(-1)
         off = addr - (first << PAGE_SHIFT)

@@ -515,15 +515,17 @@ class SimUffd:
             if pt.kind[row] != TABLE:
                 return done, errno.EEXIST
             idx = (d >> PAGE_SHIFT) & IDX_MASK
-            if pt.pte[row, idx] != NO_FRAME:
+            if src is None and pt.pte[row, idx] != NO_FRAME:
                 return done, errno.EEXIST
             if src is not None:
                 try:
-                    data = k._read_locked(src + done, PAGE_SIZE)  # may fault, and block
+                    data = k._read_locked(src + done, PAGE_SIZE, user=False)  # may fault, and block
                 except OSError:
                     return done, errno.EFAULT
-                if pt.row(region) != row or pt.pte[row, idx] != NO_FRAME or k.mm.find(dst) is not vma:
+                if pt.row(region) != row or k.mm.find(dst) is not vma:
                     continue  # the world changed while we slept: start this page over
+                if pt.pte[row, idx] != NO_FRAME:  # the source is read before dst is checked
+                    return done, errno.EEXIST
                 try:
                     frame = fr.alloc_page(anon_vma=av or 0, shmem=vma.shared)
                     if data.any():
