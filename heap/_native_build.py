@@ -18,6 +18,10 @@ int64_t rgc_mark_targets(const int64_t *words, const int64_t *positions, int64_t
 int64_t rgc_slot_values(const int64_t *rows, int64_t nrows, const int64_t *nrefs, const int64_t *slot_base,
                         const int64_t *slot_target, const int64_t *new_by_row, int64_t *out);
 int64_t rgc_pack(const int64_t *totals, int64_t n, int64_t page, int64_t hpage_pages, int64_t *offsets);
+int64_t rgc_plan_order(const int64_t *start, const int64_t *total, const uint8_t *whole, const int64_t *new_whole,
+                       int64_t n, int64_t base, int64_t page, int64_t unit_pages, int64_t hpage_pages,
+                       int64_t whole_end, int64_t *order, int64_t *new_start, int64_t *evac_from,
+                       int64_t *evac_to, int64_t *sources, int64_t *nsources, int64_t *ev_pages);
 int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
                        int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, uint8_t *whole,
                        int64_t *new_start, int64_t *piece_src, int64_t *piece_n, int64_t *whole_end);
@@ -84,34 +88,69 @@ int64_t rgc_slot_values(const int64_t *rows, int64_t nrows, const int64_t *nrefs
 
 static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-/* Greedy placement in order from offset 0 under the rules of heap/objects.py;
-   returns the pages used. */
+/* One step of greedy placement under the rules of heap/objects.py: where an
+   object of t bytes goes at or after pos; *next is the first byte after it. */
+static int64_t place(int64_t pos, int64_t t, int64_t page, int64_t hpage_pages, int64_t *next)
+{
+    if (t < page) {
+        if (pos / page != (pos + t - 1) / page)
+            pos = round_up(pos, page);
+        *next = pos + t;
+        return pos;
+    }
+    int64_t pages = (t + page - 1) / page, unit = hpage_pages * page;
+    pos = round_up(pos, page);
+    if (hpage_pages) {
+        if (t >= unit) {
+            pages = round_up(pages, hpage_pages);
+            pos = round_up(pos, unit);
+        } else if ((pos / page) % hpage_pages + pages > hpage_pages) {
+            pos = round_up(pos, unit);
+        }
+    }
+    *next = pos + pages * page;
+    return pos;
+}
+
+/* Greedy placement in order from offset 0; returns the pages used. */
 int64_t rgc_pack(const int64_t *totals, int64_t n, int64_t page, int64_t hpage_pages, int64_t *offsets)
 {
-    int64_t pos = 0, unit = hpage_pages * page;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t t = totals[i];
-        if (t < page) {
-            if (pos / page != (pos + t - 1) / page)
-                pos = round_up(pos, page);
-            offsets[i] = pos;
-            pos += t;
-            continue;
-        }
-        int64_t pages = (t + page - 1) / page;
-        pos = round_up(pos, page);
-        if (hpage_pages) {
-            if (t >= unit) {
-                pages = round_up(pages, hpage_pages);
-                pos = round_up(pos, unit);
-            } else if ((pos / page) % hpage_pages + pages > hpage_pages) {
-                pos = round_up(pos, unit);
-            }
-        }
-        offsets[i] = pos;
-        pos += pages * page;
-    }
+    int64_t pos = 0;
+    for (int64_t i = 0; i < n; i++)
+        offsets[i] = place(pos, totals[i], page, hpage_pages, &pos);
     return (pos + page - 1) / page;
+}
+
+/* The remap plan's new order: the whole-moving objects (new addresses given),
+   then the evacuees packed after them, sliding in the from-space through the
+   units they come from (sources). Returns the number of evacuees. */
+int64_t rgc_plan_order(const int64_t *start, const int64_t *total, const uint8_t *whole, const int64_t *new_whole,
+                       int64_t n, int64_t base, int64_t page, int64_t unit_pages, int64_t hpage_pages,
+                       int64_t whole_end, int64_t *order, int64_t *new_start, int64_t *evac_from,
+                       int64_t *evac_to, int64_t *sources, int64_t *nsources, int64_t *ev_pages)
+{
+    int64_t unit = unit_pages * page, nw = 0, ns = 0, last = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (whole[i]) {
+            order[nw] = i;
+            new_start[nw++] = new_whole[i];
+        } else if ((start[i] - base) / unit != last) {
+            last = (start[i] - base) / unit;
+            sources[ns++] = last;
+        }
+    }
+    int64_t pos = 0, m = 0, origin = base + whole_end * page;
+    for (int64_t i = 0; i < n; i++) {
+        if (whole[i]) continue;
+        int64_t off = place(pos, total[i], page, hpage_pages, &pos);
+        order[nw + m] = i;
+        new_start[nw + m] = origin + off;
+        evac_from[m] = start[i] - base;
+        evac_to[m++] = sources[off / unit] * unit + off % unit;
+    }
+    *nsources = ns;
+    *ev_pages = (pos + page - 1) / page;
+    return m;
 }
 
 /* The remap plan's whole-moving part, for live objects in address order:

@@ -136,3 +136,27 @@ def plan_whole(l_start: np.ndarray, l_total: np.ndarray, base: int, page_size: i
                                  _ptr("int64_t[]", new_start), _ptr("int64_t[]", piece_src),
                                  _ptr("int64_t[]", piece_n), end)
     return whole, new_start, piece_src[:pieces].copy(), piece_n[:pieces].copy(), int(end[0])
+
+
+def plan_order(l_start, l_total, whole, new_whole, base: int, page_size: int, unit_pages: int, hpage_pages: int,
+               whole_end: int, *, compiled: bool = COMPILED):
+    """The remap plan's new order (see ``heap.plan``): (order of the live
+    objects, their new starts, evacuees' old and rebuilt offsets in the
+    from-space, the units the evacuees come from, pages the evacuees fill)."""
+    if not compiled:
+        from .plan import plan_order_numpy
+
+        return plan_order_numpy(l_start, l_total, whole, new_whole, base, page_size, unit_pages, hpage_pages,
+                                whole_end)
+    n = l_start.size
+    order, new_start = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    evac_from, evac_to, sources = (np.empty(n, dtype=np.int64) for _ in range(3))
+    nsources, ev_pages = _ffi.new("int64_t *"), _ffi.new("int64_t *")
+    m = _lib.rgc_plan_order(_ptr("int64_t[]", np.ascontiguousarray(l_start)),
+                            _ptr("int64_t[]", np.ascontiguousarray(l_total)),
+                            _ptr("uint8_t[]", np.ascontiguousarray(whole).view(np.uint8)),
+                            _ptr("int64_t[]", np.ascontiguousarray(new_whole)), n, base, page_size, unit_pages,
+                            hpage_pages, whole_end, _ptr("int64_t[]", order), _ptr("int64_t[]", new_start),
+                            _ptr("int64_t[]", evac_from), _ptr("int64_t[]", evac_to), _ptr("int64_t[]", sources),
+                            nsources, ev_pages)
+    return order, new_start, evac_from[:m], evac_to[:m], sources[: nsources[0]], int(ev_pages[0])

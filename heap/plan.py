@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .alloc import large_pages, pack
-from .native import plan_whole
+from .native import plan_order, plan_whole
 
 
 @dataclass
@@ -108,28 +108,18 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     whole, new_start, unit_src, unit_n, whole_end = plan_whole(l_start, l_total, base, ps, up, hpage_pages,
                                                                int(np.ceil(dense * up * ps)))
     unit_dst = np.cumsum(unit_n) - unit_n
-    nwhole = whole_end
-    whole_new = new_start[whole]
-
-    # evacuees slide down through the units they come from (in the from-space)
-    ev = ~whole
-    unit_bytes = up * ps
-    ev_offsets, ev_pages = pack(l_total[ev], ps, hpage_pages)
-    ev_unit = (l_start[ev] - base) // unit_bytes
-    sources = ev_unit[np.flatnonzero(np.diff(ev_unit, prepend=-1))] if ev_unit.size else ev_unit
+    order, new_starts, evac_from, evac_to, sources, ev_pages = plan_order(
+        l_start, l_total, whole, new_start, base, ps, up, hpage_pages, whole_end)
     used = -(-ev_pages // up)  # rebuilt units; never more than the units they come from
-    evac_to = sources[ev_offsets // unit_bytes] * unit_bytes + ev_offsets % unit_bytes
-    evac_from = l_start[ev] - base
-    ev_new = base + whole_end * ps + ev_offsets
-
-    live_rows = np.concatenate([rows[whole], rows[ev]])
-    new_starts = np.concatenate([whole_new, ev_new])
-    last_end = int(ev_new[-1] + l_total[ev][-1]) if ev_pages and l_total[ev][-1] < ps else 0
+    nev = evac_from.size
+    last_end = 0
+    if ev_pages and l_total[order[-1]] < ps:
+        last_end = int(new_starts[-1] + l_total[order[-1]])
     return Plan(
-        live_rows=live_rows,
+        live_rows=rows[order],
         new_starts=new_starts,
         end_pages=whole_end + used * up,
-        evacuated=np.concatenate([np.zeros(int(whole.sum()), dtype=bool), np.ones(int(ev.sum()), dtype=bool)]),
+        evacuated=np.arange(order.size) >= order.size - nev,
         evac_from=evac_from,
         evac_to=evac_to,
         piece_dst=np.concatenate([unit_dst, whole_end + np.arange(used, dtype=np.int64) * up]),
@@ -137,9 +127,23 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         piece_n=np.concatenate([unit_n, np.full(used, up, dtype=np.int64)]),
         piece_rebuilt=np.concatenate([np.zeros(unit_n.size, dtype=bool), np.ones(used, dtype=bool)]),
         rebuilt_pages=used * up,
-        whole_pages=nwhole,
+        whole_pages=whole_end,
         last_object_end=last_end,
     )
+
+
+def plan_order_numpy(l_start, l_total, whole, new_whole, base: int, ps: int, up: int, hpage_pages: int,
+                     whole_end: int):
+    """``heap.native.plan_order`` in numpy."""
+    unit_bytes = up * ps
+    w = np.flatnonzero(whole)
+    ev = np.flatnonzero(~whole)
+    ev_offsets, ev_pages = pack(l_total[ev], ps, hpage_pages)
+    ev_unit = (l_start[ev] - base) // unit_bytes
+    sources = ev_unit[np.flatnonzero(np.diff(ev_unit, prepend=-1))] if ev_unit.size else ev_unit
+    evac_to = sources[ev_offsets // unit_bytes] * unit_bytes + ev_offsets % unit_bytes
+    new_starts = np.concatenate([new_whole[w], base + whole_end * ps + ev_offsets])
+    return np.concatenate([w, ev]), new_starts, l_start[ev] - base, evac_to, sources, ev_pages
 
 
 def plan_slide(starts, totals, live, base: int, page_size: int, hpage_pages: int) -> Plan:

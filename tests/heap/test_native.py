@@ -106,3 +106,9 @@ def test_plan_whole_agrees(hp):
     for a, b in zip(c[2:], py[2:]):
         assert np.array_equal(a, b)
     assert 0 < c[0].sum() < c[0].size
+    whole, new_whole, _, _, whole_end = c
+    order_args = (base + offsets[live], totals[live], whole, new_whole, base, ps, up, hp, whole_end)
+    oc = native.plan_order(*order_args, compiled=True)
+    on = native.plan_order(*order_args, compiled=False)
+    for a, b in zip(oc, on):
+        assert np.array_equal(a, b)
