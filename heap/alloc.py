@@ -270,9 +270,19 @@ class Allocator:
         large = totals >= ps
         self.page_kind[first[~large]] = PAGE_SMALL
         if large.any():
-            n = large_pages(totals[large], ps, self.hpage_pages)
-            pages = np.repeat(first[large], n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
-            self.page_kind[pages] = PAGE_LARGE
+            starts = first[large]
+            ends = starts + large_pages(totals[large], ps, self.hpage_pages)
+            # adjacent runs merged (after a compaction most are): a few slices
+            keep = np.ones(starts.size, dtype=bool)
+            keep[1:] = starts[1:] != ends[:-1]
+            lo, hi = starts[keep], np.append(ends[np.flatnonzero(keep)[1:] - 1], ends[-1])
+            if lo.size <= 1024:
+                for a, b in zip(lo.tolist(), hi.tolist()):
+                    self.page_kind[a:b] = PAGE_LARGE
+            else:  # many separate runs: a difference array
+                base, size = int(lo[0]), int(hi[-1] - lo[0]) + 1
+                delta = np.bincount(lo - base, minlength=size) - np.bincount(hi - base, minlength=size)
+                self.page_kind[base: base + size - 1][np.cumsum(delta[:-1]) > 0] = PAGE_LARGE
 
     def reset(self, addrs: np.ndarray, totals: np.ndarray, top: int, cursor: int = 0) -> None:
         """After a compaction: the live objects now lie at ``addrs``, below ``top``."""

@@ -84,3 +84,26 @@ def test_stats_and_one_event_per_phase(kernel_name):
             "live_objects", "live_bytes", "freed_objects", "pages_moved", "bytes_moved_zero_copy",
             "bytes_copied", "eagain_retries", "partial_moves", "eexist_races", "ebusy_fallbacks",
             "faults_served", "pause_ns", "total_ns", "rss_before", "rss_after"}
+
+
+@pytest.mark.parametrize("runs", [10, 3000], ids=["few-runs", "many-runs"])
+def test_page_kinds_of_large_runs(runs):
+    """Both ways of recording large objects' pages (slices, difference array) agree with the rule."""
+    import numpy as np
+
+    from heap.alloc import PAGE_FREE, PAGE_LARGE, PAGE_SMALL, Allocator
+
+    ps, base = 4096, 1 << 32
+    a = Allocator(base, (4 * runs + 8) * ps, ps)
+    firsts = np.arange(runs) * 4  # a large object of 2 or 3 pages every 4 pages, a small one after some
+    sizes = np.where(np.arange(runs) % 2 == 0, 2 * ps, 3 * ps)
+    small = firsts[np.arange(runs) % 2 == 0] + 3
+    addrs = np.concatenate([base + firsts * ps, base + small * ps + 64])
+    totals = np.concatenate([sizes, np.full(small.size, 100)])
+    order = np.argsort(addrs)
+    a.mark_pages(addrs[order], totals[order])
+    expect = np.full(a.page_kind.size, PAGE_FREE, dtype=np.int8)
+    for f, n in zip(firsts, sizes // ps):
+        expect[f:f + n] = PAGE_LARGE
+    expect[small] = PAGE_SMALL
+    assert np.array_equal(a.page_kind, expect)
