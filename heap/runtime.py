@@ -36,7 +36,7 @@ from typing import Iterable
 import numpy as np
 import structlog
 
-from .alloc import PAGE_FREE, Allocator, ObjectTable, round_up
+from .alloc import Allocator, ObjectTable, round_up
 from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull
 from .install import InstallCounters, InstallInterrupted, PageInstaller, evacuate, slot_values
 from .kernel import (MADV_DONTNEED, MADV_HUGEPAGE, UFFD_FEATURE_MOVE, Kernel, KernelUnsupported,

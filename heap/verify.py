@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .alloc import PAGE_FREE, Allocator, round_up
+from .alloc import Allocator, round_up
 from .errors import HeapCorrupted
 from .mark import rows_of
 

@@ -83,7 +83,7 @@ def test_collection_without_the_compiled_loops(kernel_name, monkeypatch):
         keep = [arr[int(i)] for i in range(0, 2000, 5)]
         del arr
         stats = h.collect()
-        assert stats.live_objects >= 400
+        assert len(keep) == 400 and stats.live_objects >= 400
         h.verify()
 
 

@@ -12,7 +12,6 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import heap.native as native
 from heap.alloc import large_pages, pack, pack_numpy
 
 PS = 4096
