@@ -646,9 +646,16 @@ class Heap:
 
     # -- inspection ----------------------------------------------------------------------
     def _rss(self) -> int:
-        k = self._kernel
-        rss = k.resident_bytes(self._base, self._size)
-        if self._from_space:
+        """Resident bytes of the heap's mappings. Only the arena below its top
+        (rounded up to a huge page, which may reach past it) can hold pages,
+        and the from-space only while a collection is under way (verify()
+        checks both), so only those ranges are read: reading the page tables
+        of a whole large arena costs milliseconds."""
+        k, a = self._kernel, self._alloc
+        unit = a.hpage_pages * a.page_size if a.hpage_pages else a.page_size
+        used = min(round_up(a.top - a.base, unit), a.size)
+        rss = k.resident_bytes(a.base, used) if used else 0
+        if self._from_space and (self._pending is not None or self._owed_release is not None):
             rss += k.resident_bytes(self._from_space, self._size)
         return rss
 
