@@ -112,6 +112,19 @@ def resolve_backend(requested: str, console) -> tuple[str, str] | None:
     return kernel.name, reason
 
 
+def run_guarded(spec, ctx):
+    """The demo's report; a demo that raises gets a report with that failure (and the traceback shown)."""
+    from demos.common import DemoReport
+
+    try:
+        return spec.runner()(ctx)
+    except Exception as exc:  # a crash is a failed run: say what broke, exit 1 like any failed check
+        ctx.console.print_exception()
+        report = DemoReport(spec.name, "the demo stopped with an error")
+        report.check("the demo ran to completion", False, f"{type(exc).__name__}: {exc}")
+        return report
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -137,7 +150,7 @@ def run_demo(args: argparse.Namespace) -> int:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(backend=backend, backend_note=note, size=args.size, seed=args.seed,
                       plot=args.plot, console=console)
-    report = spec.runner()(ctx)
+    report = run_guarded(spec, ctx)
     render_report(console, report, ctx)
     if args.json:
         print(json.dumps(report_json(report, ctx), indent=2))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from rich.table import Table
 
 from demos.common import KiB, MiB, DemoContext, DemoReport, fmt_bytes, fmt_count, fmt_ns, stats_dict
-from demos.lisp.interpreter import Interpreter
+from demos.lisp.interpreter import Interpreter, LispError
 from demos.lisp.layout import LispMemory
 
 
@@ -122,15 +122,10 @@ def run(ctx: DemoContext) -> DemoReport:
         memory = LispMemory(heap, observe=timeline if ctx.plot is not None else None, observe_every=200)
         lisp = Interpreter(heap, on_collect=log, memory=memory)
         started = time.perf_counter_ns()
-        lisp.run(LIBRARY)
-        with ctx.progress() as progress:
-            task = progress.add_task("lisp rounds", total=size.rounds)
-            for i in range(1, size.rounds + 1):
-                lisp.run(ROUND.format(i=i, length=size.length))
-                if i % size.gc_every == 0:
-                    lisp.run("(gc)")
-                progress.advance(task)
-        answer = lisp.show(lisp.run(SUMMARY.format(fib=size.fib)))
+        try:
+            answer = run_program(ctx, lisp, size)
+        except LispError as exc:  # e.g. a value the heap did not keep intact: the program's own failure
+            answer = f"error: {exc}"
         elapsed = time.perf_counter_ns() - started
         collections = total_collections(heap, log)
         final = heap.collect()
@@ -173,6 +168,19 @@ def run(ctx: DemoContext) -> DemoReport:
                             f"runs\n{collections['total']} collections, answer {answer}")
         report.plot = str(ctx.plot)
     return report
+
+
+def run_program(ctx: DemoContext, lisp: Interpreter, size: LispSize) -> str:
+    """The library, the rounds (with an explicit (gc) every few), the summary: what it prints."""
+    lisp.run(LIBRARY)
+    with ctx.progress() as progress:
+        task = progress.add_task("lisp rounds", total=size.rounds)
+        for i in range(1, size.rounds + 1):
+            lisp.run(ROUND.format(i=i, length=size.length))
+            if i % size.gc_every == 0:
+                lisp.run("(gc)")
+            progress.advance(task)
+    return lisp.show(lisp.run(SUMMARY.format(fib=size.fib)))
 
 
 def total_collections(heap, log: CollectionLog) -> dict[str, int | None]:

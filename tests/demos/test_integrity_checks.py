@@ -78,3 +78,16 @@ def test_a_failed_check_fails_the_command(capsys, monkeypatch):
     code, summary = run_demo_json(capsys, "lisp", "auto")
     assert code == 1 and summary["ok"] is False
     assert [name.split(":")[0] for name in failed_checks(summary)] == ["the program printed the known answer"]
+
+
+@pytest.mark.timeout(120)
+def test_a_demo_that_raises_reports_the_error_and_exits_1(capsys, monkeypatch):
+    import demos.bigarrays
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the heap went away")
+
+    monkeypatch.setattr(demos.bigarrays, "plan_arrays", broken)
+    code, summary = run_demo_json(capsys, "bigarrays", "sim")
+    assert code == 1 and summary["ok"] is False
+    assert failed_checks(summary) == ["the demo ran to completion: RuntimeError: the heap went away"]
