@@ -813,6 +813,71 @@ class SimKernel:
         buf[flat_lo:flat_lo + (end - start)] = src[start - addr:end - addr]
         self.frames.content.pages[slots] = buf.reshape(slots.size, PAGE_SIZE)
 
+    def _span_pages(self, pmin: int, pmax: int, write: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(frames, ok) for every page in [pmin, pmax]: computed per page, not per address."""
+        pages = np.arange(pmin, pmax + 1, dtype=np.int64)
+        r0, r1 = pmin >> (PMD_SHIFT - PAGE_SHIFT), pmax >> (PMD_SHIFT - PAGE_SHIFT)
+        rows = self.pt.rows_for(np.arange(r0, r1 + 1, dtype=np.int64))
+        table = self.pt.pte[np.maximum(rows, 0)]
+        table[rows < 0] = NO_FRAME
+        off = pmin - (r0 << (PMD_SHIFT - PAGE_SHIFT))
+        frames = table.reshape(-1)[off:off + pages.size]
+        _, ok = self._vma_ok(pages, write)
+        if write:
+            real = frames >= FIRST_FRAME
+            fc = np.where(real, frames, 0)
+            ok &= real & (self.frames.excl[fc] | self.frames.shmem[fc])
+        else:
+            ok &= frames != NO_FRAME
+        return frames, ok
+
+    def _vma_ok(self, pages: np.ndarray, write: bool) -> tuple[None, np.ndarray]:
+        starts, ends, prots = self.mm.arrays()
+        if starts.size == 0:
+            return None, np.zeros(pages.size, dtype=bool)
+        need = PROT_WRITE if write else (PROT_READ | PROT_WRITE | PROT_EXEC)
+        lo, hi = int(pages[0]) << PAGE_SHIFT, (int(pages[-1]) + 1) << PAGE_SHIFT
+        vma = self.mm.find(lo)
+        if vma is not None and hi <= vma.end:  # the common case: one VMA covers them all
+            return None, np.full(pages.size, bool(vma.prot & need))
+        addrs = pages << PAGE_SHIFT
+        vi = np.searchsorted(starts, addrs, side="right") - 1
+        vic = np.maximum(vi, 0)
+        return None, (vi >= 0) & (addrs < ends[vic]) & ((prots[vic] & need) != 0)
+
+    def _word_index(self, words: np.ndarray, write: bool) -> tuple[np.ndarray, int, np.ndarray]:
+        """Pool word index for each word number (addr >> 3) of ``words``, as far as no fault is needed.
+
+        Returns (index for words[:stop], stop, the faulting page numbers of words[stop:]).
+        """
+        wpp = PAGE_SIZE // 8
+        pages = words >> (PAGE_SHIFT - 3)
+        pmin, pmax = int(pages.min()), int(pages.max())
+        span = pmax - pmin + 1
+        if span <= max(4 * words.size, 1 << 16):
+            frames, ok = self._span_pages(pmin, pmax, write)
+            rel = pages - pmin
+            if ok.all():
+                stop = words.size
+            else:
+                ok_w = ok[rel]
+                stop = words.size if ok_w.all() else int(np.argmin(ok_w))
+                frames_w_bad = pages[stop:][~ok_w[stop:]]
+            fr_pref = frames[rel[:stop]] if stop < words.size else frames[rel]
+        else:
+            fr_all, ok_w = self._accessible(pages, write)
+            stop = words.size if ok_w.all() else int(np.argmin(ok_w))
+            frames_w_bad = pages[stop:][~ok_w[stop:]]
+            fr_pref = fr_all[:stop]
+        if write:
+            slots = self.frames.writable_slots(fr_pref)
+        else:
+            self._pool_ready()
+            slots = self.frames.slot[fr_pref]
+        idx = slots * wpp + (words[:stop] & (wpp - 1))
+        bad = frames_w_bad if stop < words.size else np.empty(0, dtype=np.int64)
+        return idx, stop, bad
+
     def load_words(self, addrs) -> np.ndarray:
         addrs = _u64_array(addrs, "addrs")
         out = np.empty(addrs.size, dtype=np.uint64)
@@ -822,20 +887,16 @@ class SimKernel:
             for i, a in enumerate(addrs.tolist()):
                 out[i] = int.from_bytes(self.load(a, 8), "little")
             return out
-        a64 = addrs.astype(np.int64)
-        pages = a64 >> PAGE_SHIFT
+        words = (addrs >> np.uint64(3)).view(np.int64)
         with self._lock:
             i = 0
             while i < addrs.size:
-                frames, ok = self._accessible(pages[i:], False)
-                stop = ok.size if ok.all() else int(np.argmin(ok))
+                idx, stop, bad = self._word_index(words[i:], False)
                 if stop:
-                    self._pool_ready()
-                    idx = self.frames.slot[frames[:stop]] * (PAGE_SIZE // 8) + ((a64[i:i + stop] & (PAGE_SIZE - 1)) >> 3)
                     out[i:i + stop] = self.frames.content.flat_words[idx]
                     i += stop
                 if i < addrs.size:
-                    self._resolve(pages[i:][~ok[stop:]], False)
+                    self._resolve(bad, False)
         return out
 
     def store_words(self, addrs, values) -> None:
@@ -849,20 +910,16 @@ class SimKernel:
             for a, v in zip(addrs.tolist(), values.tolist()):
                 self.store(a, int(v).to_bytes(8, "little"))
             return
-        a64 = addrs.astype(np.int64)
-        pages = a64 >> PAGE_SHIFT
+        words = (addrs >> np.uint64(3)).view(np.int64)
         with self._lock:
             i = 0
             while i < addrs.size:
-                frames, ok = self._accessible(pages[i:], True)
-                stop = ok.size if ok.all() else int(np.argmin(ok))
+                idx, stop, bad = self._word_index(words[i:], True)
                 if stop:
-                    slots = self.frames.writable_slots(frames[:stop])
-                    idx = slots * (PAGE_SIZE // 8) + ((a64[i:i + stop] & (PAGE_SIZE - 1)) >> 3)
                     self.frames.content.flat_words[idx] = values[i:i + stop]
                     i += stop
                 if i < addrs.size:
-                    self._resolve(pages[i:][~ok[stop:]], True)
+                    self._resolve(bad, True)
 
     def memmove(self, dst: int, src: int, length: int) -> None:
         dst, src, length = _u64(dst, "dst"), _u64(src, "src"), _u64(length, "length")
@@ -898,6 +955,12 @@ class SimKernel:
     @staticmethod
     def _ranges_overlap(dsts: np.ndarray, srcs: np.ndarray, lengths: np.ndarray) -> bool:
         """Does any destination range overlap any source or other destination range?"""
+        d_end = dsts + lengths
+        s_end = srcs + lengths
+        if int(d_end.max()) <= int(srcs.min()) or int(dsts.min()) >= int(s_end.max()):
+            # sources and destinations lie apart: only destinations can clash, with each other
+            if dsts.size == 1 or (np.diff(dsts) >= 0).all():
+                return bool((d_end[:-1] > dsts[1:]).any())
         starts = np.concatenate([dsts, srcs])
         ends = starts + np.concatenate([lengths, lengths])
         is_dst = np.concatenate([np.ones(dsts.size, bool), np.zeros(srcs.size, bool)])
@@ -912,23 +975,37 @@ class SimKernel:
         return bool((clash & (is_dst[1:] | _any_dst_before(is_dst, clash))).any())
 
     def _copy_words(self, dsts: np.ndarray, srcs: np.ndarray, lengths: np.ndarray) -> None:
-        nwords = lengths >> 3
-        total = int(nwords.sum())
-        chunk = 1 << 22
-        starts = np.cumsum(nwords) - nwords
-        self._pool_ready()
+        """Copy 8-aligned, non-overlapping ranges whose pages are all accessible, word by word."""
+        # Cut every range where it crosses a page boundary on either side, so
+        # each piece is a contiguous run of words in one content slot.
+        s_parts, d_parts, n_parts = [], [], []
+        s, d, n = srcs, dsts, lengths
+        while s.size:
+            cut = np.minimum(PAGE_SIZE - (s & (PAGE_SIZE - 1)), PAGE_SIZE - (d & (PAGE_SIZE - 1)))
+            head = np.minimum(n, cut)
+            s_parts.append(s)
+            d_parts.append(d)
+            n_parts.append(head)
+            more = n > head
+            if not more.any():
+                break
+            s, d, n = s[more] + head[more], d[more] + head[more], n[more] - head[more]
+        s = np.concatenate(s_parts) if len(s_parts) > 1 else s_parts[0]
+        d = np.concatenate(d_parts) if len(d_parts) > 1 else d_parts[0]
+        n = np.concatenate(n_parts) if len(n_parts) > 1 else n_parts[0]
+        s_idx, _, _ = self._word_index(s >> 3, False)
+        d_idx, _, _ = self._word_index(d >> 3, True)
         flat = self.frames.content.flat_words
-        for lo in range(0, total, chunk):
-            hi = min(total, lo + chunk)
-            k = np.arange(lo, hi, dtype=np.int64)
-            which = np.searchsorted(starts, k, side="right") - 1
-            off = (k - starts[which]) << 3
-            s_addr, d_addr = srcs[which] + off, dsts[which] + off
-            s_fr = self.pt.frames_at(s_addr >> PAGE_SHIFT)
-            d_fr = self.pt.frames_at(d_addr >> PAGE_SHIFT)
-            s_idx = self.frames.slot[s_fr] * (PAGE_SIZE // 8) + ((s_addr & (PAGE_SIZE - 1)) >> 3)
-            d_idx = self.frames.writable_slots(d_fr) * (PAGE_SIZE // 8) + ((d_addr & (PAGE_SIZE - 1)) >> 3)
-            flat[d_idx] = flat[s_idx]
+        nw = (n >> 3).astype(np.uint16)
+        order = np.argsort(nw, kind="stable")
+        counts = np.bincount(nw, minlength=PAGE_SIZE // 8 + 1)
+        steps = np.arange(PAGE_SIZE // 8, dtype=np.int64)
+        pos = int(counts[0])
+        for width in np.flatnonzero(counts[1:]) + 1:
+            sel = order[pos:pos + counts[width]]
+            pos += int(counts[width])
+            cols = steps[:width]
+            flat[d_idx[sel][:, None] + cols] = flat[s_idx[sel][:, None] + cols]
 
     def _range_pages(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Every virtual page number the ranges touch, in range order."""
@@ -938,19 +1015,38 @@ class SimKernel:
         offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         return np.repeat(first, counts) + offsets
 
+    def _bad_pages(self, starts: np.ndarray, lengths: np.ndarray, write: bool) -> np.ndarray:
+        """Pages the ranges touch that need a fault first, in range order."""
+        first = starts >> PAGE_SHIFT
+        last = (starts + lengths - 1) >> PAGE_SHIFT
+        pmin, pmax = int(first.min()), int(last.max())
+        if pmax - pmin + 1 <= max(4 * starts.size, 1 << 16):
+            _, ok = self._span_pages(pmin, pmax, write)
+            if ok.all():
+                return np.empty(0, dtype=np.int64)
+            wide = (last - first) > 1
+            if not wide.any():
+                okf, okl = ok[first - pmin], ok[last - pmin]
+                bad = ~(okf & okl)
+                pairs = np.stack([np.where(okf[bad], -1, first[bad]), np.where(okl[bad], -1, last[bad])], axis=1)
+                pages = pairs.reshape(-1)
+                return pages[pages >= 0]
+        pages = self._range_pages(starts, lengths)
+        _, ok = self._accessible(pages, write)
+        return pages[~ok]
+
     def _ensure_ranges(self, srcs: np.ndarray, dsts: np.ndarray, lengths: np.ndarray) -> None:
         """Fault in every source page for reading and every destination page for writing."""
-        spages = np.unique(self._range_pages(srcs, lengths))
-        dpages = np.unique(self._range_pages(dsts, lengths))
         while True:
-            _, sok = self._accessible(spages, False)
-            _, dok = self._accessible(dpages, True)
-            if sok.all() and dok.all():
-                return
-            if not sok.all():
-                self._resolve(spages[~sok], False)
-            else:
-                self._resolve(dpages[~dok], True)
+            bad = self._bad_pages(srcs, lengths, False)
+            if bad.size:
+                self._resolve(bad, False)
+                continue
+            bad = self._bad_pages(dsts, lengths, True)
+            if bad.size:
+                self._resolve(bad, True)
+                continue
+            return
 
     def _read_locked(self, addr: int, length: int, user: bool = True) -> np.ndarray:
         """Read memory; ``user=False`` is a kernel-mode access (copy_from_user in an ioctl)."""

@@ -1,0 +1,54 @@
+"""Fixtures for the simulator's own tests (the differential suite compares it with Linux)."""
+
+from __future__ import annotations
+
+import pytest
+
+from heap.kernel import MADV_HUGEPAGE
+from sim_backend import SimKernel
+
+PS = 4096
+HP = 2 << 20
+
+
+@pytest.fixture
+def k() -> SimKernel:
+    return SimKernel(seed=0)
+
+
+@pytest.fixture
+def uffd(k):
+    u = k.userfaultfd()
+    yield u
+    u.close()
+
+
+class Pair:
+    """A src mapping and a dst mapping registered MISSING with ``uffd``."""
+
+    def __init__(self, k: SimKernel, uffd, pages: int = 64, *, huge: bool = False):
+        size = pages * PS
+        self.k, self.uffd, self.size = k, uffd, size
+        # 2 MiB-aligned: src and dst never share a PMD (a PTE table in one is not one in the other)
+        self.src = k.mmap(size, align=HP)
+        self.dst = k.mmap(size, align=HP)
+        if huge:
+            k.madvise(self.src, size, MADV_HUGEPAGE)
+        uffd.register(self.dst, size)
+
+    def fill(self, *pages: int, base: int | None = None) -> list[int]:
+        """Write a distinct byte into each src page; returns their frames."""
+        base = self.src if base is None else base
+        for p in pages:
+            self.k.store(base + p * PS, bytes([0x40 + p % 64]) * 8)
+        return [self.k.page_info(base + p * PS).frame for p in pages]
+
+
+@pytest.fixture
+def pair(k, uffd) -> Pair:
+    return Pair(k, uffd)
+
+
+@pytest.fixture
+def huge_pair(k, uffd) -> Pair:
+    return Pair(k, uffd, pages=4 * 512, huge=True)

@@ -1,0 +1,352 @@
+"""UFFDIO_MOVE on the simulator: validation order, the per-PMD / per-PTE loop, return convention.
+
+Each case names one behaviour of shared/design/uffdio_move_semantics.md.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+
+from heap.kernel import (
+    MADV_DONTNEED,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES as HOLES,
+    UFFDIO_REGISTER_MODE_WP,
+    UffdError,
+)
+
+from .conftest import HP, PS, Pair
+
+# a store into a registered missing page would block: fail fast instead of hanging
+pytestmark = pytest.mark.timeout(30)
+
+
+def outcome(fn):
+    """(errno or 0, moved) of a move call."""
+    try:
+        fn()
+    except UffdError as exc:
+        return exc.errno, exc.moved
+    return 0, None
+
+
+# --- validation: V4..V6 and M1..M8, in order ------------------------------------------
+def _v_dst_unaligned(k, u, p):
+    return u.move(p.dst + 1, p.src, PS)
+
+
+def _v_len_unaligned(k, u, p):
+    return u.move(p.dst, p.src, PS + 1)
+
+
+def _v_len_zero(k, u, p):
+    return u.move(p.dst, p.src, 0)
+
+
+def _v_dst_beyond_task_size(k, u, p):
+    return u.move(1 << 47, p.src, PS)
+
+
+def _v_src_unaligned(k, u, p):
+    return u.move(p.dst, p.src + 8, PS)
+
+
+def _v_unknown_mode_before_unmapped_dst(k, u, p):
+    return u.move(0x10000, p.src, PS, mode=1 << 5)
+
+
+def _v_len_zero_before_unmapped_dst(k, u, p):
+    return u.move(0x10000, p.src, 0)
+
+
+def _m1_dst_unmapped(k, u, p):
+    return u.move(0x10000, p.src, PS)
+
+
+def _m2_src_unmapped(k, u, p):
+    return u.move(p.dst, 0x10000, PS)
+
+
+def _m4_src_shared(k, u, p):
+    s = k.mmap(4 * PS, shared=True)
+    k.store(s, b"x")
+    return u.move(p.dst, s, PS)
+
+
+def _m5_src_beyond_its_vma(k, u, p):
+    return u.move(p.dst, p.src + p.size - PS, 2 * PS)
+
+
+def _m6_dst_shared(k, u, p):
+    d = k.mmap(4 * PS, shared=True)
+    u.register(d, 4 * PS)
+    return u.move(d, p.src, PS)
+
+
+def _m7_dst_beyond_its_vma(k, u, p):
+    return u.move(p.dst + p.size - PS, p.src, 2 * PS)
+
+
+def _m8a_prot_differs(k, u, p):
+    d = k.mmap(4 * PS, PROT_READ | PROT_WRITE | PROT_EXEC)
+    u.register(d, 4 * PS)
+    return u.move(d, p.src, PS)
+
+
+def _m8b_locked_differs(k, u, p):
+    k.store(p.src, b"x")
+    k.mlock(p.src, PS)
+    return u.move(p.dst, p.src, PS)
+
+
+def _m8c_read_only(k, u, p):
+    s = k.mmap(4 * PS, PROT_READ)
+    d = k.mmap(4 * PS, PROT_READ)
+    u.register(d, 4 * PS)
+    return u.move(d, s, PS)
+
+
+def _m8e_dst_unregistered(k, u, p):
+    return u.move(p.src + PS, p.src, PS)
+
+
+def _m8e_dst_registered_elsewhere(k, u, p):
+    other = k.userfaultfd()
+    d = k.mmap(4 * PS)
+    other.register(d, 4 * PS)
+    return u.move(d, p.src, PS)
+
+
+def _m8_wp_registration_is_enough(k, u, p):
+    d = k.mmap(4 * PS)
+    u.register(d, 4 * PS, UFFDIO_REGISTER_MODE_WP)
+    k.store(p.src, b"x")
+    return u.move(d, p.src, PS)
+
+
+def _m8_lockonfault_not_compared(k, u, p):
+    k.store(p.src, b"x")
+    k.mlock(p.src, p.size)
+    k.mlock(p.dst, p.size, onfault=True)
+    return u.move(p.dst, p.src, PS)
+
+
+VALIDATION = [
+    ("V4 dst unaligned", _v_dst_unaligned, errno.EINVAL),
+    ("V4 len unaligned", _v_len_unaligned, errno.EINVAL),
+    ("V4 len zero", _v_len_zero, errno.EINVAL),
+    ("V4 dst beyond TASK_SIZE", _v_dst_beyond_task_size, errno.EINVAL),
+    ("V5 src unaligned", _v_src_unaligned, errno.EINVAL),
+    ("V6 unknown mode before M1", _v_unknown_mode_before_unmapped_dst, errno.EINVAL),
+    ("V4 len zero before M1", _v_len_zero_before_unmapped_dst, errno.EINVAL),
+    ("M1 dst unmapped", _m1_dst_unmapped, errno.ENOENT),
+    ("M2 src unmapped", _m2_src_unmapped, errno.ENOENT),
+    ("M4 src shared", _m4_src_shared, errno.EINVAL),
+    ("M5 src range leaves its VMA", _m5_src_beyond_its_vma, errno.EINVAL),
+    ("M6 dst shared", _m6_dst_shared, errno.EINVAL),
+    ("M7 dst range leaves its VMA", _m7_dst_beyond_its_vma, errno.EINVAL),
+    ("M8a protections differ", _m8a_prot_differs, errno.EINVAL),
+    ("M8b VM_LOCKED differs", _m8b_locked_differs, errno.EINVAL),
+    ("M8c not writable", _m8c_read_only, errno.EINVAL),
+    ("M8e dst not registered", _m8e_dst_unregistered, errno.EINVAL),
+    ("M8e dst registered with another uffd", _m8e_dst_registered_elsewhere, errno.EINVAL),
+    ("M8 WP-only registration is enough", _m8_wp_registration_is_enough, 0),
+    ("M8 LOCKONFAULT is not compared", _m8_lockonfault_not_compared, 0),
+]
+
+
+@pytest.mark.parametrize("setup,expected", [(f, e) for _, f, e in VALIDATION], ids=[n for n, _, _ in VALIDATION])
+def test_validation(k, uffd, pair, setup, expected):
+    err, moved = outcome(lambda: setup(k, uffd, pair))
+    assert err == expected
+    if err:
+        assert moved == 0
+
+
+# --- the per-page loop, 4 KiB pages ----------------------------------------------------------
+def _full_move(k, u, p):
+    frames = p.fill(0, 1, 2, 3)
+    u.move(p.dst, p.src, 4 * PS)
+    return frames
+
+
+PTE_CASES = [
+    # name, src pages written, extra setup, (dst_off, src_off, pages, mode), errno, moved pages
+    ("all present", [0, 1, 2, 3], None, (0, 0, 4, 0), 0, None),
+    ("src hole at first page", [1, 2], None, (0, 0, 4, 0), errno.ENOENT, 0),
+    ("src hole after two pages", [0, 1, 3], None, (0, 0, 4, 0), errno.EAGAIN, 2),
+    ("holes allowed anywhere", [1, 3], None, (0, 0, 4, HOLES), 0, None),
+    ("whole untouched range with holes allowed", [], None, (0, 0, 4, HOLES), 0, None),
+    ("dst populated at first page", [0, 1], "dst0", (0, 0, 2, 0), errno.EEXIST, 0),
+    ("dst populated after one page", [0, 1, 2], "dst1", (0, 0, 3, 0), errno.EAGAIN, 1),
+    ("dst populated wins over src hole", [5], "dst0", (0, 0, 1, HOLES), errno.EEXIST, 0),
+    ("dst populated, src never touched: src PMD wins", None, "dst0", (0, 0, 1, 0), errno.ENOENT, 0),
+    ("shared with a child", [0], "fork", (0, 0, 1, 0), errno.EBUSY, 0),
+    ("shared after the child exited", [0], "fork_exit", (0, 0, 1, 0), errno.EBUSY, 0),
+    ("written after the child exited", [0], "fork_exit_write", (0, 0, 1, 0), 0, None),
+    ("DONTFORK before fork", [0], "dontfork_fork", (0, 0, 1, 0), 0, None),
+    ("pinned page", [0], "pin", (0, 0, 1, 0), errno.EBUSY, 0),
+    ("zero page source", [], "read0", (0, 0, 1, 0), 0, None),
+    ("DONTNEED'd source", [0], "dontneed0", (0, 0, 1, 0), errno.ENOENT, 0),
+    ("DONTNEED'd source with holes allowed", [0], "dontneed0", (0, 0, 1, HOLES), 0, None),
+    ("src == dst populated", None, "self", (0, 0, 1, 0), errno.EEXIST, 0),
+]
+
+
+def _prepare(k, u, p, extra):
+    if extra == "dst0" or extra == "dst1":
+        u.unregister(p.dst, p.size)
+        k.store(p.dst + (0 if extra == "dst0" else PS), b"d")
+        u.register(p.dst, p.size)
+    elif extra == "fork":
+        return k.fork()
+    elif extra in ("fork_exit", "fork_exit_write"):
+        k.fork().exit()
+        if extra == "fork_exit_write":
+            k.store(p.src, b"w")
+    elif extra == "dontfork_fork":
+        from heap.kernel import MADV_DONTFORK
+
+        k.madvise(p.src, p.size, MADV_DONTFORK)
+        return k.fork()
+    elif extra == "pin":
+        k.pin(p.src)
+    elif extra == "read0":
+        k.load(p.src, 1)
+    elif extra == "dontneed0":
+        k.madvise(p.src, PS, MADV_DONTNEED)
+    return None
+
+
+@pytest.mark.parametrize("written,extra,call,err,moved", [c[1:] for c in PTE_CASES], ids=[c[0] for c in PTE_CASES])
+def test_pte_loop(k, uffd, pair, written, extra, call, err, moved):
+    if written:
+        pair.fill(*written)
+    child = _prepare(k, uffd, pair, extra)
+    dst_off, src_off, pages, mode = call
+    dst = pair.dst + dst_off * PS
+    src = pair.src + src_off * PS
+    if extra == "self":
+        k.store(pair.src, b"s")
+        uffd.register(pair.src, pair.size)
+        dst = src
+    before = k.page_frames(src, pages)
+    got = outcome(lambda: uffd.move(dst, src, pages * PS, mode))
+    assert got == (err, None if moved is None else moved * PS)
+    done = pages if err == 0 else moved
+    after = k.page_frames(dst, done)
+    assert list(after) == list(before[:done]), "moved pages keep their frames (zero-copy)"
+    if child is not None:
+        child.exit()
+
+
+def test_partial_then_retry_reports_the_real_error(k, uffd, pair):
+    pair.fill(0, 1, 3)
+    with pytest.raises(UffdError) as first:
+        uffd.move(pair.dst, pair.src, 4 * PS)
+    assert (first.value.errno, first.value.moved) == (errno.EAGAIN, 2 * PS)
+    with pytest.raises(UffdError) as retry:
+        uffd.move(pair.dst + 2 * PS, pair.src + 2 * PS, 2 * PS)
+    assert (retry.value.errno, retry.value.moved) == (errno.ENOENT, 0)
+
+
+def test_moved_pages_keep_frame_and_bytes_and_leave_src_empty(k, uffd, pair):
+    frames = pair.fill(0, 1)
+    uffd.move(pair.dst, pair.src, 2 * PS)
+    assert [k.page_info(pair.dst + i * PS).frame for i in range(2)] == frames
+    assert k.load(pair.dst + PS, 8) == bytes([0x41]) * 8
+    assert k.page_info(pair.src).state == "none"
+
+
+def test_zero_page_move_maps_the_zero_page_at_dst(k, uffd, pair):
+    k.load(pair.src, 1)
+    uffd.move(pair.dst, pair.src, PS)
+    assert k.page_info(pair.dst).state == "zero"
+    assert k.page_info(pair.src).state == "none"
+
+
+def test_move_there_and_back_keeps_frames(k, uffd, pair):
+    frames = pair.fill(0, 1, 2)
+    uffd.register(pair.src, pair.size)
+    for _ in range(2):
+        uffd.move(pair.dst, pair.src, 3 * PS)
+        uffd.move(pair.src, pair.dst, 3 * PS)
+    assert list(k.page_frames(pair.src, 3)) == frames
+
+
+def test_overlap_dst_below_src_acts_as_forward_memmove(k, uffd, pair):
+    pair.fill(4, 5, 6, 7, 8, 9, 10, 11)
+    uffd.register(pair.src, pair.size)
+    data = [k.load(pair.src + (4 + i) * PS, 1) for i in range(8)]
+    uffd.move(pair.src + 2 * PS, pair.src + 4 * PS, 8 * PS)
+    assert [k.load(pair.src + (2 + i) * PS, 1) for i in range(8)] == data
+    assert k.page_info(pair.src + 10 * PS).state == "none"
+
+
+def test_overlap_dst_above_src_is_eexist_at_first_page(k, uffd, pair):
+    pair.fill(*range(8))
+    uffd.register(pair.src, pair.size)
+    assert outcome(lambda: uffd.move(pair.src + 2 * PS, pair.src, 8 * PS)) == (errno.EEXIST, 0)
+
+
+def test_src_equal_dst_over_holes(k, uffd, pair):
+    uffd.register(pair.src, pair.size)
+    assert outcome(lambda: uffd.move(pair.src, pair.src, PS)) == (errno.ENOENT, 0)
+    assert uffd.move(pair.src, pair.src, PS, HOLES) == PS
+
+
+def test_holes_stay_holes_at_dst(k, uffd, pair):
+    pair.fill(1)
+    uffd.move(pair.dst, pair.src, 3 * PS, HOLES)
+    assert [k.page_info(pair.dst + i * PS).state for i in range(3)] == ["none", "present", "none"]
+
+
+def test_batching_one_tlb_flush_per_pmd_of_src_and_dst(k, uffd):
+    src = k.mmap(4 * HP, align=HP)
+    dst = k.mmap(4 * HP, align=HP)
+    uffd.register(dst, 4 * HP)
+    n = 1024
+    k.store_words(np.arange(src, src + n * PS, PS, dtype=np.uint64), np.arange(n, dtype=np.uint64))
+    k.counters.reset()
+    # src offset by 3 pages: batches end at the src boundary, then at the dst boundary
+    uffd.move(dst + 5 * PS, src + 3 * PS, 1000 * PS)
+    c = k.counters
+    assert c.ptes_moved == 1000
+    # dst: 5..512 | 512..1005 ; src: 3..512 | 512..1003 -> cuts at 509 (src) and 507 (dst) pages
+    assert c.tlb_flushes == 3
+    assert c.pmds_moved == 0
+
+
+def test_batch_stops_at_a_page_shared_with_a_child(k, uffd, pair):
+    pair.fill(0, 1, 2, 3)
+    c = k.fork()
+    k.store(pair.src, b"w")  # page 0 exclusive again (a COW copy), 1..3 still shared
+    k.counters.reset()
+    assert outcome(lambda: uffd.move(pair.dst, pair.src, 4 * PS)) == (errno.EAGAIN, PS)
+    assert k.counters.tlb_flushes == 1
+    c.exit()
+
+
+def test_dst_pte_table_is_allocated_even_when_nothing_moves(k, uffd, pair):
+    assert k.pmd_kind(pair.dst) == "none"
+    assert outcome(lambda: uffd.move(pair.dst, pair.src + PS, PS, HOLES)) == (0, None)
+    assert k.pmd_kind(pair.dst) == "table"
+
+
+def test_dontwake_move_succeeds_like_a_plain_one(k, uffd, pair):
+    from heap.kernel import UFFDIO_MOVE_MODE_DONTWAKE
+
+    pair.fill(0)
+    assert uffd.move(pair.dst, pair.src, PS, UFFDIO_MOVE_MODE_DONTWAKE) == PS
+
+
+def test_closed_uffd_refuses_move(k, uffd, pair):
+    uffd.close()
+    with pytest.raises(OSError) as exc:
+        uffd.move(pair.dst, pair.src, PS)
+    assert exc.value.errno == errno.EBADF
