@@ -1,0 +1,281 @@
+"""Userfaults on the simulator: blocking, events, and which operations wake which threads."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from heap.kernel import (
+    MADV_HUGEPAGE,
+    UFFDIO_COPY_MODE_DONTWAKE,
+    UFFDIO_MOVE_MODE_DONTWAKE,
+    FaultEvent,
+)
+
+from .conftest import HP, PS
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Access(threading.Thread):
+    """A thread doing one memory access, which may block in a userfault."""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.result = None
+        self.error = None
+
+    def run(self):
+        try:
+            self.result = self.fn()
+        except Exception as exc:  # reported by the test
+            self.error = exc
+
+
+def start(fn) -> Access:
+    t = Access(fn)
+    t.start()
+    return t
+
+
+def wait_blocked(k, n=1, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with k._lock:
+            if len(k._waiters) >= n:
+                return
+        time.sleep(0.001)
+    raise AssertionError("the access did not block")
+
+
+def still_blocked(t: Access, for_s=0.05) -> bool:
+    t.join(for_s)
+    return t.is_alive()
+
+
+@pytest.fixture
+def area(k, uffd):
+    a = k.mmap(16 * PS, align=HP)
+    src = k.mmap(16 * PS, align=HP)
+    for i in range(16):
+        k.store(src + i * PS, bytes([i + 1]) * 8)
+    uffd.register(a, 16 * PS)
+    return a, src
+
+
+ACCESSES = [
+    ("load", lambda k, a, spare: k.load(a, 8), False),
+    ("store", lambda k, a, spare: k.store(a, b"w"), True),
+    ("load_words", lambda k, a, spare: k.load_words(np.array([a], dtype=np.uint64)), False),
+    ("store_words", lambda k, a, spare: k.store_words(np.array([a], dtype=np.uint64),
+                                                      np.array([7], dtype=np.uint64)), True),
+    ("memmove from it", lambda k, a, spare: k.memmove(spare, a, 8), False),
+    ("memmove into it", lambda k, a, spare: k.memmove(a, spare, 8), True),
+    ("copy_ranges from it", lambda k, a, spare: k.copy_ranges([spare], [a], [8]), False),
+]
+
+
+@pytest.mark.parametrize("access,write", [c[1:] for c in ACCESSES], ids=[c[0] for c in ACCESSES])
+def test_missing_page_blocks_and_reports_one_event(k, uffd, area, access, write):
+    a, src = area
+    spare = k.mmap(PS)
+    t = start(lambda: access(k, a + 3 * PS + 8, spare))
+    events = uffd.read_events(timeout=5)
+    assert events == [FaultEvent(address=a + 3 * PS, write=write)]
+    assert still_blocked(t)
+    assert uffd.read_events(timeout=0) == []  # each fault is reported once
+    uffd.move(a + 3 * PS, src + 3 * PS, PS)
+    t.join(5)
+    assert not t.is_alive() and t.error is None
+    assert k.counters.faults_raised == 1 and k.counters.faults_served == 1
+
+
+def test_load_sees_the_moved_bytes(k, uffd, area):
+    a, src = area
+    t = start(lambda: k.load(a, 8))
+    uffd.read_events(timeout=5)
+    uffd.move(a, src, PS)
+    t.join(5)
+    assert t.result == bytes([1]) * 8
+
+
+def test_move_wakes_only_the_moved_prefix(k, uffd, area):
+    a, src = area
+    uffd.copy(a + 2 * PS, src, PS)  # dst page 2 populated: the move will stop there
+    t1 = start(lambda: k.load(a + PS, 1))
+    t3 = start(lambda: k.load(a + 3 * PS, 1))
+    wait_blocked(k, 2)
+    err = None
+    try:
+        uffd.move(a, src, 4 * PS)
+    except OSError as exc:
+        err = exc
+    assert err.errno == errno.EAGAIN and err.moved == 2 * PS
+    t1.join(5)
+    assert not t1.is_alive()
+    assert still_blocked(t3)
+    assert {e.address for e in uffd.read_events(timeout=0)} == {a + PS, a + 3 * PS}
+    uffd.wake(a + 3 * PS, PS)  # woken with nothing there: it faults again
+    assert uffd.read_events(timeout=5) == [FaultEvent(a + 3 * PS, False)]
+    uffd.zeropage(a + 3 * PS, PS)
+    t3.join(5)
+    assert not t3.is_alive()
+
+
+def test_dontwake_leaves_the_thread_blocked_until_wake(k, uffd, area):
+    a, src = area
+    t = start(lambda: k.load(a, 1))
+    wait_blocked(k)
+    uffd.move(a, src, PS, UFFDIO_MOVE_MODE_DONTWAKE)
+    assert still_blocked(t, 0.2)
+    uffd.wake(a, PS)
+    t.join(5)
+    assert t.result == bytes([1])
+
+
+def test_copy_dontwake_then_wake(k, uffd, area):
+    a, src = area
+    t = start(lambda: k.load(a + PS, 1))
+    wait_blocked(k)
+    uffd.copy(a + PS, src + 4 * PS, PS, UFFDIO_COPY_MODE_DONTWAKE)
+    assert still_blocked(t)
+    uffd.wake(a, 16 * PS)
+    t.join(5)
+    assert t.result == bytes([5])
+
+
+def test_zeropage_wakes(k, uffd, area):
+    a, _ = area
+    t = start(lambda: k.load(a, 1))
+    wait_blocked(k)
+    uffd.zeropage(a, PS)
+    t.join(5)
+    assert t.result == b"\0" and k.page_info(a).state == "zero"
+
+
+def test_nothing_moved_wakes_nobody(k, uffd, area):
+    a, src = area
+    t = start(lambda: k.load(a, 1))
+    wait_blocked(k)
+    with pytest.raises(OSError):
+        uffd.move(a, src + 20 * PS, PS)  # src outside its VMA: nothing moved
+    assert still_blocked(t)
+    uffd.zeropage(a, PS)
+    t.join(5)
+
+
+def test_wake_of_a_page_still_missing_refaults(k, uffd, area):
+    a, _ = area
+    t = start(lambda: k.load(a, 1))
+    assert uffd.read_events(timeout=5) == [FaultEvent(a, False)]
+    uffd.wake(a, PS)
+    assert uffd.read_events(timeout=5) == [FaultEvent(a, False)]
+    assert k.counters.faults_raised == 2
+    uffd.zeropage(a, PS)
+    t.join(5)
+
+
+def test_unregister_wakes_and_the_access_is_demand_filled(k, uffd, area):
+    a, _ = area
+    t = start(lambda: k.load(a, 1))
+    wait_blocked(k)
+    uffd.unregister(a, 16 * PS)
+    t.join(5)
+    assert t.result == b"\0" and k.page_info(a).state == "zero"
+
+
+def test_close_wakes_and_the_access_retries_normally(k, uffd, area):
+    a, _ = area
+    t = start(lambda: k.store(a, b"after"))
+    wait_blocked(k)
+    uffd.close()
+    t.join(5)
+    assert not t.is_alive() and t.error is None
+    assert k.load(a, 5) == b"after"
+    with pytest.raises(OSError) as exc:
+        uffd.read_events(0)
+    assert exc.value.errno == errno.EBADF
+
+
+def test_read_events_timeout_returns_empty(k, uffd, area):
+    t0 = time.monotonic()
+    assert uffd.read_events(timeout=0.05) == []
+    assert time.monotonic() - t0 >= 0.04
+
+
+def test_read_events_waits_for_a_fault(k, uffd, area):
+    a, src = area
+    got = start(lambda: uffd.read_events(timeout=None))
+    time.sleep(0.05)
+    t = start(lambda: k.load(a + 5 * PS, 1))
+    got.join(5)
+    assert got.result == [FaultEvent(a + 5 * PS, False)]
+    uffd.move(a + 5 * PS, src, PS)
+    t.join(5)
+
+
+def test_many_threads_each_report_their_fault(k, uffd, area):
+    a, src = area
+    threads = [start(lambda i=i: k.load(a + i * PS, 1)) for i in range(4)]
+    wait_blocked(k, 4)
+    events = uffd.read_events(timeout=5)
+    assert sorted(e.address for e in events) == [a + i * PS for i in range(4)]
+    uffd.move(a, src, 4 * PS)
+    for i, t in enumerate(threads):
+        t.join(5)
+        assert t.result == bytes([i + 1])
+
+
+def test_store_words_writes_before_the_blocking_page_first(k, uffd):
+    a = k.mmap(4 * PS, align=HP)
+    k.store(a, b"\0")  # page 0 present, page 1 missing once registered
+    uffd.register(a, 4 * PS)
+    addrs = np.array([a, a + PS, a + 8], dtype=np.uint64)
+    t = start(lambda: k.store_words(addrs, np.array([1, 2, 3], dtype=np.uint64)))
+    wait_blocked(k)
+    assert k.load_words(np.array([a], dtype=np.uint64))[0] == 1  # done before blocking
+    assert k.load_words(np.array([a + 8], dtype=np.uint64))[0] == 0  # not yet
+    uffd.zeropage(a + PS, PS)
+    t.join(5)
+    assert list(k.load_words(addrs)) == [1, 2, 3]
+
+
+def test_thp_eligible_region_userfaults_without_a_pte_table(k, uffd):
+    a = k.mmap(2 * HP, align=HP)
+    k.madvise(a, 2 * HP, MADV_HUGEPAGE)
+    uffd.register(a, 2 * HP)
+    t = start(lambda: k.load(a, 1))
+    wait_blocked(k)
+    assert k.pmd_kind(a) == "none"  # the PMD fault path asked userspace first
+    uffd.zeropage(a, PS)
+    t.join(5)
+    assert k.pmd_kind(a) == "table"
+
+
+def test_kernel_mode_fault_of_user_mode_only_uffd_is_efault(k, uffd, area):
+    a, src = area
+    d = k.mmap(4 * PS)
+    uffd.register(d, 4 * PS)
+    with pytest.raises(OSError) as exc:
+        uffd.copy(d, a, PS)  # the source is a registered missing page
+    assert exc.value.errno == errno.EFAULT
+
+
+def test_kernel_mode_fault_blocks_without_user_mode_only(k, area):
+    a, src = area
+    u2 = k.userfaultfd(user_mode_only=False)
+    s2 = k.mmap(4 * PS)
+    u2.register(s2, 4 * PS)
+    d = k.mmap(4 * PS)
+    u2.register(d, 4 * PS)
+    t = start(lambda: u2.copy(d, s2, PS))
+    assert u2.read_events(timeout=5) == [FaultEvent(s2, False)]
+    u2.zeropage(s2, PS)
+    t.join(5)
+    assert t.result == PS
+    u2.close()
