@@ -1,0 +1,209 @@
+"""User-mode memory access, introspection, fork/COW and memory cost on the simulator."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+
+from heap.kernel import PROT_NONE, PROT_READ, PROT_WRITE
+from sim_backend import SimKernel
+
+from .conftest import HP, PS
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def err_of(fn):
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+def test_store_load_round_trip_across_pages(k):
+    a = k.mmap(4 * PS)
+    data = bytes(range(256)) * 40
+    k.store(a + 100, data)
+    assert k.load(a + 100, len(data)) == data
+    assert k.load(a, 100) == b"\0" * 100
+
+
+def test_read_maps_the_zero_page_and_costs_nothing(k):
+    a = k.mmap(64 * PS)
+    assert k.load(a, 64 * PS) == b"\0" * 64 * PS
+    assert k.resident_bytes(a, 64 * PS) == 0
+    assert k.host_bytes() == 0
+
+
+def test_write_allocates_one_frame_per_page(k):
+    a = k.mmap(8 * PS)
+    k.store(a + PS, b"x")
+    info = k.page_info(a + PS)
+    assert info.state == "present" and info.exclusive and not info.huge
+    assert k.resident_bytes(a, 8 * PS) == PS
+
+
+ACCESS_ERRORS = [
+    ("load of unmapped memory", lambda k, a: k.load(a + 8 * PS, 1)),
+    ("store to read-only memory", lambda k, a: k.store(a + 4 * PS, b"x")),
+    ("load of PROT_NONE memory", lambda k, a: k.load(a + 6 * PS, 1)),
+    ("load_words of unmapped memory", lambda k, a: k.load_words(np.array([a + 9 * PS], np.uint64))),
+    ("store_words to read-only memory", lambda k, a: k.store_words(np.array([a + 5 * PS], np.uint64), np.array([1], np.uint64))),
+    ("memmove from unmapped memory", lambda k, a: k.memmove(a, a + 8 * PS, 8)),
+    ("copy_ranges into read-only memory", lambda k, a: k.copy_ranges([a + 4 * PS], [a], [8])),
+]
+
+
+@pytest.mark.parametrize("access", [c[1] for c in ACCESS_ERRORS], ids=[c[0] for c in ACCESS_ERRORS])
+def test_bad_access_is_efault(k, access):
+    base = k.mmap(64 * PS)
+    k.munmap(base + 8 * PS, 56 * PS)
+    k.mprotect(base + 4 * PS, 2 * PS, PROT_READ)
+    k.mprotect(base + 6 * PS, 2 * PS, PROT_NONE)
+    assert err_of(lambda: access(k, base)) == errno.EFAULT
+
+
+def test_store_words_writes_the_words_before_the_faulting_one(k):
+    a = k.mmap(4 * PS)
+    k.mprotect(a + 2 * PS, 2 * PS, PROT_READ)
+    addrs = np.array([a, a + PS, a + 2 * PS, a + 8], np.uint64)
+    assert err_of(lambda: k.store_words(addrs, np.array([1, 2, 3, 4], np.uint64))) == errno.EFAULT
+    assert list(k.load_words(np.array([a, a + PS, a + 8], np.uint64))) == [1, 2, 0]
+
+
+def test_words_vectorised_and_in_order(k):
+    a = k.mmap(2 * HP)
+    rng = np.random.default_rng(1)
+    addrs = (a + rng.integers(0, 2 * HP // 8, 5000) * 8).astype(np.uint64)
+    values = rng.integers(0, 1 << 63, 5000).astype(np.uint64)
+    k.store_words(addrs, values)
+    last = {int(x): int(v) for x, v in zip(addrs, values)}  # a repeated address keeps the last value
+    got = k.load_words(np.array(sorted(last), np.uint64))
+    assert list(got) == [last[x] for x in sorted(last)]
+
+
+def test_unaligned_words(k):
+    a = k.mmap(2 * PS)
+    k.store_words(np.array([a + PS - 4], np.uint64), np.array([0x1122334455667788], np.uint64))
+    assert k.load(a + PS - 4, 8) == (0x1122334455667788).to_bytes(8, "little")
+    assert k.load_words(np.array([a + PS - 4], np.uint64))[0] == 0x1122334455667788
+
+
+COPIES = [
+    ("aligned, disjoint", [0, 64, 128], [4096, 4160, 8000], [64, 64, 64]),
+    ("crossing page boundaries", [4000, 12280], [20480, 28664], [200, 48]),
+    ("unaligned lengths", [3, 70], [9000, 9100], [5, 17]),
+    ("overlapping, in order", [100, 50], [0, 100], [200, 200]),
+    ("large", [0], [40960], [3 * PS + 8]),
+]
+
+
+@pytest.mark.parametrize("dsts,srcs,lengths", [c[1:] for c in COPIES], ids=[c[0] for c in COPIES])
+def test_copy_ranges_is_a_sequence_of_memmoves(dsts, srcs, lengths):
+    k1, k2 = SimKernel(), SimKernel()
+    blob = np.random.default_rng(2).integers(0, 256, 16 * PS, dtype=np.uint8).tobytes()
+    bases = []
+    for kk in (k1, k2):
+        b = kk.mmap(16 * PS)
+        kk.store(b, blob)
+        bases.append(b)
+    k1.copy_ranges([bases[0] + d for d in dsts], [bases[0] + s for s in srcs], lengths)
+    for d, s, n in zip(dsts, srcs, lengths):
+        k2.memmove(bases[1] + d, bases[1] + s, n)
+    assert k1.load(bases[0], 16 * PS) == k2.load(bases[1], 16 * PS)
+
+
+def test_memmove_overlapping_forward_and_back(k):
+    a = k.mmap(2 * PS)
+    k.store(a, bytes(range(100)))
+    k.memmove(a + 10, a, 50)
+    assert k.load(a + 10, 50) == bytes(range(50))
+    k.memmove(a, a + 10, 50)
+    assert k.load(a, 50) == bytes(range(50))
+
+
+def test_page_frames_and_resident_bytes(k):
+    a = k.mmap(8 * PS)
+    k.store(a + PS, b"x")
+    k.load(a + 2 * PS, 1)
+    frames = k.page_frames(a, 4)
+    assert frames[0] == -1 and frames[1] == k.page_info(a + PS).frame and frames[2] == k.page_info(a + 2 * PS).frame
+    assert k.resident_bytes(a, 8 * PS) == PS  # the zero page is not resident
+
+
+# --- fork and copy-on-write ---------------------------------------------------------------
+def test_fork_shares_pages_and_a_write_copies(k):
+    a = k.mmap(4 * PS)
+    k.store(a, b"before")
+    frame = k.page_info(a).frame
+    child = k.fork()
+    assert not k.page_info(a).exclusive and k.page_info(a).frame == frame
+    k.store(a, b"after!")
+    info = k.page_info(a)
+    assert info.exclusive and info.frame != frame
+    assert k.counters.bytes_copied == PS
+    child.exit()
+
+
+def test_after_child_exit_page_is_single_mapped_but_not_anon_exclusive(k):
+    a = k.mmap(4 * PS)
+    k.store(a, b"x")
+    frame = k.page_info(a).frame
+    k.fork().exit()
+    assert k.page_info(a).exclusive  # pagemap's view: mapped once
+    assert not k.frames.excl[frame]  # but MOVE still sees it shared (EBUSY) until written
+    k.store(a, b"y")
+    assert k.page_info(a).frame == frame and k.frames.excl[frame]
+    assert k.counters.bytes_copied == 0  # reused, not copied
+
+
+def test_child_exit_frees_frames_the_parent_dropped(k):
+    a = k.mmap(4 * PS)
+    k.store(a, b"x")
+    child = k.fork()
+    in_use = k.frames.allocated
+    k.munmap(a, 4 * PS)
+    assert k.frames.allocated == in_use  # the child still holds the page
+    child.exit()
+    assert k.frames.allocated == in_use - 1
+    child.exit()  # idempotent
+
+
+def test_pinned_page_is_copied_for_the_child_at_fork(k):
+    a = k.mmap(4 * PS)
+    k.store(a, b"x")
+    k.pin(a)
+    child = k.fork()
+    assert k.page_info(a).exclusive and k.frames.excl[k.page_info(a).frame]
+    child.exit()
+
+
+def test_shared_mapping_is_not_cow(k):
+    a = k.mmap(4 * PS, shared=True)
+    k.store(a, b"x")
+    frame = k.page_info(a).frame
+    child = k.fork()
+    k.store(a, b"y")
+    assert k.page_info(a).frame == frame
+    child.exit()
+
+
+def test_large_address_space_costs_only_what_is_written():
+    k = SimKernel()
+    a = k.mmap(1 << 30)
+    pages = np.arange(a, a + (64 << 20), PS, dtype=np.uint64)
+    k.store_words(pages, pages)
+    k.load(a + (512 << 20), 1 << 20)
+    assert k.host_bytes() == 64 << 20
+    assert k.resident_bytes(a, 1 << 30) == 64 << 20
+
+
+def test_demand_fill_counter(k):
+    a = k.mmap(4 * PS)
+    k.store(a, b"x")
+    k.load(a + PS, 1)
+    assert k.counters.demand_faults == 2
+    assert k.counters.as_dict()["demand_faults"] == 2 == k.counters["demand_faults"]
