@@ -211,28 +211,54 @@ class SimUffd:
     # ------------------------------------------------------------------------------
     def move(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src, length, mode = _u64(dst, "dst"), _u64(src, "src"), _u64(length, "length"), _u64(mode, "mode")
+        with self.kernel._lock:
+            return self._move_locked(dst, src, length, mode)
+
+    def move_ranges(self, dsts, srcs, lengths, mode: int = 0) -> int:
+        """One UFFDIO_MOVE per range, in order (the batched form the Linux backend also offers).
+
+        Returns the total bytes moved. On the first range that fails, raises
+        UffdError as ``move`` would for it, with ``index`` set to that range's
+        position (earlier ranges are done) and ``moved`` to its own progress.
+        """
+        from .kernel import _u64_array
+
+        dsts, srcs, lengths = (_u64_array(dsts, "dsts"), _u64_array(srcs, "srcs"), _u64_array(lengths, "lengths"))
+        if not dsts.size == srcs.size == lengths.size:
+            raise ValueError(f"{dsts.size} dsts, {srcs.size} srcs and {lengths.size} lengths: sizes must match")
+        mode = _u64(mode, "mode")
+        total = 0
+        with self.kernel._lock:
+            for i, (dst, src, length) in enumerate(zip(dsts.tolist(), srcs.tolist(), lengths.tolist())):
+                try:
+                    total += self._move_locked(dst, src, length, mode)
+                except UffdError as exc:
+                    exc.index = i
+                    raise
+        return total
+
+    def _move_locked(self, dst: int, src: int, length: int, mode: int) -> int:
         k = self.kernel
         what = f"UFFDIO_MOVE {src:#x} -> {dst:#x} +{length:#x}"
-        with k._lock:
-            self._open()  # V0 cannot happen: the context is created with UFFDIO_API done
-            npages = length >> PAGE_SHIFT if length < (1 << 50) else 0
-            call, triggers = k.fault_plan.arm("move", npages)
-            changing = self._take_mmap_changing(triggers, "move", call)
-            if changing:  # V1
-                raise _fail(errno.EAGAIN, what + ": a non-cooperative event is pending")
-            for err in (_check_range(dst, length), _check_range(src, length)):  # V4, V5
-                if err:
-                    raise _fail(err, what)
-            if mode & ~MOVE_MODES:  # V6
-                raise _fail(errno.EINVAL, what + f": mode {mode:#x}")
-            result, err = self._move_pages(dst, src, length, mode, call, triggers)
-            if result <= 0:
+        self._open()  # V0 cannot happen: the context is created with UFFDIO_API done
+        npages = length >> PAGE_SHIFT if length < (1 << 50) else 0
+        call, triggers = k.fault_plan.arm("move", npages)
+        changing = self._take_mmap_changing(triggers, "move", call)
+        if changing:  # V1
+            raise _fail(errno.EAGAIN, what + ": a non-cooperative event is pending")
+        for err in (_check_range(dst, length), _check_range(src, length)):  # V4, V5
+            if err:
                 raise _fail(err, what)
-            if not mode & UFFDIO_MOVE_MODE_DONTWAKE:
-                k._wake(self, dst, result)
-            if result == length:
-                return length
-            raise _fail(errno.EAGAIN, what + f": partial, {result:#x} bytes moved", moved=result)
+        if mode & ~MOVE_MODES:  # V6
+            raise _fail(errno.EINVAL, what + f": mode {mode:#x}")
+        result, err = self._move_pages(dst, src, length, mode, call, triggers)
+        if result <= 0:
+            raise _fail(err, what)
+        if not mode & UFFDIO_MOVE_MODE_DONTWAKE:
+            k._wake(self, dst, result)
+        if result == length:
+            return length
+        raise _fail(errno.EAGAIN, what + f": partial, {result:#x} bytes moved", moved=result)
 
     def _take_mmap_changing(self, triggers: list[Trigger], op: str, call: int) -> bool:
         for t in list(triggers):
@@ -407,8 +433,13 @@ class SimUffd:
         if frame < FIRST_FRAME or not fr.excl[frame] or fr.pins[frame]:
             return 0, errno.EBUSY
         first_av = fr.anon_vma[frame]
-        if srow == drow and si < di + limit and di < si + limit:
-            n = self._move_overlapping(srow, si, di, limit, first_av, dst_av)
+        if limit == 1:
+            pt.pte[drow, di] = frame
+            pt.pte[srow, si] = NO_FRAME
+            fr.anon_vma[frame] = dst_av
+            n = 1
+        elif limit <= 8 or (srow == drow and si < di + limit and di < si + limit):
+            n = self._move_sequential(srow, drow, si, di, limit, first_av, dst_av)
         else:
             sp = pt.pte[srow, si:si + limit]
             dp = pt.pte[drow, di:di + limit]
@@ -425,17 +456,22 @@ class SimUffd:
         counters.tlb_flushes += 1
         return n << PAGE_SHIFT, 0
 
-    def _move_overlapping(self, row: int, si: int, di: int, limit: int, first_av, dst_av) -> int:
-        """The batch page by page, for src and dst inside one PTE table that overlap."""
+    def _move_sequential(self, srow: int, drow: int, si: int, di: int, limit: int, first_av, dst_av) -> int:
+        """The batch page by page: short batches, and src and dst overlapping inside one table.
+
+        The first page is already validated; each next one is checked as
+        check_ptes_for_batched_move does, after the previous one moved.
+        """
         pt, fr = self.kernel.pt, self.kernel.frames
+        pte = pt.pte
         n = 0
         while n < limit:
-            f = int(pt.pte[row, si + n])
-            if n and (pt.pte[row, di + n] != NO_FRAME or f < FIRST_FRAME or fr.nr[f] != 1 or not fr.excl[f]
+            f = int(pte[srow, si + n])
+            if n and (pte[drow, di + n] != NO_FRAME or f < FIRST_FRAME or fr.nr[f] != 1 or not fr.excl[f]
                       or fr.pins[f] or fr.anon_vma[f] != first_av):
                 break
-            pt.pte[row, di + n] = f
-            pt.pte[row, si + n] = NO_FRAME
+            pte[drow, di + n] = f
+            pte[srow, si + n] = NO_FRAME
             fr.anon_vma[f] = dst_av
             n += 1
         return n
