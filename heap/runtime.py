@@ -37,6 +37,7 @@ import numpy as np
 import structlog
 
 from .alloc import Allocator, ObjectTable, round_up
+from .concurrent import AccessGate, collect_concurrent, settle_cycle
 from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull
 from .install import InstallCounters, InstallInterrupted, PageInstaller, evacuate, slot_values
 from .kernel import (MADV_DONTNEED, MADV_HUGEPAGE, UFFD_FEATURE_MOVE, Kernel, KernelUnsupported,
@@ -136,6 +137,8 @@ class Heap:
         self._uffd = None
         self._from_space = 0
         self._pending: PageInstaller | None = None
+        self._gate = AccessGate()  # mutator memory accesses in flight outside the lock (heap.concurrent)
+        self._cycle = None  # the running concurrent cycle (heap.concurrent.ConcurrentCycle)
         self._since_collect = 0
         self.last_phase_ns: dict[str, int] = {}  # phase -> ns of the last collection
         self.last_events: list[dict] = []  # the phase events of the last collection, as logged
@@ -204,6 +207,9 @@ class Heap:
         with self._lock:
             if self._closed and not getattr(self, "_base", 0):
                 return
+            if self._cycle is not None:
+                self._cycle.shutdown()
+            self._gate.drain(10.0)
             self._closed = True
             with self._release_lock:
                 self._owed_release = None
@@ -225,6 +231,8 @@ class Heap:
         if self._closed:
             raise HeapClosed("the heap is closed")
         self._handles.reap()
+        if self._cycle is not None:
+            self._cycle.on_heap_operation()
         if self._pending is not None:
             self._install_pending(InstallCounters())
             self._uffd.unregister(self._base, self._size)
@@ -332,24 +340,43 @@ class Heap:
             raise IndexError(f"slot {slot} out of range: the object has {nrefs} reference slots")
         return int(self._model.slot_addresses(np.array([addr]), np.array([nrefs]))[slot])
 
+    # Ref accesses touch memory outside the heap lock, inside the access gate
+    # (heap.concurrent): during a concurrent cycle they may fault, and other
+    # mutators go on meanwhile; a pause waits for them to leave the gate.
     def _ref_set(self, ref, slot, target) -> None:
         with self._lock:
             self._ready()
             where = self._slot_address(ref, slot)
             value = 0 if target is None else self._own(target)
+            self._gate.enter()
+        try:
             self._kernel.store(where, value.to_bytes(8, sys.byteorder))
+        finally:
+            self._gate.leave()
 
     def _ref_get(self, ref, slot):
-        with self._lock:
-            self._ready()
-            where = self._slot_address(ref, slot)
-            value = int.from_bytes(self._kernel.load(where, 8), sys.byteorder)
+        while True:
+            with self._lock:
+                self._ready()
+                where = self._slot_address(ref, slot)
+                epoch = self.collections
+                self._gate.enter()
+            try:
+                value = int.from_bytes(self._kernel.load(where, 8), sys.byteorder)
+            finally:
+                self._gate.leave()
             if value == 0:
                 return None
-            if self._table.find(value) < 0:
-                raise HeapCorrupted("reference targets", f"slot {slot} of 0x{self._own(ref):x} holds 0x{value:x}, "
-                                    "which is no object start")
-            return Ref(self, self._handles.new(value))
+            with self._lock:
+                if self.collections != epoch:
+                    continue  # a collection moved the target since the load: load again
+                return self._ref_target(ref, slot, value)
+
+    def _ref_target(self, ref, slot, value: int):
+        if self._table.find(value) < 0:
+            raise HeapCorrupted("reference targets", f"slot {slot} of 0x{self._own(ref):x} holds 0x{value:x}, "
+                                "which is no object start")
+        return Ref(self, self._handles.new(value))
 
     def _payload_range(self, ref, length, offset) -> int:
         length, offset = _index(length, "length"), _index(offset, "offset")
@@ -362,7 +389,13 @@ class Heap:
         with self._lock:
             self._ready()
             where = self._payload_range(ref, length, offset)
-            return self._kernel.load(where, length) if length else b""
+            if not length:
+                return b""
+            self._gate.enter()
+        try:
+            return self._kernel.load(where, length)
+        finally:
+            self._gate.leave()
 
     def _ref_write(self, ref, data, offset) -> None:
         try:
@@ -372,8 +405,13 @@ class Heap:
         with self._lock:
             self._ready()
             where = self._payload_range(ref, len(data), offset)
-            if len(data):
-                self._kernel.store(where, data)
+            if not len(data):
+                return
+            self._gate.enter()
+        try:
+            self._kernel.store(where, data)
+        finally:
+            self._gate.leave()
 
     # -- RefArray operations ----------------------------------------------------------------
     def _block(self, arr: RefArray) -> np.ndarray:
@@ -422,7 +460,7 @@ class Heap:
         after that, outside the lock, and ``total_ns`` includes it.
         """
         if concurrent:
-            raise NotImplementedError("concurrent compaction is not built yet: use collect()")
+            return collect_concurrent(self)
         with self._lock:
             self._ready()
             stats, finish = self._collect_pause()
@@ -436,6 +474,7 @@ class Heap:
         return stats
 
     def _collect_pause(self):
+        settle_cycle(self)  # a concurrent cycle ends and no mutator access is in flight
         self._settle_release()
         stats = GCStats(rss_before=self._rss())
         t0 = time.perf_counter_ns()
@@ -671,6 +710,7 @@ class Heap:
         """Check every invariant; raise HeapCorrupted naming the first broken one."""
         with self._lock:
             self._ready()
+            settle_cycle(self)
             self._settle_release()
             from .verify import verify_heap
 

@@ -1,0 +1,558 @@
+"""Concurrent compaction: a short pause, then pages installed while mutators run.
+
+``collect_concurrent(heap)`` (``Heap.collect(concurrent=True)``):
+
+* **Pause** (heap lock held, no mutator inside a memory access: the
+  ``AccessGate`` is drained): mark, plan, flip (register the arena with the
+  userfaultfd, ``mremap(MREMAP_DONTUNMAP)`` it whole to the from-space: the
+  arena stays mapped, empty and registered), forward the roots and commit the
+  side tables, and precompute the *install program* (``InstallProgram``):
+  every slot fix-up and every evacuation copy as sorted numpy arrays keyed by
+  to-space page, so the work of any page range is a contiguous slice found by
+  ``np.searchsorted``. No copy, no fix-up store and no MOVE happens here.
+* **Install** (after the pause): a compactor thread walks the to-space in
+  chunks. For a chunk it claims the pages still unprocessed (per-page state
+  unprocessed -> processing -> installed, one shared int8 array guarded by a
+  small condition that no mutator ever holds while touching heap memory),
+  builds them where mutators cannot see them (slot fix-ups in place in the
+  from-space for pages that move whole; rebuilt pages assembled in a scratch
+  mapping from the untouched from-space originals, so pages can be built in
+  any order), then MOVEs them in with ``install_page_range``, the routine the
+  stop-the-world compactor uses. A mutator touching a page not yet installed
+  takes a userfault; the fault-handler thread (``heap.faults``) builds and
+  installs that page first the same way and wakes it.
+* **Finish**: every page installed -> unregister the arena (wakes anything
+  still blocked, which then faults normally), stop the handler, release the
+  from-space and the scratch (MADV_DONTNEED / munmap).
+
+Errors: an install the kernel refuses (ENOMEM, EINTR, EAGAIN that persists)
+reverts the chunk's pages not yet installed to *unprocessed* (building is
+idempotent: fix-ups store the same values, rebuilt pages are assembled again
+from the from-space originals), stops the compactor, and ``collect`` raises
+``CompactionAborted`` with the kernel's errno. The handler keeps serving
+faults meanwhile, and the next heap operation installs the rest
+(``on_heap_operation``) before it runs. Any other exception in a thread is
+re-raised to the caller the same way. ``shutdown`` (``Heap.close``) joins
+every thread with a timeout and dumps the threads' stacks instead of hanging.
+
+Mutator accesses (``Ref.read/write/get_ref/set_ref``) compute their address
+under the heap lock, enter the ``AccessGate``, drop the lock and touch memory
+through the kernel's compiled accessors (on Linux, cffi calls that release
+the GIL, so a Python fault handler can run while the mutator is blocked in
+the fault: ARCHITECTURE.md, "The hazard ... the GIL"). A pause drains the
+gate under the heap lock; the compactor and the handler never take it.
+"""
+
+from __future__ import annotations
+
+import errno
+import faulthandler
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from .errors import CompactionAborted
+from .install import InstallCounters, InstallInterrupted, install_page_range, slot_values
+from .kernel import MADV_DONTNEED, UFFDIO_REGISTER_MODE_MISSING, UffdError
+from .plan import plan_remap
+from .stats import GCStats, PhaseClock
+
+log = structlog.get_logger("remapgc.heap")
+
+UNPROCESSED, PROCESSING, INSTALLED = 0, 1, 2
+# Pages the compactor claims, builds and MOVEs per step: batches of >= 64
+# pages come within ~30 % of the whole-range MOVE floor (kernel_floors.md),
+# and a mutator faulting on a page of the chunk in flight waits for one chunk.
+CHUNK_PAGES = 256
+JOIN_TIMEOUT_S = 10.0
+
+
+@dataclass
+class ConcurrentGCStats(GCStats):
+    """``GCStats`` of a concurrent collection, with what only it has."""
+
+    zero_filled: int = 0  # pages installed as zero pages (a source hole met without ALLOW_SRC_HOLES: ENOENT)
+    fresh_pages: int = 0  # zero pages put under faults past the to-space top (allocation during install)
+    install_aborts: int = 0  # installs the kernel refused (ENOMEM, EINTR ...): CompactionAborted raised
+    install_retries: int = 0  # fault services refused and retried after a back-off
+    pages_installed_by_faults: int = 0  # to-space pages the fault handler installed (the rest: the compactor)
+    fault_p50_ns: int = 0  # fault service time in the handler, from reading the event to the wake
+    fault_p99_ns: int = 0
+    fault_max_ns: int = 0
+    install_ns: int = 0  # from the end of the pause to the last page installed
+    # the pause split into its parts (also in heap.last_phase_ns)
+    mark_ns: int = 0
+    plan_ns: int = 0
+    flip_ns: int = 0
+    precompute_ns: int = 0
+    roots_ns: int = 0
+
+
+class AccessGate:
+    """Mutator memory accesses in flight, so that a pause starts only when none is.
+
+    ``enter`` is called with the heap lock held (so no pause can be waiting
+    for the gate at that moment), ``leave`` without it; ``drain`` is called by
+    the pause with the heap lock held: no new access can enter, and the ones
+    in flight finish without needing the heap lock (the fault handler serves
+    their faults).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inflight = 0
+
+    def enter(self) -> None:
+        with self._cond:
+            self._inflight += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._inflight -= 1
+            if not self._inflight:
+                self._cond.notify_all()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def drain(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._inflight, timeout)
+
+
+@dataclass
+class InstallProgram:
+    """What installing any to-space page takes, precomputed in the pause.
+
+    Pages are arena page indices ``[0, npages)``. Pieces (from the plan) give
+    each page's source; slots and copy segments are sorted by to-space page.
+    """
+
+    npages: int
+    piece_dst: np.ndarray
+    piece_src: np.ndarray
+    piece_rebuilt: np.ndarray
+    slot_page: np.ndarray  # to-space page of every live slot (ascending)
+    slot_off: np.ndarray  # its offset in that page
+    slot_val: np.ndarray  # the value it must hold (uint64)
+    seg_page: np.ndarray  # evacuation copies, cut at page boundaries: to-space page (ascending)
+    seg_off: np.ndarray  # offset in that page
+    seg_src: np.ndarray  # source address in the from-space (the untouched original)
+    seg_len: np.ndarray
+
+    def sources(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(from-space page, rebuilt?) of each to-space page."""
+        piece = np.searchsorted(self.piece_dst, pages, side="right") - 1
+        return self.piece_src[piece] + pages - self.piece_dst[piece], self.piece_rebuilt[piece]
+
+    def in_plan(self, page: int) -> bool:
+        return 0 <= page < self.npages
+
+
+def make_program(plan, model, old, marking, new_by_row, base: int, from_space: int, ps: int) -> InstallProgram:
+    """The install program of a remap plan (vectorised: a few passes over slots and evacuees)."""
+    rows = plan.live_rows
+    slot_rel = model.slot_addresses(plan.new_starts, old["nrefs"][rows]) - base
+    values = slot_values(plan, marking, old["nrefs"], new_by_row)
+    ev = plan.evacuated
+    dst = plan.new_starts[ev] - base
+    src = from_space + plan.evac_from
+    length = old["total"][rows[ev]]
+    first = dst // ps
+    count = (dst + length - 1) // ps - first + 1
+    if count.size and count.max() > 1:  # an evacuee spanning pages (THP units): cut it at page boundaries
+        rank = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+        page = np.repeat(first, count) + rank
+        d, s, n = np.repeat(dst, count), np.repeat(src, count), np.repeat(length, count)
+        lo = np.maximum(d, page * ps)
+        hi = np.minimum(d + n, (page + 1) * ps)
+        seg = (page, lo - page * ps, s + (lo - d), hi - lo)
+    else:
+        seg = (first, dst - first * ps, src, length)
+    return InstallProgram(
+        npages=int(plan.end_pages),
+        piece_dst=plan.piece_dst.copy(), piece_src=plan.piece_src.copy(), piece_rebuilt=plan.piece_rebuilt.copy(),
+        slot_page=slot_rel // ps, slot_off=slot_rel % ps, slot_val=np.asarray(values).view(np.uint64),
+        seg_page=seg[0], seg_off=seg[1], seg_src=seg[2], seg_len=seg[3])
+
+
+class PageStates:
+    """unprocessed -> processing -> installed, per to-space page; exactly one claimer per page."""
+
+    def __init__(self, npages: int):
+        self.state = np.zeros(npages, dtype=np.int8)
+        self.cond = threading.Condition(threading.Lock())
+        self.installed = 0
+
+    def claim_range(self, lo: int, hi: int) -> np.ndarray:
+        """Claim every unprocessed page of [lo, hi); the mask of those claimed."""
+        with self.cond:
+            seg = self.state[lo:hi]
+            mine = seg == UNPROCESSED
+            seg[mine] = PROCESSING
+            return mine
+
+    def claim(self, page: int) -> int:
+        """Claim one page: its state before (UNPROCESSED means it is now ours)."""
+        with self.cond:
+            s = int(self.state[page])
+            if s == UNPROCESSED:
+                self.state[page] = PROCESSING
+            return s
+
+    def settle(self, pages: np.ndarray, installed: np.ndarray) -> None:
+        """Claimed pages become installed, or unprocessed again (the install failed)."""
+        with self.cond:
+            self.state[pages] = np.where(installed, INSTALLED, UNPROCESSED)
+            self.installed += int(np.count_nonzero(installed))
+            self.cond.notify_all()
+
+    def all_installed(self) -> bool:
+        return self.installed == self.state.size
+
+    def wait_all(self, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(self.all_installed, timeout)
+
+
+class PageBuilder:
+    """Builds to-space pages where mutators cannot see them and installs them."""
+
+    def __init__(self, kernel, uffd, program: InstallProgram, states: PageStates, arena: int, from_space: int):
+        self.kernel = kernel
+        self.uffd = uffd
+        self.program = program
+        self.states = states
+        self.arena = arena
+        self.from_space = from_space
+        self.ps = kernel.page_size
+
+    def build(self, lo: int, mine: np.ndarray, scratch: int, counters: InstallCounters) -> tuple[np.ndarray, np.ndarray]:
+        """Build the claimed pages (``mine``) of [lo, lo + mine.size): returns
+        each page's source address (in the from-space, or the scratch slot of
+        a rebuilt page) and whether it is rebuilt. The scratch must be empty
+        or zero (a rebuilt page's gaps read zero)."""
+        k, p, ps = self.kernel, self.program, self.ps
+        hi = lo + mine.size
+        pages = np.arange(lo, hi, dtype=np.int64)
+        src_page, rebuilt = p.sources(pages)
+        src = np.where(rebuilt, scratch + (pages - lo) * ps, self.from_space + src_page * ps)
+        if (rebuilt & mine).any():
+            s0, s1 = np.searchsorted(p.seg_page, (lo, hi))
+            rel = p.seg_page[s0:s1] - lo
+            keep = mine[rel]
+            if keep.any():
+                lengths = p.seg_len[s0:s1][keep]
+                k.copy_ranges((scratch + rel[keep] * ps + p.seg_off[s0:s1][keep]).astype(np.uint64),
+                              p.seg_src[s0:s1][keep].astype(np.uint64), lengths.astype(np.uint64))
+                counters.bytes_copied += int(lengths.sum())
+        t0, t1 = np.searchsorted(p.slot_page, (lo, hi))
+        if t1 > t0:
+            rel = p.slot_page[t0:t1] - lo
+            keep = mine[rel]
+            if keep.any():
+                where = src[rel[keep]] + p.slot_off[t0:t1][keep]
+                k.store_words(where.astype(np.uint64), p.slot_val[t0:t1][keep])
+        return src, rebuilt
+
+    def install_chunk(self, lo: int, mine: np.ndarray, scratch: int, counters: InstallCounters) -> None:
+        """Build and MOVE in the claimed pages of a chunk, run by run; settles
+        their states. On a refusal the pages not installed go back to unprocessed."""
+        ps, n = self.ps, mine.size
+        if not mine.any():
+            return
+        if scratch:
+            self.kernel.madvise(scratch, n * ps, MADV_DONTNEED)  # rebuilt pages start from zero
+        try:
+            src, _ = self.build(lo, mine, scratch, counters)
+        except BaseException:
+            self.states.settle(np.flatnonzero(mine) + lo, np.zeros(int(mine.sum()), dtype=bool))
+            raise
+        # runs: claimed pages contiguous at dst and at src
+        idx = np.flatnonzero(mine)
+        brk = np.ones(idx.size, dtype=bool)
+        brk[1:] = (np.diff(idx) != 1) | (np.diff(src[idx]) != ps)
+        firsts = np.flatnonzero(brk)
+        ends = np.append(firsts[1:], idx.size)
+        installed = np.zeros(idx.size, dtype=bool)
+        try:
+            for a, b in zip(firsts.tolist(), ends.tolist()):
+                page = lo + int(idx[a])
+                races = counters.eexist_races
+                try:
+                    install_page_range(self.kernel, self.uffd, self.arena + page * ps, int(src[idx[a]]),
+                                       (b - a) * ps, counters)
+                except InstallInterrupted as exc:
+                    installed[a:a + exc.done // ps] = True
+                    raise
+                installed[a:b] = True
+                if counters.eexist_races != races:  # a page someone else filled: its faulter needs a wake
+                    self.uffd.wake(self.arena + page * ps, (b - a) * ps)
+        finally:
+            self.states.settle(idx + lo, installed)
+
+
+class ConcurrentCycle:
+    """One concurrent collection after its pause: the threads and their outcome."""
+
+    def __init__(self, heap, program: InstallProgram, stats: GCStats, clock: PhaseClock, t0: int, *,
+                 chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True, handler_batch: int = 1):
+        from .faults import FaultHandler
+
+        k = heap._kernel
+        self.heap = heap
+        self.kernel = k
+        self.uffd = heap._uffd
+        self.arena = heap._base
+        self.size = heap._size
+        self.from_space = heap._from_space
+        self.program = program
+        self.stats = stats
+        self.clock = clock
+        self.t0 = t0
+        self.chunk_pages = chunk_pages
+        self.run_compactor = run_compactor
+        self.states = PageStates(program.npages)
+        self.builder = PageBuilder(k, self.uffd, program, self.states, self.arena, self.from_space)
+        self.scratch = k.mmap(chunk_pages * k.page_size)
+        self.counters = InstallCounters()  # the compactor's (and complete()'s)
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.compactor_done = threading.Event()
+        self.finished = False
+        self.install_started = 0
+        self.handler = FaultHandler(self)
+        self.compactor = threading.Thread(target=self._compact, name="remapgc-compactor", daemon=True)
+
+    # -- threads --------------------------------------------------------------------------
+    def start(self) -> None:
+        self.install_started = time.perf_counter_ns()
+        self.handler.start()
+        if self.run_compactor:
+            self.compactor.start()
+        else:
+            self.compactor_done.set()
+
+    def _compact(self) -> None:
+        try:
+            self._install_all(self.scratch, self.counters)
+        except BaseException as exc:  # reaches the caller of collect()
+            self.error = exc
+            log.warning("gc_concurrent_compactor_stopped", error=repr(exc))
+        finally:
+            self.compactor_done.set()
+
+    def _install_all(self, scratch: int, counters: InstallCounters) -> None:
+        n, c = self.program.npages, self.chunk_pages
+        for lo in range(0, n, c):
+            if self.stop.is_set():
+                return
+            mine = self.states.claim_range(lo, min(n, lo + c))
+            self.builder.install_chunk(lo, mine, scratch, counters)
+
+    # -- ending ---------------------------------------------------------------------------
+    def wait_compactor(self, timeout: float | None = None) -> bool:
+        return self.compactor_done.wait(timeout)
+
+    def complete(self) -> None:
+        """In the calling thread: install whatever is left, then wait for the
+        pages the handler is installing. Raises CompactionAborted if the kernel
+        still refuses (everything stays pending)."""
+        self.wait_compactor(JOIN_TIMEOUT_S)
+        try:
+            self._install_all(self.scratch, self.counters)
+        except InstallInterrupted as exc:
+            raise self._aborted(exc) from exc
+        if not self.states.wait_all(JOIN_TIMEOUT_S):
+            raise CompactionAborted(errno.ETIMEDOUT, "pages claimed by the fault handler were not installed in "
+                                    f"{JOIN_TIMEOUT_S} s; they stay pending")
+        self.error = None
+
+    def _aborted(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, InstallInterrupted):
+            err = exc.error
+            self.stats.install_aborts += 1
+            return CompactionAborted(err.errno or 0, f"installing to-space pages failed ({err}); the rest stays "
+                                     "pending: the fault handler serves faults and the next heap operation "
+                                     "installs it")
+        return exc
+
+    def raise_error(self) -> None:
+        """Called by collect() once the compactor stopped: the error, if any."""
+        if self.error is not None:
+            raise self._aborted(self.error) from self.error
+
+    def finish(self) -> None:
+        """Every page is installed: end the cycle (the heap lock is held)."""
+        if self.finished:
+            return
+        self.finished = True
+        heap, k = self.heap, self.kernel
+        with self.clock.phase("install") as ev:
+            ev.update(pages=self.program.npages, by_faults=self.handler.pages_installed)
+        self.uffd.unregister(self.arena, self.size)  # wakes any late faulter: it now faults normally
+        self._stop_threads()
+        with self.clock.phase("release") as ev:
+            k.madvise(self.from_space, self.size, MADV_DONTNEED)
+            k.munmap(self.scratch, self.chunk_pages * k.page_size)
+            self.handler.release()
+            ev.update(from_space_bytes=self.size)
+        heap._cycle = None
+        self._fill_stats()
+
+    def _fill_stats(self) -> None:
+        st = self.stats
+        for c in (self.counters, self.handler.counters):
+            st.pages_moved += c.pages_moved
+            st.bytes_moved_zero_copy += c.pages_moved * self.kernel.page_size
+            st.bytes_copied += c.bytes_copied
+            st.eagain_retries += c.eagain_retries
+            st.partial_moves += c.partial_moves
+            st.eexist_races += c.eexist_races
+            st.ebusy_fallbacks += c.ebusy_fallbacks
+            st.zero_filled += c.zero_filled
+        h = self.handler
+        st.faults_served = h.faults_served
+        st.pages_installed_by_faults = h.pages_installed
+        st.fresh_pages = h.fresh_pages
+        st.install_retries += h.retries
+        if h.latencies:
+            lat = np.asarray(h.latencies, dtype=np.int64)
+            st.fault_p50_ns = int(np.percentile(lat, 50))
+            st.fault_p99_ns = int(np.percentile(lat, 99))
+            st.fault_max_ns = int(lat.max())
+        st.install_ns = time.perf_counter_ns() - self.install_started
+        st.total_ns = time.perf_counter_ns() - self.t0
+        st.rss_after = self.heap._rss()
+        self.heap.last_phase_ns = dict(self.clock.ns)
+        self.heap.last_events = list(self.clock.events)
+        log.info("gc_done", compactor="concurrent", **st.as_dict())
+
+    def _stop_threads(self) -> None:
+        self.stop.set()
+        self.handler.stop()
+        for t in (self.compactor, self.handler.thread):
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(JOIN_TIMEOUT_S)
+                if t.is_alive():
+                    log.error("gc_thread_stuck", thread=t.name, timeout_s=JOIN_TIMEOUT_S)
+                    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+    # -- hooks called by the heap (heap lock held) ----------------------------------------------------
+    def on_heap_operation(self) -> None:
+        """Entry of every heap operation: a cycle whose compactor stopped on an
+        error is completed now (raising again if the kernel still refuses)."""
+        if self.compactor_done.is_set() and self.error is not None:
+            self.settle()
+
+    def settle(self) -> None:
+        """Finish the cycle now (before a new pause, verify(), ...)."""
+        self.wait_compactor(JOIN_TIMEOUT_S)
+        if self.error is not None or not self.states.all_installed():
+            self.complete()
+        self.finish()
+
+    def shutdown(self) -> None:
+        """Heap.close(): in-flight accesses finish (their faults are served),
+        then every thread stops. Pages not installed are dropped with the arena."""
+        self.heap._gate.drain(JOIN_TIMEOUT_S)
+        self.finished = True
+        self._stop_threads()
+        self.handler.release()
+        self.heap._cycle = None
+
+
+def settle_cycle(heap) -> None:
+    """Before a pause or an inspection: the running cycle ends, and no access is in flight."""
+    if heap._cycle is not None:
+        heap._cycle.settle()
+    heap._gate.drain()
+
+
+def collect_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True,
+                       handler_batch: int = 1) -> GCStats:
+    """``Heap.collect(concurrent=True)``: see the module doc."""
+    cycle, stats, finish = begin_concurrent(heap, chunk_pages=chunk_pages, run_compactor=run_compactor,
+                                            handler_batch=handler_batch)
+    if cycle is None:
+        finish()
+        return stats
+    cycle.wait_compactor()
+    end_concurrent(heap, cycle)
+    return stats
+
+
+def begin_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True,
+                     handler_batch: int = 1):
+    """The pause; returns (the running cycle, its stats, None), or (None, stats,
+    finish) when the heap has no userfaultfd and collected stop-the-world.
+    ``run_compactor=False`` leaves every page to the fault handler until
+    ``end_concurrent`` (benchmarks measure fault latency so)."""
+    with heap._lock:
+        heap._ready()
+        settle_cycle(heap)
+        if heap._compactor != "remap":  # no userfaultfd: the copying compactor, stop-the-world
+            stats, finish = heap._collect_pause()
+            return None, stats, finish
+        cycle = _pause(heap, chunk_pages, run_compactor, handler_batch)
+        return cycle, cycle.stats, None
+
+
+def end_concurrent(heap, cycle: "ConcurrentCycle") -> None:
+    """After the compactor stopped: raise its error, or install what is left and finish."""
+    with heap._lock:
+        if heap._cycle is cycle:
+            cycle.raise_error()
+            if not cycle.states.all_installed():
+                cycle.complete()
+            cycle.finish()
+
+
+def _pause(heap, chunk_pages: int, run_compactor: bool, handler_batch: int) -> ConcurrentCycle:
+    heap._settle_release()
+    k, uffd, ps = heap._kernel, heap._uffd, heap._ps
+    base, size, fs = heap._base, heap._size, heap._from_space
+    stats = ConcurrentGCStats(rss_before=heap._rss())
+    t0 = time.perf_counter_ns()
+    clock = PhaseClock("concurrent")
+    old, marking = heap._mark(stats, clock)
+    with clock.phase("plan") as ev:
+        plan = plan_remap(old["start"], old["total"], marking.live, base, ps, heap._alloc.hpage_pages,
+                          heap._alloc.used_pages, heap._dense)
+        new_by_row = np.zeros(old["start"].size, dtype=np.int64)
+        new_by_row[plan.live_rows] = plan.new_starts
+        ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
+                  evacuated=int(plan.evacuated.sum()))
+    with clock.phase("flip") as ev:
+        uffd.register(base, size, UFFDIO_REGISTER_MODE_MISSING)
+        try:
+            k.mremap(base, size, fs, dontunmap=True)
+        except OSError:
+            uffd.unregister(base, size)
+            raise
+        ev.update(bytes=heap._alloc.used_pages * ps)
+    with clock.phase("precompute") as ev:
+        program = make_program(plan, heap._model, old, marking, new_by_row, base, fs, ps)
+        ev.update(pages=program.npages, slots=int(program.slot_page.size), copies=int(program.seg_page.size))
+    with clock.phase("roots"):
+        heap._forward_roots(old["start"], new_by_row)
+        heap._commit_tables(old, plan, base + plan.end_pages * ps)
+    heap._since_collect = 0
+    heap.collections += 1
+    cycle = ConcurrentCycle(heap, program, stats, clock, t0, chunk_pages=chunk_pages,
+                            run_compactor=run_compactor, handler_batch=handler_batch)
+    heap._cycle = cycle
+    cycle.start()
+    stats.pause_ns = time.perf_counter_ns() - t0
+    for part in ("mark", "plan", "flip", "precompute", "roots"):
+        setattr(stats, f"{part}_ns", clock.ns.get(part, 0))
+    return cycle
+
+
+__all__ = ["AccessGate", "ConcurrentCycle", "InstallProgram", "PageStates", "collect_concurrent", "settle_cycle",
+           "make_program", "UNPROCESSED", "PROCESSING", "INSTALLED", "UffdError"]
