@@ -157,6 +157,10 @@ def layout(defs: list[RegionDef]) -> tuple[dict[str, int], int]:
 
 # --- the runner -------------------------------------------------------------------
 class Reader:
+    """A thread loading one page (a StartReader step)."""
+
+    verb = "read"
+
     def __init__(self, name: str, kernel, addr: int):
         self.name = name
         self.result: str | None = None
@@ -168,6 +172,20 @@ class Reader:
             self.result = content_tag(kernel.load(addr, PS))
         except BaseException as exc:  # recorded, compared between backends
             self.result = describe_exception(exc)
+
+
+class Worker(Reader):
+    """A thread running one step (a Background step)."""
+
+    verb = "done"
+
+    def __init__(self, name: str, call):
+        self.name = name
+        self.result = None
+        self.thread = threading.Thread(target=self._call, args=(call,), daemon=True, name=f"worker-{name}")
+
+    def _call(self, call) -> None:
+        self.result = call()
 
 
 class Runner:
@@ -235,24 +253,28 @@ class Runner:
             self.cleanup()
         return self.record
 
+    def call(self, step) -> str:
+        """Run one step here and now; its outcome string."""
+        try:
+            result = getattr(self, "do_" + type(step).__name__)(step)
+        except Exception as exc:
+            return describe_exception(exc)
+        return "ok" if result is None else f"ok {result}"
+
     def execute(self, step) -> str:
         """Run one step in a worker thread, so that a backend blocking where
         it should not is recorded as a hang instead of hanging the test."""
-        handler = getattr(self, "do_" + type(step).__name__)
         box: dict = {}
 
         def work():
             if STEP_CPU is not None:
                 os.sched_setaffinity(0, {STEP_CPU})  # this thread only (and what it starts)
-            try:
-                result = handler(step)
-                box["outcome"] = "ok" if result is None else f"ok {result}"
-            except Exception as exc:
-                box["outcome"] = describe_exception(exc)
+            box["outcome"] = self.call(step)
 
         worker = threading.Thread(target=work, daemon=True, name=f"step-{type(step).__name__}")
         worker.start()
         worker.join(STEP_TIMEOUT + getattr(step, "grace", 0) * len(self.readers)
+                    + getattr(step, "settle", 0)
                     + (READER_FAULT_TIMEOUT if isinstance(step, S.StartReader) else 0))
         if worker.is_alive():
             self.hung = step
@@ -450,9 +472,16 @@ class Runner:
         states = []
         for reader in self.readers:
             reader.thread.join(st.grace)
-            state = "blocked" if reader.thread.is_alive() else f"read {reader.result}"
+            state = "blocked" if reader.thread.is_alive() else f"{reader.verb} {reader.result}"
             states.append(f"{reader.name}:{state}")
         return " ".join(states)
+
+    def do_Background(self, st: S.Background):
+        worker = Worker(st.name, lambda: self.call(st.step))
+        self.readers.append(worker)
+        worker.thread.start()
+        worker.thread.join(st.settle)
+        return "blocked" if worker.thread.is_alive() else f"finished {worker.result}"
 
     def do_ReadEvents(self, st: S.ReadEvents):
         events = self.uffds[st.uffd].read_events(timeout=st.timeout)

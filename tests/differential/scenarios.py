@@ -9,6 +9,8 @@ recovery call.
 
 from __future__ import annotations
 
+from heap.kernel import UFFD_FEATURE_EVENT_REMOVE, UFFD_FEATURE_MOVE
+
 from .steps import (
     DONTFORK,
     DONTNEED,
@@ -36,6 +38,7 @@ from .steps import (
     Pages,
     Read,
     ReadEvents,
+    Background,
     Register,
     Snapshot,
     StartReader,
@@ -98,6 +101,13 @@ VALIDATION = [
              pages=[UNTOUCHED], doc="1a precedence"),
     scenario("V4 before M1: len 0 and unmapped dst", *setup(register=False), Write("S"),
              Munmap("D", 8), Move("D", "S", nbytes=0, tag="mv"), expect={"mv": EINVAL}, doc="1a precedence"),
+    scenario("V1 non-cooperative event pending: EAGAIN with moved 0", Map("S", 8), Map("D", 8), Write("S"),
+             Uffd(features=UFFD_FEATURE_MOVE | UFFD_FEATURE_EVENT_REMOVE), Register("D", 8),
+             Background("m", Madvise("D+4", 4, DONTNEED), tag="bg"), Move("D", "S", tag="mv"),
+             ReadEvents(tag="ev"), CheckReaders(tag="after"), Move("D", "S", tag="again"),
+             expect={"bg": "ok blocked", "mv": "EAGAIN moved=0", "ev": "ok none", "after": "ok m:done ok",
+                     "again": moved(1)},
+             pages=[Pages("D", 1, origin="S+0")], doc="1a V1 / 4 mmap_changing"),
     scenario("V4 before V5: both unaligned", *setup(), Write("S"),
              Move(("D", 8), ("S", 8), tag="mv"), expect={"mv": EINVAL}, doc="1a V4/V5"),
 ]
@@ -110,10 +120,15 @@ SETUP_CHECKS = [
              Move("D", "S", tag="mv"), expect={"mv": ENOENT}, doc="1b M2"),
     scenario("M1 before M4: dst unmapped, src shmem", *setup(src=Map("S", 8, shared=True), register=False),
              Write("S"), Munmap("D", 8), Move("D", "S", tag="mv"), expect={"mv": ENOENT}, doc="1b precedence"),
+    scenario("M2 before M8e: src unmapped, dst unregistered", *setup(register=False), Munmap("S", 8),
+             Move("D", "S", tag="mv"), expect={"mv": ENOENT}, doc="1b precedence"),
+    scenario("M5 before the loop: src range past its VMA starting at a hole", *setup(src_pages=4),
+             Write("S+1", 3), Move("D", "S", pages=8, tag="mv"), expect={"mv": EINVAL}, doc="1b M5 / 2"),
     scenario("M4 src shmem EINVAL", *setup(src=Map("S", 8, shared=True)), Write("S"),
              Move("D", "S", tag="mv"), expect={"mv": EINVAL}, pages=[Pages("D", 1, state="none")], doc="1b M4"),
-    scenario("M6 dst shmem EINVAL (register still advertises MOVE)", *setup(dst=Map("D", 8, shared=True)),
-             Write("S"), Move("D", "S", tag="mv"), expect={"mv": EINVAL}, pages=[UNTOUCHED], doc="1b M6, 0"),
+    scenario("M6 dst shmem EINVAL (register still advertises MOVE)", Map("S", 8), Map("D", 8, shared=True),
+             Uffd(), Register("D", 8, tag="reg"), Write("S"), Move("D", "S", tag="mv"),
+             expect={"reg": "ok ioctls=0x13c", "mv": EINVAL}, pages=[UNTOUCHED], doc="1b M6, 0"),
     scenario("M5 src range beyond its VMA", *setup(src_pages=4), Write("S", 4),
              Move("D", "S", pages=8, tag="mv"), expect={"mv": EINVAL}, pages=[UNTOUCHED], doc="1b M5"),
     scenario("M7 dst range beyond its VMA", *setup(dst_pages=4), Write("S", 8),
@@ -165,8 +180,9 @@ SETUP_CHECKS = [
 
 # --- 2. the per-page loop --------------------------------------------------------
 LOOP = [
-    scenario("move one page keeps its frame", *setup(), Write("S"), Move("D", "S", tag="mv"),
-             expect={"mv": moved(1)},
+    scenario("move one page keeps its frame", Map("S", 8), Map("D", 8), Uffd(tag="api"),
+             Register("D", 8, tag="reg"), Write("S"), Move("D", "S", tag="mv"),
+             expect={"api": "ok features=0x1ffff", "reg": "ok ioctls=0x13c", "mv": moved(1)},
              pages=[Pages("D", 1, state="present", origin="S+0"), Pages("S", 1, state="none", origin=None)],
              doc="2.3 content and identity"),
     scenario("move eight pages", *setup(), Write("S", 8), Move("D", "S", pages=8, tag="mv"),
@@ -356,6 +372,16 @@ THP = [
              Register("D", HPAGES), Move("D", "S", pages=HPAGES, tag="mv"), expect={"mv": EEXIST},
              pages=[THP_BUILT, Pages("S", HPAGES, state="thp", huge=True, origin="S+0"),
                     Pages("D", 1, state="thp", huge=True, origin="D+0")], doc="3.4"),
+    # The src "PMD table missing" check (2.1 step 1) is about the page of
+    # PMDs covering 1 GiB, which the neighbouring regions already made exist;
+    # so the dst THP check (step 3) comes before the src PMD-none one (step 5).
+    scenario("THP at dst, src never touched: EEXIST (dst THP checked before src PMD none)", Map("S", 8),
+             Map("E", HPAGES, thp=True), Write("E"), Uffd(), Register("E", HPAGES),
+             Move("E+4", "S", pages=4, tag="mv"), expect={"mv": EEXIST},
+             pages=[Pages("E", 8, state="thp", huge=True, origin="E+0")], doc="2.1 steps 1 and 3"),
+    scenario("THP at dst, src never touched, ALLOW_SRC_HOLES: EEXIST", Map("S", 8),
+             Map("E", HPAGES, thp=True), Write("E"), Uffd(), Register("E", HPAGES),
+             Move("E+4", "S", pages=4, mode=HOLES, tag="mv"), expect={"mv": EEXIST}, doc="2.1 steps 1 and 3"),
     scenario("THP at dst, partial move of small pages into it: EEXIST", *setup(), Map("E", HPAGES, thp=True),
              Write("E"), Register("E", HPAGES), Write("S", 4), Move("E+4", "S", pages=4, tag="mv"),
              expect={"mv": EEXIST}, pages=[Pages("S", 4, origin="S+0")], doc="2.1 step 3"),
@@ -408,6 +434,9 @@ COPY = [
     scenario("mlock over a registered missing range: ENOMEM, VMA left locked", *setup(), Write("S"),
              Mlock("D", 8, tag="lock"), Move("D", "S", tag="mv"), expect={"lock": "ENOMEM", "mv": EINVAL},
              pages=[Pages("D", 8, state="none"), UNTOUCHED], doc="1b M8b (kernel-mode fault)"),
+    scenario("COPY into a dst registered with another uffd", *setup(register=False), Uffd("v"),
+             Register("D", 8, uffd="v"), Write("S"), Copy("D", "S", tag="cp"), expect={"cp": moved(1)},
+             doc="COPY"),
     scenario("COPY from unmapped src EFAULT", *setup(), Write("S"), Munmap("S", 8), Copy("D", "S", tag="cp"),
              expect={"cp": "EFAULT moved=0"}, doc="COPY"),
     scenario("ZEROPAGE maps the zero page", *setup(), Zeropage("D", pages=2, tag="zp"),
@@ -435,6 +464,13 @@ VMAS = [
     scenario("mremap'd region moves like any other", *setup(), Write("S", 4), Mremap("S", 4, "N"),
              Move("D", "N", pages=4, tag="mv"), expect={"mv": moved(4)}, pages=[Pages("D", 4, origin="S+0")],
              doc="mremap"),
+    scenario("mremap drops the uffd registration: moving into the new place EINVAL", Map("S", 8), Write("S"),
+             Map("R", 4), Uffd(), Register("R", 4), Mremap("R", 4, "N"), Move("N", "S", tag="mv"),
+             expect={"mv": EINVAL}, pages=[UNTOUCHED], doc="mremap / 1b M8e"),
+    scenario("mremap DONTUNMAP keeps the old range registered", Map("S", 4), Write("S", 4), Uffd(),
+             Register("S", 4), Mremap("S", 4, "N", dontunmap=True), Move("S", "N", pages=4, tag="mv"),
+             expect={"mv": moved(4)}, pages=[Pages("S", 4, origin="S+0"), Pages("N", 4, state="none")],
+             doc="mremap DONTUNMAP"),
     scenario("mprotect splits src: move across the split EINVAL", *setup(), Write("S", 8),
              Mprotect("S+4", 1, RO), Move("D", "S", pages=8, tag="mv"), Move("D", "S", pages=4, tag="before"),
              expect={"mv": EINVAL, "before": moved(4)}, pages=[Pages("D", 4, origin="S+0")],

@@ -74,7 +74,8 @@ class Step:
         for f in fields(self):
             value = getattr(self, f.name)
             if value != f.default:
-                args.append(f"{f.name}={value!r}")
+                text = value.as_data() if isinstance(value, Step) else repr(value)
+                args.append(f"{f.name}={text}")
         return f"{type(self).__name__}({', '.join(args)})"
 
 
@@ -274,6 +275,18 @@ class ReadEvents(Step):
 
     uffd: str = "u"
     timeout: float = 0.2
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class Background(Step):
+    """Run ``step`` in a thread of its own (e.g. an madvise that waits for
+    its non-cooperative uffd event to be read); recorded as "blocked" if it
+    has not returned ``settle`` seconds later. CheckReaders reports it too."""
+
+    name: str
+    step: Step
+    settle: float = 0.3
     tag: str | None = None
 
 
