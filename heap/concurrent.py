@@ -67,7 +67,7 @@ UNPROCESSED, PROCESSING, INSTALLED = 0, 1, 2
 # Pages the compactor claims, builds and MOVEs per step: batches of >= 64
 # pages come within ~30 % of the whole-range MOVE floor (kernel_floors.md),
 # and a mutator faulting on a page of the chunk in flight waits for one chunk.
-CHUNK_PAGES = 256
+CHUNK_PAGES = 64
 JOIN_TIMEOUT_S = 10.0
 
 
@@ -212,6 +212,13 @@ class PageStates:
             self.installed += int(np.count_nonzero(installed))
             self.cond.notify_all()
 
+    def release_claims(self, lo: int, mine: np.ndarray) -> None:
+        """Claimed pages of [lo, lo + mine.size) still processing go back to unprocessed."""
+        with self.cond:
+            seg = self.state[lo:lo + mine.size]
+            seg[mine & (seg == PROCESSING)] = UNPROCESSED
+            self.cond.notify_all()
+
     def all_installed(self) -> bool:
         return self.installed == self.state.size
 
@@ -353,7 +360,11 @@ class ConcurrentCycle:
             if self.stop.is_set():
                 return
             mine = self.states.claim_range(lo, min(n, lo + c))
-            self.builder.install_chunk(lo, mine, scratch, counters)
+            try:
+                self.builder.install_chunk(lo, mine, scratch, counters)
+            except BaseException:
+                self.states.release_claims(lo, mine)  # whatever failed, no page stays claimed
+                raise
 
     # -- ending ---------------------------------------------------------------------------
     def wait_compactor(self, timeout: float | None = None) -> bool:
