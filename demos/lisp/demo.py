@@ -34,7 +34,7 @@ class LispSize:
 SIZES = {
     "small": LispSize(rounds=12, length=60, fib=12, heap_bytes=1 * MiB, collect_every=128 * KiB, gc_every=4),
     "medium": LispSize(rounds=40, length=150, fib=16, heap_bytes=2 * MiB, collect_every=256 * KiB, gc_every=10),
-    "large": LispSize(rounds=200, length=300, fib=20, heap_bytes=4 * MiB, collect_every=512 * KiB, gc_every=25),
+    "large": LispSize(rounds=100, length=250, fib=18, heap_bytes=4 * MiB, collect_every=512 * KiB, gc_every=20),
 }
 
 LIBRARY = """
