@@ -227,6 +227,12 @@ class PageStates:
             return self.cond.wait_for(self.all_installed, timeout)
 
 
+def moved_unreported(kernel, dst: int, src: int) -> bool:
+    """After a refused MOVE: did this page go in anyway? (Linux checks for a
+    fatal signal after a step and then reports EINTR without counting it.)"""
+    return kernel.page_info(dst).state != "none" and kernel.page_info(src).state == "none"
+
+
 class PageBuilder:
     """Builds to-space pages where mutators cannot see them and installs them."""
 
@@ -296,6 +302,9 @@ class PageBuilder:
                                        (b - a) * ps, counters)
                 except InstallInterrupted as exc:
                     installed[a:a + exc.done // ps] = True
+                    for i in range(a + exc.done // ps, b):  # moved but not reported (EINTR after a step)?
+                        installed[i] = moved_unreported(self.kernel, self.arena + (lo + int(idx[i])) * ps,
+                                                        int(src[idx[i]]))
                     raise
                 installed[a:b] = True
                 if counters.eexist_races != races:  # a page someone else filled: its faulter needs a wake
@@ -396,7 +405,9 @@ class ConcurrentCycle:
     def raise_error(self) -> None:
         """Called by collect() once the compactor stopped: the error, if any."""
         if self.error is not None:
-            raise self._aborted(self.error) from self.error
+            err = self._aborted(self.error)
+            err.stats = self.stats  # what the cycle did before it stopped
+            raise err from self.error
 
     def finish(self) -> None:
         """Every page is installed: end the cycle (the heap lock is held)."""

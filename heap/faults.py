@@ -32,6 +32,7 @@ import time
 import numpy as np
 import structlog
 
+from .concurrent import moved_unreported
 from .install import InstallCounters, InstallInterrupted, install_page_range
 from .kernel import UffdError
 
@@ -167,8 +168,9 @@ class FaultHandler:
     def _install(self, page: int) -> None:
         k, ps, c = self.kernel, self.ps, self.counters
         dst = self.arena + page * ps
+        _, rebuilt = self.program.sources(np.array([page], dtype=np.int64))
+        src = np.array([self.scratch])
         try:
-            _, rebuilt = self.program.sources(np.array([page], dtype=np.int64))
             if rebuilt[0]:
                 k.store(self.scratch, self._zero)
             src, _ = self.builder.build(page, _ONE, self.scratch, c)
@@ -180,7 +182,11 @@ class FaultHandler:
             if c.eexist_races != races:
                 self.uffd.wake(dst, ps)
         except BaseException:
-            self.states.settle(np.array([page]), np.zeros(1, dtype=bool))
+            done = moved_unreported(k, dst, self.scratch if rebuilt[0] else int(src[0]))
+            self.states.settle(np.array([page]), np.array([done]))
+            if done:
+                self.uffd.wake(dst, ps)
+                return
             raise
         self.states.settle(np.array([page]), _ONE)
 
