@@ -1,0 +1,54 @@
+"""Child process of the GIL-hazard test (run as ``python -m tests.concurrent.gil_child MODE``).
+
+api: mutator threads read every object through the heap's API while only the
+     fault handler (a Python thread) installs pages: must finish.
+raw: one mutator touches an uninstalled page through a numpy view, holding the
+     GIL while it is blocked in the fault: the Python handler can never run, so
+     this hangs until the watchdog (faulthandler, a C thread) dumps the stacks
+     and exits. The heap never hands out such a view; this shows why.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import random
+import sys
+import threading
+
+from heap import Heap
+from heap.concurrent import begin_concurrent, end_concurrent
+from tests.concurrent.model import Model, garbage, populate
+
+WATCHDOG_S = 4
+
+
+def main(mode: str) -> None:
+    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
+    rnd = random.Random(1)
+    heap = Heap(kernel="linux", size=8 << 20, compactor="remap")
+    model = Model(heap, seed=1)
+    populate(model, 80, rnd)
+    garbage(heap, rnd, 100)
+    cycle, stats, _ = begin_concurrent(heap, run_compactor=False)
+    if mode == "api":
+        threads = [threading.Thread(target=lambda objs=model.objects[i::4]: [model.read(o) for o in objs])
+                   for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        end_concurrent(heap, cycle)
+        print(f"api: done, faults_served={stats.faults_served}", flush=True)
+    else:
+        import numpy as np
+        from uffd_backend._native import ffi
+
+        addr = model.objects[-1].ref.address & ~4095  # not installed yet: nobody touched it
+        arr = np.frombuffer(ffi.buffer(ffi.cast("char *", addr), 4096), dtype=np.uint8)
+        arr[8] = 1  # GIL held while blocked in the userfault
+        print("raw: done", flush=True)
+    heap.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
