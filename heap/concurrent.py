@@ -212,6 +212,12 @@ class PageStates:
             self.installed += int(np.count_nonzero(installed))
             self.cond.notify_all()
 
+    def settle_one(self, page: int, installed: bool) -> None:
+        with self.cond:
+            self.state[page] = INSTALLED if installed else UNPROCESSED
+            self.installed += installed
+            self.cond.notify_all()
+
     def release_claims(self, lo: int, mine: np.ndarray) -> None:
         """Claimed pages of [lo, lo + mine.size) still processing go back to unprocessed."""
         with self.cond:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from bisect import bisect_right
 
 import numpy as np
 import structlog
@@ -56,6 +57,7 @@ class FaultHandler:
         self.uffd = cycle.uffd
         self.ps = k.page_size
         self.arena = cycle.arena
+        self.from_space = cycle.from_space
         self.program = cycle.program
         self.states = cycle.states
         self.builder = cycle.builder
@@ -86,6 +88,9 @@ class FaultHandler:
 
     # -- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
+        p = self.program  # piece lookups as Python lists: bisect on them is the fastest scalar path
+        self._piece_dst, self._piece_src = p.piece_dst.tolist(), p.piece_src.tolist()
+        self._piece_rebuilt = p.piece_rebuilt.tolist()
         backoff = False
         while not self._stop.is_set():
             try:
@@ -166,6 +171,41 @@ class FaultHandler:
         return 0
 
     def _install(self, page: int) -> None:
+        piece = bisect_right(self._piece_dst, page) - 1
+        if self._piece_rebuilt[piece]:
+            self._install_rebuilt(page)
+            return
+        # a page that moves whole, the common case: scalar code, it is on the faulter's clock
+        k, ps, c, p = self.kernel, self.ps, self.counters, self.program
+        dst = self.arena + page * ps
+        src = self.from_space + (self._piece_src[piece] + page - self._piece_dst[piece]) * ps
+        try:
+            t0, t1 = p.slot_page.searchsorted((page, page + 1)).tolist()
+            if t1 > t0:
+                k.store_words((src + p.slot_off[t0:t1]).astype(np.uint64), p.slot_val[t0:t1])
+            c.ioctls += 1
+            try:
+                self.uffd.move(dst, src, ps, 0)  # wakes the faulter
+                c.pages_moved += 1
+            except UffdError as exc:  # every other outcome: the shared routine (a hole: ENOENT -> ZEROPAGE)
+                if exc.errno not in (errno.EAGAIN, errno.EEXIST, errno.EBUSY, errno.ENOENT):
+                    raise InstallInterrupted(exc, 0) from exc  # refused: back off, retry (counted)
+                if exc.errno == errno.EAGAIN:
+                    c.eagain_retries += 1
+                races = c.eexist_races
+                install_page_range(k, self.uffd, dst, src, ps, c, mode=0)
+                if c.eexist_races != races:
+                    self.uffd.wake(dst, ps)
+        except BaseException:
+            done = moved_unreported(k, dst, src)
+            self.states.settle_one(page, done)
+            if done:
+                self.uffd.wake(dst, ps)
+                return
+            raise
+        self.states.settle_one(page, True)
+
+    def _install_rebuilt(self, page: int) -> None:
         k, ps, c = self.kernel, self.ps, self.counters
         dst = self.arena + page * ps
         _, rebuilt = self.program.sources(np.array([page], dtype=np.int64))

@@ -1,0 +1,245 @@
+"""Concurrent compaction benchmark: the pause, the mutators' faults, their throughput.
+
+Workloads (a large-object heap, so marking is cheap: 256 KiB objects, every
+page written, every other object dead), built fresh for every measurement:
+
+* pause: ``collect(concurrent=True)`` against ``collect()`` (stop-the-world
+  remap) on the same heap, as the heap grows 64 MiB -> 1 GiB; the concurrent
+  pause split into mark / plan / flip / precompute / roots, and per GiB of
+  heap used.
+* faults: a cycle whose pages only the fault handler installs (no compactor
+  thread): one mutator thread reads 8 bytes of every to-space page through
+  ``Ref.read``, timing each read from the mutator side, so every read is a
+  userfault served by the Python handler thread. Next to it, in the same
+  run: the same reads with no cycle (the cost of ``Ref.read`` itself), and
+  the raw kernel round trip (a bare registered region, a Python handler
+  thread doing read_events + UFFDIO_MOVE, a mutator doing ``kernel.load``).
+* throughput: a mutator thread reading 64 bytes of random live objects, its
+  reads per second while a concurrent cycle installs pages (from the end of
+  the pause to the end of the cycle), against the same with no cycle.
+
+    python -m bench.concurrent [--quick] [--repeat N] [--kernel linux|sim]
+
+Prints tables and writes bench/results/concurrent.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import structlog
+from rich.console import Console
+from rich.table import Table
+
+from heap import Heap
+from heap.concurrent import begin_concurrent, end_concurrent
+from heap.kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UFFDIO_REGISTER_MODE_MISSING, open_kernel
+
+MiB = 1 << 20
+GiB = 1 << 30
+OBJECT = 256 << 10
+RESULTS = Path(__file__).resolve().parent / "results" / "concurrent.json"
+
+
+def build(kernel_name: str, used: int) -> tuple[Heap, list]:
+    """A heap of ``used`` bytes of 256 KiB objects, every page written; every other object dead."""
+    heap = Heap(kernel=kernel_name, size=used + 16 * MiB, compactor="remap")
+    n = used // (OBJECT + 4096)
+    refs = [heap.alloc(OBJECT, 2) for _ in range(n)]
+    ps = heap.kernel.page_size
+    addrs = np.array([r.address for r in refs], dtype=np.int64)
+    pages = (addrs[:, None] + np.arange(1, OBJECT // ps + 1)[None, :] * ps).ravel()
+    heap.kernel.store_words(pages.astype(np.uint64), (pages ^ 0x5A5A).astype(np.uint64))
+    live = refs[::2]
+    for a, b in zip(live, live[1:]):
+        a.set_ref(0, b)
+    return heap, live
+
+
+def pause_row(kernel_name: str, used: int, repeat: int) -> dict:
+    conc, stw = [], []
+    parts = {}
+    for _ in range(repeat):
+        heap, live = build(kernel_name, used)
+        with heap:
+            st = heap.collect(concurrent=True)
+            conc.append(st.pause_ns)
+            if st.pause_ns == min(conc):
+                parts = {p: getattr(st, f"{p}_ns") for p in ("mark", "plan", "flip", "precompute", "roots")}
+                parts["install_ns"] = st.install_ns
+        heap, live = build(kernel_name, used)
+        with heap:
+            stw.append(heap.collect().pause_ns)
+    c, s = min(conc), min(stw)
+    return dict(heap_mib=used // MiB, concurrent_pause_ns=c, stw_pause_ns=s, ratio=s / c,
+                concurrent_ns_per_gib=c * GiB / used, stw_ns_per_gib=s * GiB / used, parts=parts,
+                concurrent_runs=conc, stw_runs=stw)
+
+
+def percentiles(ns: list[int]) -> dict:
+    a = np.asarray(ns, dtype=np.int64)
+    return dict(n=int(a.size), p50_ns=int(np.percentile(a, 50)), p99_ns=int(np.percentile(a, 99)),
+                max_ns=int(a.max()))
+
+
+def timed_reads(objs: list, ps: int) -> list[int]:
+    """8 bytes of every page of every object (after its header page), each read timed."""
+    out = []
+    clock = time.perf_counter_ns
+    for r in objs:
+        for off in range(ps, OBJECT, ps):
+            t = clock()
+            r.read(8, offset=off)
+            out.append(clock() - t)
+    return out
+
+
+def fault_latency(kernel_name: str, used: int) -> dict:
+    heap, live = build(kernel_name, used)
+    with heap:
+        ps = heap.kernel.page_size
+        cycle, stats, _ = begin_concurrent(heap, run_compactor=False)
+        faulted: list[int] = []
+        t = threading.Thread(target=lambda: faulted.extend(timed_reads(live, ps)))
+        t.start()
+        t.join()
+        end_concurrent(heap, cycle)
+        plain = timed_reads(live, ps)
+        return dict(mutator=percentiles(faulted), no_cycle=percentiles(plain),
+                    handler_service=dict(p50_ns=stats.fault_p50_ns, p99_ns=stats.fault_p99_ns),
+                    faults_served=stats.faults_served, pages_by_faults=stats.pages_installed_by_faults,
+                    raw=raw_round_trip(kernel_name, len(faulted)))
+
+
+def raw_round_trip(kernel_name: str, n: int) -> dict:
+    """A bare userfault resolved by a Python handler thread (read_events + MOVE),
+    timed around ``kernel.load`` in the mutator."""
+    k = open_kernel(kernel_name)
+    ps = k.page_size
+    uffd = k.userfaultfd()
+    dst, src = k.mmap(n * ps), k.mmap(n * ps)
+    k.store_words((src + np.arange(n) * ps).astype(np.uint64), np.arange(n, dtype=np.uint64))
+    uffd.register(dst, n * ps, UFFDIO_REGISTER_MODE_MISSING)
+    stop = threading.Event()
+
+    def handler():
+        while not stop.is_set():
+            for ev in uffd.read_events(timeout=0.02):
+                off = ev.address - dst
+                uffd.move(ev.address, src + off, ps, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
+
+    h = threading.Thread(target=handler, daemon=True)
+    h.start()
+    out = []
+    clock = time.perf_counter_ns
+    try:
+        for i in range(n):
+            t = clock()
+            k.load(dst + i * ps, 8)
+            out.append(clock() - t)
+    finally:
+        stop.set()
+        h.join(5)
+        uffd.close()
+        k.munmap(dst, n * ps)
+        k.munmap(src, n * ps)
+    return percentiles(out)
+
+
+def reads_per_s(live: list, seconds: float, stop: threading.Event | None = None) -> tuple[int, float]:
+    rnd = random.Random(3)
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while (stop is None and time.perf_counter() < end) or (stop is not None and not stop.is_set()):
+        rnd.choice(live).read(64, offset=rnd.randrange(0, OBJECT - 64))
+        n += 1
+    return n, time.perf_counter() - t0
+
+
+def throughput(kernel_name: str, used: int) -> dict:
+    heap, live = build(kernel_name, used)
+    with heap:
+        n0, s0 = reads_per_s(live, 0.5)
+        base = n0 / s0
+        cycle, stats, _ = begin_concurrent(heap)
+        done = threading.Event()
+        result = []
+        t = threading.Thread(target=lambda: result.append(reads_per_s(live, 0, stop=done)))
+        t.start()
+        cycle.wait_compactor()
+        end_concurrent(heap, cycle)
+        done.set()
+        t.join()
+        n1, s1 = result[0]
+        during = n1 / s1
+        return dict(reads_per_s_no_cycle=base, reads_per_s_during_cycle=during, ratio=during / base,
+                    install_ms=s1 * 1e3, faults_served=stats.faults_served,
+                    pages_by_faults=stats.pages_installed_by_faults)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
+    parser.add_argument("--kernel", default="linux", help="linux | sim (default linux)")
+    parser.add_argument("--repeat", type=int, default=3, help="pause: shortest of N fresh heaps (default 3)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    sizes = [4 * MiB, 8 * MiB] if args.quick else [64 * MiB, 128 * MiB, 256 * MiB, 512 * MiB, 1024 * MiB]
+    repeat = 1 if args.quick else args.repeat
+    console = Console()
+
+    pauses = [pause_row(args.kernel, s, repeat) for s in sizes]
+    table = Table(title=f"pause, concurrent vs stop-the-world ({args.kernel}, shortest of {repeat})")
+    for col in ("heap", "concurrent pause", "per GiB", "mark", "plan", "flip", "precompute", "roots",
+                "STW pause", "STW / concurrent"):
+        table.add_column(col, justify="right")
+    for r in pauses:
+        p = r["parts"]
+        table.add_row(f"{r['heap_mib']} MiB", f"{r['concurrent_pause_ns'] / 1e6:.2f} ms",
+                      f"{r['concurrent_ns_per_gib'] / 1e6:.2f} ms", *(f"{p[x] / 1e6:.2f}" for x in
+                                                                     ("mark", "plan", "flip", "precompute", "roots")),
+                      f"{r['stw_pause_ns'] / 1e6:.2f} ms", f"{r['ratio']:.1f}x")
+    console.print(table)
+
+    fsize = 4 * MiB if args.quick else 64 * MiB
+    faults = fault_latency(args.kernel, fsize)
+    ft = Table(title=f"fault latency seen by the mutator ({fsize // MiB} MiB heap, every read a fault)")
+    for col in ("what", "n", "p50", "p99", "max"):
+        ft.add_column(col, justify="right")
+    for name, key in (("Ref.read under a fault (cycle, handler only)", "mutator"),
+                      ("Ref.read, no cycle", "no_cycle"), ("raw: kernel.load + Python handler MOVE", "raw")):
+        d = faults[key]
+        ft.add_row(name, str(d["n"]), f"{d['p50_ns'] / 1e3:.1f} us", f"{d['p99_ns'] / 1e3:.1f} us",
+                   f"{d['max_ns'] / 1e3:.0f} us")
+    hs = faults["handler_service"]
+    ft.add_row("handler service (event read -> wake)", str(faults["faults_served"]),
+               f"{hs['p50_ns'] / 1e3:.1f} us", f"{hs['p99_ns'] / 1e3:.1f} us", "")
+    console.print(ft)
+
+    tsize = 8 * MiB if args.quick else 256 * MiB
+    thr = throughput(args.kernel, tsize)
+    tt = Table(title=f"mutator throughput ({tsize // MiB} MiB heap, Ref.read of 64 B)")
+    for col in ("no cycle", "during a cycle", "ratio", "install phase", "faults served"):
+        tt.add_column(col, justify="right")
+    tt.add_row(f"{thr['reads_per_s_no_cycle']:.0f}/s", f"{thr['reads_per_s_during_cycle']:.0f}/s",
+               f"{thr['ratio']:.2f}", f"{thr['install_ms']:.1f} ms", str(thr["faults_served"]))
+    console.print(tt)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(dict(kernel=args.kernel, quick=args.quick, repeat=repeat, pause=pauses,
+                                        faults=faults, throughput=thr), indent=1))
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
