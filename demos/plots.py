@@ -65,7 +65,7 @@ def heap_map(panels: list[tuple[str, np.ndarray]], page_size: int, path: Path, t
 
 
 def latency_histogram(series: list[tuple[str, np.ndarray]], path: Path, title: str, xlabel: str) -> None:
-    """Histograms on a log-x axis of latencies in nanoseconds, one per series, overlaid."""
+    """Histograms on a log-x axis of latencies in nanoseconds, one per series, overlaid as outlines."""
     values = [np.asarray(v, dtype=np.float64) for _, v in series if len(v)]
     low = max(min(float(v.min()) for v in values), 10.0)
     high = max(float(v.max()) for v in values) * 1.01
@@ -73,11 +73,13 @@ def latency_histogram(series: list[tuple[str, np.ndarray]], path: Path, title: s
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, v in series:
         if len(v):
-            ax.hist(np.asarray(v) / 1e3, bins=bins / 1e3, alpha=0.55, label=f"{label} (n={len(v):,})")
+            # fractions, not counts: the series differ in size by an order of magnitude
+            ax.hist(np.asarray(v) / 1e3, bins=bins / 1e3, weights=np.full(len(v), 1 / len(v)), histtype="step",
+                    linewidth=1.6, label=f"{label} (n={len(v):,})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
+    ax.set_ylabel("fraction of operations")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

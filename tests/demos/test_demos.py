@@ -72,8 +72,10 @@ def test_concurrent_mutators_run_through_collections(kernel_name, tmp_path):
     assert failed_checks(summary) == [], stderr[-2000:]
     assert_passed(code, summary, "concurrent", kernel_name)
     m = summary["metrics"]
-    assert m["cycles"] > 0 and m["faults_served"] > 0
-    assert m["throughput_ops_per_s_with_cycles"] > 0
+    assert m["concurrent_cycles"] == m["stop_the_world_cycles"] > 0
+    assert m["faults_served"] > 0
+    assert m["concurrent_pages_moved"] > 0
+    assert m["alone_ops_per_s"] > 0 and m["concurrent_ops_per_s"] > 0 and m["stop_the_world_ops_per_s"] > 0
     assert picture.read_bytes().startswith(PNG_MAGIC)
 
 
