@@ -35,7 +35,7 @@ import structlog
 
 from .concurrent import moved_unreported
 from .install import InstallCounters, InstallInterrupted, install_page_range
-from .kernel import UffdError
+from .kernel import UFFDIO_MOVE_MODE_DONTWAKE, UffdError
 
 log = structlog.get_logger("remapgc.heap")
 
@@ -122,6 +122,7 @@ class FaultHandler:
         """Resolve one fault; False when it was deferred after a refusal (back off)."""
         unprocessed, processing, _ = self._states_names
         page = (addr - self.arena) // self.ps
+        wake = 0
         try:
             if not self.program.in_plan(page):
                 self.fresh_pages += self._zero_or_wake(addr)
@@ -131,7 +132,7 @@ class FaultHandler:
                     self._deferred[page] = t_read
                     return True
                 if before == unprocessed:
-                    self._install(page)
+                    wake = self._install(page)
                     self.pages_installed += 1
                 else:
                     self._zero_or_wake(addr)
@@ -148,6 +149,8 @@ class FaultHandler:
         self.faults_served += 1
         if len(self.latencies) < MAX_LATENCIES:
             self.latencies.append(time.perf_counter_ns() - t_read)
+        if wake:  # last: the woken mutator wants the GIL, and the handler then only returns to read_events
+            self.uffd.wake(wake, self.ps)
         return True
 
     def _deferred_fresh(self, addr: int, t_read: int) -> None:
@@ -170,11 +173,12 @@ class FaultHandler:
         self.uffd.wake(addr, self.ps)
         return 0
 
-    def _install(self, page: int) -> None:
+    def _install(self, page: int) -> int:
+        """Install one page; the address still to wake (0: the kernel woke the faulter)."""
         piece = bisect_right(self._piece_dst, page) - 1
         if self._piece_rebuilt[piece]:
             self._install_rebuilt(page)
-            return
+            return 0
         # a page that moves whole, the common case: scalar code, it is on the faulter's clock
         k, ps, c, p = self.kernel, self.ps, self.counters, self.program
         dst = self.arena + page * ps
@@ -184,18 +188,16 @@ class FaultHandler:
             if t1 > t0:
                 k.store_words((src + p.slot_off[t0:t1]).astype(np.uint64), p.slot_val[t0:t1])
             c.ioctls += 1
+            wake = dst
             try:
-                self.uffd.move(dst, src, ps, 0)  # wakes the faulter
+                self.uffd.move(dst, src, ps, UFFDIO_MOVE_MODE_DONTWAKE)  # woken by _serve when its books are done
                 c.pages_moved += 1
             except UffdError as exc:  # every other outcome: the shared routine (a hole: ENOENT -> ZEROPAGE)
                 if exc.errno not in (errno.EAGAIN, errno.EEXIST, errno.EBUSY, errno.ENOENT):
                     raise InstallInterrupted(exc, 0) from exc  # refused: back off, retry (counted)
                 if exc.errno == errno.EAGAIN:
                     c.eagain_retries += 1
-                races = c.eexist_races
                 install_page_range(k, self.uffd, dst, src, ps, c, mode=0)
-                if c.eexist_races != races:
-                    self.uffd.wake(dst, ps)
         except BaseException:
             done = moved_unreported(k, dst, src)
             self.states.settle_one(page, done)
@@ -204,6 +206,7 @@ class FaultHandler:
                 return
             raise
         self.states.settle_one(page, True)
+        return wake
 
     def _install_rebuilt(self, page: int) -> None:
         k, ps, c = self.kernel, self.ps, self.counters
