@@ -64,14 +64,21 @@ def _already_installed(kernel, dst: int, src: int) -> bool:
 
 
 def install_page_range(kernel, uffd, dst: int, src: int, length: int, counters: InstallCounters,
-                       mode: int = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES) -> None:
-    """Install ``[src, src+length)`` at ``[dst, dst+length)`` by MOVE; see the module doc."""
+                       mode: int = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, refused: UffdError | None = None) -> None:
+    """Install ``[src, src+length)`` at ``[dst, dst+length)`` by MOVE; see the module doc.
+
+    ``refused``: the kernel's answer to a MOVE of this range already made (by
+    a batched call), handled as if this routine had received it."""
     ps = kernel.page_size
     done = 0
     backoff = 0
     while done < length:
-        counters.ioctls += 1
+        if refused is None:
+            counters.ioctls += 1
         try:
+            if refused is not None:
+                refused, pending = None, refused
+                raise pending
             uffd.move(dst + done, src + done, length - done, mode)
             counters.pages_moved += (length - done) // ps
             done = length
