@@ -9,11 +9,16 @@ scenario data, ready to paste into scenarios.py as a named scenario.
 unavailable: the simulator is deterministic (same sequence, same record) and
 every move/copy/zeropage outcome follows the kernel's return convention.
 
+``test_generator_finds_and_shrinks_an_injected_bug``: the generator is able
+to fail at all: against a sim whose MOVE says EBUSY where it should say
+EEXIST, it finds a sequence and shrinks it to the three steps that matter.
+
 REMAPGC_DIFF_EXAMPLES sets the number of sequences (default 500).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 
@@ -21,6 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 
 from tests.backends import make_kernel
+
+from heap.kernel import UffdError
 
 from .generator import scenarios
 from .runner import differences, run_scenario
@@ -37,8 +44,8 @@ common = dict(
 )
 
 
-def reproducer(scenario, problems) -> str:
-    return "\n".join(["the simulator differs from Linux on this sequence:", *problems,
+def reproducer(scenario, problems, what: str = "the simulator differs from Linux") -> str:
+    return "\n".join([f"{what} on this sequence:", *problems,
                       "", "as a named scenario:", scenario.as_data()])
 
 
@@ -92,4 +99,58 @@ def test_generated_sequences_sim_consistent(scenario):
     again = run_scenario(make_kernel("sim"), scenario, snapshot_every_step=True)
     problems = differences(first, again, names=("sim run 1", "sim run 2"))
     problems += convention_violations(first)
-    assert not problems, reproducer(scenario, problems)
+    assert not problems, reproducer(scenario, problems, "the simulator is inconsistent")
+
+
+# --- the generator can find a difference at all --------------------------------------
+class _EexistAsEbusy:
+    """A uffd whose MOVE reports EBUSY where the kernel says EEXIST."""
+
+    def __init__(self, uffd):
+        self._uffd = uffd
+
+    def __getattr__(self, name):
+        return getattr(self._uffd, name)
+
+    def move(self, dst, src, length, mode=0):
+        try:
+            return self._uffd.move(dst, src, length, mode)
+        except UffdError as exc:
+            if exc.errno == errno.EEXIST:
+                raise UffdError(errno.EBUSY, moved=exc.moved) from None
+            raise
+
+
+class MutantSim:
+    """A SimKernel with one deliberate bug, to show the generator catches it."""
+
+    def __init__(self):
+        self._k = make_kernel("sim")
+
+    def __getattr__(self, name):
+        return getattr(self._k, name)
+
+    def userfaultfd(self, *args, **kwargs):
+        return _EexistAsEbusy(self._k.userfaultfd(*args, **kwargs))
+
+
+@pytest.mark.timeout(600)
+def test_generator_finds_and_shrinks_an_injected_bug():
+    @settings(max_examples=300, **common)
+    @given(scenario=scenarios(max_steps=6, thp=False))
+    def sim_vs_mutant(scenario):
+        good = run_scenario(make_kernel("sim"), scenario)
+        bad = run_scenario(MutantSim(), scenario)
+        problems = differences(good, bad, names=("sim", "mutant"))
+        assert not problems, reproducer(scenario, problems, "the mutant differs from the sim")
+
+    with pytest.raises(AssertionError) as caught:
+        sim_vs_mutant()
+    message = str(caught.value)
+    assert "!= mutant 'EBUSY" in message and "as a named scenario:" in message
+    body = message.split("as a named scenario:")[1]
+    # shrunk: after the fixed prefix (which ends registering C), only the
+    # three steps that make a move hit EEXIST (min_size is 3)
+    tail = body.split("Register(at='C', pages=8),")[1].splitlines()
+    generated = [line for line in tail if line.strip().endswith("),")]
+    assert len(generated) == 3 and any(line.strip().startswith("Move(") for line in generated), message
