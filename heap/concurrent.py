@@ -57,7 +57,8 @@ import structlog
 
 from .errors import CompactionAborted
 from .install import InstallCounters, InstallInterrupted, install_page_range, slot_values
-from .kernel import MADV_DONTNEED, UFFDIO_REGISTER_MODE_MISSING, UffdError
+from .kernel import (MADV_DONTNEED, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UFFDIO_REGISTER_MODE_MISSING, UffdError,
+                     move_ranges)
 from .plan import plan_remap
 from .stats import GCStats, PhaseClock
 
@@ -67,7 +68,7 @@ UNPROCESSED, PROCESSING, INSTALLED = 0, 1, 2
 # Pages the compactor claims, builds and MOVEs per step: batches of >= 64
 # pages come within ~30 % of the whole-range MOVE floor (kernel_floors.md),
 # and a mutator faulting on a page of the chunk in flight waits for one chunk.
-CHUNK_PAGES = 64
+CHUNK_PAGES = 1024
 JOIN_TIMEOUT_S = 10.0
 
 
@@ -80,7 +81,7 @@ class ConcurrentGCStats(GCStats):
     install_aborts: int = 0  # installs the kernel refused (ENOMEM, EINTR ...): CompactionAborted raised
     install_retries: int = 0  # fault services refused and retried after a back-off
     pages_installed_by_faults: int = 0  # to-space pages the fault handler installed (the rest: the compactor)
-    fault_p50_ns: int = 0  # fault service time in the handler, from reading the event to the wake
+    fault_p50_ns: int = 0  # service time of the faults the handler resolved itself, from reading the event to the wake
     fault_p99_ns: int = 0
     fault_max_ns: int = 0
     install_ns: int = 0  # from the end of the pause to the last page installed
@@ -299,13 +300,30 @@ class PageBuilder:
         firsts = np.flatnonzero(brk)
         ends = np.append(firsts[1:], idx.size)
         installed = np.zeros(idx.size, dtype=bool)
+        dsts = self.arena + (lo + idx[firsts]) * ps
+        srcs = src[idx[firsts]]
+        lengths = (ends - firsts) * ps
+        k0 = 0
         try:
-            for a, b in zip(firsts.tolist(), ends.tolist()):
-                page = lo + int(idx[a])
-                races = counters.eexist_races
+            while k0 < firsts.size:  # all runs in one batched call (one GIL release) while the kernel says yes
                 try:
-                    install_page_range(self.kernel, self.uffd, self.arena + page * ps, int(src[idx[a]]),
-                                       (b - a) * ps, counters)
+                    move_ranges(self.uffd, dsts[k0:].astype(np.uint64), srcs[k0:].astype(np.uint64),
+                                lengths[k0:].astype(np.uint64), UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
+                except UffdError as exc:
+                    f = k0 + exc.index
+                    refused = exc
+                else:
+                    f, refused = firsts.size, None
+                counters.ioctls += f - k0
+                counters.pages_moved += int(lengths[k0:f].sum()) // ps
+                installed[firsts[k0]:firsts[f] if f < firsts.size else idx.size] = True
+                if refused is None:
+                    break
+                a, b = int(firsts[f]), int(ends[f])
+                races = counters.eexist_races
+                try:  # the refused run: every outcome handled by the shared routine
+                    install_page_range(self.kernel, self.uffd, int(dsts[f]), int(srcs[f]), int(lengths[f]),
+                                       counters, refused=refused)
                 except InstallInterrupted as exc:
                     installed[a:a + exc.done // ps] = True
                     for i in range(a + exc.done // ps, b):  # moved but not reported (EINTR after a step)?
@@ -314,7 +332,8 @@ class PageBuilder:
                     raise
                 installed[a:b] = True
                 if counters.eexist_races != races:  # a page someone else filled: its faulter needs a wake
-                    self.uffd.wake(self.arena + page * ps, (b - a) * ps)
+                    self.uffd.wake(int(dsts[f]), int(lengths[f]))
+                k0 = f + 1
         finally:
             self.states.settle(idx + lo, installed)
 
@@ -346,7 +365,8 @@ class ConcurrentCycle:
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.compactor_done = threading.Event()
-        self.finished = False
+        self.finished = False  # threads stopped, arena unregistered
+        self._finish_lock = threading.Lock()
         self.install_started = 0
         self.handler = FaultHandler(self)
         self.compactor = threading.Thread(target=self._compact, name="remapgc-compactor", daemon=True)
@@ -416,22 +436,34 @@ class ConcurrentCycle:
             raise err from self.error
 
     def finish(self) -> None:
-        """Every page is installed: end the cycle (the heap lock is held)."""
-        if self.finished:
-            return
-        self.finished = True
-        heap, k = self.heap, self.kernel
-        with self.clock.phase("install") as ev:
-            ev.update(pages=self.program.npages, by_faults=self.handler.pages_installed)
-        self.uffd.unregister(self.arena, self.size)  # wakes any late faulter: it now faults normally
-        self._stop_threads()
+        """Every page is installed: end the cycle. Needs no heap lock: the
+        from-space is released outside it (as the stop-the-world compactor
+        does), through the heap's owed-release token, so a pause that starts
+        meanwhile releases it first and nothing releases a newer from-space."""
+        heap = self.heap
+        self._end_threads()
+        with heap._lock:
+            if heap._cycle is not self:
+                return  # another thread finished it
+            heap._cycle = None
+            token = heap._owed_release = object()
         with self.clock.phase("release") as ev:
-            k.madvise(self.from_space, self.size, MADV_DONTNEED)
+            with heap._release_lock:
+                if heap._owed_release is token:
+                    ev.update(**heap._release_from_space())
+                    heap._owed_release = None
+        self._fill_stats()
+
+    def _end_threads(self) -> None:
+        with self._finish_lock:
+            if self.finished:
+                return
+            k = self.kernel
+            self.uffd.unregister(self.arena, self.size)  # wakes any late faulter: it now faults normally
+            self._stop_threads()
             k.munmap(self.scratch, self.chunk_pages * k.page_size)
             self.handler.release()
-            ev.update(from_space_bytes=self.size)
-        heap._cycle = None
-        self._fill_stats()
+            self.finished = True
 
     def _fill_stats(self) -> None:
         st = self.stats
@@ -489,9 +521,14 @@ class ConcurrentCycle:
         """Heap.close(): in-flight accesses finish (their faults are served),
         then every thread stops. Pages not installed are dropped with the arena."""
         self.heap._gate.drain(JOIN_TIMEOUT_S)
-        self.finished = True
-        self._stop_threads()
-        self.handler.release()
+        with self._finish_lock:
+            if not self.finished:
+                self.finished = True
+                self.stop.set()
+                self._stop_threads()
+                self.handler.release()
+                if not self.compactor.is_alive():
+                    self.kernel.munmap(self.scratch, self.chunk_pages * self.kernel.page_size)
         self.heap._cycle = None
 
 
@@ -532,13 +569,14 @@ def begin_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: boo
 
 
 def end_concurrent(heap, cycle: "ConcurrentCycle") -> None:
-    """After the compactor stopped: raise its error, or install what is left and finish."""
-    with heap._lock:
-        if heap._cycle is cycle:
+    """After the compactor stopped: raise its error, or install what is left; then finish."""
+    if cycle.error is not None or not cycle.states.all_installed():
+        with heap._lock:
+            if heap._cycle is not cycle:
+                return
             cycle.raise_error()
-            if not cycle.states.all_installed():
-                cycle.complete()
-            cycle.finish()
+            cycle.complete()
+    cycle.finish()
 
 
 def _pause(heap, chunk_pages: int, run_compactor: bool, handler_batch: int) -> ConcurrentCycle:

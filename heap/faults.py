@@ -39,7 +39,7 @@ from .kernel import UFFDIO_MOVE_MODE_DONTWAKE, UffdError
 
 log = structlog.get_logger("remapgc.heap")
 
-IDLE_WAIT_S = 0.02  # read_events timeout with nothing deferred: how soon stop() is noticed
+IDLE_WAIT_S = 0.002  # read_events timeout with nothing deferred: how soon stop() is noticed
 DEFERRED_WAIT_S = 0.0002  # with deferred faults: how soon they are looked at again
 BACKOFF_S = 0.001  # after a refused install
 MAX_LATENCIES = 1 << 20
@@ -129,7 +129,7 @@ class FaultHandler:
             else:
                 before = self.states.claim(page)
                 if before == processing:
-                    self._deferred[page] = t_read
+                    self._deferred[page] = -1  # the compactor's MOVE wakes it; not timed as a service
                     return True
                 if before == unprocessed:
                     wake = self._install(page)
@@ -147,7 +147,7 @@ class FaultHandler:
                 self._deferred_fresh(addr, t_read)
             return False
         self.faults_served += 1
-        if len(self.latencies) < MAX_LATENCIES:
+        if t_read >= 0 and len(self.latencies) < MAX_LATENCIES:
             self.latencies.append(time.perf_counter_ns() - t_read)
         if wake:  # last: the woken mutator wants the GIL, and the handler then only returns to read_events
             self.uffd.wake(wake, self.ps)
