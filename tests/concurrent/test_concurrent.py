@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from heap import Heap
-from heap.concurrent import ConcurrentGCStats, begin_concurrent, end_concurrent
+from heap.concurrent import ConcurrentGCStats, begin_concurrent, collect_concurrent, end_concurrent
 from heap.errors import CompactionAborted
 from tests.concurrent.model import Model, garbage, populate
 
@@ -68,9 +68,11 @@ def test_mutators_read_and_write_during_50_cycles(kernel_name):
         def collector():
             started.wait()
             try:
-                for _ in range(50):
+                for i in range(50):
                     garbage(heap, rnd, 40)
-                    st = heap.collect(concurrent=True)
+                    # every other cycle in chunks of 4 pages: mutators meet pages nobody claimed yet,
+                    # and the handler installs them
+                    st = heap.collect(concurrent=True) if i % 2 else collect_concurrent(heap, chunk_pages=4)
                     assert isinstance(st, ConcurrentGCStats)
                     totals["faults"] += st.faults_served
                     totals["by_faults"] += st.pages_installed_by_faults
@@ -82,7 +84,7 @@ def test_mutators_read_and_write_during_50_cycles(kernel_name):
 
         run_threads([mutator(s) for s in range(6)] + [collector], timeout=100)
         assert totals["cycles"] == 50
-        assert totals["faults"] > 0, totals
+        assert totals["faults"] > 0 and totals["by_faults"] > 0, totals
         assert not remapgc_threads()
         model.check_all()
         heap.verify()
