@@ -416,6 +416,62 @@ THP = [
              doc="3.1"),
 ]
 
+# --- observed on this kernel, beyond the document's rows ------------------------------
+# (expectations are what 6.18.44 does; they pin the sim to it)
+OBSERVED = [
+    scenario("write to the huge zero page allocates a THP", Map("S", HPAGES, thp=True), Read("S"),
+             Snapshot("hzp"), Write("S+3"),
+             pages=[Pages("S", HPAGES, state="zero", huge=True, when="hzp"),
+                    Pages("S", HPAGES, state="thp", huge=True, origin="S+0")], doc="3.5 (write fault)"),
+    scenario("zero page moves although a child shares it", *setup(), Read("S", 2), Fork(),
+             Move("D", "S", pages=2, tag="mv"), ChildExit(), expect={"mv": moved(2)},
+             pages=[Pages("D", 2, state="zero", origin="zero"), Pages("S", 2, state="none")],
+             doc="2.2 zero page (no exclusivity check)"),
+    scenario("huge zero page moves whole although a child shares it", Map("S", HPAGES, thp=True), Read("S"),
+             Map("D", HPAGES, thp=True), Uffd(), Register("D", HPAGES), Fork(),
+             Move("D", "S", pages=HPAGES, tag="mv"), ChildExit(), expect={"mv": moved(HPAGES)},
+             pages=[Pages("D", HPAGES, state="zero", huge=True, origin="zero")], doc="2.1 step 4 (huge zero page)"),
+    scenario("THP shared with a child: a parent write splits the PMD and copies one page", *thp_setup(),
+             Fork(), Write("S+3"), Snapshot("written"), Move("D+3", "S+3", tag="one"),
+             Move("D+4", "S+4", tag="other"), ChildExit(),
+             expect={"one": moved(1), "other": EBUSY},
+             pages=[Pages("S", 3, state="thp", huge=False, origin="S+0", when="written"),
+                    Pages("S+3", 1, state="present", huge=False, origin="S+3#2", when="written"),
+                    Pages("D+3", 1, state="present", origin="S+3#2"),
+                    Pages("S+4", HPAGES - 4, state="thp", huge=False, origin="S+4")], doc="2.2 / 3.6 (COW of a THP)"),
+    scenario("THP after the child exited and a parent write: reused, moves whole", *thp_setup(), Fork(),
+             ChildExit(), Write("S+3"), Move("D", "S", pages=HPAGES, tag="mv"), expect={"mv": moved(HPAGES)},
+             pages=[Pages("D", HPAGES, state="thp", huge=True, origin="S+0")], doc="3.6 / 2.3 (reuse)"),
+    scenario("THP through mprotect RO and back: still moves whole", *thp_setup(), Mprotect("S", HPAGES, RO),
+             Mprotect("S", HPAGES, RW), Move("D", "S", pages=HPAGES, tag="mv"), expect={"mv": moved(HPAGES)},
+             pages=[Pages("D", HPAGES, state="thp", huge=True, origin="S+0")], doc="3.1"),
+    scenario("THP with one page dropped, whole 2 MiB with ALLOW_SRC_HOLES: PTE path", *thp_setup(),
+             Madvise("S+100", 1, DONTNEED), Move("D", "S", pages=HPAGES, mode=HOLES, tag="mv"),
+             expect={"mv": moved(HPAGES)},
+             pages=[Pages("D", 100, state="present", huge=False, origin="S+0"), Pages("D+100", 1, state="none"),
+                    Pages("D+101", HPAGES - 101, state="present", huge=False, origin="S+101")], doc="3.7"),
+    scenario("THP with one page dropped, whole 2 MiB without the flag: EAGAIN at the hole", *thp_setup(),
+             Madvise("S+100", 1, DONTNEED), Move("D", "S", pages=HPAGES, tag="mv"),
+             Move("D+100", "S+100", pages=HPAGES - 100, tag="retry"),
+             expect={"mv": partial(100), "retry": ENOENT}, pages=[Pages("D", 100, origin="S+0")], doc="3.7 / 4"),
+    scenario("munmap of a THP's tail, then a partial move", *thp_setup(), Munmap("S+500", 12),
+             Move("D", "S", pages=4, tag="mv"), expect={"mv": moved(4)},
+             pages=[Pages("D", 4, state="present", origin="S+0"), Pages("S+4", 496, state="present", origin="S+4"),
+                    Pages("S+500", 12, state="unmapped")], doc="3.2 / 3.7"),
+    scenario("mlocked THP into an mlock-onfault dst moves whole", *thp_setup(), Mlock("S", HPAGES),
+             Mlock("D", HPAGES, onfault=True), Move("D", "S", pages=HPAGES, tag="mv"), expect={"mv": moved(HPAGES)},
+             pages=[Pages("D", HPAGES, state="thp", huge=True, origin="S+0")], doc="1b VM_LOCKONFAULT / 3.1"),
+    scenario("COPY and ZEROPAGE into a MADV_HUGEPAGE region map small pages", Map("S", 8), Write("S", 2),
+             Map("D", HPAGES, thp=True), Uffd(), Register("D", HPAGES), Copy("D", "S", pages=2, tag="cp"),
+             Zeropage("D+2", pages=2, tag="zp"), expect={"cp": moved(2), "zp": moved(2)},
+             pages=[Pages("D", 2, state="present", huge=False, origin="D+0"),
+                    Pages("D+2", 2, state="zero", huge=False)], doc="COPY / ZEROPAGE"),
+    scenario("demand fault next to a partially moved THP gets a small page", *thp_setup(),
+             Move("D", "S", pages=4, tag="mv"), Write("S"), expect={"mv": moved(4)},
+             pages=[Pages("S", 1, state="present", huge=False, origin="S+0#2"), Pages("D", 4, origin="S+0")],
+             doc="3.2 (PTE table left behind)"),
+]
+
 # --- COPY and ZEROPAGE ---------------------------------------------------------------
 COPY = [
     scenario("COPY fills dst with new frames, src untouched", *setup(), Write("S", 2),
@@ -538,7 +594,7 @@ WAKE = [
              doc="5 holes counted as moved"),
 ]
 
-SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + COPY + VMAS
+SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + COPY + VMAS
 
 
 def _unique(items):
