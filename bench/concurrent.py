@@ -164,25 +164,34 @@ def reads_per_s(live: list, seconds: float, stop: threading.Event | None = None)
     return n, time.perf_counter() - t0
 
 
-def throughput(kernel_name: str, used: int) -> dict:
+def throughput(kernel_name: str, used: int, rounds: int) -> dict:
+    """Interleaved: a window with no cycle, then a cycle (pause excluded: the
+    mutator's clock starts when the pause ends), ``rounds`` times; medians.
+    Rounds after the first find the heap compact: their cycles install every
+    live page again (a flip and a whole install) but free nothing."""
     heap, live = build(kernel_name, used)
+    base, during, install, faults = [], [], [], []
     with heap:
-        n0, s0 = reads_per_s(live, 0.5)
-        base = n0 / s0
-        cycle, stats, _ = begin_concurrent(heap)
-        done = threading.Event()
-        result = []
-        t = threading.Thread(target=lambda: result.append(reads_per_s(live, 0, stop=done)))
-        t.start()
-        cycle.wait_compactor()
-        end_concurrent(heap, cycle)
-        done.set()
-        t.join()
-        n1, s1 = result[0]
-        during = n1 / s1
-        return dict(reads_per_s_no_cycle=base, reads_per_s_during_cycle=during, ratio=during / base,
-                    install_ms=s1 * 1e3, faults_served=stats.faults_served,
-                    pages_by_faults=stats.pages_installed_by_faults)
+        for _ in range(rounds):
+            n0, s0 = reads_per_s(live, 0.3)
+            base.append(n0 / s0)
+            cycle, stats, _ = begin_concurrent(heap)
+            done = threading.Event()
+            result = []
+            t = threading.Thread(target=lambda: result.append(reads_per_s(live, 0, stop=done)))
+            t.start()
+            cycle.wait_compactor()
+            end_concurrent(heap, cycle)
+            done.set()
+            t.join()
+            n1, s1 = result[0]
+            during.append(n1 / s1)
+            install.append(s1 * 1e3)
+            faults.append(stats.faults_served)
+    b, d = float(np.median(base)), float(np.median(during))
+    return dict(reads_per_s_no_cycle=b, reads_per_s_during_cycle=d, ratio=d / b, install_ms=float(np.median(install)),
+                faults_served=int(np.median(faults)), rounds=rounds, runs_no_cycle=base, runs_during_cycle=during,
+                runs_install_ms=install)
 
 
 def main(argv=None) -> int:
@@ -226,8 +235,8 @@ def main(argv=None) -> int:
     console.print(ft)
 
     tsize = 8 * MiB if args.quick else 256 * MiB
-    thr = throughput(args.kernel, tsize)
-    tt = Table(title=f"mutator throughput ({tsize // MiB} MiB heap, Ref.read of 64 B)")
+    thr = throughput(args.kernel, tsize, 2 if args.quick else 5)
+    tt = Table(title=f"mutator throughput ({tsize // MiB} MiB heap, Ref.read of 64 B, median of {thr['rounds']})")
     for col in ("no cycle", "during a cycle", "ratio", "install phase", "faults served"):
         tt.add_column(col, justify="right")
     tt.add_row(f"{thr['reads_per_s_no_cycle']:.0f}/s", f"{thr['reads_per_s_during_cycle']:.0f}/s",

@@ -603,7 +603,11 @@ def _pause(heap, chunk_pages: int, run_compactor: bool, handler_batch: int) -> C
             raise
         ev.update(bytes=heap._alloc.used_pages * ps)
     with clock.phase("precompute") as ev:
-        program = make_program(plan, heap._model, old, marking, new_by_row, base, fs, ps)
+        try:
+            program = make_program(plan, heap._model, old, marking, new_by_row, base, fs, ps)
+        except BaseException:
+            heap._unflip()  # nothing else changed yet: the pages go back
+            raise
         ev.update(pages=program.npages, slots=int(program.slot_page.size), copies=int(program.seg_page.size))
     with clock.phase("roots"):
         heap._forward_roots(old["start"], new_by_row)

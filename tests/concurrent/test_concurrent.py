@@ -182,3 +182,24 @@ def test_an_exception_in_the_compactor_reaches_collect_and_the_heap_recovers(ker
         model.check_all()  # the next operation installs the rest first
         assert not remapgc_threads()
         heap.verify()
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_inside_the_pause_puts_every_page_back(kernel_name, monkeypatch):
+    from heap import concurrent
+
+    rnd = random.Random(7)
+    with Heap(kernel=kernel_name, size=8 * MiB, compactor="remap") as heap:
+        model = Model(heap, seed=7)
+        populate(model, 60, rnd)
+
+        def broken(*args, **kwargs):
+            raise MemoryError("injected: no room for the install program")
+
+        monkeypatch.setattr(concurrent, "make_program", broken)
+        with pytest.raises(MemoryError, match="injected"):
+            heap.collect(concurrent=True)
+        monkeypatch.undo()
+        model.check_all()
+        heap.verify()
+        assert heap.collect(concurrent=True).live_objects == len(model.objects)
