@@ -7,10 +7,8 @@ they run alone for a while (the throughput baseline); then the collector
 thread runs ``heap.collect(concurrent=True)`` cycle after cycle while they
 keep going. A mutator touching a page the compactor has not installed yet
 takes a userfault that the heap's fault handler serves. For comparison the
-collector then runs
-
-then the same number of stop-the-world collections, the mutators still
-running (they wait out each pause).
+collector then runs the same number of stop-the-world collections, the
+mutators still running (they wait out each pause).
 
 Reported per phase (alone, concurrent cycles, stop-the-world cycles): the
 pauses, the faults served and how fast the fault handler served them, the
