@@ -123,7 +123,7 @@ def region_defs(scenario_steps) -> list[RegionDef]:
         if isinstance(step, S.Map):
             defs.setdefault(step.label, RegionDef(step.label, step.pages, step.offset, step.after))
         elif isinstance(step, S.Mremap):
-            defs.setdefault(step.new, RegionDef(step.new, step.pages))
+            defs.setdefault(step.new, RegionDef(step.new, step.pages, step.offset))
     return list(defs.values())
 
 

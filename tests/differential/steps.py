@@ -143,6 +143,7 @@ class Mremap(Step):
     pages: int
     new: str
     dontunmap: bool = False
+    offset: int = 0  # pages past a 2 MiB boundary where ``new`` starts
     tag: str | None = None
 
 
