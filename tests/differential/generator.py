@@ -4,7 +4,9 @@ A generated scenario maps regions A, B and C (8 pages each), writes some of
 A, opens uffds "u" and "v" and registers B and C with "u", then runs 3-14
 random steps: writes, reads, MADV_DONTNEED/FREE,
 mprotect, munmap, mlock/munlock, (un)register, MOVE/COPY/ZEROPAGE with random
-offsets, lengths and modes, fork and child exit. Optionally a fourth region T
+offsets, lengths and modes, fork and child exit, and in some sequences one
+mremap (plain or DONTUNMAP) of part of A/B/C to a fresh region N that later
+steps address too. Optionally a fourth region T
 is a 2 MiB MADV_HUGEPAGE region so that THP moves, splits and the huge zero
 page are reached too: T holds a THP (or the huge zero page), U is the
 registered destination. Hypothesis shrinks a failing sequence to a minimal one,
@@ -33,6 +35,7 @@ from .steps import (
     Mlock,
     Move,
     Mprotect,
+    Mremap,
     Munlock,
     Munmap,
     Read,
@@ -116,7 +119,14 @@ def scenarios(draw, max_steps: int = 14, thp: bool = True):
     steps += [Uffd("u"), Uffd("v"), Register("B", PAGES), Register("C", PAGES)]
     if with_thp:
         steps.append(Register("U", HPAGES))
+    with_mremap = draw(st.integers(0, 3)) == 0  # about 1 in 4: one mremap to a fresh region N
+    if with_mremap:
+        regions += ("N",)
     body = draw(st.lists(steps_strategy(regions), min_size=3, max_size=max_steps))
+    if with_mremap:
+        source, pages = draw(spot(SMALL))
+        where = draw(st.integers(0, len(body)))
+        body.insert(where, Mremap(source, min(pages, PAGES), "N", dontunmap=draw(st.booleans())))
     return Scenario("generated", tuple(steps) + tuple(legal_process_steps(body)))
 
 
