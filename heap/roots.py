@@ -120,6 +120,19 @@ class Ref:
 
     __hash__ = None  # equality follows the object, whose address moves
 
+    def __copy__(self) -> "Ref":
+        # a root of its own: a copy sharing the handle would drop the original's root when it dies
+        heap = self._heap
+        with heap._lock:
+            heap._ready()
+            return Ref(heap, heap._handles.new(heap._own(self)))
+
+    def __deepcopy__(self, memo) -> "Ref":
+        return self.__copy__()
+
+    def __reduce__(self):
+        raise TypeError("a Ref cannot be pickled: it is a handle into one process's heap")
+
     def __repr__(self) -> str:
         try:
             return f"Ref(0x{self.address:x}, nbytes={self.nbytes}, nrefs={self.nrefs})"

@@ -262,6 +262,8 @@ class Heap:
         nbytes, nrefs = nbytes.ravel().copy(), nrefs.ravel().copy()
         if nbytes.size and (nbytes.min() < 0 or nrefs.min() < 0 or nrefs.max() > MAX_NREFS):
             raise ValueError("nbytes and nrefs must be >= 0 (and nrefs < 2**32)")
+        if nbytes.size and nbytes.max() > self._size:  # before any sum: int64 totals must not wrap
+            raise ValueError(f"an object of {int(nbytes.max())} bytes cannot fit a heap of {self._size} bytes")
         totals = self._model.total_bytes(nbytes, nrefs)
         if int(totals.sum()) > self._size:
             raise ValueError(f"{int(totals.sum())} bytes cannot fit a heap of {self._size} bytes")
@@ -287,6 +289,8 @@ class Heap:
             raise ValueError(f"nbytes must be >= 0, not {nbytes}")
         if not 0 <= nrefs <= MAX_NREFS:
             raise ValueError(f"nrefs must be in [0, 2**32), not {nrefs}")
+        if nbytes > self._size:  # before the int64 arithmetic of total_bytes
+            raise ValueError(f"an object of {nbytes} bytes cannot fit a heap of {self._size} bytes")
         total = int(self._model.total_bytes(nbytes, nrefs))
         if total > self._size:
             raise ValueError(f"an object of {total} bytes cannot fit a heap of {self._size} bytes")
@@ -504,7 +508,8 @@ class Heap:
                             ev.update(**self._release_from_space())
                         self._owed_release = None
             stats.total_ns = time.perf_counter_ns() - t0
-            stats.rss_after = self._rss()
+            with self._release_lock:  # close() takes it before unmapping: the heap is still there
+                stats.rss_after = 0 if self._closed else self._rss()
             self.last_phase_ns = dict(clock.ns)
             self.last_events = list(clock.events)
             log.info("gc_done", compactor=self._compactor, **stats.as_dict())
