@@ -31,6 +31,7 @@ from heap.kernel import (
     PageInfo,
 )
 
+from . import native
 from .faultplan import FaultPlan
 from .frames import (
     FIRST_FRAME,
@@ -163,8 +164,11 @@ class SimKernel:
     page_size = PAGE_SIZE
     hpage_size = PMD_SIZE
 
-    def __init__(self, seed: int = 0, thp: bool = True, fault_plan: FaultPlan | None = None):
+    def __init__(self, seed: int = 0, thp: bool = True, fault_plan: FaultPlan | None = None,
+                 compiled: bool | None = None):
         self.seed = seed
+        # the compiled per-word loops when built (compiled=False forces the numpy paths)
+        self.compiled = native.COMPILED if compiled is None else (compiled and native.COMPILED)
         self.thp = thp
         self.fault_plan = fault_plan if fault_plan is not None else FaultPlan(seed=seed)
         self.counters = Counters()
@@ -887,6 +891,8 @@ class SimKernel:
             for i, a in enumerate(addrs.tolist()):
                 out[i] = int.from_bytes(self.load(a, 8), "little")
             return out
+        if self.compiled:
+            return self._load_words_compiled(np.ascontiguousarray(addrs), out)
         words = (addrs >> np.uint64(3)).view(np.int64)
         with self._lock:
             i = 0
@@ -910,6 +916,8 @@ class SimKernel:
             for a, v in zip(addrs.tolist(), values.tolist()):
                 self.store(a, int(v).to_bytes(8, "little"))
             return
+        if self.compiled:
+            return self._store_words_compiled(np.ascontiguousarray(addrs), np.ascontiguousarray(values))
         words = (addrs >> np.uint64(3)).view(np.int64)
         with self._lock:
             i = 0
@@ -920,6 +928,94 @@ class SimKernel:
                     i += stop
                 if i < addrs.size:
                     self._resolve(bad, True)
+
+    def _span_of(self, addrs: np.ndarray) -> tuple[int, int] | None:
+        """(first page, last page) of ``addrs`` when a per-page table over them is small enough."""
+        pmin = int(addrs.min()) >> PAGE_SHIFT
+        pmax = int(addrs.max()) >> PAGE_SHIFT
+        if pmax - pmin + 1 <= max(4 * addrs.size, 1 << 16):
+            return pmin, pmax
+        return None
+
+    def _word_bases(self, pmin: int, pmax: int, write: bool, hit: np.ndarray | None = None) -> np.ndarray:
+        """Pool word index of each page in [pmin, pmax] (-1 where the access needs a fault).
+
+        For a write, pages marked in ``hit`` get a content slot if they have none yet.
+        """
+        frames, ok = self._span_pages(pmin, pmax, write)
+        if write and hit is not None:
+            fresh = ok & hit.view(bool) & (self.frames.slot[np.where(ok, frames, 0)] == 0)
+            if fresh.any():
+                self.frames.writable_slots(frames[fresh])
+        self._pool_ready()
+        return np.where(ok, self.frames.slot[np.where(ok, frames, 0)] * (PAGE_SIZE // 8), -1)
+
+    def _bad_word_pages(self, addrs: np.ndarray, pmin: int, wbase: np.ndarray) -> np.ndarray:
+        pages = (addrs >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        return pages[wbase[pages - pmin] < 0]
+
+    def _load_words_compiled(self, addrs: np.ndarray, out: np.ndarray) -> np.ndarray:
+        span = self._span_of(addrs)
+        with self._lock:
+            i = 0
+            while i < addrs.size:
+                if span is None:  # too spread out for a page table: one page at a time
+                    frames, ok = self._accessible(addrs[i:i + 1].astype(np.int64) >> PAGE_SHIFT, False)
+                    if not ok[0]:
+                        self._resolve(addrs[i:i + 1].astype(np.int64) >> PAGE_SHIFT, False)
+                        continue
+                    self._pool_ready()
+                    out[i] = self.frames.content.flat_words[int(self.frames.slot[frames[0]]) * (PAGE_SIZE // 8)
+                                                            + ((int(addrs[i]) & (PAGE_SIZE - 1)) >> 3)]
+                    i += 1
+                    continue
+                pmin, pmax = span
+                wbase = self._word_bases(pmin, pmax, False)
+                i += native.load_words(self.frames.content.flat_words, wbase, pmin, addrs[i:], out[i:])
+                if i < addrs.size:
+                    self._resolve(self._bad_word_pages(addrs[i:], pmin, wbase), False)
+        return out
+
+    def _store_words_compiled(self, addrs: np.ndarray, values: np.ndarray) -> None:
+        span = self._span_of(addrs)
+        if span is None:
+            for a, v in zip(addrs.tolist(), values.tolist()):
+                self.store(a, int(v).to_bytes(8, "little"))
+            return
+        pmin, pmax = span
+        with self._lock:
+            hit = np.zeros(pmax - pmin + 1, dtype=np.uint8)
+            native.mark_pages(addrs, pmin, hit)
+            i = 0
+            while i < addrs.size:
+                wbase = self._word_bases(pmin, pmax, True, hit)
+                i += native.store_words(self.frames.content.flat_words, wbase, pmin, addrs[i:], values[i:])
+                if i < addrs.size:
+                    self._resolve(self._bad_word_pages(addrs[i:], pmin, wbase), True)
+
+    def _copy_compiled(self, dsts: np.ndarray, srcs: np.ndarray, lengths: np.ndarray) -> bool:
+        """copy_ranges through the compiled loop; False when the spans are too spread out."""
+        s_span = self._span_of(np.concatenate([srcs, srcs + lengths - 1]))
+        d_span = self._span_of(np.concatenate([dsts, dsts + lengths - 1]))
+        if s_span is None or d_span is None:
+            return False
+        (s_pmin, s_pmax), (d_pmin, d_pmax) = s_span, d_span
+        hit = np.zeros(d_pmax - d_pmin + 1, dtype=np.uint8)
+        first = dsts >> PAGE_SHIFT
+        last = (dsts + lengths - 1) >> PAGE_SHIFT
+        hit[first - d_pmin] = 1
+        hit[last - d_pmin] = 1
+        wide = (last - first) > 1
+        if wide.any():
+            hit[self._range_pages(dsts[wide], lengths[wide]) - d_pmin] = 1
+        s_base = self._word_bases(s_pmin, s_pmax, False) * 8
+        d_base = self._word_bases(d_pmin, d_pmax, True, hit) * 8
+        s_base[s_base < 0] = -1
+        d_base[d_base < 0] = -1
+        done = native.copy_ranges(self.frames.content.bytes, s_base, s_pmin, d_base, d_pmin, dsts, srcs, lengths)
+        if done < dsts.size:  # cannot happen after _ensure_ranges; finish the slow way if it does
+            self._copy_in_blocks(dsts[done:], srcs[done:], lengths[done:])
+        return True
 
     def memmove(self, dst: int, src: int, length: int) -> None:
         dst, src, length = _u64(dst, "dst"), _u64(src, "src"), _u64(length, "length")
@@ -944,38 +1040,48 @@ class SimKernel:
             return
         with self._lock:
             self._ensure_ranges(srcs, dsts, lengths)
-            aligned = not ((dsts | srcs | lengths) & 7).any()
-            if aligned and not self._ranges_overlap(dsts, srcs, lengths):
+            if self.compiled and self._copy_compiled(dsts, srcs, lengths):
+                pass
+            elif not ((dsts | srcs | lengths) & 7).any() and self._in_order_safe(dsts, srcs, lengths):
                 self._copy_words(dsts, srcs, lengths)
             else:
-                for d, s, n in zip(dsts.tolist(), srcs.tolist(), lengths.tolist()):
-                    self._write_locked(d, self._read_locked(s, n))
+                self._copy_in_blocks(dsts, srcs, lengths)
             self.counters.user_bytes_copied += int(lengths.sum())
 
+    def _copy_in_blocks(self, dsts: np.ndarray, srcs: np.ndarray, lengths: np.ndarray, block: int = 256) -> None:
+        """The memmoves in order: blocks that can be done at once vectorised, the others one by one."""
+        for lo in range(0, dsts.size, block):
+            d, s, n = dsts[lo:lo + block], srcs[lo:lo + block], lengths[lo:lo + block]
+            if not ((d | s | n) & 7).any() and self._in_order_safe(d, s, n):
+                self._copy_words(d, s, n)
+                continue
+            for dd, ss, nn in zip(d.tolist(), s.tolist(), n.tolist()):
+                self._write_locked(dd, self._read_locked(ss, nn))
+
     @staticmethod
-    def _ranges_overlap(dsts: np.ndarray, srcs: np.ndarray, lengths: np.ndarray) -> bool:
-        """Does any destination range overlap any source or other destination range?"""
+    def _in_order_safe(dsts: np.ndarray, srcs: np.ndarray, lengths: np.ndarray) -> bool:
+        """Can the memmoves be done as one gather of every source then one scatter?
+
+        True when no range reads bytes an earlier range wrote (checked
+        conservatively: all earlier destinations end at or before its source,
+        or all start at or after its end) and no two destinations overlap.
+        A range overlapping itself is fine: gathering first is memmove's rule.
+        """
         d_end = dsts + lengths
-        s_end = srcs + lengths
-        if int(d_end.max()) <= int(srcs.min()) or int(dsts.min()) >= int(s_end.max()):
-            # sources and destinations lie apart: only destinations can clash, with each other
-            if dsts.size == 1 or (np.diff(dsts) >= 0).all():
-                return bool((d_end[:-1] > dsts[1:]).any())
-        starts = np.concatenate([dsts, srcs])
-        ends = starts + np.concatenate([lengths, lengths])
-        is_dst = np.concatenate([np.ones(dsts.size, bool), np.zeros(srcs.size, bool)])
-        order = np.argsort(starts, kind="stable")
-        starts, ends, is_dst = starts[order], ends[order], is_dst[order]
-        # running max of the ends of the ranges before each one
-        prev_end = np.maximum.accumulate(ends)[:-1]
-        clash = prev_end > starts[1:]
-        if not clash.any():
-            return False
-        # overlaps among sources only are harmless
-        return bool((clash & (is_dst[1:] | _any_dst_before(is_dst, clash))).any())
+        if dsts.size > 1:
+            prev_max_end = np.maximum.accumulate(d_end)[:-1]
+            prev_min_start = np.minimum.accumulate(dsts)[:-1]
+            later_s, later_e = srcs[1:], srcs[1:] + lengths[1:]
+            if not ((prev_max_end <= later_s) | (prev_min_start >= later_e)).all():
+                return False
+            if (np.diff(dsts) >= 0).all():
+                return bool((d_end[:-1] <= dsts[1:]).all())
+            order = np.argsort(dsts, kind="stable")
+            return bool((d_end[order][:-1] <= dsts[order][1:]).all())
+        return True
 
     def _copy_words(self, dsts: np.ndarray, srcs: np.ndarray, lengths: np.ndarray) -> None:
-        """Copy 8-aligned, non-overlapping ranges whose pages are all accessible, word by word."""
+        """Copy 8-aligned ranges whose pages are all accessible: gather every source, then scatter."""
         # Cut every range where it crosses a page boundary on either side, so
         # each piece is a contiguous run of words in one content slot.
         s_parts, d_parts, n_parts = [], [], []
@@ -996,16 +1102,26 @@ class SimKernel:
         s_idx, _, _ = self._word_index(s >> 3, False)
         d_idx, _, _ = self._word_index(d >> 3, True)
         flat = self.frames.content.flat_words
+        wpp = PAGE_SIZE // 8
         nw = (n >> 3).astype(np.uint16)
+        groups = []
+        whole = (nw == wpp) & (s_idx % wpp == 0) & (d_idx % wpp == 0)
+        if whole.any():  # whole pages: copy slot rows
+            rows = self.frames.content.words
+            groups.append((rows, d_idx[whole] // wpp, rows[s_idx[whole] // wpp]))
+            keep = ~whole
+            s_idx, d_idx, nw = s_idx[keep], d_idx[keep], nw[keep]
         order = np.argsort(nw, kind="stable")
         counts = np.bincount(nw, minlength=PAGE_SIZE // 8 + 1)
         steps = np.arange(PAGE_SIZE // 8, dtype=np.int64)
         pos = int(counts[0])
-        for width in np.flatnonzero(counts[1:]) + 1:
+        for width in np.flatnonzero(counts[1:]) + 1:  # every source is read before anything is written
             sel = order[pos:pos + counts[width]]
             pos += int(counts[width])
             cols = steps[:width]
-            flat[d_idx[sel][:, None] + cols] = flat[s_idx[sel][:, None] + cols]
+            groups.append((flat, d_idx[sel][:, None] + cols, flat[s_idx[sel][:, None] + cols]))
+        for target, where, words in groups:
+            target[where] = words
 
     def _range_pages(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Every virtual page number the ranges touch, in range order."""
@@ -1184,8 +1300,3 @@ class SimKernel:
                                     f"(it offers {SIM_UFFD_FEATURES:#x})")
         return SimUffd(self, next(self._uffd_ids), features, user_mode_only)
 
-
-def _any_dst_before(is_dst: np.ndarray, clash: np.ndarray) -> np.ndarray:
-    """For each range i>0: was any destination range among those sorted before it?"""
-    seen = np.logical_or.accumulate(is_dst)[:-1]
-    return seen & clash

@@ -11,9 +11,10 @@ PS = 4096
 HP = 2 << 20
 
 
-@pytest.fixture
-def k() -> SimKernel:
-    return SimKernel(seed=0)
+@pytest.fixture(params=[True, False], ids=["compiled", "numpy"])
+def k(request) -> SimKernel:
+    """A SimKernel with its compiled per-word loops (when built), and one with the numpy paths."""
+    return SimKernel(seed=0, compiled=request.param)
 
 
 @pytest.fixture

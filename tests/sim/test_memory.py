@@ -98,12 +98,15 @@ COPIES = [
     ("unaligned lengths", [3, 70], [9000, 9100], [5, 17]),
     ("overlapping, in order", [100, 50], [0, 100], [200, 200]),
     ("large", [0], [40960], [3 * PS + 8]),
+    ("sliding down, overlapping earlier sources", [0, 64, 128], [32, 160, 300], [64, 64, 100]),
+    ("sliding up inside one range", [40], [0], [5000]),
 ]
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("dsts,srcs,lengths", [c[1:] for c in COPIES], ids=[c[0] for c in COPIES])
-def test_copy_ranges_is_a_sequence_of_memmoves(dsts, srcs, lengths):
-    k1, k2 = SimKernel(), SimKernel()
+def test_copy_ranges_is_a_sequence_of_memmoves(dsts, srcs, lengths, compiled):
+    k1, k2 = SimKernel(compiled=compiled), SimKernel()
     blob = np.random.default_rng(2).integers(0, 256, 16 * PS, dtype=np.uint8).tobytes()
     bases = []
     for kk in (k1, k2):
