@@ -298,17 +298,23 @@ class PageBuilder:
         brk = np.ones(idx.size, dtype=bool)
         brk[1:] = (np.diff(idx) != 1) | (np.diff(src[idx]) != ps)
         firsts = np.flatnonzero(brk)
+        self.move_runs(lo, idx, src[idx], firsts, (self.arena + (lo + idx[firsts]) * ps).astype(np.uint64),
+                       src[idx[firsts]].astype(np.uint64),
+                       (np.diff(np.append(firsts, idx.size)) * ps).astype(np.uint64), counters)
+
+    def move_runs(self, lo: int, idx: np.ndarray, src: np.ndarray, firsts: np.ndarray, dsts: np.ndarray,
+                  srcs: np.ndarray, lengths: np.ndarray, counters: InstallCounters) -> None:
+        """MOVE the runs of built, claimed pages (``idx``: their offsets from
+        ``lo``, ``src``: each one's source address; run k starts at
+        ``idx[firsts[k]]``); settles their states."""
+        ps = self.ps
         ends = np.append(firsts[1:], idx.size)
         installed = np.zeros(idx.size, dtype=bool)
-        dsts = self.arena + (lo + idx[firsts]) * ps
-        srcs = src[idx[firsts]]
-        lengths = (ends - firsts) * ps
         k0 = 0
         try:
             while k0 < firsts.size:  # all runs in one batched call (one GIL release) while the kernel says yes
                 try:
-                    move_ranges(self.uffd, dsts[k0:].astype(np.uint64), srcs[k0:].astype(np.uint64),
-                                lengths[k0:].astype(np.uint64), UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
+                    move_ranges(self.uffd, dsts[k0:], srcs[k0:], lengths[k0:], UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
                 except UffdError as exc:
                     f = k0 + exc.index
                     refused = exc
@@ -328,7 +334,7 @@ class PageBuilder:
                     installed[a:a + exc.done // ps] = True
                     for i in range(a + exc.done // ps, b):  # moved but not reported (EINTR after a step)?
                         installed[i] = moved_unreported(self.kernel, self.arena + (lo + int(idx[i])) * ps,
-                                                        int(src[idx[i]]))
+                                                        int(src[i]))
                     raise
                 installed[a:b] = True
                 if counters.eexist_races != races:  # a page someone else filled: its faulter needs a wake
@@ -336,6 +342,37 @@ class PageBuilder:
                 k0 = f + 1
         finally:
             self.states.settle(idx + lo, installed)
+
+
+class ChunkPlan:
+    """The compactor's walk, precomputed once in its thread (after the pause):
+    for each chunk, slices of its runs, slot stores and copies, so a chunk
+    whose pages are all still unprocessed (the common case) costs a few calls
+    and holds the GIL briefly."""
+
+    def __init__(self, program: InstallProgram, arena: int, from_space: int, scratch: int, chunk: int, ps: int):
+        n = program.npages
+        pages = np.arange(n, dtype=np.int64)
+        starts = np.arange(0, n, chunk, dtype=np.int64)
+        src_page, rebuilt = program.sources(pages)
+        self.src = np.where(rebuilt, scratch + (pages % chunk) * ps, from_space + src_page * ps)
+        self.rebuilt = np.add.reduceat(rebuilt.astype(np.int64), starts) > 0 if n else np.zeros(0, dtype=bool)
+        brk = np.ones(n, dtype=bool)
+        brk[1:] = np.diff(self.src) != ps
+        brk[starts] = True
+        first = np.flatnonzero(brk)
+        self.run_first = first
+        self.run_dst = (arena + first * ps).astype(np.uint64)
+        self.run_src = self.src[first].astype(np.uint64)
+        self.run_len = (np.diff(np.append(first, n)) * ps).astype(np.uint64)
+        self.run_at = np.append(np.searchsorted(first, starts), first.size)
+        p = program
+        self.slot_where = (self.src[p.slot_page] + p.slot_off).astype(np.uint64)
+        self.slot_at = np.append(np.searchsorted(p.slot_page, starts), p.slot_page.size)
+        self.seg_dst = (scratch + (p.seg_page % chunk) * ps + p.seg_off).astype(np.uint64)
+        self.seg_src = p.seg_src.astype(np.uint64)
+        self.seg_len = p.seg_len.astype(np.uint64)
+        self.seg_at = np.append(np.searchsorted(p.seg_page, starts), p.seg_page.size)
 
 
 class ConcurrentCycle:
@@ -362,6 +399,7 @@ class ConcurrentCycle:
         self.builder = PageBuilder(k, self.uffd, program, self.states, self.arena, self.from_space)
         self.scratch = k.mmap(chunk_pages * k.page_size)
         self.counters = InstallCounters()  # the compactor's (and complete()'s)
+        self.chunk_plan: ChunkPlan | None = None  # built by the compactor thread
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.compactor_done = threading.Event()
@@ -391,15 +429,36 @@ class ConcurrentCycle:
 
     def _install_all(self, scratch: int, counters: InstallCounters) -> None:
         n, c = self.program.npages, self.chunk_pages
-        for lo in range(0, n, c):
+        if self.chunk_plan is None:
+            self.chunk_plan = ChunkPlan(self.program, self.arena, self.from_space, scratch, c, self.kernel.page_size)
+        for ci, lo in enumerate(range(0, n, c)):
             if self.stop.is_set():
                 return
             mine = self.states.claim_range(lo, min(n, lo + c))
             try:
-                self.builder.install_chunk(lo, mine, scratch, counters)
+                if mine.all():
+                    self._install_whole_chunk(ci, lo, mine.size, scratch, counters)
+                else:
+                    self.builder.install_chunk(lo, mine, scratch, counters)
             except BaseException:
                 self.states.release_claims(lo, mine)  # whatever failed, no page stays claimed
                 raise
+
+    def _install_whole_chunk(self, ci: int, lo: int, n: int, scratch: int, counters: InstallCounters) -> None:
+        """A chunk nobody touched: build and MOVE it from the chunk plan's slices."""
+        k, cp = self.kernel, self.chunk_plan
+        if cp.rebuilt[ci]:
+            k.madvise(scratch, n * k.page_size, MADV_DONTNEED)  # rebuilt pages start from zero
+            s0, s1 = int(cp.seg_at[ci]), int(cp.seg_at[ci + 1])
+            if s1 > s0:
+                k.copy_ranges(cp.seg_dst[s0:s1], cp.seg_src[s0:s1], cp.seg_len[s0:s1])
+                counters.bytes_copied += int(cp.seg_len[s0:s1].sum())
+        t0, t1 = int(cp.slot_at[ci]), int(cp.slot_at[ci + 1])
+        if t1 > t0:
+            k.store_words(cp.slot_where[t0:t1], self.program.slot_val[t0:t1])
+        r0, r1 = int(cp.run_at[ci]), int(cp.run_at[ci + 1])
+        self.builder.move_runs(lo, np.arange(n), cp.src[lo:lo + n], cp.run_first[r0:r1] - lo, cp.run_dst[r0:r1],
+                               cp.run_src[r0:r1], cp.run_len[r0:r1], counters)
 
     # -- ending ---------------------------------------------------------------------------
     def wait_compactor(self, timeout: float | None = None) -> bool:

@@ -93,11 +93,13 @@ class Model:
             slot = rnd.randrange(len(obj.refs))
             got = obj.ref.get_ref(slot)
             want = obj.refs[slot]
-            if want is None:
-                assert got is None, f"object {obj.oid} slot {slot}: expected None"
-                return
-            target = self.objects[want]
-            assert check(got.read(target.size)) == want, f"object {obj.oid} slot {slot} leads elsewhere"
+        if want is None:
+            assert got is None, f"object {obj.oid} slot {slot}: expected None"
+            return
+        target = self.objects[want]
+        with target.lock:  # another mutator may be rewriting the target's payload
+            data = got.read(target.size)
+        assert check(data) == want, f"object {obj.oid} slot {slot} leads elsewhere"
 
     def step(self, rnd: random.Random) -> None:
         obj = rnd.choice(self.objects)

@@ -166,19 +166,19 @@ def test_an_exception_in_the_compactor_reaches_collect_and_the_heap_recovers(ker
         model = Model(heap, seed=6)
         populate(model, 80, rnd)
         garbage(heap, rnd, 100)
-        real = concurrent.PageBuilder.install_chunk
+        real = concurrent.PageBuilder.move_runs
         calls = []
 
-        def failing(self, lo, mine, scratch, counters):
-            calls.append(lo)
+        def failing(self, *args):
+            calls.append(args[0])
             if len(calls) == 1:
                 raise RuntimeError("injected compactor failure")
-            return real(self, lo, mine, scratch, counters)
+            return real(self, *args)
 
-        monkeypatch.setattr(concurrent.PageBuilder, "install_chunk", failing)
+        monkeypatch.setattr(concurrent.PageBuilder, "move_runs", failing)
         with pytest.raises(RuntimeError, match="injected"):
             heap.collect(concurrent=True)
-        monkeypatch.setattr(concurrent.PageBuilder, "install_chunk", real)
+        monkeypatch.setattr(concurrent.PageBuilder, "move_runs", real)
         model.check_all()  # the next operation installs the rest first
         assert not remapgc_threads()
         heap.verify()
