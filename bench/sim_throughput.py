@@ -7,12 +7,14 @@
   reference (ratio sim/linux of the time taken).
 * The vectorised accessors the heap calls in hot loops (load_words,
   store_words, copy_ranges, move_ranges), timed on both backends.
+* Whole heap collections (bench.compaction's workloads, remap compactor):
+  the same collection on the sim and on Linux, alternating, best pause of N.
 * Memory: host RSS of a fresh process holding a SimKernel with a 1 GiB
   mapping of which 256 MiB were written (one word per page), measured in a
   subprocess so nothing else is counted; the baseline (interpreter + numpy)
   is reported too.
 
-    python -m bench.sim_throughput [--mib 256] [--repeat 3] [--no-linux]
+    python -m bench.sim_throughput [--mib 256] [--repeat 3] [--objects 300000] [--no-linux]
 
 Prints a table and writes bench/results/sim_throughput.json. Every timed
 move is checked zero-copy (dst frames equal the src frames before it).
@@ -162,6 +164,30 @@ def measure_accessors(kernel, repeat: int, n: int = 1_000_000) -> list[dict]:
     return rows
 
 
+def measure_collections(names: list[str], repeat: int, objects: int, large: int) -> list[dict]:
+    """Pause of one stop-the-world collection per workload and kernel (best of ``repeat``, alternating)."""
+    import logging
+
+    import structlog
+
+    from bench.compaction import run_large, run_small
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    workloads = [
+        (f"small: {objects:,} objects", lambda kn: run_small(kn, "remap", objects, 0, False)),
+        (f"large: {large // MiB} MiB, 4 KiB pages", lambda kn: run_large(kn, "remap", False, large, 0, False)),
+        (f"large: {large // MiB} MiB, THP", lambda kn: run_large(kn, "remap", True, large, 0, False)),
+    ]
+    rows = []
+    for label, run in workloads:
+        pauses = {name: [] for name in names}
+        for _ in range(repeat):
+            for name in names:
+                pauses[name].append(run(name)["pause_ns"] / 1e9)
+        rows.append(dict(workload=label, **{name: min(p) for name, p in pauses.items()}))
+    return rows
+
+
 RSS_PROBE = r"""
 import json, sys
 def status():
@@ -199,6 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mib", type=int, default=256, help="size of the moved range (default 256)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement, the fastest kept")
     ap.add_argument("--no-linux", action="store_true", help="do not measure the Linux backend")
+    ap.add_argument("--objects", type=int, default=300_000, help="objects of the small collection workload")
+    ap.add_argument("--large-mib", type=int, default=128, help="size of the large collection workload")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     size = args.mib * MiB
@@ -213,6 +241,7 @@ def main(argv=None) -> int:
 
     results = {name: dict(moves=measure_moves(k, size, args.repeat), accessors=measure_accessors(k, args.repeat))
                for name, k in kernels.items()}
+    collections = measure_collections(list(kernels), args.repeat, args.objects, args.large_mib * MiB)
     rss = measure_rss(args.mib)
 
     console = Console()
@@ -234,6 +263,14 @@ def main(argv=None) -> int:
         acc.add_row(row["what"], f"{row['seconds'] * 1e3:.1f}", f"{lrow['seconds'] * 1e3:.1f}" if lrow else "-",
                     f"{row['seconds'] / lrow['seconds']:.2f}x" if lrow else "-")
     console.print(acc)
+    col = Table(title="one heap collection, remap compactor (pause, best of runs)")
+    for c in ("workload", "sim ms", "linux ms", "sim/linux"):
+        col.add_column(c, justify="right")
+    for row in collections:
+        lin = row.get("linux")
+        col.add_row(row["workload"], f"{row['sim'] * 1e3:.1f}", f"{lin * 1e3:.1f}" if lin else "-",
+                    f"{row['sim'] / lin:.2f}x" if lin else "-")
+    console.print(col)
     if rss:
         console.print(f"host RSS, SimKernel with 1 GiB mapped and {args.mib} MiB written: "
                       f"{rss['rss'] / MiB:.0f} MiB (peak {rss['peak'] / MiB:.0f} MiB; interpreter+numpy baseline "
@@ -244,7 +281,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(
         machine=dict(python=platform.python_version(), system=platform.platform()),
-        mib=args.mib, repeat=args.repeat, results=results, rss=rss, linux_unavailable=linux_reason), indent=2))
+        mib=args.mib, repeat=args.repeat, results=results, collections=collections, rss=rss,
+        linux_unavailable=linux_reason), indent=2))
     console.print(f"saved {args.out}")
     return 0
 
