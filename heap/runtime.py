@@ -36,6 +36,7 @@ from typing import Iterable
 import numpy as np
 import structlog
 
+from . import forksafety
 from .alloc import Allocator, ObjectTable, round_up
 from .concurrent import AccessGate, collect_concurrent, settle_cycle
 from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull
@@ -146,6 +147,7 @@ class Heap:
         self._closed = False
         self._auto = compactor == "auto"
         self._compactor = self._choose_compactor(compactor)
+        forksafety.track(self)  # os.fork waits for a quiet heap (heap.forksafety)
 
     # -- set-up -------------------------------------------------------------------
     def _choose_compactor(self, wanted: str) -> str:

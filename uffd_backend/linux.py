@@ -476,6 +476,13 @@ class LinuxKernel:
         self._closer = weakref.finalize(self, _close_kernel, self._pagemap, self._kpageflags, self._children)
         self._raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
 
+    def after_fork_in_child(self) -> None:
+        """In a child made by os.fork: /proc/self/pagemap was opened by the parent
+        and still shows the parent's page tables; re-open it (same descriptor number)."""
+        fresh = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        os.dup2(fresh, self._pagemap, inheritable=False)
+        os.close(fresh)
+
     def close(self) -> None:
         """Reap forked children and close the /proc descriptors (also done on garbage collection)."""
         self._closer()
