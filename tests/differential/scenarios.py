@@ -47,6 +47,7 @@ from .steps import (
     Wake,
     Write,
     Zeropage,
+    CloseUffd,
     scenario,
 )
 
@@ -577,6 +578,37 @@ VMAS = [
              doc="1b M7/M8e"),
 ]
 
+# --- registration (what MOVE's M8e relies on) -------------------------------------------
+REGISTRATION = [
+    scenario("REGISTER modes: none, MINOR on anon and unknown bits EINVAL", Map("D", 8), Uffd(),
+             Register("D", 8, mode=0, tag="zero"), Register("D", 8, mode=4, tag="minor"),
+             Register("D", 8, mode=8, tag="unknown"), Register(("D", 1), 1, tag="unaligned"),
+             expect={"zero": "EINVAL", "minor": "EINVAL", "unknown": "EINVAL", "unaligned": "EINVAL"},
+             pages=[Pages("D", 8, state="none")], doc="registration"),
+    scenario("REGISTER again with the same uffd, or WP (advertises WRITEPROTECT)", Map("D", 8), Uffd(),
+             Register("D", 8, tag="first"), Register("D", 8, tag="again"), Register("D", 8, mode=WP, tag="wp"),
+             Register("D", 8, mode=WP | 1, tag="both"),
+             expect={"first": "ok ioctls=0x13c", "again": "ok ioctls=0x13c", "wp": "ok ioctls=0x17c",
+                     "both": "ok ioctls=0x17c"}, doc="registration / 0"),
+    scenario("REGISTER with a second uffd EBUSY, its UNREGISTER EINVAL", Map("D", 8), Uffd(), Uffd("v"),
+             Register("D", 8), Register("D", 8, uffd="v", tag="other"), Unregister("D", 8, uffd="v", tag="unreg"),
+             Map("S", 8), Write("S"), Move("D", "S", tag="mv"),
+             expect={"other": "EBUSY", "unreg": "EINVAL", "mv": moved(1)}, doc="registration / 1b M8e"),
+    scenario("REGISTER over a PROT_NONE VMA, a read-only one, and across a hole", Map("G", 4, NONE),
+             Map("R", 8, RO), Map("D", 8), Uffd(), Register("G", 4, tag="none"), Register("R", 8, tag="ro"),
+             Munmap("D+4"), Register("D", 8, tag="hole"),
+             expect={"none": "ok ioctls=0x13c", "ro": "ok ioctls=0x13c", "hole": "ok ioctls=0x13c"},
+             doc="registration"),
+    scenario("UNREGISTER of the middle splits dst: moves into it EINVAL", Map("S", 8), Write("S"), Map("D", 8),
+             Uffd(), Register("D", 8), Unregister("D+2", 2), Move("D+2", "S", tag="mid"),
+             Move("D+4", "S", tag="after"), expect={"mid": EINVAL, "after": moved(1)},
+             pages=[Pages("D+4", 1, origin="S+0")], doc="registration / 1b M8e"),
+    scenario("closing the uffd unregisters: a later MOVE with another EINVAL", Map("S", 8), Write("S"),
+             Map("D", 8), Uffd(), Uffd("v"), Register("D", 8), CloseUffd(), Move("D", "S", uffd="v", tag="mv"),
+             Register("D", 8, uffd="v", tag="rereg"), Move("D", "S", uffd="v", tag="again"),
+             expect={"mv": EINVAL, "rereg": "ok ioctls=0x13c", "again": moved(1)}, doc="registration / 1b M8e"),
+]
+
 # --- 5. wake semantics (threads) -----------------------------------------------------
 WAKE = [
     scenario("wake: a reader blocked on dst sees the moved page", *setup(), Write("S", 4),
@@ -621,7 +653,7 @@ WAKE = [
              doc="5 holes counted as moved"),
 ]
 
-SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + COPY + VMAS
+SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + COPY + VMAS + REGISTRATION
 
 
 def _unique(items):
