@@ -537,8 +537,12 @@ class LinuxKernel:
         flags = MREMAP_MAYMOVE | MREMAP_FIXED | (MREMAP_DONTUNMAP if dontunmap else 0)
         owned.check("mremap", old_addr, length)
         owned.check("mremap (target)", new_addr, length)  # MREMAP_FIXED unmaps whatever is there
-        addr = _check(lib.rgc_mremap(old_addr, length, length, flags, new_addr),
-                      "mremap {:#x}+{:#x} -> {:#x}", old_addr, length, new_addr)
+        ret = lib.rgc_mremap(old_addr, length, length, flags, new_addr)
+        if ret < 0:
+            # Since 6.17 a move spanning several VMAs can fail (EFAULT) after
+            # moving the first ones: what now lies at the target is ours.
+            owned.add(new_addr, length)
+        addr = _check(ret, "mremap {:#x}+{:#x} -> {:#x}", old_addr, length, new_addr)
         if not dontunmap:
             owned.remove(old_addr, length)
         owned.add(addr, length)
