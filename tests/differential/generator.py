@@ -2,7 +2,7 @@
 
 A generated scenario maps regions A, B and C (8 pages each), writes some of
 A, opens uffds "u" and "v" and registers B and C with "u", then runs 3-14
-random steps: writes, reads, MADV_DONTNEED/FREE,
+random steps: writes, reads, memmoves, MADV_DONTNEED/FREE,
 mprotect, munmap, mlock/munlock, (un)register, MOVE/COPY/ZEROPAGE with random
 offsets, lengths and modes, fork and child exit, and in some sequences one
 mremap (plain or DONTUNMAP) of part of A/B/C to a fresh region N that later
@@ -32,6 +32,7 @@ from .steps import (
     Fork,
     Madvise,
     Map,
+    Memmove,
     Mlock,
     Move,
     Mprotect,
@@ -90,6 +91,7 @@ def steps_strategy(regions):
         anywhere.map(lambda a: Write(*clip(a))),
         anywhere.map(lambda a: Write(*clip(a))),
         anywhere.map(lambda a: Read(*clip(a))),
+        st.tuples(anywhere, anywhere).map(lambda t: Memmove(t[0][0], t[1][0], min(clip(t[0])[1], clip(t[1])[1]))),
         st.tuples(anywhere, st.sampled_from([DONTNEED, DONTNEED, FREE])).map(
             lambda t: Madvise(t[0][0], t[0][1], t[1])),
         st.tuples(small, st.sampled_from([RO, RW])).map(lambda t: Mprotect(t[0][0], t[0][1], t[1])),

@@ -71,6 +71,7 @@ class Record:
     outcomes: list = field(default_factory=list)  # [(step source, outcome)]
     snapshots: dict = field(default_factory=dict)  # tag -> {label: [PageRec]}
     final: dict = field(default_factory=dict)  # label -> [PageRec]
+    resident: dict = field(default_factory=dict)  # label -> Kernel.resident_bytes of its mapped pages
 
     def outcome(self, tag: str) -> str:
         return self.tagged[tag]
@@ -249,6 +250,8 @@ class Runner:
                 elif self.every_step:
                     self.record.snapshots[f"after step {index}"] = self.snapshot(edges_only=True)
             self.record.final = self.snapshot()
+            self.record.resident = {d.label: sum(self.k.resident_bytes(a, n * PS) for a, n, _ in self.mapped_runs(d.label))
+                                    for d in self.defs}
         finally:
             self.cleanup()
         return self.record
@@ -358,7 +361,18 @@ class Runner:
         new = self.addr(st.new)
         length = st.pages * PS
         self.k.munmap(new, length)  # the arena's reservation (MREMAP_FIXED would replace it anyway)
-        got = self.k.mremap(old, length, new, dontunmap=st.dontunmap)
+        try:
+            got = self.k.mremap(old, length, new, dontunmap=st.dontunmap)
+        except OSError:
+            # a move spanning several VMAs can fail after moving the first
+            # ones (6.17+): observe the target too, conservatively
+            for i in range(st.pages):
+                o, n = old + i * PS, new + i * PS
+                if o in self.mapped:
+                    self.mapped[n] = self.mapped[o]
+                if o in self.registered:
+                    self.registered.setdefault(n, set()).update(self.registered[o])
+            raise
         if got != new:
             raise AssertionError(f"mremap to {new:#x} returned {got:#x}")
         for i in range(st.pages):
@@ -404,6 +418,22 @@ class Runner:
                 break
             seen.append(content_tag(self.k.load(a, PS)))
         return " ".join(compress(seen))
+
+    def do_Memmove(self, st: S.Memmove):
+        dst, src = self.addr(st.dst), self.addr(st.src)
+        for a in self.page_addrs(src, st.pages):
+            prot = self.mapped.get(a)
+            if prot is None or not prot & PROT_READ:
+                return "segv"
+            if self.would_block(a):
+                return "would-block"
+        for a in self.page_addrs(dst, st.pages):
+            prot = self.mapped.get(a)
+            if prot is None or not prot & PROT_WRITE:
+                return "segv"
+            if self.would_block(a):
+                return "would-block"
+        self.k.memmove(dst, src, st.pages * PS)
 
     # -- processes -----------------------------------------------------------
     def do_Fork(self, st: S.Fork):
@@ -607,6 +637,10 @@ def differences(a: Record, b: Record, names=("linux", "sim")) -> list[str]:
     for tag in sorted(set(a.snapshots) | set(b.snapshots)):
         out += page_differences(a.snapshots.get(tag, {}), b.snapshots.get(tag, {}), f"[{tag}] ", names)
     out += page_differences(a.final, b.final, "[final] ", names)
+    for label in sorted(set(a.resident) | set(b.resident)):
+        if a.resident.get(label) != b.resident.get(label):
+            out.append(f"[final] resident bytes of {label}: {names[0]} {a.resident.get(label)} "
+                       f"!= {names[1]} {b.resident.get(label)}")
     return out
 
 

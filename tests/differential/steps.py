@@ -158,6 +158,17 @@ class Write(Step):
 
 
 @dataclass(frozen=True)
+class Memmove(Step):
+    """A user-mode memmove of ``pages`` pages (Kernel.memmove): faults like
+    loads and stores would."""
+
+    dst: Addr
+    src: Addr
+    pages: int = 1
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
 class Read(Step):
     """Load each page (a read fault maps the zero page); records contents."""
 
