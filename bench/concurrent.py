@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -244,7 +245,8 @@ def main(argv=None) -> int:
     console.print(tt)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(kernel=args.kernel, quick=args.quick, repeat=repeat, pause=pauses,
+    args.out.write_text(json.dumps(dict(kernel=args.kernel, quick=args.quick, repeat=repeat,
+                                        loadavg=os.getloadavg(), pause=pauses,
                                         faults=faults, throughput=thr), indent=1))
     console.print(f"wrote {args.out}")
     return 0

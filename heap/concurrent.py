@@ -411,12 +411,16 @@ class ConcurrentCycle:
 
     # -- threads --------------------------------------------------------------------------
     def start(self) -> None:
-        self.install_started = time.perf_counter_ns()
-        self.handler.start()
-        if self.run_compactor:
-            self.compactor.start()
-        else:
-            self.compactor_done.set()
+        with self._finish_lock:
+            if self.finished:  # closed before it could start
+                self.compactor_done.set()
+                return
+            self.install_started = time.perf_counter_ns()
+            self.handler.start()
+            if self.run_compactor:
+                self.compactor.start()
+            else:
+                self.compactor_done.set()
 
     def _compact(self) -> None:
         try:
@@ -624,7 +628,10 @@ def begin_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: boo
             stats, finish = heap._collect_pause()
             return None, stats, finish
         cycle = _pause(heap, chunk_pages, run_compactor, handler_batch)
-        return cycle, cycle.stats, None
+    # the threads start once the pause is over: a fault taken meanwhile just waits in the uffd
+    # queue, and a starting thread that takes the GIL cannot stretch the pause
+    cycle.start()
+    return cycle, cycle.stats, None
 
 
 def end_concurrent(heap, cycle: "ConcurrentCycle") -> None:
@@ -676,7 +683,6 @@ def _pause(heap, chunk_pages: int, run_compactor: bool, handler_batch: int) -> C
     cycle = ConcurrentCycle(heap, program, stats, clock, t0, chunk_pages=chunk_pages,
                             run_compactor=run_compactor, handler_batch=handler_batch)
     heap._cycle = cycle
-    cycle.start()
     stats.pause_ns = time.perf_counter_ns() - t0
     for part in ("mark", "plan", "flip", "precompute", "roots"):
         setattr(stats, f"{part}_ns", clock.ns.get(part, 0))
