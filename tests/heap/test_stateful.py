@@ -9,7 +9,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
-from heap import Heap
+import numpy as np
+
+from heap import Heap, HeapFull
+from heap.alloc import large_pages
 
 SIZES = st.sampled_from([0, 8, 24, 100, 1000, 3000, 4090, 5000, 70_000, (2 << 20) + 8])
 
@@ -18,7 +21,7 @@ def make_machine(kernel_name: str, compactor: str, thp: bool):
     class HeapMachine(RuleBasedStateMachine):
         @initialize()
         def start(self):
-            self.heap = Heap(kernel=kernel_name, size=32 << 20, compactor=compactor, thp=thp)
+            self.heap = Heap(kernel=kernel_name, size=(64 if thp else 32) << 20, compactor=compactor, thp=thp)
             self.next_id = 1
             self.model: dict[int, dict] = {}
             self.roots: dict[int, object] = {}
@@ -31,8 +34,15 @@ def make_machine(kernel_name: str, compactor: str, thp: bool):
         @rule(nbytes=SIZES, nrefs=st.integers(0, 3))
         def alloc(self, nbytes, nrefs):
             oid = self.next_id
+            try:
+                ref = self.heap.alloc(nbytes + 8, nrefs)
+            except HeapFull:
+                # only when a collection really left no room: the model keeps what it had
+                total = int(self.heap.object_model.total_bytes(nbytes + 8, nrefs))
+                need = int(large_pages(np.int64(total), 4096, 512 if thp else 0)) * 4096
+                assert self.heap.stats().free_bytes < need + (2 << 20 if thp else 4096)
+                return
             self.next_id += 1
-            ref = self.heap.alloc(nbytes + 8, nrefs)
             ref.write(oid.to_bytes(8, "little"))
             self.model[oid] = dict(refs=[None] * nrefs, data=bytearray(oid.to_bytes(8, "little") + bytes(nbytes)))
             self.roots[oid] = ref
