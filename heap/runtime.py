@@ -36,7 +36,7 @@ from typing import Iterable
 import numpy as np
 import structlog
 
-from . import forksafety
+from . import forksafety, signals
 from .alloc import Allocator, ObjectTable, round_up
 from .concurrent import AccessGate, collect_concurrent, settle_cycle
 from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull
@@ -269,7 +269,7 @@ class Heap:
         totals = self._model.total_bytes(nbytes, nrefs)
         if int(totals.sum()) > self._size:
             raise ValueError(f"{int(totals.sum())} bytes cannot fit a heap of {self._size} bytes")
-        with self._lock:
+        with signals.deferred(), self._lock:  # interrupted half way, the side tables would disagree
             self._ready()
             addrs = self._place(lambda: self._alloc.place_many(totals), int(totals.sum()))
             words = self._model.header_words(nbytes, nrefs, totals >= self._ps)
@@ -465,19 +465,21 @@ class Heap:
         the heap lock is dropped; releasing the from-space (remap) happens
         after that, outside the lock, and ``total_ns`` includes it.
         """
-        if concurrent:
-            return collect_concurrent(self)
-        with self._lock:
-            self._ready()
-            stats, finish = self._collect_pause()
-        finish()
-        return stats
+        with signals.deferred():  # SIGINT/SIGTERM reach the caller once the heap is consistent
+            if concurrent:
+                return collect_concurrent(self)
+            with self._lock:
+                self._ready()
+                stats, finish = self._collect_pause()
+            finish()
+            return stats
 
     def _collect_locked(self) -> GCStats:
         """A whole collection while holding the lock (alloc's own collections)."""
-        stats, finish = self._collect_pause()
-        finish()
-        return stats
+        with signals.deferred():
+            stats, finish = self._collect_pause()
+            finish()
+            return stats
 
     def _collect_pause(self):
         settle_cycle(self)  # a concurrent cycle ends and no mutator access is in flight
