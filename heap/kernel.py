@@ -362,7 +362,6 @@ def choose_auto(**options) -> tuple[Kernel, str]:
     return kernel, "userfaultfd with UFFDIO_MOVE works here (a one-page probe move kept its frame)"
 
 
-
 def move_ranges(uffd: Uffd, dsts, srcs, lengths, mode: int = 0) -> int:
     """UFFDIO_MOVE each ``(dsts[i], srcs[i], lengths[i])`` in order; returns the bytes moved.
 
