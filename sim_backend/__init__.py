@@ -41,6 +41,16 @@ Model
   batching (one TLB flush per batch), the return convention and the wake of
   exactly ``[dst, dst + moved)``.
 
+Speed
+-----
+Page tables are numpy rows, so a contiguous run moves with a few array
+operations; user-mode word and range accesses build a per-page table of
+pool offsets over the span they touch and then run one compiled loop
+(``sim_backend._native``, built by ``pip install`` from
+``_native_build.py``; without a compiler the same steps run in numpy, and
+``SimKernel(compiled=False)`` forces that). ``uffd.move_ranges`` does a batch
+of moves under one lock, as the Linux backend's does in one call into C.
+
 Sim-only API
 ------------
 * ``kernel.fault_plan``: a ``FaultPlan`` of ``FaultRule`` records (see
@@ -52,16 +62,20 @@ Sim-only API
   faults_raised, faults_served, demand_faults).
 * ``kernel.pin(addr, n)`` / ``unpin``: long-term pins (FOLL_PIN).
 * ``kernel.pmd_kind(addr)``, ``kernel.vma_list()``, ``kernel.host_bytes()``.
+* ``uffd.mmap_changing``: non-cooperative events not yet read.
 
 Intentional deviations from Linux
 ---------------------------------
 1. An access to unmapped memory, or one the protection forbids, raises
    ``OSError(EFAULT)`` from the accessor instead of killing the process with
    SIGSEGV (the Linux backend's accessors do the same through a guarded copy).
-2. Non-cooperative uffd events (EVENT_FORK/REMAP/REMOVE/UNMAP) are never
-   generated, whatever features are requested; ``mmap_changing`` is raised
-   only by the fault plan. So mremap always drops the moved VMA's
-   registration (as Linux does without UFFD_FEATURE_EVENT_REMAP).
+2. Of the non-cooperative uffd events only REMOVE (MADV_DONTNEED/FREE of a
+   registered range), UNMAP (munmap) and REMAP (mremap) exist, each only
+   when the uffd asked for its feature bit: the calling thread waits until
+   the monitor reads the event (read_events consumes it but, like the Linux
+   backend, returns only page faults) and MOVE/COPY/ZEROPAGE report EAGAIN
+   with moved 0 meanwhile. UFFD_EVENT_FORK is never generated (a child has
+   no address space to register anyway).
 3. Races the real kernel resolves internally (PTE changed under the mover,
    folio lock contention, migration entries) never happen on their own;
    the fault plan produces their visible outcomes instead. Swap,
@@ -91,6 +105,14 @@ Intentional deviations from Linux
     source read of UFFDIO_COPY) on a MISSING-registered range of a
     ``user_mode_only`` context fails with EFAULT, as Linux does (SIGBUS ->
     EFAULT); with ``user_mode_only=False`` it blocks like a user fault.
+11. copy_ranges / memmove fault in all their source pages, then all their
+    destination pages, before copying (a real memmove faults page by page
+    as it goes): the bytes copied are the same, but when one page blocks in
+    a userfault the copies before it have not happened yet, and an EFAULT
+    leaves the destination unwritten.
+12. A page that is zero-filled when its THP is split becomes the shared zero
+    page (as 6.12+ does); the sim decides "zero-filled" from its contents,
+    so a page written only with zeros counts as zero-filled, as on Linux.
 """
 
 from .faultplan import Firing, FaultPlan, FaultRule

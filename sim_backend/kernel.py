@@ -25,6 +25,9 @@ from heap.kernel import (
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
+    UFFD_FEATURE_EVENT_REMAP,
+    UFFD_FEATURE_EVENT_REMOVE,
+    UFFD_FEATURE_EVENT_UNMAP,
     UFFD_FEATURE_MOVE,
     UFFDIO_REGISTER_MODE_MISSING,
     KernelUnsupported,
@@ -134,6 +137,17 @@ class Waiter:
         self.write = write
         self.woken = False
         self.reported = False
+
+
+class NonCoopEvent:
+    """A non-cooperative uffd event (REMOVE, UNMAP, REMAP): the thread that caused it
+    waits until the monitor reads it, and the context's mmap_changing is raised meanwhile."""
+
+    __slots__ = ("kind", "start", "end", "read")
+
+    def __init__(self, kind: str, start: int, end: int):
+        self.kind, self.start, self.end = kind, start, end
+        self.read = False
 
 
 class SimChild:
@@ -350,16 +364,27 @@ class SimKernel:
             length = _page_align(length)
             if length == 0 or addr > TASK_SIZE or length > TASK_SIZE - addr:
                 raise _err(errno.EINVAL, f"munmap {addr:#x}+{length:#x}")
-            self._unmap_range(addr, addr + length)
+            self._await_events(self._unmap_range(addr, addr + length))
 
-    def _unmap_range(self, start: int, end: int) -> None:
+    def _unmap_range(self, start: int, end: int) -> list:
+        """Unmap ``[start, end)``; returns the UNMAP events queued for uffds that asked for them
+        (the caller waits for them once the unmap is done, as userfaultfd_unmap_complete does)."""
         vmas = self._isolate(start, end)
-        if not vmas:
-            return
+        events = []
         for vma in vmas:
+            uffd = vma.uffd
+            if (uffd is not None and uffd.requested_features & UFFD_FEATURE_EVENT_UNMAP
+                    and not any(u is uffd for u, _ in events)):
+                events.append((uffd, self._queue_event(uffd, "unmap", start, end)))
             self._zap(vma.start, vma.end, reclaim=False)
             self.mm.remove(vma)
-        self._free_pgtables(start, end)
+        if vmas:
+            self._free_pgtables(start, end)
+        return events
+
+    def _await_events(self, events: list) -> None:
+        for uffd, event in events:
+            self._await_event(uffd, event)
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
@@ -414,13 +439,31 @@ class SimKernel:
                 if vma.start > cursor:
                     unmapped = True
                 lo, hi = max(vma.start, addr), min(vma.end, end)
-                self._madvise_vma(vma, lo, hi, advice)
+                if self.mm.find(lo) is not vma:  # changed while we waited for a monitor
+                    vma = self.mm.find(lo)
+                    if vma is None:
+                        raise _err(errno.ENOMEM, f"madvise {addr:#x}+{length:#x}: unmapped meanwhile")
+                    hi = min(vma.end, hi)
+                vma = self._userfaultfd_remove(vma, lo, hi, advice)
+                if vma is None:
+                    raise _err(errno.ENOMEM, f"madvise {addr:#x}+{length:#x}: unmapped meanwhile")
+                self._madvise_vma(vma, lo, min(hi, vma.end), advice)
                 cursor = hi
             if cursor < end:
                 unmapped = True
             self.mm.merge_around(addr, end)
             if unmapped:
                 raise _err(errno.ENOMEM, f"madvise {addr:#x}+{length:#x}: part of the range is not mapped")
+
+    def _userfaultfd_remove(self, vma: Vma, lo: int, hi: int, advice: int) -> Vma | None:
+        """UFFD_EVENT_REMOVE before MADV_DONTNEED/FREE zaps a registered range (if the uffd asked
+        for it): wait for the monitor to read it, then look the VMA up again."""
+        uffd = vma.uffd
+        if (advice not in (MADV_DONTNEED, MADV_FREE) or uffd is None
+                or not uffd.requested_features & UFFD_FEATURE_EVENT_REMOVE or vma.locked):
+            return vma
+        self._await_event(uffd, self._queue_event(uffd, "remove", lo, hi))
+        return self.mm.find(lo)
 
     def _madvise_vma(self, vma: Vma, lo: int, hi: int, advice: int) -> None:
         if advice == MADV_DONTNEED:
@@ -534,34 +577,39 @@ class SimKernel:
             result = None
             target = new_addr
             last_end = 0
+            events = []
             for i, (vstart, vend, armed) in enumerate(pieces):
                 lo, hi = max(vstart, start), min(vend, end)
                 dst = target + (vstart - last_end if i else 0)
                 last_end = vend
                 if armed and (i > 0 or vend < end):
                     raise _err(errno.EFAULT, what + ": cannot move several VMAs when one is registered with a uffd")
-                self._unmap_range(dst, dst + (hi - lo))
+                events += self._unmap_range(dst, dst + (hi - lo))
                 if self.mm.find(lo) is None:
                     raise _err(errno.EFAULT, what)
-                self._move_vma(lo, dst, hi - lo, dontunmap)
+                events += self._move_vma(lo, dst, hi - lo, dontunmap)
                 if result is None:
                     result = dst
                 target = dst + (hi - lo)
+            self._await_events(events)
             return result
 
-    def _move_vma(self, old: int, new: int, length: int, dontunmap: bool) -> None:
+    def _move_vma(self, old: int, new: int, length: int, dontunmap: bool) -> list:
         if dontunmap:
             vma = self.mm.find(old)  # DONTUNMAP leaves the old VMA whole
             self._split_boundary(old)
             self._split_boundary(old + length)
         else:
             [vma] = self._isolate(old, old + length)
-        # The new VMA keeps pgoff and anon_vma; its uffd registration is dropped
-        # (the contexts here never ask for UFFD_FEATURE_EVENT_REMAP).
+        # The new VMA keeps pgoff and anon_vma. Its uffd registration is kept only
+        # if the uffd asked for UFFD_FEATURE_EVENT_REMAP, which then gets a REMAP event.
+        uffd = vma.uffd
+        remap = uffd is not None and bool(uffd.requested_features & UFFD_FEATURE_EVENT_REMAP)
         moved = vma.copy(start=new, end=new + length, pgoff=vma.pgoff + ((old - vma.start) >> PAGE_SHIFT),
-                         uffd=None, uffd_mode=0)
+                         uffd=uffd if remap else None, uffd_mode=vma.uffd_mode if remap else 0)
+        events = [(uffd, self._queue_event(uffd, "remap", old, new))] if remap else []
         self.mm.insert(moved)
-        self._move_page_tables(old, new, length, whole_tables=vma.uffd is None)
+        self._move_page_tables(old, new, length, whole_tables=uffd is None or remap)
         if dontunmap:
             vma.locked = vma.lockonfault = False
             if vma.start == old and vma.end == old + length:
@@ -571,6 +619,7 @@ class SimKernel:
             self.mm.remove(vma)
             self._free_pgtables(old, old + length)
         self.mm.merge_around(new, new + length)
+        return events
 
     def _move_page_tables(self, old: int, new: int, length: int, whole_tables: bool) -> None:
         """move_page_tables: whole PMD entries where both sides allow it, else PTE by PTE.
@@ -711,6 +760,22 @@ class SimKernel:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
         return True
+
+    def _queue_event(self, uffd, kind: str, start: int, end: int) -> NonCoopEvent:
+        """Queue a non-cooperative event on ``uffd``: mmap_changing stays raised until it is read."""
+        event = NonCoopEvent(kind, start, end)
+        uffd.events.append(event)
+        uffd.mmap_changing += 1
+        self._cond.notify_all()
+        return event
+
+    def _await_event(self, uffd, event: NonCoopEvent) -> None:
+        """userfaultfd_event_wait_completion: sleep (lock released) until the event is read or the uffd closed."""
+        try:
+            while not event.read and not uffd.closed:
+                self._cond.wait()
+        finally:
+            uffd.mmap_changing -= 1
 
     def _wake(self, uffd, start: int, length: int, served: bool = True) -> None:
         end = start + length

@@ -75,7 +75,8 @@ class SimUffd:
         self.features = SIM_UFFD_FEATURES  # UFFDIO_API reports everything the kernel offers
         self.user_mode_only = user_mode_only
         self.closed = False
-        self.mmap_changing = 0  # queued non-cooperative events (only the fault plan queues any)
+        self.mmap_changing = 0  # non-cooperative events not yet completed (UFFDIO_* then say EAGAIN)
+        self.events: list = []  # non-cooperative events queued and not yet read
 
     def __repr__(self) -> str:
         return f"SimUffd({'closed' if self.closed else f'fd={self.fd}'}, features={self.features:#x})"
@@ -179,9 +180,15 @@ class SimUffd:
             while True:
                 self._open()
                 pending = self._pending()
-                if pending:
+                if pending or self.events:
                     for w in pending:
                         w.reported = True
+                    # Non-cooperative events are read (completing them, which releases the
+                    # thread that caused them) but, like the Linux backend, not returned.
+                    for event in self.events:
+                        event.read = True
+                    self.events.clear()
+                    k._cond.notify_all()
                     return [FaultEvent(address=w.address, write=w.write) for w in pending]
                 if deadline is None:
                     k._cond.wait(1.0)
@@ -198,6 +205,7 @@ class SimUffd:
             if self.closed:
                 return
             self.closed = True
+            self.events.clear()  # threads waiting for them see the uffd closed and go on
             for vma in list(k.mm.vmas):
                 if vma.uffd is self:
                     vma.uffd, vma.uffd_mode = None, 0

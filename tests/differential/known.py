@@ -10,12 +10,5 @@ red as soon as it is fixed (remove the entry then).
   document (test_sim_semantics).
 """
 
-V1 = ("sim never raises non-cooperative uffd events (its documented deviation 2), so mmap_changing "
-      "never blocks a MOVE; see tests/differential/DISAGREEMENTS.md#v1-mmap_changing")
-
-SIM_DIFFERS: dict[str, str] = {
-    "V1 non-cooperative event pending: EAGAIN with moved 0": V1,
-}
-SIM_MISSES_DOC: dict[str, str] = {
-    "V1 non-cooperative event pending: EAGAIN with moved 0": V1,
-}
+SIM_DIFFERS: dict[str, str] = {}
+SIM_MISSES_DOC: dict[str, str] = {}

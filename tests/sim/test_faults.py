@@ -280,3 +280,59 @@ def test_kernel_mode_fault_blocks_without_user_mode_only(k, area):
     t.join(5)
     assert t.result == PS
     u2.close()
+
+
+# --- non-cooperative events --------------------------------------------------------------
+EVENTS = [
+    # name, feature, the call that raises the event, what must hold once it completed
+    ("REMOVE on MADV_DONTNEED", "remove", lambda k, a: k.madvise(a + 4 * PS, 4 * PS, 4),
+     lambda k, a, done: k.page_info(a + 4 * PS).state == "none"),
+    ("UNMAP on munmap", "unmap", lambda k, a: k.munmap(a + 8 * PS, 8 * PS),
+     lambda k, a, done: k.page_info(a + 8 * PS).state == "none"),
+    ("REMAP on mremap", "remap", lambda k, a: k.mremap(a + 8 * PS, 8 * PS, a + 64 * PS),
+     lambda k, a, done: k.page_info(a + 64 * PS).state == "present"),
+]
+
+
+@pytest.mark.parametrize("feature,call,after", [c[1:] for c in EVENTS], ids=[c[0] for c in EVENTS])
+def test_non_cooperative_event_blocks_its_caller_and_moves_until_read(k, feature, call, after):
+    from heap.kernel import (
+        UFFD_FEATURE_EVENT_REMAP,
+        UFFD_FEATURE_EVENT_REMOVE,
+        UFFD_FEATURE_EVENT_UNMAP,
+        UFFD_FEATURE_MOVE,
+    )
+
+    bit = {"remove": UFFD_FEATURE_EVENT_REMOVE, "unmap": UFFD_FEATURE_EVENT_UNMAP,
+           "remap": UFFD_FEATURE_EVENT_REMAP}[feature]
+    u = k.userfaultfd(UFFD_FEATURE_MOVE | bit)
+    base = k.mmap(128 * PS, align=HP)
+    k.munmap(base + 16 * PS, 112 * PS)
+    src = k.mmap(4 * PS)
+    k.store(src, b"s")
+    for i in range(16):
+        k.store(base + i * PS, b"x")
+    u.register(base, 16 * PS)
+    t = start(lambda: call(k, base))
+    deadline = time.monotonic() + 5
+    while u.mmap_changing == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert still_blocked(t)
+    with pytest.raises(OSError) as exc:
+        u.move(base + 2 * PS, src, PS)  # never reached: the event is pending
+    assert (exc.value.errno, exc.value.moved) == (errno.EAGAIN, 0)
+    assert u.read_events(timeout=0) == []  # read (so completed), but not a page fault
+    t.join(5)
+    assert not t.is_alive() and t.error is None
+    assert after(k, base, t.result)
+    u.unregister(base, 8 * PS)
+    k.madvise(base + 2 * PS, PS, 4)
+    u.register(base, 8 * PS)
+    assert u.move(base + 2 * PS, src, PS) == PS
+    u.close()
+
+
+def test_event_not_asked_for_is_not_raised(k, uffd, area):
+    a, _ = area
+    k.madvise(a, 16 * PS, 4)  # no EVENT_REMOVE requested: returns at once
+    assert uffd.mmap_changing == 0
