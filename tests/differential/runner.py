@@ -162,15 +162,21 @@ class Reader:
 
     verb = "read"
 
-    def __init__(self, name: str, kernel, addr: int):
+    def __init__(self, name: str, kernel, addr: int, write: bool = False):
         self.name = name
         self.result: str | None = None
-        self.thread = threading.Thread(target=self._run, args=(kernel, addr), daemon=True,
+        if write:
+            self.verb = "write"
+        self.thread = threading.Thread(target=self._run, args=(kernel, addr, write), daemon=True,
                                        name=f"reader-{name}")
 
-    def _run(self, kernel, addr: int) -> None:
+    def _run(self, kernel, addr: int, write: bool) -> None:
         try:
-            self.result = content_tag(kernel.load(addr, PS))
+            if write:
+                kernel.store(addr - addr % PS, pattern(f"{self.name}/w"))
+                self.result = "ok"
+            else:
+                self.result = content_tag(kernel.load(addr, PS))
         except BaseException as exc:  # recorded, compared between backends
             self.result = describe_exception(exc)
 
@@ -484,7 +490,7 @@ class Runner:
     def do_StartReader(self, st: S.StartReader):
         a = self.addr(st.at)
         page = a - a % PS
-        reader = Reader(st.name, self.k, a)
+        reader = Reader(st.name, self.k, a, st.write)
         self.readers.append(reader)
         reader.thread.start()
         uffd = self.uffds[st.uffd]
@@ -492,8 +498,9 @@ class Runner:
         while waited < READER_FAULT_TIMEOUT:
             events = uffd.read_events(timeout=0.1)
             waited += 0.1
-            if any(ev.address == page for ev in events):
-                return "blocked"
+            mine = [ev for ev in events if ev.address == page]
+            if mine:
+                return "blocked " + ("write" if mine[0].write else "read")
             if not reader.thread.is_alive():
                 return f"finished data={reader.result}"
         return "no fault reported"

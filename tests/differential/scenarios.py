@@ -559,7 +559,7 @@ VMAS = [
     scenario("mremap DONTUNMAP'd registered range faults to the uffd", Map("S", 4), Write("S", 4), Uffd(),
              Register("S", 4), Mremap("S", 4, "N", dontunmap=True), StartReader("r0", "S+1", tag="fault"),
              Move("S+1", "N+1", tag="mv"), CheckReaders(tag="after"),
-             expect={"fault": "ok blocked", "mv": moved(1), "after": "ok r0:read S+1/2"},
+             expect={"fault": "ok blocked read", "mv": moved(1), "after": "ok r0:read S+1/2"},
              pages=[Pages("S+1", 1, origin="S+1"), Pages("N", 1, origin="S+0")], doc="mremap DONTUNMAP / 5"),
     scenario("mprotect splits src: move across the split EINVAL", *setup(), Write("S", 8),
              Mprotect("S+4", 1, RO), Move("D", "S", pages=8, tag="mv"), Move("D", "S", pages=4, tag="before"),
@@ -657,6 +657,34 @@ WAKE = [
              Zeropage("D+1", tag="zp"), CheckReaders(tag="after"),
              expect={"mv": moved(2), "refault": "ok D+1:r", "zp": moved(1), "after": "ok r0:read 0"},
              doc="5 holes counted as moved"),
+]
+
+WAKE += [
+    scenario("wake: a blocked writer's store lands in the moved page", *setup(), Write("S"),
+             StartReader("w0", "D", write=True, tag="fault"), Move("D", "S", tag="mv"), CheckReaders(tag="after"),
+             expect={"fault": "ok blocked write", "mv": moved(1), "after": "ok w0:write ok"},
+             pages=[Pages("D", 1, state="present", origin="S+0"), Pages("S", 1, state="none")], doc="5"),
+    scenario("wake: one move wakes every reader in its range", *setup(), Write("S", 4),
+             StartReader("r0", "D"), StartReader("r2", "D+2"), Move("D", "S", pages=4, tag="mv"),
+             CheckReaders(tag="after"), expect={"mv": moved(4), "after": "ok r0:read S+0/1 r2:read S+2/3"}, doc="5"),
+    scenario("wake: a later move elsewhere does not wake a DONTWAKE'd reader", *setup(), Write("S", 2),
+             StartReader("r0", "D"), Move("D", "S", mode=DONTWAKE, tag="quiet"), Move("D+4", "S+1", tag="loud"),
+             CheckReaders(tag="after"), Wake("D"), CheckReaders(tag="woken"),
+             expect={"quiet": moved(1), "loud": moved(1), "after": "ok r0:blocked", "woken": "ok r0:read S+0/1"},
+             doc="5 DONTWAKE / prefix"),
+    scenario("wake: COPY and ZEROPAGE with DONTWAKE keep readers blocked", *setup(), Write("S"),
+             StartReader("r0", "D"), StartReader("r1", "D+1"), Copy("D", "S", mode=DONTWAKE, tag="cp"),
+             Zeropage("D+1", mode=DONTWAKE, tag="zp"), CheckReaders(tag="after"), Wake("D", pages=2),
+             CheckReaders(tag="woken"),
+             expect={"cp": moved(1), "zp": moved(1), "after": "ok r0:blocked r1:blocked",
+                     "woken": "ok r0:read S+0/1 r1:read 0"}, doc="COPY/ZEROPAGE DONTWAKE"),
+    scenario("wake: UNREGISTER wakes the reader, which then demand-faults a zero page", *setup(),
+             StartReader("r0", "D"), Unregister("D", 8, tag="unreg"), CheckReaders(tag="after"),
+             expect={"unreg": "ok", "after": "ok r0:read 0"}, pages=[Pages("D", 1, state="zero")],
+             doc="5 / registration"),
+    scenario("wake: closing the uffd wakes the reader", *setup(), StartReader("r0", "D"), CloseUffd(),
+             CheckReaders(tag="after"), expect={"after": "ok r0:read 0"}, pages=[Pages("D", 1, state="zero")],
+             doc="5 / close"),
 ]
 
 SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + COPY + VMAS + REGISTRATION

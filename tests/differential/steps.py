@@ -262,12 +262,14 @@ class CloseUffd(Step):
 # --- threads (wake semantics) -----------------------------------------------------
 @dataclass(frozen=True)
 class StartReader(Step):
-    """A thread loads one page at ``at``; the runner waits until the fault
-    shows up on the uffd, so the reader is known to be blocked in it."""
+    """A thread loads one page at ``at`` (or, with ``write``, stores a
+    pattern into it); the runner waits until the fault shows up on the uffd,
+    so the thread is known to be blocked in it."""
 
     name: str
     at: Addr
     uffd: str = "u"
+    write: bool = False
     tag: str | None = None
 
 
