@@ -30,6 +30,7 @@ from .steps import (
     Fork,
     Madvise,
     Map,
+    Memmove,
     Mlock,
     Move,
     Mprotect,
@@ -473,6 +474,16 @@ OBSERVED = [
              doc="3.2 (PTE table left behind)"),
 ]
 
+# --- user-mode accesses --------------------------------------------------------
+ACCESS = [
+    scenario("memmove of an untouched page onto itself only reads it", Map("A", 8), Memmove("A+1", "A+1", tag="mm"),
+             expect={"mm": "ok"}, pages=[Pages("A+1", 1, state="zero")], doc="Kernel.memmove (user-mode)"),
+    scenario("memmove into untouched pages writes them", Map("A", 8), Write("A"), Memmove("A+4", "A", tag="mm"),
+             Memmove("A+5", "A+6", tag="zeros"), expect={"mm": "ok", "zeros": "ok"},
+             pages=[Pages("A+4", 1, state="present", origin="A+4"), Pages("A+5", 1, state="present", origin="A+5"),
+                    Pages("A+6", 1, state="zero")], doc="Kernel.memmove (user-mode)"),
+]
+
 # --- COPY and ZEROPAGE ---------------------------------------------------------------
 COPY = [
     scenario("COPY fills dst with new frames, src untouched", *setup(), Write("S", 2),
@@ -687,7 +698,7 @@ WAKE += [
              doc="5 / close"),
 ]
 
-SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + COPY + VMAS + REGISTRATION
+SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + ACCESS + COPY + VMAS + REGISTRATION
 
 
 def _unique(items):
