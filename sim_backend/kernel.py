@@ -819,9 +819,51 @@ class SimKernel:
         _, first = np.unique(bad_pages, return_index=True)
         order = bad_pages[np.sort(first)]
         self._fault(int(order[0]) << PAGE_SHIFT, write, user=user)
-        for page in order[1:].tolist():
+        rest = order[1:]
+        if rest.size > 16:
+            rest = rest[~self._bulk_fill(rest, write)]
+        for page in rest.tolist():
             if not self._fault(page << PAGE_SHIFT, write, user=user, may_block=False):
                 return
+
+    def _bulk_fill(self, pages: np.ndarray, write: bool) -> np.ndarray:
+        """Demand-fill, at once, the pages whose fault is the plain one: missing, at PTE level, in
+        a private VMA that allows the access and is not registered MISSING. Returns which it filled
+        (the others go through ``_fault`` one by one: THP first touch, COW, userfaults...)."""
+        vmas = self.mm.vmas
+        starts, ends, prots = self.mm.arrays()
+        addrs = pages << PAGE_SHIFT
+        vi = np.searchsorted(starts, addrs, side="right") - 1
+        vic = np.maximum(vi, 0)
+        need = PROT_WRITE if write else (PROT_READ | PROT_WRITE | PROT_EXEC)
+        plain_vma = np.array([not v.shared and not self._missing_registered(v) for v in vmas], dtype=bool)
+        simple = (vi >= 0) & (addrs < ends[vic]) & ((prots[vic] & need) != 0) & plain_vma[vic]
+        regions = pages >> (PMD_SHIFT - PAGE_SHIFT)
+        rows = self.pt.rows_for(regions)
+        fresh = simple & (rows < 0)
+        if fresh.any():
+            uniq, at = np.unique(regions[fresh], return_index=True)
+            for region, i in zip(uniq.tolist(), np.flatnonzero(fresh)[at].tolist()):
+                if not self._thp_eligible(vmas[int(vi[i])], region):
+                    self.pt.table(region)  # pte_alloc, as the first fault in the region would
+        rows = self.pt.rows_for(regions)
+        rc = np.maximum(rows, 0)
+        idx = pages & IDX_MASK
+        simple &= (rows >= 0) & (self.pt.kind[rc] == TABLE) & (self.pt.pte[rc, idx] == NO_FRAME)
+        n = int(simple.sum())
+        if n == 0:
+            return simple
+        if write:
+            avs = np.zeros(len(vmas), dtype=np.int64)
+            for i in np.unique(vic[simple]).tolist():  # anon_vma_prepare, only where a page lands
+                avs[i] = self._anon_vma(vmas[i])
+            new = self.frames.alloc_pages(n)
+            self.frames.anon_vma[new] = avs[vic[simple]]
+            self.pt.pte[rc[simple], idx[simple]] = new
+        else:
+            self.pt.pte[rc[simple], idx[simple]] = ZERO_FRAME
+        self.counters.demand_faults += n
+        return simple
 
     def _pool_ready(self) -> None:
         self.frames.content.ensure()

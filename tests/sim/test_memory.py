@@ -210,3 +210,39 @@ def test_demand_fill_counter(k):
     k.load(a + PS, 1)
     assert k.counters.demand_faults == 2
     assert k.counters.as_dict()["demand_faults"] == 2 == k.counters["demand_faults"]
+
+
+def _layout(k):
+    """A THP-advised VMA, a plain one with one page already COW-shared, and a read-only one."""
+    from heap.kernel import MADV_HUGEPAGE
+
+    a = k.mmap(4 * HP, align=HP)
+    k.madvise(a, 2 * HP, MADV_HUGEPAGE)
+    k.store(a + 2 * HP + 5 * PS, b"x")
+    child = k.fork()
+    r = k.mmap(64 * PS, PROT_READ)
+    return a, r, child
+
+
+@pytest.mark.parametrize("write", [True, False], ids=["stores", "loads"])
+def test_many_faults_at_once_match_one_at_a_time(write):
+    one, many = SimKernel(), SimKernel()
+    (a1, r1, c1), (a2, r2, c2) = _layout(one), _layout(many)
+    offsets = np.arange(0, 4 * HP, 3 * PS + 8, dtype=np.uint64)
+    for off in offsets.tolist():
+        if write:
+            one.store_words(np.array([a1 + off], np.uint64), np.array([off], np.uint64))
+        else:
+            one.load_words(np.array([a1 + off], np.uint64))
+    if write:
+        many.store_words(a2 + offsets, offsets)
+    else:
+        many.load_words(a2 + offsets)
+        many.load(r2, 64 * PS)
+        one.load(r1, 64 * PS)
+    states = lambda k, a: [(i.state, i.huge, i.exclusive) for i in (k.page_info(a + p * PS) for p in range(0, 2048, 7))]
+    assert states(one, a1) == states(many, a2)
+    assert one.load(a1, 4 * HP) == many.load(a2, 4 * HP)
+    assert one.counters.bytes_copied == many.counters.bytes_copied
+    c1.exit()
+    c2.exit()
