@@ -61,7 +61,8 @@ Sim-only API
   tlb_flushes, pmds_split, pages_split, bytes_copied, user_bytes_copied,
   faults_raised, faults_served, demand_faults).
 * ``kernel.pin(addr, n)`` / ``unpin``: long-term pins (FOLL_PIN).
-* ``kernel.pmd_kind(addr)``, ``kernel.vma_list()``, ``kernel.host_bytes()``.
+* ``kernel.pmd_kind(addr)``, ``kernel.vma_list()``, ``kernel.host_bytes()``,
+  ``kernel.close()`` (closes every uffd: blocked threads are released).
 * ``uffd.mmap_changing``: non-cooperative events not yet read.
 
 Intentional deviations from Linux
@@ -110,9 +111,6 @@ Intentional deviations from Linux
     as it goes): the bytes copied are the same, but when one page blocks in
     a userfault the copies before it have not happened yet, and an EFAULT
     leaves the destination unwritten.
-12. A page that is zero-filled when its THP is split becomes the shared zero
-    page (as 6.12+ does); the sim decides "zero-filled" from its contents,
-    so a page written only with zeros counts as zero-filled, as on Linux.
 """
 
 from .faultplan import Firing, FaultPlan, FaultRule

@@ -11,6 +11,7 @@ import itertools
 import operator
 import os
 import threading
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -195,6 +196,7 @@ class SimKernel:
         self._anon_vma_ids = itertools.count(1)
         self._pids = itertools.count(1000)
         self._uffd_ids = itertools.count(3)
+        self._uffds: weakref.WeakSet = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"SimKernel(seed={self.seed}, thp={self.thp}, vmas={len(self.mm.vmas)})"
@@ -1405,5 +1407,14 @@ class SimKernel:
             missing = features & ~SIM_UFFD_FEATURES
             raise KernelUnsupported(f"the kernel does not offer the userfaultfd features {missing:#x} "
                                     f"(it offers {SIM_UFFD_FEATURES:#x})")
-        return SimUffd(self, next(self._uffd_ids), features, user_mode_only)
+        uffd = SimUffd(self, next(self._uffd_ids), features, user_mode_only)
+        with self._lock:
+            self._uffds.add(uffd)
+        return uffd
+
+    def close(self) -> None:
+        """Shut down: close every userfaultfd, so blocked faults retry with normal fault
+        handling and threads waiting for an event to be read go on."""
+        for uffd in list(self._uffds):
+            uffd.close()
 

@@ -336,3 +336,18 @@ def test_event_not_asked_for_is_not_raised(k, uffd, area):
     a, _ = area
     k.madvise(a, 16 * PS, 4)  # no EVENT_REMOVE requested: returns at once
     assert uffd.mmap_changing == 0
+
+
+def test_kernel_close_releases_every_blocked_thread(k):
+    u1, u2 = k.userfaultfd(), k.userfaultfd()
+    a = k.mmap(4 * PS)
+    b = k.mmap(4 * PS)
+    u1.register(a, 4 * PS)
+    u2.register(b, 4 * PS)
+    threads = [start(lambda: k.load(a, 1)), start(lambda: k.store(b, b"z"))]
+    wait_blocked(k, 2)
+    k.close()
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive() and t.error is None
+    assert k.load(b, 1) == b"z"
