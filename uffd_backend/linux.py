@@ -419,10 +419,15 @@ def open_userfaultfd(features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool 
             break
         failures.append(f"{path} failed with {errno.errorcode.get(-fd, -fd)} ({os.strerror(-fd)})")
     if fd < 0:
+        filtered = user_mode_only and any(f.startswith(f"{VIA_SYSCALL} failed with EPERM") for f in failures)
         raise KernelUnsupported(
             "userfaultfd is refused: " + "; ".join(failures) + ". Allow it with sysctl "
             "vm.unprivileged_userfaultfd=1, read/write access to /dev/userfaultfd, or CAP_SYS_PTRACE"
-            + ("" if user_mode_only else ", or open it with user_mode_only=True"))
+            + ("" if user_mode_only else ", or open it with user_mode_only=True")
+            # Linux >= 5.11 grants user-mode-only contexts to anyone: EPERM is a filter's doing
+            + (". A user-mode-only userfaultfd needs no privilege, so EPERM for it means a seccomp filter or "
+               "security module forbids the syscall (container runtimes' default profiles do): allow "
+               "userfaultfd there, or give read/write access to /dev/userfaultfd" if filtered else ""))
     out_features, out_ioctls = ffi.new("uint64_t *"), ffi.new("uint64_t *")
     ret = lib.rgc_uffd_api(fd, features, out_features, out_ioctls)
     if ret < 0:
