@@ -119,13 +119,18 @@ def install_page_range(kernel, uffd, dst: int, src: int, length: int, counters: 
 
 def _copy_page(kernel, uffd, dst: int, src: int, counters: InstallCounters) -> None:
     ps = kernel.page_size
-    try:
-        uffd.copy(dst, src, ps)
-    except UffdError as exc:
-        if exc.errno == errno.EEXIST and kernel.page_info(dst).state != "none":
-            counters.eexist_races += 1
-            return
-        raise InstallInterrupted(exc, 0) from exc
+    for attempt in range(EAGAIN_RETRIES + 1):
+        try:
+            uffd.copy(dst, src, ps)
+            break
+        except UffdError as exc:
+            if exc.errno == errno.EEXIST and kernel.page_info(dst).state != "none":
+                counters.eexist_races += 1
+                return
+            if exc.errno != errno.EAGAIN or attempt == EAGAIN_RETRIES:
+                raise InstallInterrupted(exc, 0) from exc
+            counters.eagain_retries += 1  # as for MOVE: a pending event or contention, back off and retry
+            time.sleep(min(BACKOFF_FIRST_S * (1 << min(attempt + 1, 20)), BACKOFF_MAX_S))
     counters.ebusy_fallbacks += 1
     counters.bytes_copied += ps
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from heap import Heap
-from heap.concurrent import begin_concurrent, end_concurrent
+from heap.concurrent import begin_concurrent, collect_concurrent, end_concurrent
 from heap.errors import CompactionAborted
 from sim_backend import FaultRule, SimKernel
 from tests.concurrent.model import Model, garbage, populate
@@ -105,5 +105,53 @@ def test_source_hole_is_zero_filled_on_a_fault():
         assert obj.read(4) == b"head"
         end_concurrent(heap, cycle)
         assert stats.zero_filled >= 1
+        model.check_all()
+        heap.verify()
+
+
+@pytest.mark.timeout(90)
+def test_random_outcomes_under_concurrent_mutators():
+    """Transient outcomes fire at random on moves and copies while six mutators
+    run through 20 cycles: every one is absorbed, nothing is lost."""
+    kernel = SimKernel(seed=21)
+    plan = kernel.fault_plan
+    for outcome in ("race", "mmap_changing", "pinned", "unreported_move"):
+        plan.add(FaultRule(outcome, op="move", page=None, probability=0.05, times=None))
+    plan.add(FaultRule("race", op="copy", page=None, probability=0.05, times=None))
+    rnd = random.Random(21)
+    with Heap(kernel=kernel, size=8 * MiB, compactor="remap") as heap:
+        model = Model(heap, seed=21)
+        populate(model, 80, rnd, large_every=4)
+        stop = threading.Event()
+        errors = []
+
+        def mutator(seed):
+            r = random.Random(seed)
+            try:
+                while not stop.is_set():
+                    model.step(r)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=mutator, args=(s,), daemon=True) for s in range(6)]
+        for t in threads:
+            t.start()
+        counts = dict(partial_moves=0, eagain_retries=0, ebusy_fallbacks=0, eexist_races=0)
+        try:
+            for i in range(20):
+                garbage(heap, rnd, 30)
+                st = collect_concurrent(heap, chunk_pages=4 if i % 2 else 64)
+                for name in counts:
+                    counts[name] += getattr(st, name)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert not errors, errors[0]
+        assert not any(t.is_alive() for t in threads)
+        assert {f.outcome for f in plan.fired} >= {"race", "mmap_changing", "pinned", "unreported_move"}
+        assert all(counts.values()), counts
+        plan.rules.clear()
         model.check_all()
         heap.verify()
