@@ -85,11 +85,12 @@ class RecordingUffd:
     """The heap's userfaultfd, counting every error it returns by kind; may
     drop ALLOW_SRC_HOLES from a MOVE (seeded) so source holes give ENOENT."""
 
-    def __init__(self, inner, rng: random.Random, faults: Counter):
+    def __init__(self, inner, rng: random.Random, faults: Counter, by_op: Counter):
         self._inner = inner
         self._rng = rng
         self._lock = threading.Lock()
         self.faults = faults
+        self.by_op = by_op
         self.strip_holes = 0.0  # chance a MOVE loses ALLOW_SRC_HOLES (set per cycle)
 
     def __getattr__(self, name):
@@ -102,25 +103,26 @@ class RecordingUffd:
                     return mode & ~UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES
         return mode
 
-    def _call(self, fn, *args):
+    def _call(self, op, fn, *args):
         try:
             return fn(*args)
         except UffdError as exc:
             with self._lock:
                 self.faults[fault_kind(exc)] += 1
+                self.by_op[f"{op} {fault_kind(exc)}"] += 1
             raise
 
     def move(self, dst, src, length, mode=0):
-        return self._call(self._inner.move, dst, src, length, self._mode(mode))
+        return self._call("move", self._inner.move, dst, src, length, self._mode(mode))
 
     def move_ranges(self, dsts, srcs, lengths, mode=0):
-        return self._call(self._inner.move_ranges, dsts, srcs, lengths, self._mode(mode))
+        return self._call("move", self._inner.move_ranges, dsts, srcs, lengths, self._mode(mode))
 
     def copy(self, dst, src, length, mode=0):
-        return self._call(self._inner.copy, dst, src, length, mode)
+        return self._call("copy", self._inner.copy, dst, src, length, mode)
 
     def zeropage(self, dst, length, mode=0):
-        return self._call(self._inner.zeropage, dst, length, mode)
+        return self._call("zeropage", self._inner.zeropage, dst, length, mode)
 
 
 @dataclass
@@ -137,6 +139,7 @@ class Tally:
     cycles: int = 0
     by_mode: Counter = field(default_factory=Counter)
     faults: Counter = field(default_factory=Counter)  # injected faults the heap saw, by kind
+    faults_by_op: Counter = field(default_factory=Counter)  # the same by ioctl: "zeropage EEXIST"...
     rules_fired: Counter = field(default_factory=Counter)  # fault-plan outcomes that fired
     clean_errors: Counter = field(default_factory=Counter)  # CompactionAborted, by errno name
     objects_checked: int = 0
@@ -148,13 +151,13 @@ class Tally:
         self.objects_checked += other.objects_checked
         self.losses += other.losses
         self.failures += other.failures
-        for name in ("by_mode", "faults", "rules_fired", "clean_errors"):
+        for name in ("by_mode", "faults", "faults_by_op", "rules_fired", "clean_errors"):
             getattr(self, name).update(getattr(other, name))
 
     def as_dict(self) -> dict:
         return {"cycles": self.cycles, "by_mode": dict(self.by_mode),
                 "injected_faults": {k: self.faults.get(k, 0) for k in FAULT_KINDS},
-                "rules_fired": dict(self.rules_fired), "clean_errors": dict(self.clean_errors),
+                "errors_by_ioctl": dict(sorted(self.faults_by_op.items())), "rules_fired": dict(self.rules_fired), "clean_errors": dict(self.clean_errors),
                 "objects_checked": self.objects_checked, "losses": self.losses, "failures": self.failures}
 
 
@@ -169,7 +172,8 @@ class Scenario:
         self.tally = Tally()
         self.kernel = SimKernel(seed=seed, thp=self.rng.random() < 0.3)
         self.heap = Heap(kernel=self.kernel, size=HEAP_BYTES, compactor="remap", thp=self.rng.random() < 0.2)
-        self.uffd = RecordingUffd(self.heap._uffd, random.Random(seed ^ 0x5EED), self.tally.faults)
+        self.uffd = RecordingUffd(self.heap._uffd, random.Random(seed ^ 0x5EED), self.tally.faults,
+                                  self.tally.faults_by_op)
         self.heap._uffd = self.uffd  # every install of every compactor goes through the recorder
         self.objs: dict[int, Obj] = {}
         self.roots: dict[int, object] = {}  # oid -> Ref
