@@ -10,20 +10,26 @@
   every slot fix-up and every evacuation copy as sorted numpy arrays keyed by
   to-space page, so the work of any page range is a contiguous slice found by
   ``np.searchsorted``. No copy, no fix-up store and no MOVE happens here.
-* **Install** (after the pause): a compactor thread walks the to-space in
-  chunks. For a chunk it claims the pages still unprocessed (per-page state
-  unprocessed -> processing -> installed, one shared int8 array guarded by a
-  small condition that no mutator ever holds while touching heap memory),
-  builds them where mutators cannot see them (slot fix-ups in place in the
-  from-space for pages that move whole; rebuilt pages assembled in a scratch
-  mapping from the untouched from-space originals, so pages can be built in
-  any order), then MOVEs them in with ``install_page_range``, the routine the
-  stop-the-world compactor uses. A mutator touching a page not yet installed
-  takes a userfault; the fault-handler thread (``heap.faults``) builds and
-  installs that page first the same way and wakes it.
+* **Install** (after the pause; the threads start once the heap lock is
+  dropped): a compactor thread walks the to-space in chunks
+  (``CHUNK_PAGES``). For a chunk it claims the pages still unprocessed
+  (per-page state unprocessed -> processing -> installed, one shared int8
+  array guarded by a small condition that no mutator ever holds while
+  touching heap memory), builds them where mutators cannot see them (slot
+  fix-ups in place in the from-space for pages that move whole; rebuilt
+  pages assembled in a scratch mapping from the untouched from-space
+  originals, so pages can be built in any order), then MOVEs all its runs in
+  one batched call; a run the kernel refuses goes through
+  ``install_page_range`` (the stop-the-world compactor's routine), which
+  handles every outcome. An untouched chunk is served from ``ChunkPlan``
+  (the walk precomputed once in the compactor thread): a few calls. A
+  mutator touching a page not yet installed takes a userfault; the
+  fault-handler thread (``heap.faults``) builds and installs that page first
+  the same way and wakes it.
 * **Finish**: every page installed -> unregister the arena (wakes anything
-  still blocked, which then faults normally), stop the handler, release the
-  from-space and the scratch (MADV_DONTNEED / munmap).
+  still blocked, which then faults normally), stop the threads, then release
+  the from-space (MADV_DONTNEED) outside the heap lock, through the heap's
+  owed-release token as the stop-the-world compactor does.
 
 Errors: an install the kernel refuses (ENOMEM, EINTR, EAGAIN that persists)
 reverts the chunk's pages not yet installed to *unprocessed* (building is
@@ -379,7 +385,7 @@ class ConcurrentCycle:
     """One concurrent collection after its pause: the threads and their outcome."""
 
     def __init__(self, heap, program: InstallProgram, stats: GCStats, clock: PhaseClock, t0: int, *,
-                 chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True, handler_batch: int = 1):
+                 chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True):
         from .faults import FaultHandler
 
         k = heap._kernel
@@ -602,11 +608,9 @@ def settle_cycle(heap) -> None:
     heap._gate.drain()
 
 
-def collect_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True,
-                       handler_batch: int = 1) -> GCStats:
+def collect_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True) -> GCStats:
     """``Heap.collect(concurrent=True)``: see the module doc."""
-    cycle, stats, finish = begin_concurrent(heap, chunk_pages=chunk_pages, run_compactor=run_compactor,
-                                            handler_batch=handler_batch)
+    cycle, stats, finish = begin_concurrent(heap, chunk_pages=chunk_pages, run_compactor=run_compactor)
     if cycle is None:
         finish()
         return stats
@@ -615,8 +619,7 @@ def collect_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: b
     return stats
 
 
-def begin_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True,
-                     handler_batch: int = 1):
+def begin_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True):
     """The pause; returns (the running cycle, its stats, None), or (None, stats,
     finish) when the heap has no userfaultfd and collected stop-the-world.
     ``run_compactor=False`` leaves every page to the fault handler until
@@ -627,7 +630,7 @@ def begin_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: boo
         if heap._compactor != "remap":  # no userfaultfd: the copying compactor, stop-the-world
             stats, finish = heap._collect_pause()
             return None, stats, finish
-        cycle = _pause(heap, chunk_pages, run_compactor, handler_batch)
+        cycle = _pause(heap, chunk_pages, run_compactor)
     # the threads start once the pause is over: a fault taken meanwhile just waits in the uffd
     # queue, and a starting thread that takes the GIL cannot stretch the pause
     cycle.start()
@@ -645,7 +648,7 @@ def end_concurrent(heap, cycle: "ConcurrentCycle") -> None:
     cycle.finish()
 
 
-def _pause(heap, chunk_pages: int, run_compactor: bool, handler_batch: int) -> ConcurrentCycle:
+def _pause(heap, chunk_pages: int, run_compactor: bool) -> ConcurrentCycle:
     heap._settle_release()
     k, uffd, ps = heap._kernel, heap._uffd, heap._ps
     base, size, fs = heap._base, heap._size, heap._from_space
@@ -681,7 +684,7 @@ def _pause(heap, chunk_pages: int, run_compactor: bool, handler_batch: int) -> C
     heap._since_collect = 0
     heap.collections += 1
     cycle = ConcurrentCycle(heap, program, stats, clock, t0, chunk_pages=chunk_pages,
-                            run_compactor=run_compactor, handler_batch=handler_batch)
+                            run_compactor=run_compactor)
     heap._cycle = cycle
     stats.pause_ns = time.perf_counter_ns() - t0
     for part in ("mark", "plan", "flip", "precompute", "roots"):
@@ -689,5 +692,6 @@ def _pause(heap, chunk_pages: int, run_compactor: bool, handler_batch: int) -> C
     return cycle
 
 
-__all__ = ["AccessGate", "ConcurrentCycle", "InstallProgram", "PageStates", "collect_concurrent", "settle_cycle",
-           "make_program", "UNPROCESSED", "PROCESSING", "INSTALLED", "UffdError"]
+__all__ = ["AccessGate", "ConcurrentCycle", "ConcurrentGCStats", "InstallProgram", "PageStates", "begin_concurrent",
+           "collect_concurrent", "end_concurrent", "settle_cycle", "make_program", "UNPROCESSED", "PROCESSING",
+           "INSTALLED"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import random
 import threading
 
@@ -10,7 +9,6 @@ import pytest
 
 from heap import Heap
 from heap.concurrent import ConcurrentGCStats, begin_concurrent, collect_concurrent, end_concurrent
-from heap.errors import CompactionAborted
 from tests.concurrent.model import Model, garbage, populate
 
 MiB = 1 << 20
