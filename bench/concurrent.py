@@ -15,8 +15,10 @@ page written, every other object dead), built fresh for every measurement:
   the raw kernel round trip (a bare registered region, a Python handler
   thread doing read_events + UFFDIO_MOVE, a mutator doing ``kernel.load``).
 * throughput: a mutator thread reading 64 bytes of random live objects, its
-  reads per second while a concurrent cycle installs pages (from the end of
-  the pause to the end of the cycle), against the same with no cycle.
+  reads per second during a concurrent cycle (from the call that starts it
+  to the end of the install, the pause included) against a window with no
+  cycle just before; and the longest single read inside the cycle (what a
+  mutator feels of the pause).
 
     python -m bench.concurrent [--quick] [--repeat N] [--kernel linux|sim]
 
@@ -154,45 +156,59 @@ def raw_round_trip(kernel_name: str, n: int) -> dict:
     return percentiles(out)
 
 
-def reads_per_s(live: list, seconds: float, stop: threading.Event | None = None) -> tuple[int, float]:
-    rnd = random.Random(3)
-    n = 0
-    t0 = time.perf_counter()
-    end = t0 + seconds
-    while (stop is None and time.perf_counter() < end) or (stop is not None and not stop.is_set()):
-        rnd.choice(live).read(64, offset=rnd.randrange(0, OBJECT - 64))
-        n += 1
-    return n, time.perf_counter() - t0
-
-
 def throughput(kernel_name: str, used: int, rounds: int) -> dict:
-    """Interleaved: a window with no cycle, then a cycle (pause excluded: the
-    mutator's clock starts when the pause ends), ``rounds`` times; medians.
-    Rounds after the first find the heap compact: their cycles install every
-    live page again (a flip and a whole install) but free nothing."""
+    """One mutator thread reads 64 B of random live objects without pause,
+    each read timestamped. Per round: a 0.3 s window with no cycle, then a
+    cycle (from the call that starts it to the end of its install, the pause
+    included); medians over rounds. The longest read inside a cycle is the
+    mutator-visible stall. Rounds after the first find the heap compact:
+    their cycles flip and install every live page again but free nothing."""
     heap, live = build(kernel_name, used)
-    base, during, install, faults = [], [], [], []
+    stamps: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def mutator():
+        rnd = random.Random(3)
+        clock = time.perf_counter
+        while not stop.is_set():
+            t = clock()
+            rnd.choice(live).read(64, offset=rnd.randrange(0, OBJECT - 64))
+            stamps.append((t, clock() - t))
+
+    windows = []
     with heap:
-        for _ in range(rounds):
-            n0, s0 = reads_per_s(live, 0.3)
-            base.append(n0 / s0)
-            cycle, stats, _ = begin_concurrent(heap)
-            done = threading.Event()
-            result = []
-            t = threading.Thread(target=lambda: result.append(reads_per_s(live, 0, stop=done)))
-            t.start()
-            cycle.wait_compactor()
-            end_concurrent(heap, cycle)
-            done.set()
+        t = threading.Thread(target=mutator)
+        t.start()
+        try:
+            for _ in range(rounds):
+                b0 = time.perf_counter()
+                time.sleep(0.3)
+                c0 = time.perf_counter()
+                cycle, stats, _ = begin_concurrent(heap)
+                cycle.wait_compactor()
+                end_concurrent(heap, cycle)
+                c1 = time.perf_counter()
+                windows.append((b0, c0, c1, stats.faults_served, stats.pause_ns))
+                time.sleep(0.05)
+        finally:
+            stop.set()
             t.join()
-            n1, s1 = result[0]
-            during.append(n1 / s1)
-            install.append(s1 * 1e3)
-            faults.append(stats.faults_served)
+    a = np.array(stamps)
+    base, during, install, stall, faults, pauses = [], [], [], [], [], []
+    for b0, c0, c1, nfaults, pause in windows:
+        nb = np.count_nonzero((a[:, 0] >= b0) & (a[:, 0] < c0))
+        inside = (a[:, 0] >= c0) & (a[:, 0] < c1)
+        base.append(nb / (c0 - b0))
+        during.append(np.count_nonzero(inside) / (c1 - c0))
+        install.append((c1 - c0) * 1e3)
+        stall.append(float(a[inside, 1].max() * 1e3) if inside.any() else (c1 - c0) * 1e3)
+        faults.append(nfaults)
+        pauses.append(pause / 1e6)
     b, d = float(np.median(base)), float(np.median(during))
-    return dict(reads_per_s_no_cycle=b, reads_per_s_during_cycle=d, ratio=d / b, install_ms=float(np.median(install)),
+    return dict(reads_per_s_no_cycle=b, reads_per_s_during_cycle=d, ratio=d / b, cycle_ms=float(np.median(install)),
+                longest_read_in_cycle_ms=float(np.median(stall)), pause_ms=float(np.median(pauses)),
                 faults_served=int(np.median(faults)), rounds=rounds, runs_no_cycle=base, runs_during_cycle=during,
-                runs_install_ms=install)
+                runs_cycle_ms=install, runs_longest_read_ms=stall)
 
 
 def main(argv=None) -> int:
@@ -238,10 +254,12 @@ def main(argv=None) -> int:
     tsize = 8 * MiB if args.quick else 256 * MiB
     thr = throughput(args.kernel, tsize, 2 if args.quick else 5)
     tt = Table(title=f"mutator throughput ({tsize // MiB} MiB heap, Ref.read of 64 B, median of {thr['rounds']})")
-    for col in ("no cycle", "during a cycle", "ratio", "install phase", "faults served"):
+    for col in ("no cycle", "during a cycle", "ratio", "cycle (pause + install)", "pause", "longest read in it",
+                "faults served"):
         tt.add_column(col, justify="right")
     tt.add_row(f"{thr['reads_per_s_no_cycle']:.0f}/s", f"{thr['reads_per_s_during_cycle']:.0f}/s",
-               f"{thr['ratio']:.2f}", f"{thr['install_ms']:.1f} ms", str(thr["faults_served"]))
+               f"{thr['ratio']:.2f}", f"{thr['cycle_ms']:.1f} ms", f"{thr['pause_ms']:.2f} ms",
+               f"{thr['longest_read_in_cycle_ms']:.2f} ms", str(thr["faults_served"]))
     console.print(tt)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
