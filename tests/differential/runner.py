@@ -134,7 +134,7 @@ def layout(defs: list[RegionDef]) -> tuple[dict[str, int], int]:
     starting on a 2 MiB boundary, followed by at least 2 MiB of gap."""
     by_label = {d.label: d for d in defs}
     offsets: dict[str, int] = {}
-    cursor = 0
+    cursor = HP  # a leading 2 MiB gap: no hole in the arena ever borders free address space
     for d in defs:
         if d.after is not None:
             continue
@@ -193,6 +193,56 @@ class Worker(Reader):
 
     def _call(self, call) -> None:
         self.result = call()
+
+
+class StepWorker:
+    """The one long-lived thread that runs every step, pinned to STEP_CPU.
+
+    Long-lived because a new thread maps a new stack, and an mmap made while
+    a scenario has a hole in its arena may land in that hole (the kernel
+    places mappings top-down into free gaps), where it would then be
+    observed as if the scenario had mapped it. A worker stuck in a hung step
+    is abandoned and the next step gets a fresh one.
+    """
+
+    _lock = threading.Lock()
+    _current: "StepWorker | None" = None
+
+    def __init__(self):
+        self.jobs: list = []
+        self.ready = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="differential-step-worker")
+        self.thread.start()
+
+    def _loop(self) -> None:
+        if STEP_CPU is not None:
+            os.sched_setaffinity(0, {STEP_CPU})  # this thread only (and the threads it starts)
+        while True:
+            with self.ready:
+                while not self.jobs:
+                    self.ready.wait()
+                job, box, done = self.jobs.pop(0)
+            box["outcome"] = job()
+            done.set()
+
+    @classmethod
+    def run(cls, job, timeout: float) -> str | None:
+        """``job()`` on the worker; None if it did not return within ``timeout``."""
+        with cls._lock:
+            if cls._current is None:
+                cls._current = StepWorker()
+            worker = cls._current
+        box: dict = {}
+        done = threading.Event()
+        with worker.ready:
+            worker.jobs.append((job, box, done))
+            worker.ready.notify()
+        if not done.wait(timeout):
+            with cls._lock:
+                if cls._current is worker:
+                    cls._current = None  # stuck: the next step gets a new worker
+            return None
+        return box["outcome"]
 
 
 class Runner:
@@ -271,24 +321,15 @@ class Runner:
         return "ok" if result is None else f"ok {result}"
 
     def execute(self, step) -> str:
-        """Run one step in a worker thread, so that a backend blocking where
+        """Run one step on the step worker, so that a backend blocking where
         it should not is recorded as a hang instead of hanging the test."""
-        box: dict = {}
-
-        def work():
-            if STEP_CPU is not None:
-                os.sched_setaffinity(0, {STEP_CPU})  # this thread only (and what it starts)
-            box["outcome"] = self.call(step)
-
-        worker = threading.Thread(target=work, daemon=True, name=f"step-{type(step).__name__}")
-        worker.start()
-        worker.join(STEP_TIMEOUT + getattr(step, "grace", 0) * len(self.readers)
-                    + getattr(step, "settle", 0)
-                    + (READER_FAULT_TIMEOUT if isinstance(step, S.StartReader) else 0))
-        if worker.is_alive():
+        timeout = (STEP_TIMEOUT + getattr(step, "grace", 0) * len(self.readers) + getattr(step, "settle", 0)
+                   + (READER_FAULT_TIMEOUT if isinstance(step, S.StartReader) else 0))
+        outcome = StepWorker.run(lambda: self.call(step), timeout)
+        if outcome is None:
             self.hung = step
             return f"hung (still blocked after {STEP_TIMEOUT:g}s)"
-        return box["outcome"]
+        return outcome
 
     def cleanup(self) -> None:
         if self.hung is not None:
