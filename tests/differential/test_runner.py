@@ -97,3 +97,46 @@ def test_a_wrong_expectation_is_reported(kernel):
     problems = expectation_failures(run_scenario(kernel, wrong), wrong)
     assert any("expected 'EBUSY moved=0', got 'ok 4096'" in p for p in problems)
     assert any("expected frame of D+0" in p and "frame=S+0" in p for p in problems)
+
+
+class _StuckUffd:
+    def __init__(self, uffd, release):
+        self._uffd, self._release = uffd, release
+
+    def __getattr__(self, name):
+        return getattr(self._uffd, name)
+
+    def move(self, *args, **kwargs):
+        self._release.wait(30)  # a backend blocking where Linux would not
+        return self._uffd.move(*args, **kwargs)
+
+
+class _StuckMoveKernel:
+    def __init__(self, kernel, release):
+        self._k, self._release = kernel, release
+
+    def __getattr__(self, name):
+        return getattr(self._k, name)
+
+    def userfaultfd(self, *args, **kwargs):
+        return _StuckUffd(self._k.userfaultfd(*args, **kwargs), self._release)
+
+
+@pytest.mark.timeout(60)
+def test_a_step_that_blocks_is_recorded_as_hung_and_stops_the_scenario(monkeypatch, sim_kernel):
+    import threading
+
+    from . import runner
+
+    monkeypatch.setattr(runner, "STEP_TIMEOUT", 0.5)
+    sc = scenario("stuck", Map("S", 8), Map("D", 8), Uffd(), Register("D", 8), Write("S"),
+                  Move("D", "S", tag="mv"), Write("S+1", tag="after"))
+    release = threading.Event()
+    try:
+        stuck = run_scenario(_StuckMoveKernel(sim_kernel, release), sc)
+    finally:
+        release.set()
+    assert stuck.tagged["mv"].startswith("hung") and stuck.aborted
+    assert "after" not in stuck.tagged  # nothing is observed after a hang
+    fine = run_scenario(type(sim_kernel)(), sc)
+    assert any("hung" in p for p in differences(fine, stuck, names=("sim", "stuck")))
