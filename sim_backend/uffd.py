@@ -236,13 +236,14 @@ class SimUffd:
             raise ValueError(f"{dsts.size} dsts, {srcs.size} srcs and {lengths.size} lengths: sizes must match")
         mode = _u64(mode, "mode")
         total = 0
-        with self.kernel._lock:
-            for i, (dst, src, length) in enumerate(zip(dsts.tolist(), srcs.tolist(), lengths.tolist())):
-                try:
+        lock = self.kernel._lock
+        for i, (dst, src, length) in enumerate(zip(dsts.tolist(), srcs.tolist(), lengths.tolist())):
+            try:
+                with lock:  # per range, as each ioctl is: other threads may run between them
                     total += self._move_locked(dst, src, length, mode)
-                except UffdError as exc:
-                    exc.index = i
-                    raise
+            except UffdError as exc:
+                exc.index = i
+                raise
         return total
 
     def _move_locked(self, dst: int, src: int, length: int, mode: int) -> int:
