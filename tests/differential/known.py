@@ -13,9 +13,16 @@ red as soon as it is fixed (remove the entry then).
 SELF_MEMMOVE = ("LinuxKernel.memmove is glibc's memmove, which reads but does not write when dst == src; "
                 "the sim writes; see tests/differential/DISAGREEMENTS.md#memmove-onto-itself")
 
+SHARED_THP_FREE = ("MADV_FREE of part of a THP mapped by a child too: Linux skips it (PMD intact), the sim "
+                   "splits it; see tests/differential/DISAGREEMENTS.md#madv_free-of-part-of-a-shared-thp")
+
 SIM_DIFFERS: dict[str, str] = {
     "memmove of an untouched page onto itself only reads it": SELF_MEMMOVE,
+    "MADV_FREE of part of a THP shared with a child leaves it whole": SHARED_THP_FREE,
+    "MADV_FREE of part of a shared THP, then the child exits and a write: the PMD moves whole": SHARED_THP_FREE,
 }
 SIM_MISSES_DOC: dict[str, str] = {
     "memmove of an untouched page onto itself only reads it": SELF_MEMMOVE,
+    "MADV_FREE of part of a THP shared with a child leaves it whole": SHARED_THP_FREE,
+    "MADV_FREE of part of a shared THP, then the child exits and a write: the PMD moves whole": SHARED_THP_FREE,
 }
