@@ -201,3 +201,28 @@ def test_a_failure_inside_the_pause_puts_every_page_back(kernel_name, monkeypatc
         model.check_all()
         heap.verify()
         assert heap.collect(concurrent=True).live_objects == len(model.objects)
+
+
+@pytest.mark.timeout(90)
+def test_huge_page_units_with_mutators(kernel_name):
+    """With THP the unit is 2 MiB: whole units move by PMD, evacuees may span
+    pages; mutators fault pages in one at a time meanwhile."""
+    rnd = random.Random(8)
+    with Heap(kernel=kernel_name, size=32 * MiB, compactor="remap", thp=True) as heap:
+        model = Model(heap, seed=8)
+        for i in range(120):
+            size = rnd.randrange(20000, 300000) if i % 4 == 0 else rnd.randrange(16, 3000)
+            model.new(size, rnd.randrange(0, 3), rnd)
+        for obj in model.objects:
+            for _ in obj.refs:
+                model.link(obj, rnd)
+        garbage(heap, rnd, 300)
+        cycle, stats, _ = begin_concurrent(heap, chunk_pages=256)
+        run_threads([lambda objs=model.objects[i::3]: [model.read(o) for o in objs] for i in range(3)])
+        cycle.wait_compactor(JOIN_S)
+        end_concurrent(heap, cycle)
+        assert stats.pages_moved > 0
+        model.check_all()
+        heap.verify()
+        assert heap.collect(concurrent=True).live_objects == len(model.objects)
+        model.check_all()
