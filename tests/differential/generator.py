@@ -96,10 +96,11 @@ def steps_strategy(regions):
             lambda t: Memmove(t[0][0], t[1][0], min(clip(t[0])[1], clip(t[1])[1]))),
         st.tuples(anywhere, st.sampled_from([DONTNEED, DONTNEED, FREE])).map(
             lambda t: Madvise(t[0][0], t[0][1], t[1])),
-        st.tuples(small, st.sampled_from([RO, RW])).map(lambda t: Mprotect(t[0][0], t[0][1], t[1])),
-        small.map(lambda a: Munmap(a[0], 1)),
-        small.map(lambda a: Mlock(a[0], a[1], onfault=True)),
-        small.map(lambda a: Munlock(a[0], a[1])),
+        st.tuples(anywhere, st.sampled_from([RO, RW])).map(lambda t: Mprotect(t[0][0], t[0][1], t[1])),
+        # small holes only: an mmap by the interpreter (>= 128 KiB) never fits in one
+        anywhere.map(lambda a: Munmap(a[0], 1 if not is_huge(a[0]) else min(a[1], 4))),
+        anywhere.map(lambda a: Mlock(a[0], a[1], onfault=True)),
+        anywhere.map(lambda a: Munlock(a[0], a[1])),
         st.tuples(anywhere, st.sampled_from([MISSING, MISSING, WP]), uffd_name()).map(
             lambda t: Register(t[0][0], t[0][1], t[1], t[2])),
         st.tuples(anywhere, uffd_name()).map(lambda t: Unregister(t[0][0], t[0][1], t[1])),
