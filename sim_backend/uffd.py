@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 
 import numpy as np
@@ -52,6 +53,17 @@ _RACE = -1
 
 def _fail(code: int, what: str, moved: int = 0) -> UffdError:
     return UffdError(code, f"{os.strerror(code)} ({what})", moved=moved)
+
+
+def _leave_syscall() -> None:
+    """Let other Python threads run, as a real ioctl does by releasing the GIL.
+
+    Without it a thread issuing many simulated ioctls keeps the GIL for a
+    whole switch interval, so concurrent threads interleave far less than
+    with the Linux backend (whose ioctls run in C without the GIL).
+    """
+    if threading.active_count() > 1:
+        time.sleep(0)
 
 
 def _check_range(start: int, length: int, *, aligned: bool = True) -> int:
@@ -219,8 +231,11 @@ class SimUffd:
     # ------------------------------------------------------------------------------
     def move(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src, length, mode = _u64(dst, "dst"), _u64(src, "src"), _u64(length, "length"), _u64(mode, "mode")
-        with self.kernel._lock:
-            return self._move_locked(dst, src, length, mode)
+        try:
+            with self.kernel._lock:
+                return self._move_locked(dst, src, length, mode)
+        finally:
+            _leave_syscall()
 
     def move_ranges(self, dsts, srcs, lengths, mode: int = 0) -> int:
         """One UFFDIO_MOVE per range, in order (the batched form the Linux backend also offers).
@@ -244,6 +259,8 @@ class SimUffd:
             except UffdError as exc:
                 exc.index = i
                 raise
+            finally:
+                _leave_syscall()
         return total
 
     def _move_locked(self, dst: int, src: int, length: int, mode: int) -> int:
@@ -499,6 +516,12 @@ class SimUffd:
         return self._mfill("zeropage", dst, None, length, mode, what)
 
     def _mfill(self, op: str, dst: int, src: int | None, length: int, mode: int, what: str) -> int:
+        try:
+            return self._mfill_locked(op, dst, src, length, mode, what)
+        finally:
+            _leave_syscall()
+
+    def _mfill_locked(self, op: str, dst: int, src: int | None, length: int, mode: int, what: str) -> int:
         k = self.kernel
         with k._lock:
             self._open()
