@@ -152,7 +152,10 @@ class FaultHandler:
         if t_read >= 0 and len(self.latencies) < MAX_LATENCIES:
             self.latencies.append(time.perf_counter_ns() - t_read)
         if wake:  # last: the woken mutator wants the GIL, and the handler then only returns to read_events
-            self.uffd.wake(wake, self.ps)
+            try:
+                self.uffd.wake(wake, self.ps)
+            except OSError as exc:  # the page is in: a faulter left asleep would fault again and be woken then
+                log.error("gc_fault_wake_failed", address=hex(wake), error=repr(exc))
         return True
 
     def _deferred_fresh(self, addr: int, t_read: int) -> None:
