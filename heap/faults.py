@@ -154,7 +154,7 @@ class FaultHandler:
         if wake:  # last: the woken mutator wants the GIL, and the handler then only returns to read_events
             try:
                 self.uffd.wake(wake, self.ps)
-            except OSError as exc:  # the page is in: a faulter left asleep would fault again and be woken then
+            except OSError as exc:  # cannot happen on a registered range; else the unregister at the end wakes it
                 log.error("gc_fault_wake_failed", address=hex(wake), error=repr(exc))
         return True
 
