@@ -35,6 +35,7 @@ from .steps import (
     Move,
     Mprotect,
     Mremap,
+    Munlock,
     Munmap,
     Pages,
     Read,
@@ -501,6 +502,32 @@ OBSERVED = [
              doc="3.2 (PTE table left behind)"),
 ]
 
+# A change that leaves a VMA's flags as they are does not split it, so a THP
+# in it keeps its PMD (Linux skips the VMA before splitting anything).
+NOOP_VMA_CHANGES = [
+    scenario(f"{what} on part of a THP changes nothing: PMD kept, moves whole", *thp_setup(), *steps,
+             Move("D", "S", pages=HPAGES, tag="mv"), expect={"mv": moved(HPAGES)},
+             pages=[Pages("S", HPAGES, state="thp", huge=True, origin="S+0", when="after"),
+                    Pages("D", HPAGES, state="thp", huge=True, origin="S+0")], doc="3.1 (VMA untouched)")
+    for what, steps in [
+        ("mprotect to the same protection", [Mprotect("S+4", 4, RW), Snapshot("after")]),
+        ("MADV_HUGEPAGE again", [Madvise("S+4", 4, HUGEPAGE), Snapshot("after")]),
+        ("munlock of unlocked pages", [Munlock("S+4", 4), Snapshot("after")]),
+        ("REGISTER again in the same mode", [Register("S", HPAGES), Register("S+4", 4), Unregister("S", HPAGES),
+                                             Snapshot("after")]),
+    ]
+]
+
+NOOP_VMA_CHANGES += [
+    scenario(f"{what} on part of a THP splits its PMD", *thp_src(), *steps,
+             pages=[Pages("S", HPAGES, state="thp", huge=False, origin="S+0")], doc="3 (VMA split inside a PMD)")
+    for what, steps in [
+        ("mprotect read-only", [Mprotect("S+4", 4, RO)]),
+        ("REGISTER in another mode", [Uffd(), Register("S", HPAGES), Register("S+4", 4, mode=WP)]),
+        ("mlock-onfault", [Mlock("S+4", 4, onfault=True)]),
+    ]
+]
+
 # --- user-mode accesses --------------------------------------------------------
 ACCESS = [
     scenario("memmove of an untouched page onto itself only reads it", Map("A", 8), Memmove("A+1", "A+1", tag="mm"),
@@ -725,7 +752,7 @@ WAKE += [
              doc="5 / close"),
 ]
 
-SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + ACCESS + COPY + VMAS + REGISTRATION
+SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + NOOP_VMA_CHANGES + ACCESS + COPY + VMAS + REGISTRATION
 
 
 def _unique(items):
