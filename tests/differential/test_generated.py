@@ -10,8 +10,8 @@ unavailable: the simulator is deterministic (same sequence, same record) and
 every move/copy/zeropage outcome follows the kernel's return convention.
 
 ``test_generator_finds_and_shrinks_an_injected_bug``: the generator is able
-to fail at all: against a sim whose MOVE says EBUSY where it should say
-EEXIST, it finds a sequence and shrinks it to the three steps that matter.
+to fail at all: against a sim whose MOVE says EINVAL where it should say
+ENOENT, it finds a sequence and shrinks it to three steps.
 
 REMAPGC_DIFF_EXAMPLES sets the number of sequences (default 500).
 """
@@ -103,8 +103,8 @@ def test_generated_sequences_sim_consistent(scenario):
 
 
 # --- the generator can find a difference at all --------------------------------------
-class _EexistAsEbusy:
-    """A uffd whose MOVE reports EBUSY where the kernel says EEXIST."""
+class _EnoentAsEinval:
+    """A uffd whose MOVE reports EINVAL where the kernel says ENOENT."""
 
     def __init__(self, uffd):
         self._uffd = uffd
@@ -116,8 +116,8 @@ class _EexistAsEbusy:
         try:
             return self._uffd.move(dst, src, length, mode)
         except UffdError as exc:
-            if exc.errno == errno.EEXIST:
-                raise UffdError(errno.EBUSY, moved=exc.moved) from None
+            if exc.errno == errno.ENOENT:
+                raise UffdError(errno.EINVAL, moved=exc.moved) from None
             raise
 
 
@@ -131,7 +131,7 @@ class MutantSim:
         return getattr(self._k, name)
 
     def userfaultfd(self, *args, **kwargs):
-        return _EexistAsEbusy(self._k.userfaultfd(*args, **kwargs))
+        return _EnoentAsEinval(self._k.userfaultfd(*args, **kwargs))
 
 
 @pytest.mark.timeout(600)
@@ -147,10 +147,10 @@ def test_generator_finds_and_shrinks_an_injected_bug():
     with pytest.raises(AssertionError) as caught:
         sim_vs_mutant()
     message = str(caught.value)
-    assert "!= mutant 'EBUSY" in message and "as a named scenario:" in message
+    assert "!= mutant 'EINVAL" in message and "as a named scenario:" in message
     body = message.split("as a named scenario:")[1]
     # shrunk: after the fixed prefix (which ends registering C), only the
-    # three steps that make a move hit EEXIST (min_size is 3)
+    # three steps (min_size is 3) of which one is a move hitting ENOENT
     tail = body.split("Register(at='C', pages=8),")[1].splitlines()
     generated = [line for line in tail if line.strip().endswith("),")]
     assert len(generated) == 3 and any(line.strip().startswith("Move(") for line in generated), message
