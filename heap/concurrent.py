@@ -61,9 +61,9 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from .errors import CompactionAborted
+from .errors import CompactionAborted, RemapRefused
 from .install import InstallCounters, InstallInterrupted, install_page_range, slot_values
-from .kernel import (MADV_DONTNEED, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UFFDIO_REGISTER_MODE_MISSING, UffdError,
+from .kernel import (MADV_DONTNEED, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError,
                      move_ranges)
 from .plan import plan_remap
 from .stats import GCStats, PhaseClock
@@ -653,8 +653,7 @@ def end_concurrent(heap, cycle: "ConcurrentCycle") -> None:
 
 def _pause(heap, chunk_pages: int, run_compactor: bool, rss_before: int | None) -> ConcurrentCycle:
     heap._settle_release()
-    k, uffd, ps = heap._kernel, heap._uffd, heap._ps
-    base, size, fs = heap._base, heap._size, heap._from_space
+    ps, base, fs = heap._ps, heap._base, heap._from_space
     stats = ConcurrentGCStats(rss_before=heap._rss() if rss_before is None else rss_before)
     t0 = time.perf_counter_ns()
     clock = PhaseClock("concurrent")
@@ -667,12 +666,10 @@ def _pause(heap, chunk_pages: int, run_compactor: bool, rss_before: int | None) 
         ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
                   evacuated=int(plan.evacuated.sum()))
     with clock.phase("flip") as ev:
-        uffd.register(base, size, UFFDIO_REGISTER_MODE_MISSING)
         try:
-            k.mremap(base, size, fs, dontunmap=True)
-        except OSError:
-            uffd.unregister(base, size)
-            raise
+            heap._flip(register_first=False)  # the short flip: this is the pause
+        except RemapRefused as exc:
+            raise exc.error
         ev.update(bytes=heap._alloc.used_pages * ps)
     with clock.phase("precompute") as ev:
         try:

@@ -33,3 +33,12 @@ class CompactionAborted(HeapError, OSError):
 
     def __init__(self, err: int, message: str):
         OSError.__init__(self, err, message)
+
+
+class RemapRefused(HeapError):
+    """The kernel refused to register the arena, before anything changed
+    (internal: the auto compactor then falls back to copying)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
