@@ -1,5 +1,11 @@
 """The named differential scenarios: one per behaviour of
-shared/design/uffdio_move_semantics.md (the ``doc`` field names the row).
+shared/design/uffdio_move_semantics.md (the ``doc`` field names the row),
+plus behaviour observed on this kernel beyond the document's rows.
+
+Groups: VALIDATION (1a), SETUP_CHECKS (1b), LOOP (2), THP (3), OBSERVED
+(THP/COW/zero-page details), NOOP_VMA_CHANGES, ACCESS (user-mode memmove),
+COPY (UFFDIO_COPY/ZEROPAGE), VMAS (mremap, splits by mprotect/munmap/mlock/
+madvise/register), REGISTRATION, WAKE (5, with threads).
 
 Conventions: region S is the move source, D the destination (registered with
 uffd "u" unless the scenario is about registration), both 8 pages unless
