@@ -22,13 +22,20 @@ NOOP_SCENARIOS = [f"{what} on part of a THP changes nothing: PMD kept, moves who
     "mprotect to the same protection", "MADV_HUGEPAGE again", "munlock of unlocked pages",
     "REGISTER again in the same mode")]
 
+DONTUNMAP_LOCKED = ("mremap DONTUNMAP of an mlocked VMA: Linux clears VM_LOCKED on the old VMA without merging it "
+                    "with its neighbours, the sim merges; see tests/differential/DISAGREEMENTS.md"
+                    "#mremap-dontunmap-of-an-mlocked-vma")
+DONTUNMAP_LOCKED_SCENARIO = "mremap DONTUNMAP of an mlocked page: the old VMA is unlocked but stays apart"
+
 SIM_DIFFERS: dict[str, str] = {
+    DONTUNMAP_LOCKED_SCENARIO: DONTUNMAP_LOCKED,
     **{name: NOOP_SPLIT for name in NOOP_SCENARIOS},
     "memmove of an untouched page onto itself only reads it": SELF_MEMMOVE,
     "MADV_FREE of part of a THP shared with a child leaves it whole": SHARED_THP_FREE,
     "MADV_FREE of part of a shared THP, then the child exits and a write: the PMD moves whole": SHARED_THP_FREE,
 }
 SIM_MISSES_DOC: dict[str, str] = {
+    DONTUNMAP_LOCKED_SCENARIO: DONTUNMAP_LOCKED,
     **{name: NOOP_SPLIT for name in NOOP_SCENARIOS},
     "memmove of an untouched page onto itself only reads it": SELF_MEMMOVE,
     "MADV_FREE of part of a THP shared with a child leaves it whole": SHARED_THP_FREE,
