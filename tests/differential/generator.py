@@ -113,8 +113,8 @@ def steps_strategy(regions):
 
 
 @st.composite
-def scenarios(draw, max_steps: int = 14, thp: bool = True):
-    with_thp = thp and draw(st.integers(0, 5)) == 0  # about 1 in 6 sequences
+def scenarios(draw, max_steps: int = 14, thp: bool = True, thp_every: int = 6):
+    with_thp = thp and draw(st.integers(0, thp_every - 1)) == 0  # about 1 in thp_every sequences
     regions = SMALL + (HUGE if with_thp else ())
     steps = [Map(r, PAGES) for r in SMALL]
     if with_thp:
