@@ -80,6 +80,8 @@ class Hostile(RuleBasedStateMachine):
         self.heap = Heap(kernel=self.backend, size=HEAP_BYTES)
         self.other = Heap(kernel=self.backend, size=1 << 20)
         self.foreign = self.other.alloc(8, 1)
+        self.foreign_array = self.other.alloc_many([8], 1)
+        self.arrays: list = []  # (RefArray, target index or None per element)
         self.closed_heap = Heap(kernel=self.backend, size=1 << 20)
         self.dead = self.closed_heap.alloc(8, 1)
         self.closed_heap.close()
@@ -89,6 +91,8 @@ class Hostile(RuleBasedStateMachine):
 
     def teardown(self):
         self.refs.clear()
+        self.arrays.clear()
+        self.foreign_array = None
         self.heap.close()
         self.other.close()
 
@@ -159,6 +163,42 @@ class Hostile(RuleBasedStateMachine):
                 elif t is not None and t > i:
                     s[k] = t - 1
 
+    @rule(n=st.integers(1, 8))
+    def alloc_many(self, n):
+        if len(self.arrays) >= 4:
+            return
+        self.arrays.append((self.heap.alloc_many([16] * n, 1), [None] * n))
+
+    @precondition(lambda self: self.arrays)
+    @rule(a=st.integers(0, 10), src=st.lists(st.integers(-12, 12), min_size=1, max_size=4),
+          dst=st.lists(st.integers(-3, 12), min_size=1, max_size=4), slot=st.integers(-1, 2))
+    def set_refs(self, a, src, dst, slot):
+        arr, slots = self.arrays[a % len(self.arrays)]
+        n = len(slots)
+        if len(src) != len(dst):
+            self.expect_bad(ValueError, lambda: arr.set_refs(slot, src, arr, dst))
+        elif min(src) < 0 or max(src) >= n or max(dst) >= n or min(dst) < -1 or slot != 0:
+            self.expect_bad(IndexError, lambda: arr.set_refs(slot, src, arr, dst))
+        else:
+            arr.set_refs(slot, src, arr, dst)
+            for i, j in zip(src, dst):
+                slots[i] = None if j == -1 else j
+
+    @precondition(lambda self: self.arrays)
+    @rule(a=st.integers(0, 10), i=st.integers(-20, 20))
+    def array_index(self, a, i):
+        arr, slots = self.arrays[a % len(self.arrays)]
+        if -len(slots) <= i < len(slots):
+            assert arr[i].nbytes == 16
+        else:
+            self.expect_bad(IndexError, lambda: arr[i])
+
+    @precondition(lambda self: self.arrays)
+    @rule(a=st.integers(0, 10))
+    def foreign_array(self, a):
+        arr, _ = self.arrays[a % len(self.arrays)]
+        self.expect_bad(ValueError, lambda: arr.set_refs(0, [0], self.foreign_array, [0]))
+
     # invalid operations
     @rule(nbytes=st.one_of(st.integers(max_value=-1), st.integers(min_value=HEAP_BYTES + 1, max_value=1 << 80)),
           nrefs=st.integers(0, 2))
@@ -220,12 +260,17 @@ class Hostile(RuleBasedStateMachine):
             for s, t in enumerate(slots):
                 got = ref.get_ref(s)
                 assert (got is None) if t is None else got.same_object(self.refs[t])
+        for arr, slots in self.arrays:
+            assert len(arr) == len(slots)
+            for i, t in enumerate(slots):
+                got = arr[i].get_ref(0)
+                assert (got is None) if t is None else got.address == arr.addresses[t]
 
 
 @pytest.mark.timeout(180)
 def test_hostile_sequences_raise_clearly_and_leave_the_heap_whole(kernel_name):
     machine = type(f"Hostile_{kernel_name}", (Hostile,), {"backend": kernel_name})
-    run_state_machine_as_test(machine, settings=settings(max_examples=20, stateful_step_count=30, deadline=None,
+    run_state_machine_as_test(machine, settings=settings(max_examples=50, stateful_step_count=40, deadline=None,
                                                          suppress_health_check=list(HealthCheck)))
 
 
