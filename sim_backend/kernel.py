@@ -401,9 +401,19 @@ class SimKernel:
                 raise _err(errno.ENOMEM, f"mprotect {addr:#x}+{length:#x}")
             if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | _PROT_SEM):
                 raise _err(errno.EINVAL, f"mprotect prot={prot:#x}")
-            self._apply_to_range(addr, addr + length, lambda v: setattr(v, "prot", prot & 0x7), "mprotect")
+            self._apply_to_range(addr, addr + length, {"prot": prot & 0x7}, "mprotect")
 
-    def _apply_to_range(self, start: int, end: int, change, what: str) -> None:
+    def _modify(self, vma: Vma, lo: int, hi: int, updates: dict) -> None:
+        """vma_modify: set ``updates`` on ``[lo, hi)`` of ``vma``, splitting it (and a huge PMD
+        across the new boundary) only if something actually changes, as Linux skips a VMA
+        whose flags would stay the same."""
+        if all(getattr(vma, name) == value for name, value in updates.items()):
+            return
+        for piece in self._isolate(lo, hi):
+            for name, value in updates.items():
+                setattr(piece, name, value)
+
+    def _apply_to_range(self, start: int, end: int, updates: dict, what: str) -> None:
         """Change the VMAs of ``[start, end)`` in order; ENOMEM at the first hole (earlier ones stay changed)."""
         first = self.mm.find(start)
         if first is None:
@@ -415,8 +425,7 @@ class SimKernel:
                 hole = True
                 break
             lo, hi = max(vma.start, start), min(vma.end, end)
-            for piece in self._isolate(lo, hi):
-                change(piece)
+            self._modify(vma, lo, hi, updates)
             cursor = hi
         self.mm.merge_around(start, end)
         if hole or cursor < end:
@@ -477,11 +486,9 @@ class SimKernel:
                 raise _err(errno.EINVAL, "madvise(MADV_FREE) on locked or shared memory")
             self._madv_free(lo, hi)
         elif advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE):
-            for piece in self._isolate(lo, hi):
-                piece.hugepage = advice
+            self._modify(vma, lo, hi, {"hugepage": advice})
         elif advice in (MADV_DONTFORK, MADV_DOFORK):
-            for piece in self._isolate(lo, hi):
-                piece.dontfork = advice == MADV_DONTFORK
+            self._modify(vma, lo, hi, {"dontfork": advice == MADV_DONTFORK})
 
     def _madv_free(self, lo: int, hi: int) -> None:
         # No memory pressure in the sim, so lazily freed pages are never reclaimed;
@@ -491,6 +498,8 @@ class SimKernel:
             if self.pt.kind_of(region) == THP and not (lo <= start and start + PMD_SIZE <= hi):
                 row = self.pt.row(region)
                 head = int(self.pt.pte[row, 0])
+                if (self.frames.mapcount[head:head + PTRS_PER_PMD] > 1).any():
+                    continue  # folio_maybe_mapped_shared: a THP a child maps too is left alone
                 self._split_pmd(region)
                 self._split_folio(head, row)
 
@@ -500,11 +509,7 @@ class SimKernel:
             start, end = self._lock_range(addr, length)
             if end == start:
                 return
-
-            def lock(v: Vma) -> None:
-                v.locked, v.lockonfault = True, bool(onfault)
-
-            self._apply_to_range(start, end, lock, "mlock")
+            self._apply_to_range(start, end, {"locked": True, "lockonfault": bool(onfault)}, "mlock")
             if not onfault:
                 self._populate(start, end)
 
@@ -514,11 +519,7 @@ class SimKernel:
             start, end = self._lock_range(addr, length)
             if end == start:
                 return
-
-            def unlock(v: Vma) -> None:
-                v.locked = v.lockonfault = False
-
-            self._apply_to_range(start, end, unlock, "munlock")
+            self._apply_to_range(start, end, {"locked": False, "lockonfault": False}, "munlock")
 
     @staticmethod
     def _lock_range(addr: int, length: int) -> tuple[int, int]:
@@ -613,10 +614,10 @@ class SimKernel:
         self.mm.insert(moved)
         self._move_page_tables(old, new, length, whole_tables=uffd is None or remap)
         if dontunmap:
+            # VM_LOCKED cleared on the old VMA in place: Linux does not try to merge it
             vma.locked = vma.lockonfault = False
             if vma.start == old and vma.end == old + length:
                 vma.anon_vma = None
-            self.mm.merge_around(vma.start, vma.end)
         else:
             self.mm.remove(vma)
             self._free_pgtables(old, old + length)
@@ -1133,6 +1134,10 @@ class SimKernel:
         if dst + length > U64_MAX + 1 or src + length > U64_MAX + 1:
             raise _err(errno.EFAULT, "memmove range wraps around")
         with self._lock:
+            if dst == src:  # glibc's memmove reads but does not write a range onto itself
+                self._ensure_ranges(np.array([src]), np.empty(0, np.int64), np.array([length]),
+                                    np.empty(0, np.int64))
+                return
             self._ensure_ranges(np.array([src]), np.array([dst]), np.array([length]))
             data = self._read_locked(src, length)
             self._write_locked(dst, data)
@@ -1148,7 +1153,12 @@ class SimKernel:
         if dsts.size == 0:
             return
         with self._lock:
-            self._ensure_ranges(srcs, dsts, lengths)
+            moving = dsts != srcs  # a range onto itself is read, not written (glibc's memmove)
+            self._ensure_ranges(srcs, dsts[moving], lengths, lengths[moving])
+            if not moving.all():
+                dsts, srcs, lengths = dsts[moving], srcs[moving], lengths[moving]
+                if dsts.size == 0:
+                    return
             if self.compiled and self._copy_compiled(dsts, srcs, lengths):
                 pass
             elif not ((dsts | srcs | lengths) & 7).any() and self._in_order_safe(dsts, srcs, lengths):
@@ -1260,14 +1270,16 @@ class SimKernel:
         _, ok = self._accessible(pages, write)
         return pages[~ok]
 
-    def _ensure_ranges(self, srcs: np.ndarray, dsts: np.ndarray, lengths: np.ndarray) -> None:
+    def _ensure_ranges(self, srcs: np.ndarray, dsts: np.ndarray, lengths: np.ndarray,
+                       dst_lengths: np.ndarray | None = None) -> None:
         """Fault in every source page for reading and every destination page for writing."""
+        dst_lengths = lengths if dst_lengths is None else dst_lengths
         while True:
             bad = self._bad_pages(srcs, lengths, False)
             if bad.size:
                 self._resolve(bad, False)
                 continue
-            bad = self._bad_pages(dsts, lengths, True)
+            bad = self._bad_pages(dsts, dst_lengths, True) if dsts.size else bad
             if bad.size:
                 self._resolve(bad, True)
                 continue

@@ -136,8 +136,9 @@ class SimUffd:
                     raise OSError(errno.EBUSY, f"{os.strerror(errno.EBUSY)} ({what}: registered elsewhere)")
             for vma in vmas:
                 lo, hi = max(vma.start, addr), min(vma.end, end)
-                for piece in k._isolate(lo, hi):
-                    piece.uffd, piece.uffd_mode = self, mode
+                if vma.uffd is self and not mode & ~vma.uffd_mode:
+                    continue  # already registered here with these modes: left as it is
+                k._modify(vma, lo, hi, {"uffd": self, "uffd_mode": mode})
             k.mm.merge_around(addr, end)
             ioctls = RANGE_IOCTLS
             if not mode & UFFDIO_REGISTER_MODE_WP:

@@ -250,3 +250,52 @@ def test_hugepage_advice_splits_vmas(k):
     a = k.mmap(8 * PS)
     k.madvise(a + 4 * PS, 4 * PS, MADV_HUGEPAGE)
     assert len(k.vma_list()) == 2
+
+
+NOOP_CHANGES = [
+    ("mprotect to the same protection", lambda k, u, a: k.mprotect(a + 4 * PS, 4 * PS, PROT_READ | PROT_WRITE)),
+    ("MADV_HUGEPAGE again", lambda k, u, a: k.madvise(a + 4 * PS, 4 * PS, MADV_HUGEPAGE)),
+    ("munlock of unlocked pages", lambda k, u, a: k.munlock(a + 4 * PS, 4 * PS)),
+    ("register again in the same mode", lambda k, u, a: u.register(a + 4 * PS, 4 * PS)),
+]
+
+
+@pytest.mark.parametrize("change", [c[1] for c in NOOP_CHANGES], ids=[c[0] for c in NOOP_CHANGES])
+def test_a_change_that_changes_nothing_splits_nothing(k, uffd, change):
+    a = k.mmap(4 * HP, align=HP)
+    k.madvise(a, 4 * HP, MADV_HUGEPAGE)
+    k.store(a, b"x")
+    uffd.register(a, 4 * HP)
+    vmas = k.vma_list()
+    change(k, uffd, a)
+    assert k.vma_list() == vmas
+    assert k.pmd_kind(a) == "thp"
+
+
+def test_madv_free_leaves_a_thp_the_child_maps_too(k):
+    a = k.mmap(4 * HP, align=HP)
+    k.madvise(a, 4 * HP, MADV_HUGEPAGE)
+    k.store(a, b"x")
+    child = k.fork()
+    k.madvise(a + PS, PS, MADV_FREE)
+    assert k.pmd_kind(a) == "thp"
+    child.exit()
+
+
+def test_memmove_onto_itself_only_reads(k):
+    a = k.mmap(4 * PS)
+    k.memmove(a + PS, a + PS, 64)
+    k.copy_ranges([a + 2 * PS], [a + 2 * PS], [64])
+    assert k.page_info(a + PS).state == "zero" and k.page_info(a + 2 * PS).state == "zero"
+
+
+def test_dontunmap_unlocks_the_old_vma_without_merging_it(k):
+    base = k.mmap(64 * PS)
+    k.munmap(base, 64 * PS)
+    a = k.mmap(4 * PS, at=base)
+    b = k.mmap(4 * PS, at=base + 4 * PS)
+    k.mlock(b, 4 * PS)
+    k.store(b, b"x")
+    k.mremap(b, 4 * PS, base + 32 * PS, dontunmap=True)
+    olds = [v for v in k.vma_list() if v["start"] in (a, b)]
+    assert len(olds) == 2 and not olds[1]["locked"]
