@@ -26,10 +26,12 @@ This module imports no backend; ``open_kernel`` imports one lazily.
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import structlog
 
 log = structlog.get_logger("remapgc.kernel")
@@ -120,6 +122,49 @@ assert UFFDIO_MOVE == 0xC028AA05
 
 PAGE_SIZE = 4096
 HPAGE_SIZE = 2 << 20
+
+
+# --- argument checks shared by both backends ----------------------------------
+# Bad input must give the same exception on every backend (the differential
+# tests compare them), so both use these.
+U64_MAX = (1 << 64) - 1
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a TypeError that ``except ValueError`` also catches."""
+
+
+def as_u64(value, name: str) -> int:
+    """``value`` as an int in [0, 2**64) (what a syscall can take as u64), or a clear error."""
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if not 0 <= value <= U64_MAX:
+        raise ValueError(f"{name}={value} is out of range: must be in [0, 2**64)")
+    return value
+
+
+def as_u64_array(values, name: str) -> np.ndarray:
+    """A contiguous 1-D uint64 array of ``values`` (int64 is taken bit for bit)."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.empty(0, dtype=np.uint64)
+    if arr.dtype == np.uint64:
+        pass
+    elif arr.dtype == np.int64:
+        arr = arr.view(np.uint64)
+    elif arr.dtype.kind in "iu":
+        if arr.dtype.kind == "i" and (arr < 0).any():
+            raise ValueError(f"{name} holds negative values")
+        arr = arr.astype(np.uint64)
+    elif arr.dtype == object:
+        arr = np.array([as_u64(v, name) for v in arr], dtype=np.uint64)
+    else:
+        raise ValueError(f"{name} must hold integers, not {arr.dtype}")
+    return np.ascontiguousarray(arr)
 
 
 # --- values that cross the seam --------------------------------------------
@@ -232,7 +277,7 @@ class Kernel(Protocol):
 
     def store(self, addr: int, data: bytes) -> None: ...
 
-    def load_words(self, addrs) -> "numpy.ndarray":
+    def load_words(self, addrs) -> np.ndarray:
         """Read one native u64 at each address of ``addrs`` (a uint64 array)."""
 
     def store_words(self, addrs, values) -> None:
@@ -251,7 +296,7 @@ class Kernel(Protocol):
     # -- introspection --------------------------------------------------------
     def page_info(self, addr: int) -> PageInfo: ...
 
-    def page_frames(self, addr: int, npages: int) -> "numpy.ndarray":
+    def page_frames(self, addr: int, npages: int) -> np.ndarray:
         """Frame ids of ``npages`` pages from ``addr`` (int64; -1 = no frame)."""
 
     def resident_bytes(self, addr: int, length: int) -> int:

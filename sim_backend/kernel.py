@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from heap.kernel import U64_MAX
+from heap.kernel import as_u64 as _u64
+from heap.kernel import as_u64_array as _u64_array
 from heap.kernel import (
     MADV_DOFORK,
     MADV_DONTFORK,
@@ -45,12 +48,10 @@ from .frames import (
     PTRS_PER_PMD,
     ZERO_FRAME,
     Frames,
-    OutOfMemory,
 )
-from .pagetable import HUGE_ZERO, NONE, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, TABLE, THP, PageTables
-from .vmas import MMAP_MIN_ADDR, PAGE_SHIFT, TASK_SIZE, AddressSpace, Vma
+from .pagetable import HUGE_ZERO, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, TABLE, THP, PageTables
+from .vmas import PAGE_SHIFT, TASK_SIZE, AddressSpace, Vma
 
-U64_MAX = (1 << 64) - 1
 PAGE_MASK = ~(PAGE_SIZE - 1)
 PMD_MASK = ~(PMD_SIZE - 1)
 IDX_MASK = PTRS_PER_PMD - 1
@@ -66,35 +67,6 @@ _PROT_SEM = 0x8
 
 def _err(code: int, what: str) -> OSError:
     return OSError(code, f"{os.strerror(code)} ({what})")
-
-
-def _u64(value, name: str) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
-    if not 0 <= value <= U64_MAX:
-        raise ValueError(f"{name}={value} is out of range: must be in [0, 2**64)")
-    return value
-
-
-def _u64_array(values, name: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.empty(0, dtype=np.uint64)
-    if arr.dtype == np.uint64:
-        return arr
-    if arr.dtype == np.int64:
-        return arr.view(np.uint64)
-    if arr.dtype.kind in "iu":
-        if arr.dtype.kind == "i" and (arr < 0).any():
-            raise ValueError(f"{name} holds negative values")
-        return arr.astype(np.uint64)
-    if arr.dtype == object:
-        return np.array([_u64(v, name) for v in arr], dtype=np.uint64)
-    raise ValueError(f"{name} must hold integers, not {arr.dtype}")
 
 
 def _page_align(n: int) -> int:

@@ -37,7 +37,7 @@ from heap.kernel import (
 
 from .faultplan import Trigger
 from .frames import FIRST_FRAME, NO_FRAME, PAGE_SIZE, PTRS_PER_PMD, ZERO_FRAME, OutOfMemory
-from .kernel import IDX_MASK, PAGE_MASK, SIM_UFFD_FEATURES, U64_MAX, _u64
+from .kernel import IDX_MASK, SIM_UFFD_FEATURES, U64_MAX, _u64, _u64_array
 from .pagetable import HUGE_ZERO, NONE, PMD_SHIFT, PMD_SIZE, TABLE, THP
 from .vmas import PAGE_SHIFT, TASK_SIZE
 
@@ -253,8 +253,6 @@ class SimUffd:
         UffdError as ``move`` would for it, with ``index`` set to that range's
         position (earlier ranges are done) and ``moved`` to its own progress.
         """
-        from .kernel import _u64_array
-
         dsts, srcs, lengths = (_u64_array(dsts, "dsts"), _u64_array(srcs, "srcs"), _u64_array(lengths, "lengths"))
         if not dsts.size == srcs.size == lengths.size:
             raise ValueError(f"{dsts.size} dsts, {srcs.size} srcs and {lengths.size} lengths: sizes must match")

@@ -30,6 +30,9 @@ import weakref
 import numpy as np
 import structlog
 
+from heap.kernel import U64_MAX, ArgumentTypeError
+from heap.kernel import as_u64 as _u64
+from heap.kernel import as_u64_array as _u64_array
 from heap.kernel import (
     HPAGE_SIZE,
     MLOCK_ONFAULT,
@@ -63,7 +66,6 @@ MAP_FIXED_NOREPLACE = 0x100000
 O_CLOEXEC = 0o2000000
 O_NONBLOCK = 0o4000
 
-U64_MAX = (1 << 64) - 1
 # The largest single load() we allocate a buffer for; larger reads are a caller bug.
 MAX_LOAD = 1 << 32
 
@@ -82,21 +84,6 @@ PAGE_IS_HUGE = 1 << 6
 
 
 # --- argument checks ----------------------------------------------------------
-class ArgumentTypeError(TypeError, ValueError):
-    """An argument of the wrong type: a TypeError that ``except ValueError`` also catches."""
-
-
-def _u64(value, name: str) -> int:
-    """An int in [0, 2**64): what cffi can pass as uint64_t without raising."""
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
-    if not 0 <= value <= U64_MAX:
-        raise ValueError(f"{name}={value} is out of range: must be in [0, 2**64)")
-    return value
-
-
 def _int32(value, name: str) -> int:
     try:
         value = operator.index(value)
@@ -105,31 +92,6 @@ def _int32(value, name: str) -> int:
     if not -(1 << 31) <= value < (1 << 31):
         raise ValueError(f"{name}={value} is out of range for a C int")
     return value
-
-
-def _u64_array(values, name: str) -> np.ndarray:
-    """A contiguous 1-D uint64 array of ``values`` (int64 is taken bit for bit)."""
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.empty(0, dtype=np.uint64)
-    if arr.dtype == np.uint64:
-        pass
-    elif arr.dtype == np.int64:
-        arr = arr.view(np.uint64)
-    elif arr.dtype.kind in "iu":
-        if arr.dtype.kind == "i" and (arr < 0).any():
-            raise ValueError(f"{name} holds negative values")
-        arr = arr.astype(np.uint64)
-    elif arr.dtype == object:
-        try:
-            arr = np.array([_u64(v, name) for v in arr], dtype=np.uint64)
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
-    else:
-        raise ValueError(f"{name} must hold integers, not {arr.dtype}")
-    return np.ascontiguousarray(arr)
 
 
 def _raise_os(ret: int, call: str) -> None:
