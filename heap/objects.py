@@ -65,6 +65,10 @@ class ObjectModel(Protocol):
     def header_words(self, nbytes: np.ndarray, nrefs: np.ndarray, large: np.ndarray) -> np.ndarray:
         """The header of each object as u64 words, shape (n, header_bytes // 8)."""
 
+    # Optional: ``slot_offset(nrefs, slot) -> int``, the offset of one slot from
+    # the object start as plain arithmetic; Ref.get_ref/set_ref use it instead
+    # of a one-object ``slot_addresses`` call when the model has it.
+
 
 @runtime_checkable
 class RootScanner(Protocol):
@@ -93,6 +97,10 @@ class DefaultObjectModel:
 
     def payload_offset(self, nrefs: int) -> int:
         return HEADER_BYTES + SLOT_BYTES * int(nrefs)
+
+    def slot_offset(self, nrefs: int, slot: int) -> int:
+        """Offset of one reference slot from the object start (the scalar path of Ref accesses)."""
+        return HEADER_BYTES + SLOT_BYTES * slot
 
     def slot_addresses(self, starts, nrefs):
         return expand(np.asarray(starts, dtype=np.int64) + HEADER_BYTES, nrefs, SLOT_BYTES)

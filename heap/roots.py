@@ -25,8 +25,12 @@ class HandleTable:
         self._dropped: list[int] = []  # appended by Ref.__del__, reaped under the heap lock
         self.blocks: dict[int, np.ndarray] = {}  # RefArray id -> its addresses
         self._dropped_blocks: list[int] = []
+        # handle -> (nbytes, nrefs, payload offset) of its object, or None until
+        # first needed: a handle names one object for its whole life and an
+        # object's shape never changes, so Ref accesses look it up only once
+        self.shape: list[tuple[int, int, int] | None] = [None] * capacity
 
-    def new(self, addr: int) -> int:
+    def new(self, addr: int, shape: tuple[int, int, int] | None = None) -> int:
         if self._free:
             h = self._free.pop()
         else:
@@ -34,9 +38,11 @@ class HandleTable:
             if h == self.addr.size:
                 self.addr = np.concatenate([self.addr, np.zeros(h, dtype=np.int64)])
                 self.used = np.concatenate([self.used, np.zeros(h, dtype=bool)])
+                self.shape.extend([None] * h)
             self.high = h + 1
         self.addr[h] = addr
         self.used[h] = True
+        self.shape[h] = shape
         return h
 
     def drop(self, h: int) -> None:
@@ -50,6 +56,7 @@ class HandleTable:
             h = self._dropped.pop()
             self.used[h] = False
             self.addr[h] = 0
+            self.shape[h] = None
             self._free.append(h)
         while self._dropped_blocks:
             self.blocks.pop(self._dropped_blocks.pop(), None)
