@@ -260,7 +260,10 @@ class Scenario:
         self.kernel.fault_plan = FaultPlan(rules, seed=self.rng.randrange(1 << 30))
         self.uffd.strip_holes = self.rng.choice((0.0, 0.0, 0.5))
 
+    last_fired: list = []  # the rules that fired in the last cycle (reported with a failure)
+
     def disarm(self) -> None:
+        self.last_fired = [f"{f.outcome}@{f.op}#{f.call}:p{f.page}" for f in self.kernel.fault_plan.fired]
         for f in self.kernel.fault_plan.fired:
             self.tally.rules_fired[f.outcome] += 1
         self.kernel.fault_plan = FaultPlan(seed=0)
@@ -389,8 +392,10 @@ class Scenario:
         except OSError:
             pass
 
+    mode = ""
+
     def _cycle(self, index: int) -> None:
-        mode = self.rng.choice(self.modes)
+        mode = self.mode = self.rng.choice(self.modes)
         self.tally.by_mode[mode] += 1
         self.tally.cycles += 1
         self.mutate(self.rng.randrange(5, 40))
@@ -434,7 +439,9 @@ def run_seed(seed: int, cycles: int, *, modes=MODES, verbose: bool = False) -> T
     except Exception as exc:
         tally = sc.tally if sc is not None else Tally()
         tally.failures.append({"seed": seed, "cycle": index, "error": f"{type(exc).__name__}: {exc}",
-                               "traceback": traceback.format_exc(limit=8)})
+                               "fired": sc.last_fired if sc is not None else [],
+                               "mode": sc.mode if sc is not None else "",
+                               "traceback": traceback.format_exc(limit=12)})
         if isinstance(exc, SoakFailure) and not tally.losses:
             tally.losses += 1
         return tally
@@ -453,13 +460,12 @@ def soak(total_cycles: int, *, cycles_per_seed: int = 20, first_seed: int = 0, m
     seed = first_seed
     while tally.cycles < total_cycles:
         n = min(cycles_per_seed, total_cycles - tally.cycles)
-        t = run_seed(seed, n, modes=modes)
-        if t.cycles < n and not t.failures:
-            raise RuntimeError(f"seed {seed} ran {t.cycles} of {n} cycles without a failure")
-        t.cycles = max(t.cycles, n)
+        t = run_seed(seed, n, modes=modes)  # a failure ends its seed early: the next seeds make up the count
+        if t.cycles == 0 and not t.failures:
+            raise RuntimeError(f"seed {seed} ran no cycle and reported no failure")
         tally.merge(t)
         for f in t.failures:
-            print(f"FAILURE seed={f['seed']} cycle={f['cycle']}: {f['error']}\n"
+            print(f"FAILURE seed={f['seed']} cycle={f['cycle']} ({f['mode']}, fired {f['fired']}): {f['error']}\n"
                   f"  replay: python -m bench.soak --seed {f['seed']} --cycles {n} --verbose", flush=True)
         if progress:
             progress(tally, seed)
