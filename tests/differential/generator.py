@@ -91,7 +91,7 @@ def steps_strategy(regions):
         anywhere.map(lambda a: Write(*clip(a))),
         anywhere.map(lambda a: Write(*clip(a))),
         anywhere.map(lambda a: Read(*clip(a))),
-        # (not onto itself: a known disagreement, see DISAGREEMENTS.md)
+        # (not onto itself: an open disagreement, see DISAGREEMENTS.md)
         st.tuples(anywhere, anywhere).filter(lambda t: t[0][0] != t[1][0]).map(
             lambda t: Memmove(t[0][0], t[1][0], min(clip(t[0])[1], clip(t[1])[1]))),
         st.tuples(anywhere, st.sampled_from([DONTNEED, DONTNEED, FREE])).map(

@@ -538,6 +538,10 @@ NOOP_VMA_CHANGES += [
 ACCESS = [
     scenario("memmove of an untouched page onto itself only reads it", Map("A", 8), Memmove("A+1", "A+1", tag="mm"),
              expect={"mm": "ok"}, pages=[Pages("A+1", 1, state="zero")], doc="Kernel.memmove (user-mode)"),
+    scenario("memmove of untouched pages onto themselves reads only the first (glibc)", Map("A", 8),
+             Memmove("A+1", "A+1", pages=3, tag="mm"), expect={"mm": "ok"},
+             pages=[Pages("A+1", 1, state="zero"), Pages("A+2", 2, state="none")],
+             doc="Kernel.memmove (user-mode)"),
     scenario("memmove into untouched pages writes them", Map("A", 8), Write("A"), Memmove("A+4", "A", tag="mm"),
              Memmove("A+5", "A+6", tag="zeros"), expect={"mm": "ok", "zeros": "ok"},
              pages=[Pages("A+4", 1, state="present", origin="A+4"), Pages("A+5", 1, state="present", origin="A+5"),
