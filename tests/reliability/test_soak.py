@@ -18,25 +18,43 @@ from heap import Heap
 from heap.errors import HeapCorrupted
 from sim_backend import FaultPlan, FaultRule, SimKernel
 
-SLICE_CYCLES = 600  # ~30 s; every fault kind shows up well before
+SLICE_CYCLES = 1000  # 15-70 s depending on load; every fault kind shows up well before
+THREADED_CYCLES = 600
 SLICE_FIRST_SEED = 100_000  # apart from the seeds the full soak runs
 # Seeds that once failed, replayed for good (seed, cycles). None has failed yet
 # on the current heap; these two are the ones the replay test pins.
 REPLAY_SEEDS = [(7, 25), (31, 25)]
 
 
-@pytest.mark.timeout(150)
+def failures_text(tally) -> str:
+    return "\n".join(f"seed {f['seed']} cycle {f['cycle']} ({f['mode']}, fired {f['fired']}): {f['error']}\n"
+                     f"{f['traceback']}" for f in tally.failures)
+
+
+@pytest.mark.timeout(200)
 def test_a_slice_of_the_soak_loses_nothing_and_sees_every_fault_kind():
-    tally = soak(SLICE_CYCLES, first_seed=SLICE_FIRST_SEED)
-    assert tally.failures == [], "\n".join(f"seed {f['seed']} cycle {f['cycle']}: {f['error']}\n{f['traceback']}"
-                                          for f in tally.failures)
+    """Stop-the-world and handler-installed concurrent cycles (deterministic per seed)."""
+    tally = soak(SLICE_CYCLES, first_seed=SLICE_FIRST_SEED, modes=("stw", "handler"))
+    assert tally.failures == [], failures_text(tally)
     assert tally.losses == 0
     assert tally.cycles == SLICE_CYCLES
     missing = [k for k in FAULT_KINDS if not tally.faults.get(k)]
     assert not missing, f"the slice never injected {missing}: {dict(tally.faults)}"
     assert sum(tally.clean_errors.values()) > 0  # some cycles did end in CompactionAborted and recovered
-    assert set(tally.by_mode) == {"stw", "handler", "threaded"}
+    assert set(tally.by_mode) == {"stw", "handler"}
     assert tally.objects_checked > 10 * SLICE_CYCLES
+
+
+@pytest.mark.timeout(200)
+def test_a_threaded_slice_of_the_soak_loses_nothing():
+    """collect(concurrent=True) in a thread while the caller reads and writes:
+    the compactor thread and the fault handler race the mutator. Known to fail
+    now and then with HeapCorrupted after an interrupted install (open issue in
+    docs/reliability.md); the failure names the fault rules that fired."""
+    tally = soak(THREADED_CYCLES, first_seed=SLICE_FIRST_SEED + 50_000, modes=("threaded",))
+    assert tally.failures == [], failures_text(tally)
+    assert tally.losses == 0
+    assert tally.objects_checked > 10 * THREADED_CYCLES
 
 
 @pytest.mark.timeout(60)
