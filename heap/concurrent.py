@@ -201,13 +201,18 @@ class PageStates:
     """unprocessed -> processing -> installed, per to-space page; exactly one claimer per page."""
 
     def __init__(self, npages: int):
-        self.state = np.zeros(npages, dtype=np.int8)
-        self.cond = threading.Condition(threading.Lock())
+        # one buffer, two views: numpy for the compactor's ranges, the bytearray
+        # for the fault handler's single pages (an index, not a numpy scalar)
+        self._bytes = bytearray(npages)
+        self.state = np.frombuffer(self._bytes, dtype=np.int8)
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self._waiting = 0  # wait_all callers: only then does a settle notify
         self.installed = 0
 
     def claim_range(self, lo: int, hi: int) -> np.ndarray:
         """Claim every unprocessed page of [lo, hi); the mask of those claimed."""
-        with self.cond:
+        with self.lock:
             seg = self.state[lo:hi]
             mine = seg == UNPROCESSED
             seg[mine] = PROCESSING
@@ -215,38 +220,48 @@ class PageStates:
 
     def claim(self, page: int) -> int:
         """Claim one page: its state before (UNPROCESSED means it is now ours)."""
-        with self.cond:
-            s = int(self.state[page])
+        with self.lock:
+            s = self._bytes[page]
             if s == UNPROCESSED:
-                self.state[page] = PROCESSING
+                self._bytes[page] = PROCESSING
             return s
+
+    def state_of(self, page: int) -> int:
+        return self._bytes[page]
 
     def settle(self, pages: np.ndarray, installed: np.ndarray) -> None:
         """Claimed pages become installed, or unprocessed again (the install failed)."""
-        with self.cond:
+        with self.lock:
             self.state[pages] = np.where(installed, INSTALLED, UNPROCESSED)
             self.installed += int(np.count_nonzero(installed))
-            self.cond.notify_all()
+            if self._waiting:
+                self.cond.notify_all()
 
     def settle_one(self, page: int, installed: bool) -> None:
-        with self.cond:
-            self.state[page] = INSTALLED if installed else UNPROCESSED
+        with self.lock:
+            self._bytes[page] = INSTALLED if installed else UNPROCESSED
             self.installed += installed
-            self.cond.notify_all()
+            if self._waiting:
+                self.cond.notify_all()
 
     def release_claims(self, lo: int, mine: np.ndarray) -> None:
         """Claimed pages of [lo, lo + mine.size) still processing go back to unprocessed."""
-        with self.cond:
+        with self.lock:
             seg = self.state[lo:lo + mine.size]
             seg[mine & (seg == PROCESSING)] = UNPROCESSED
-            self.cond.notify_all()
+            if self._waiting:
+                self.cond.notify_all()
 
     def all_installed(self) -> bool:
         return self.installed == self.state.size
 
     def wait_all(self, timeout: float) -> bool:
         with self.cond:
-            return self.cond.wait_for(self.all_installed, timeout)
+            self._waiting += 1
+            try:
+                return self.cond.wait_for(self.all_installed, timeout)
+            finally:
+                self._waiting -= 1
 
 
 def moved_unreported(kernel, dst: int, src: int) -> bool:
