@@ -65,7 +65,6 @@ from .errors import CompactionAborted, RemapRefused
 from .install import InstallCounters, InstallInterrupted, install_page_range, slot_values
 from .kernel import (MADV_DONTNEED, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError,
                      move_ranges)
-from .plan import plan_remap
 from .stats import GCStats, PhaseClock
 
 log = structlog.get_logger("remapgc.heap")
@@ -682,13 +681,7 @@ def _pause(heap, chunk_pages: int, run_compactor: bool, rss_before: int | None) 
     t0 = time.perf_counter_ns()
     clock = PhaseClock("concurrent")
     old, marking = heap._mark(stats, clock)
-    with clock.phase("plan") as ev:
-        plan = plan_remap(old["start"], old["total"], marking.live, base, ps, heap._alloc.hpage_pages,
-                          heap._alloc.used_pages, heap._dense)
-        new_by_row = np.zeros(old["start"].size, dtype=np.int64)
-        new_by_row[plan.live_rows] = plan.new_starts
-        ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
-                  evacuated=int(plan.evacuated.sum()))
+    plan, new_by_row = heap._plan_remap(old, marking, clock)
     with clock.phase("flip") as ev:
         try:
             heap._flip(register_first=False)  # the short flip: this is the pause

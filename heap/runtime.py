@@ -602,13 +602,7 @@ class Heap:
         k, uffd, ps = self._kernel, self._uffd, self._ps
         base, size, fs = self._base, self._size, self._from_space
         old, marking = self._mark(stats, clock)
-        with clock.phase("plan") as ev:
-            plan = plan_remap(old["start"], old["total"], marking.live, base, ps, self._alloc.hpage_pages,
-                              self._alloc.used_pages, self._dense)
-            new_by_row = np.zeros(old["start"].size, dtype=np.int64)
-            new_by_row[plan.live_rows] = plan.new_starts
-            ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
-                      evacuated=int(plan.evacuated.sum()))
+        plan, new_by_row = self._plan_remap(old, marking, clock)
         with clock.phase("flip") as ev:
             self._flip(register_first=True)
             ev.update(bytes=self._alloc.used_pages * ps)
@@ -669,6 +663,17 @@ class Heap:
         """After an install: drop what the from-space still holds (the dead pages)."""
         self._kernel.madvise(self._from_space, self._size, MADV_DONTNEED)
         return dict(from_space_bytes=self._size)
+
+    def _plan_remap(self, old, marking, clock: PhaseClock):
+        """The remap plan (both compactors that move pages) and every old row's new address."""
+        with clock.phase("plan") as ev:
+            plan = plan_remap(old["start"], old["total"], marking.live, self._base, self._ps,
+                              self._alloc.hpage_pages, self._alloc.used_pages, self._dense)
+            new_by_row = np.zeros(old["start"].size, dtype=np.int64)
+            new_by_row[plan.live_rows] = plan.new_starts
+            ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
+                      evacuated=int(plan.evacuated.sum()))
+        return plan, new_by_row
 
     def _flip(self, *, register_first: bool) -> None:
         """Move every arena page to the from-space with one mremap(MREMAP_DONTUNMAP):
