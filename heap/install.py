@@ -103,7 +103,11 @@ def install_page_range(kernel, uffd, dst: int, src: int, length: int, counters: 
             counters.eexist_races += 1
             done += ps
         elif err == errno.EBUSY:
-            _copy_page(kernel, uffd, dst + done, src + done, counters)
+            try:
+                _copy_page(kernel, uffd, dst + done, src + done, counters)
+            except InstallInterrupted as exc:
+                # the pages before it are in (a copied one keeps its source): say so
+                raise InstallInterrupted(exc.error, done) from exc.error
             done += ps
         elif err == errno.ENOENT:
             try:

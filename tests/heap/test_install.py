@@ -98,3 +98,30 @@ def test_pages_shared_with_a_child_are_copied(spaces):
     check(kernel, dst, range(PAGES))
     assert c.ebusy_fallbacks == PAGES - 1 and c.pages_moved == 1
     assert c.bytes_copied == (PAGES - 1) * ps
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_copy_fallback_reports_the_pages_installed_before_it(sim_kernel):
+    """EBUSY at page 1 is copied; EBUSY again at page 3 and its COPY refused
+    (ENOMEM): the interruption must count pages 0-2 as done, including the
+    copied page 1, whose source is still there (a re-install would meet
+    EEXIST with the source present and call it corruption)."""
+    from heap.install import InstallInterrupted
+    from sim_backend.faultplan import FaultRule
+
+    kernel = sim_kernel
+    ps = kernel.page_size
+    src, dst = kernel.mmap(PAGES * ps), kernel.mmap(PAGES * ps)
+    uffd = kernel.userfaultfd()
+    uffd.register(dst, PAGES * ps)
+    fill(kernel, src, range(PAGES))
+    # a pinned page stops a MOVE after the pages before it (EAGAIN) and
+    # refuses it when it comes first (EBUSY): pages 1 and 3 need the fallback
+    for call, page in ((0, 1), (1, 0), (2, 1), (3, 0)):
+        kernel.fault_plan.add(FaultRule("pinned", op="move", call=call, page=page))
+    kernel.fault_plan.add(FaultRule("enomem", op="copy", call=1, page=0))
+    with pytest.raises(InstallInterrupted) as caught:
+        install_page_range(kernel, uffd, dst, src, PAGES * ps, InstallCounters())
+    assert caught.value.done == 3 * ps
+    check(kernel, dst, range(3))
+    assert kernel.page_info(dst + 3 * ps).state == "none"
