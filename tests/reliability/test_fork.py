@@ -63,8 +63,13 @@ def test_a_fork_during_a_collection_costs_copies_not_objects(kernel_name, mode):
             finally:
                 child.exit()
         else:
-            cycle, stats, _ = begin_concurrent(h, run_compactor=mode == "concurrent-compactor")
-            child = h.kernel.fork()  # mid-cycle: every from-space page is shared with the child now
+            compactor = mode == "concurrent-compactor"
+            # the compactor thread may install everything before a fork made
+            # after the pause could share a page: fork first then, so the
+            # thread surely meets shared pages; without it, fork mid-cycle
+            child = h.kernel.fork() if compactor else None
+            cycle, stats, _ = begin_concurrent(h, run_compactor=compactor)
+            child = child or h.kernel.fork()  # every from-space page is shared with the child now
             try:
                 t = threading.Thread(target=lambda: [r.read(8) for r in some], daemon=True)
                 t.start()  # a mutator faulting on pages not yet installed
