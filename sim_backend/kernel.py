@@ -770,22 +770,11 @@ class SimKernel:
     # ------------------------------------------------------------------------------
     def _accessible(self, pages: np.ndarray, write: bool) -> tuple[np.ndarray, np.ndarray]:
         """(frames, ok) for virtual page numbers: ok where the access needs no fault."""
-        starts, ends, prots = self.mm.arrays()
-        addrs = pages.astype(np.int64) << PAGE_SHIFT
-        if starts.size == 0:
+        if self.mm.arrays()[0].size == 0:
             return np.full(pages.size, NO_FRAME, dtype=np.int64), np.zeros(pages.size, dtype=bool)
-        vi = np.searchsorted(starts, addrs, side="right") - 1
-        vic = np.maximum(vi, 0)
-        need = PROT_WRITE if write else (PROT_READ | PROT_WRITE | PROT_EXEC)
-        ok = (vi >= 0) & (addrs < ends[vic]) & ((prots[vic] & need) != 0)
-        frames = self.pt.frames_at(pages.astype(np.int64))
-        if write:
-            real = frames >= FIRST_FRAME
-            fc = np.where(real, frames, 0)
-            ok &= real & (self.frames.excl[fc] | self.frames.shmem[fc])
-        else:
-            ok &= frames != NO_FRAME
-        return frames, ok
+        pages = pages.astype(np.int64)
+        frames = self.pt.frames_at(pages)
+        return frames, self._prot_allows(pages, write) & self._frames_allow(frames, write)
 
     def _resolve(self, bad_pages: np.ndarray, write: bool, user: bool = True) -> None:
         """Fault in ``bad_pages`` (in order of first use); only the first may block or raise."""
@@ -908,28 +897,37 @@ class SimKernel:
         table[rows < 0] = NO_FRAME
         off = pmin - (r0 << (PMD_SHIFT - PAGE_SHIFT))
         frames = table.reshape(-1)[off:off + pages.size]
-        _, ok = self._vma_ok(pages, write)
-        if write:
-            real = frames >= FIRST_FRAME
-            fc = np.where(real, frames, 0)
-            ok &= real & (self.frames.excl[fc] | self.frames.shmem[fc])
-        else:
-            ok &= frames != NO_FRAME
-        return frames, ok
+        ok = self._vma_ok(pages, write)
+        return frames, ok & self._frames_allow(frames, write)
 
-    def _vma_ok(self, pages: np.ndarray, write: bool) -> tuple[None, np.ndarray]:
-        starts, ends, prots = self.mm.arrays()
-        if starts.size == 0:
-            return None, np.zeros(pages.size, dtype=bool)
+    def _frames_allow(self, frames: np.ndarray, write: bool) -> np.ndarray:
+        """Where the mapped frame serves the access without a fault: a read needs
+        any frame (the zero page too), a write one this mm owns alone (or shmem)."""
+        if not write:
+            return frames != NO_FRAME
+        real = frames >= FIRST_FRAME
+        fc = np.where(real, frames, 0)
+        return real & (self.frames.excl[fc] | self.frames.shmem[fc])
+
+    def _vma_ok(self, pages: np.ndarray, write: bool) -> np.ndarray:
+        """Where the VMA's protection allows the access (``pages`` ascending)."""
+        if self.mm.arrays()[0].size == 0:
+            return np.zeros(pages.size, dtype=bool)
         need = PROT_WRITE if write else (PROT_READ | PROT_WRITE | PROT_EXEC)
         lo, hi = int(pages[0]) << PAGE_SHIFT, (int(pages[-1]) + 1) << PAGE_SHIFT
         vma = self.mm.find(lo)
         if vma is not None and hi <= vma.end:  # the common case: one VMA covers them all
-            return None, np.full(pages.size, bool(vma.prot & need))
+            return np.full(pages.size, bool(vma.prot & need))
+        return self._prot_allows(pages, write)
+
+    def _prot_allows(self, pages: np.ndarray, write: bool) -> np.ndarray:
+        """Where a VMA covers the page and its protection allows the access (any order)."""
+        starts, ends, prots = self.mm.arrays()
+        need = PROT_WRITE if write else (PROT_READ | PROT_WRITE | PROT_EXEC)
         addrs = pages << PAGE_SHIFT
         vi = np.searchsorted(starts, addrs, side="right") - 1
         vic = np.maximum(vi, 0)
-        return None, (vi >= 0) & (addrs < ends[vic]) & ((prots[vic] & need) != 0)
+        return (vi >= 0) & (addrs < ends[vic]) & ((prots[vic] & need) != 0)
 
     def _word_index(self, words: np.ndarray, write: bool) -> tuple[np.ndarray, int, np.ndarray]:
         """Pool word index for each word number (addr >> 3) of ``words``, as far as no fault is needed.
