@@ -37,7 +37,7 @@ from heap.kernel import (
 
 from .faultplan import Trigger
 from .frames import FIRST_FRAME, NO_FRAME, PAGE_SIZE, PTRS_PER_PMD, ZERO_FRAME, OutOfMemory
-from .kernel import IDX_MASK, SIM_UFFD_FEATURES, U64_MAX, _u64, _u64_array
+from .kernel import IDX_MASK, SIM_UFFD_FEATURES, U64_MAX, _err, _u64, _u64_array
 from .pagetable import HUGE_ZERO, NONE, PMD_SHIFT, PMD_SIZE, TABLE, THP
 from .vmas import PAGE_SHIFT, TASK_SIZE
 
@@ -121,19 +121,13 @@ class SimUffd:
             self._open()
             what = f"UFFDIO_REGISTER {addr:#x}+{length:#x}"
             if not mode or mode & ~REGISTER_MODES:
-                raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)} ({what}: mode {mode:#x})")
-            err = _check_range(addr, length)
-            if err:
-                raise OSError(err, f"{os.strerror(err)} ({what})")
-            end = addr + length
-            vmas = k.mm.overlapping(addr, end)
-            if not vmas:
-                raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)} ({what}: nothing mapped)")
+                raise _err(errno.EINVAL, f"{what}: mode {mode:#x}")
+            end, vmas = self._vmas_of_range(addr, length, what)
             for vma in vmas:
                 if mode & UFFDIO_REGISTER_MODE_MINOR and not vma.shared:
-                    raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)} ({what}: MINOR needs shmem)")
+                    raise _err(errno.EINVAL, f"{what}: MINOR needs shmem")
                 if vma.uffd is not None and vma.uffd is not self:
-                    raise OSError(errno.EBUSY, f"{os.strerror(errno.EBUSY)} ({what}: registered elsewhere)")
+                    raise _err(errno.EBUSY, f"{what}: registered elsewhere")
             for vma in vmas:
                 lo, hi = max(vma.start, addr), min(vma.end, end)
                 if vma.uffd is self and not mode & ~vma.uffd_mode:
@@ -147,21 +141,26 @@ class SimUffd:
                 ioctls &= ~(1 << _UFFDIO_CONTINUE)
             return ioctls
 
+    def _vmas_of_range(self, addr: int, length: int, what: str):
+        """REGISTER/UNREGISTER's range checks: (end, the VMAs it overlaps), or the kernel's errno."""
+        err = _check_range(addr, length)
+        if err:
+            raise _err(err, what)
+        end = addr + length
+        vmas = self.kernel.mm.overlapping(addr, end)
+        if not vmas:
+            raise _err(errno.EINVAL, f"{what}: nothing mapped")
+        return end, vmas
+
     def unregister(self, addr: int, length: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
         k = self.kernel
         with k._lock:
             self._open()
             what = f"UFFDIO_UNREGISTER {addr:#x}+{length:#x}"
-            err = _check_range(addr, length)
-            if err:
-                raise OSError(err, f"{os.strerror(err)} ({what})")
-            end = addr + length
-            vmas = k.mm.overlapping(addr, end)
-            if not vmas:
-                raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)} ({what}: nothing mapped)")
+            end, vmas = self._vmas_of_range(addr, length, what)
             if any(v.uffd is not None and v.uffd is not self for v in vmas):
-                raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)} ({what}: registered with another uffd)")
+                raise _err(errno.EINVAL, f"{what}: registered with another uffd")
             for vma in vmas:
                 if vma.uffd is None:
                     continue
