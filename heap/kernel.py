@@ -167,6 +167,14 @@ def as_u64_array(values, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def as_ranges(dsts, srcs, lengths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three uint64 arrays of a batched call (copy_ranges, move_ranges), equal in size."""
+    dsts, srcs, lengths = as_u64_array(dsts, "dsts"), as_u64_array(srcs, "srcs"), as_u64_array(lengths, "lengths")
+    if not dsts.size == srcs.size == lengths.size:
+        raise ValueError(f"{dsts.size} dsts, {srcs.size} srcs and {lengths.size} lengths: sizes must match")
+    return dsts, srcs, lengths
+
+
 # --- values that cross the seam --------------------------------------------
 @dataclass(frozen=True)
 class PageInfo:

@@ -18,6 +18,7 @@ import numpy as np
 
 from heap.kernel import U64_MAX
 from heap.kernel import as_u64 as _u64
+from heap.kernel import as_ranges
 from heap.kernel import as_u64_array as _u64_array
 from heap.kernel import (
     MADV_DOFORK,
@@ -1114,10 +1115,7 @@ class SimKernel:
             self.counters.user_bytes_copied += length
 
     def copy_ranges(self, dsts, srcs, lengths) -> None:
-        dsts, srcs, lengths = (_u64_array(dsts, "dsts").astype(np.int64), _u64_array(srcs, "srcs").astype(np.int64),
-                               _u64_array(lengths, "lengths").astype(np.int64))
-        if not dsts.size == srcs.size == lengths.size:
-            raise ValueError("dsts, srcs and lengths must have the same length")
+        dsts, srcs, lengths = (a.astype(np.int64) for a in as_ranges(dsts, srcs, lengths))
         keep = lengths > 0
         dsts, srcs, lengths = dsts[keep], srcs[keep], lengths[keep]
         if dsts.size == 0:

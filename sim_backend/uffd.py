@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from heap.kernel import as_ranges
 from heap.kernel import (
     UFFDIO_COPY_MODE_DONTWAKE,
     UFFDIO_COPY_MODE_WP,
@@ -37,7 +38,7 @@ from heap.kernel import (
 
 from .faultplan import Trigger
 from .frames import FIRST_FRAME, NO_FRAME, PAGE_SIZE, PTRS_PER_PMD, ZERO_FRAME, OutOfMemory
-from .kernel import IDX_MASK, SIM_UFFD_FEATURES, U64_MAX, _err, _u64, _u64_array
+from .kernel import IDX_MASK, SIM_UFFD_FEATURES, U64_MAX, _err, _u64
 from .pagetable import HUGE_ZERO, NONE, PMD_SHIFT, PMD_SIZE, TABLE, THP
 from .vmas import PAGE_SHIFT, TASK_SIZE
 
@@ -252,9 +253,7 @@ class SimUffd:
         UffdError as ``move`` would for it, with ``index`` set to that range's
         position (earlier ranges are done) and ``moved`` to its own progress.
         """
-        dsts, srcs, lengths = (_u64_array(dsts, "dsts"), _u64_array(srcs, "srcs"), _u64_array(lengths, "lengths"))
-        if not dsts.size == srcs.size == lengths.size:
-            raise ValueError(f"{dsts.size} dsts, {srcs.size} srcs and {lengths.size} lengths: sizes must match")
+        dsts, srcs, lengths = as_ranges(dsts, srcs, lengths)
         mode = _u64(mode, "mode")
         total = 0
         lock = self.kernel._lock

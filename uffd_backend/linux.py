@@ -30,7 +30,7 @@ import weakref
 import numpy as np
 import structlog
 
-from heap.kernel import U64_MAX, ArgumentTypeError
+from heap.kernel import U64_MAX, ArgumentTypeError, as_ranges
 from heap.kernel import as_u64 as _u64
 from heap.kernel import as_u64_array as _u64_array
 from heap.kernel import (
@@ -234,9 +234,7 @@ class LinuxUffd:
         UffdError as ``move`` would for it, with ``index`` set to that range's
         position (earlier ranges are done) and ``moved`` to its own progress.
         """
-        dsts, srcs, lengths = (_u64_array(dsts, "dsts"), _u64_array(srcs, "srcs"), _u64_array(lengths, "lengths"))
-        if not dsts.size == srcs.size == lengths.size:
-            raise ValueError(f"{dsts.size} dsts, {srcs.size} srcs and {lengths.size} lengths: sizes must match")
+        dsts, srcs, lengths = as_ranges(dsts, srcs, lengths)
         mode = _u64(mode, "mode")
         if not dsts.size:
             return 0
@@ -605,9 +603,7 @@ class LinuxKernel:
             _check(lib.rgc_memmove(dst, src, length), "memmove {:#x} -> {:#x} +{:#x}", src, dst, length)
 
     def copy_ranges(self, dsts, srcs, lengths) -> None:
-        dsts, srcs, lengths = (_u64_array(dsts, "dsts"), _u64_array(srcs, "srcs"), _u64_array(lengths, "lengths"))
-        if not dsts.size == srcs.size == lengths.size:
-            raise ValueError(f"{dsts.size} dsts, {srcs.size} srcs and {lengths.size} lengths: sizes must match")
+        dsts, srcs, lengths = as_ranges(dsts, srcs, lengths)
         if not dsts.size:
             return
         top = np.uint64(U64_MAX)
