@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from .errors import CompactionAborted, RemapRefused
+from .errors import CompactionAborted, HeapCorrupted, RemapRefused
 from .install import InstallCounters, InstallInterrupted, install_page_range, slot_values
 from .kernel import (MADV_DONTNEED, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError,
                      move_ranges)
@@ -196,6 +196,24 @@ def make_program(plan, model, old, marking, new_by_row, base: int, from_space: i
         seg_page=seg[0], seg_off=seg[1], seg_src=seg[2], seg_len=seg[3])
 
 
+class Claim:
+    """Pages of ``[lo, lo + held.size)`` one installer claimed (``held``).
+
+    Only the claimer settles them, each once, and settling drops the page
+    from ``held``; giving the claim up (``PageStates.release``) returns what
+    is still held. A page settled back to unprocessed can be claimed by
+    another installer at once, so a claimer must never act on a page it no
+    longer holds: returning such a page stole the fault handler's claim on
+    it, and both then installed it (the threaded soak's HeapCorrupted).
+    """
+
+    __slots__ = ("lo", "held")
+
+    def __init__(self, lo: int, held: np.ndarray):
+        self.lo = lo
+        self.held = held
+
+
 class PageStates:
     """unprocessed -> processing -> installed, per to-space page; exactly one claimer per page."""
 
@@ -209,13 +227,13 @@ class PageStates:
         self._waiting = 0  # wait_all callers: only then does a settle notify
         self.installed = 0
 
-    def claim_range(self, lo: int, hi: int) -> np.ndarray:
-        """Claim every unprocessed page of [lo, hi); the mask of those claimed."""
+    def claim_range(self, lo: int, hi: int) -> Claim:
+        """Claim every unprocessed page of [lo, hi)."""
         with self.lock:
             seg = self.state[lo:hi]
             mine = seg == UNPROCESSED
             seg[mine] = PROCESSING
-            return mine
+            return Claim(lo, mine)
 
     def claim(self, page: int) -> int:
         """Claim one page: its state before (UNPROCESSED means it is now ours)."""
@@ -228,28 +246,34 @@ class PageStates:
     def state_of(self, page: int) -> int:
         return self._bytes[page]
 
-    def settle(self, pages: np.ndarray, installed: np.ndarray) -> None:
-        """Claimed pages become installed, or unprocessed again (the install failed)."""
+    def settle(self, claim: Claim, rel: np.ndarray, installed: np.ndarray) -> None:
+        """Held pages ``claim.lo + rel`` become installed, or unprocessed again (the install failed)."""
         with self.lock:
-            self.state[pages] = np.where(installed, INSTALLED, UNPROCESSED)
+            if not claim.held[rel].all():
+                raise AssertionError(f"settling pages not held by this claim (from page {claim.lo})")
+            claim.held[rel] = False
+            self.state[rel + claim.lo] = np.where(installed, INSTALLED, UNPROCESSED)
             self.installed += int(np.count_nonzero(installed))
             if self._waiting:
                 self.cond.notify_all()
 
     def settle_one(self, page: int, installed: bool) -> None:
+        """A page taken with ``claim`` becomes installed, or unprocessed again."""
         with self.lock:
             self._bytes[page] = INSTALLED if installed else UNPROCESSED
             self.installed += installed
             if self._waiting:
                 self.cond.notify_all()
 
-    def release_claims(self, lo: int, mine: np.ndarray) -> None:
-        """Claimed pages of [lo, lo + mine.size) still processing go back to unprocessed."""
+    def release(self, claim: Claim) -> None:
+        """Give up a claim: the pages it still holds go back to unprocessed."""
         with self.lock:
-            seg = self.state[lo:lo + mine.size]
-            seg[mine & (seg == PROCESSING)] = UNPROCESSED
-            if self._waiting:
-                self.cond.notify_all()
+            held = np.flatnonzero(claim.held)
+            if held.size:
+                claim.held[held] = False
+                self.state[held + claim.lo] = UNPROCESSED
+                if self._waiting:
+                    self.cond.notify_all()
 
     def all_installed(self) -> bool:
         return self.installed == self.state.size
@@ -309,34 +333,32 @@ class PageBuilder:
                 k.store_words(where.astype(np.uint64), p.slot_val[t0:t1][keep])
         return src, rebuilt
 
-    def install_chunk(self, lo: int, mine: np.ndarray, scratch: int, counters: InstallCounters) -> None:
+    def install_chunk(self, claim: Claim, scratch: int, counters: InstallCounters) -> None:
         """Build and MOVE in the claimed pages of a chunk, run by run; settles
-        their states. On a refusal the pages not installed go back to unprocessed."""
-        ps, n = self.ps, mine.size
+        them (a page refused goes back to unprocessed). If building fails the
+        claim is left whole, for the caller to release."""
+        ps, lo, mine = self.ps, claim.lo, claim.held
+        n = mine.size
         if not mine.any():
             return
         if scratch:
             self.kernel.madvise(scratch, n * ps, MADV_DONTNEED)  # rebuilt pages start from zero
-        try:
-            src, _ = self.build(lo, mine, scratch, counters)
-        except BaseException:
-            self.states.settle(np.flatnonzero(mine) + lo, np.zeros(int(mine.sum()), dtype=bool))
-            raise
+        src, _ = self.build(lo, mine, scratch, counters)
         # runs: claimed pages contiguous at dst and at src
         idx = np.flatnonzero(mine)
         brk = np.ones(idx.size, dtype=bool)
         brk[1:] = (np.diff(idx) != 1) | (np.diff(src[idx]) != ps)
         firsts = np.flatnonzero(brk)
-        self.move_runs(lo, idx, src[idx], firsts, (self.arena + (lo + idx[firsts]) * ps).astype(np.uint64),
+        self.move_runs(claim, idx, src[idx], firsts, (self.arena + (lo + idx[firsts]) * ps).astype(np.uint64),
                        src[idx[firsts]].astype(np.uint64),
                        (np.diff(np.append(firsts, idx.size)) * ps).astype(np.uint64), counters)
 
-    def move_runs(self, lo: int, idx: np.ndarray, src: np.ndarray, firsts: np.ndarray, dsts: np.ndarray,
+    def move_runs(self, claim: Claim, idx: np.ndarray, src: np.ndarray, firsts: np.ndarray, dsts: np.ndarray,
                   srcs: np.ndarray, lengths: np.ndarray, counters: InstallCounters) -> None:
         """MOVE the runs of built, claimed pages (``idx``: their offsets from
-        ``lo``, ``src``: each one's source address; run k starts at
-        ``idx[firsts[k]]``); settles their states."""
-        ps = self.ps
+        ``claim.lo``, ``src``: each one's source address; run k starts at
+        ``idx[firsts[k]]``); settles them."""
+        ps, lo = self.ps, claim.lo
         ends = np.append(firsts[1:], idx.size)
         installed = np.zeros(idx.size, dtype=bool)
         k0 = 0
@@ -370,7 +392,7 @@ class PageBuilder:
                     self.uffd.wake(int(dsts[f]), int(lengths[f]))
                 k0 = f + 1
         finally:
-            self.states.settle(idx + lo, installed)
+            self.states.settle(claim, idx, installed)
 
 
 class ChunkPlan:
@@ -455,10 +477,24 @@ class ConcurrentCycle:
         try:
             self._install_all(self.scratch, self.counters)
         except BaseException as exc:  # reaches the caller of collect()
+            if isinstance(exc, HeapCorrupted):
+                self.corrupted(exc)
             self.error = exc
             log.warning("gc_concurrent_compactor_stopped", error=repr(exc))
         finally:
             self.compactor_done.set()
+
+    def corrupted(self, exc: BaseException) -> HeapCorrupted:
+        """An installer found a broken invariant (or failed in a way it cannot
+        retry): the heap refuses every further operation, the compactor stops,
+        and collect() raises it. The fault handler then only lets faulters go."""
+        broken = exc if isinstance(exc, HeapCorrupted) else HeapCorrupted(
+            "install", f"the fault handler failed: {type(exc).__name__}: {exc}")
+        self.heap._mark_broken(broken)
+        self.stop.set()
+        if self.error is None:
+            self.error = broken
+        return broken
 
     def _install_all(self, scratch: int, counters: InstallCounters) -> None:
         n, c = self.program.npages, self.chunk_pages
@@ -467,19 +503,19 @@ class ConcurrentCycle:
         for ci, lo in enumerate(range(0, n, c)):
             if self.stop.is_set():
                 return
-            mine = self.states.claim_range(lo, min(n, lo + c))
+            claim = self.states.claim_range(lo, min(n, lo + c))
             try:
-                if mine.all():
-                    self._install_whole_chunk(ci, lo, mine.size, scratch, counters)
+                if claim.held.all():
+                    self._install_whole_chunk(ci, claim, scratch, counters)
                 else:
-                    self.builder.install_chunk(lo, mine, scratch, counters)
-            except BaseException:
-                self.states.release_claims(lo, mine)  # whatever failed, no page stays claimed
-                raise
+                    self.builder.install_chunk(claim, scratch, counters)
+            finally:
+                self.states.release(claim)  # whatever failed, no page stays claimed
 
-    def _install_whole_chunk(self, ci: int, lo: int, n: int, scratch: int, counters: InstallCounters) -> None:
+    def _install_whole_chunk(self, ci: int, claim: Claim, scratch: int, counters: InstallCounters) -> None:
         """A chunk nobody touched: build and MOVE it from the chunk plan's slices."""
         k, cp = self.kernel, self.chunk_plan
+        lo, n = claim.lo, claim.held.size
         if cp.rebuilt[ci]:
             k.madvise(scratch, n * k.page_size, MADV_DONTNEED)  # rebuilt pages start from zero
             s0, s1 = int(cp.seg_at[ci]), int(cp.seg_at[ci + 1])
@@ -490,7 +526,7 @@ class ConcurrentCycle:
         if t1 > t0:
             k.store_words(cp.slot_where[t0:t1], self.program.slot_val[t0:t1])
         r0, r1 = int(cp.run_at[ci]), int(cp.run_at[ci + 1])
-        self.builder.move_runs(lo, np.arange(n), cp.src[lo:lo + n], cp.run_first[r0:r1] - lo, cp.run_dst[r0:r1],
+        self.builder.move_runs(claim, np.arange(n), cp.src[lo:lo + n], cp.run_first[r0:r1] - lo, cp.run_dst[r0:r1],
                                cp.run_src[r0:r1], cp.run_len[r0:r1], counters)
 
     # -- ending ---------------------------------------------------------------------------
@@ -506,6 +542,9 @@ class ConcurrentCycle:
             self._install_all(self.scratch, self.counters)
         except InstallInterrupted as exc:
             raise self._aborted(exc) from exc
+        except HeapCorrupted as exc:
+            self.corrupted(exc)
+            raise
         if not self.states.wait_all(JOIN_TIMEOUT_S):
             raise CompactionAborted(errno.ETIMEDOUT, "pages claimed by the fault handler were not installed in "
                                     f"{JOIN_TIMEOUT_S} s; they stay pending")
@@ -709,6 +748,6 @@ def _pause(heap, chunk_pages: int, run_compactor: bool, rss_before: int | None) 
     return cycle
 
 
-__all__ = ["AccessGate", "ConcurrentCycle", "ConcurrentGCStats", "InstallProgram", "PageStates", "begin_concurrent",
+__all__ = ["AccessGate", "Claim", "ConcurrentCycle", "ConcurrentGCStats", "InstallProgram", "PageStates", "begin_concurrent",
            "collect_concurrent", "end_concurrent", "settle_cycle", "make_program", "UNPROCESSED", "PROCESSING",
            "INSTALLED"]

@@ -22,7 +22,12 @@ p installed                 ZEROPAGE (an installed page can still be a hole: a n
 
 A refused install (ENOMEM, EINTR...) puts the page back to unprocessed and
 defers it: the handler retries after a back-off, so the faulter is never left
-blocked while the handler runs. The handler never takes the heap lock nor the
+blocked while the handler runs. Any other failure (a to-space page filled
+from outside the heap: EEXIST with the source still there, HeapCorrupted; or
+a bug) cannot be cured by retrying: the handler marks the heap broken
+(``ConcurrentCycle.corrupted``) and from then on only lets faulters go, over
+a zero page or the page already there; their accesses then raise
+HeapCorrupted instead of returning those bytes. The handler never takes the heap lock nor the
 access gate; on Linux its Python code can run only because mutators touch
 heap memory through cffi calls that release the GIL.
 """
@@ -75,6 +80,7 @@ class FaultHandler:
         self.retries = 0
         self.latencies: list[int] = []
         self.error: BaseException | None = None
+        self.broken = False  # a fault service found a broken invariant: faulters are only let go
         self._deferred: dict[int, int] = {}  # page -> when its fault was read (ns)
         self._stop = threading.Event()
         self._released = False
@@ -129,6 +135,9 @@ class FaultHandler:
         page = (addr - self.arena) // self.ps
         in_plan = 0 <= page < self._npages
         wake = 0
+        if self.broken:
+            self._let_go(addr)
+            return True
         try:
             if not in_plan:
                 self.fresh_pages += self._zero_or_wake(addr)
@@ -142,11 +151,15 @@ class FaultHandler:
                     self.pages_installed += 1
                 else:
                     self._zero_or_wake(addr)
-        except Exception as exc:  # refused (ENOMEM, EINTR...) or unexpected: retry later, never drop the fault
-            self.retries += 1
-            if not isinstance(exc, InstallInterrupted):
+        except Exception as exc:  # refused (ENOMEM, EINTR...): retry later, never drop the fault
+            if not isinstance(exc, InstallInterrupted):  # a broken invariant, or a bug: retrying cannot help
                 self.error = exc
+                self.broken = True
                 log.error("gc_fault_service_failed", address=hex(addr), error=repr(exc))
+                self.cycle.corrupted(exc)
+                self._let_go(addr)
+                return True
+            self.retries += 1
             if in_plan:
                 self._deferred[page] = t_read
             else:
@@ -161,6 +174,17 @@ class FaultHandler:
             except OSError as exc:  # cannot happen on a registered range; else the unregister at the end wakes it
                 log.error("gc_fault_wake_failed", address=hex(wake), error=repr(exc))
         return True
+
+    def _let_go(self, addr: int) -> None:
+        """The heap is broken: let the faulter run on (its access then raises
+        HeapCorrupted) over a zero page, or the page already there; never block it."""
+        try:
+            self._zero_or_wake(addr)
+        except Exception:
+            try:
+                self.uffd.wake(addr, self.ps)
+            except OSError:
+                pass
 
     def _deferred_fresh(self, addr: int, t_read: int) -> None:
         # out-of-plan pages are retried through a fresh read: the faulter faults
@@ -238,12 +262,12 @@ class FaultHandler:
                 self.uffd.wake(dst, ps)
         except BaseException:
             done = moved_unreported(k, dst, self.scratch if rebuilt[0] else int(src[0]))
-            self.states.settle(np.array([page]), np.array([done]))
+            self.states.settle_one(page, done)
             if done:
                 self.uffd.wake(dst, ps)
                 return
             raise
-        self.states.settle(np.array([page]), _ONE)
+        self.states.settle_one(page, True)
 
     def _copy(self, dst: int, src: int) -> None:
         c = self.counters

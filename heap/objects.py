@@ -32,6 +32,8 @@ one call per phase for all objects, never one per object.
 
 from __future__ import annotations
 
+import sys
+
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -65,9 +67,12 @@ class ObjectModel(Protocol):
     def header_words(self, nbytes: np.ndarray, nrefs: np.ndarray, large: np.ndarray) -> np.ndarray:
         """The header of each object as u64 words, shape (n, header_bytes // 8)."""
 
-    # Optional: ``slot_offset(nrefs, slot) -> int``, the offset of one slot from
-    # the object start as plain arithmetic; Ref.get_ref/set_ref use it instead
-    # of a one-object ``slot_addresses`` call when the model has it.
+    # Optional scalar paths, used when the model has them (one object costs
+    # plain arithmetic instead of array calls):
+    # ``slot_offset(nrefs, slot) -> int``, the offset of one slot from the
+    # object start (Ref.get_ref/set_ref); ``object_bytes(nbytes, nrefs) -> int``
+    # and ``header(nbytes, nrefs, large) -> bytes``, one object's
+    # ``total_bytes`` and header (Heap.alloc).
 
 
 @runtime_checkable
@@ -101,6 +106,15 @@ class DefaultObjectModel:
     def slot_offset(self, nrefs: int, slot: int) -> int:
         """Offset of one reference slot from the object start (the scalar path of Ref accesses)."""
         return HEADER_BYTES + SLOT_BYTES * slot
+
+    def object_bytes(self, nbytes: int, nrefs: int) -> int:
+        """``total_bytes`` of one object (the scalar path of Heap.alloc)."""
+        return (HEADER_BYTES + SLOT_BYTES * nrefs + nbytes + ALIGN - 1) & ~(ALIGN - 1)
+
+    def header(self, nbytes: int, nrefs: int, large: bool) -> bytes:
+        """``header_words`` of one object, as the bytes to store (the scalar path of Heap.alloc)."""
+        word1 = nrefs | (FLAG_LARGE if large else 0) << 32 | MAGIC << 48
+        return nbytes.to_bytes(8, sys.byteorder) + word1.to_bytes(8, sys.byteorder)
 
     def slot_addresses(self, starts, nrefs):
         return expand(np.asarray(starts, dtype=np.int64) + HEADER_BYTES, nrefs, SLOT_BYTES)

@@ -80,9 +80,18 @@ class Ref:
 
     __slots__ = ("_heap", "_handle", "__weakref__")
 
-    def __init__(self, heap, handle: int):
-        self._heap = heap
-        self._handle = handle
+    def __init__(self, *args, **kwargs):
+        # a handle number names a root; a Ref made by hand would share (and, when
+        # it dies, drop) another Ref's root, or name no handle at all
+        raise TypeError("a Ref is made by its heap (Heap.alloc, Ref.get_ref, RefArray[i]), not by hand")
+
+    @classmethod
+    def _issue(cls, heap, handle: int) -> "Ref":
+        """The heap's constructor: ``handle`` was just taken from ``heap``'s handle table."""
+        ref = object.__new__(cls)
+        ref._heap = heap
+        ref._handle = handle
+        return ref
 
     def __del__(self):
         try:
@@ -132,7 +141,7 @@ class Ref:
         heap = self._heap
         with heap._lock:
             heap._ready()
-            return Ref(heap, heap._handles.new(heap._own(self)))
+            return Ref._issue(heap, heap._handles.new(heap._own(self)))
 
     def __deepcopy__(self, memo) -> "Ref":
         return self.__copy__()

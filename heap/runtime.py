@@ -114,6 +114,8 @@ class Heap:
         self._model = object_model or DEFAULT_MODEL
         # a model may offer slot_offset(nrefs, slot) for one slot as plain arithmetic (DefaultObjectModel does)
         self._slot_offset = getattr(self._model, "slot_offset", None)
+        self._object_bytes = getattr(self._model, "object_bytes", None)
+        self._scalar_header = getattr(self._model, "header", None)
         self._thp = bool(thp)
         self._dense = float(dense)
         self._collect_every = collect_every
@@ -137,6 +139,7 @@ class Heap:
         self._pending: PageInstaller | None = None
         self._gate = AccessGate()  # mutator memory accesses in flight outside the lock (heap.concurrent)
         self._cycle = None  # the running concurrent cycle (heap.concurrent.ConcurrentCycle)
+        self._broken: HeapCorrupted | None = None  # set once an install finds a broken invariant
         self._since_collect = 0
         self.last_phase_ns: dict[str, int] = {}  # phase -> ns of the last collection
         self.last_events: list[dict] = []  # the phase events of the last collection, as logged
@@ -229,6 +232,8 @@ class Heap:
         """Entry check of every operation: open, handles reaped, no install pending."""
         if self._closed:
             raise HeapClosed("the heap is closed")
+        if self._broken is not None:
+            self._refuse_broken()
         handles = self._handles
         if handles._dropped or handles._dropped_blocks:
             handles.reap()
@@ -239,20 +244,31 @@ class Heap:
             self._uffd.unregister(self._base, self._size)
             self._release_from_space()
 
+    def _mark_broken(self, exc: HeapCorrupted) -> None:
+        """An install found a broken invariant (a to-space page filled from
+        outside, ...): from now on every operation refuses with HeapCorrupted
+        rather than hand out or keep bytes that may not be an object's.
+        Only close() still works."""
+        if self._broken is None:
+            self._broken = exc
+            log.error("heap_corrupted", invariant=exc.invariant, error=str(exc))
+
+    def _refuse_broken(self) -> None:
+        b = self._broken
+        raise HeapCorrupted(b.invariant, f"{str(b).split(': ', 1)[-1]} (found earlier: the heap refuses every "
+                            "operation but close())") from b
+
     # -- allocation -------------------------------------------------------------------
     def alloc(self, nbytes: int, nrefs: int = 0) -> Ref:
         """A new object with ``nrefs`` None slots and ``nbytes`` zero bytes of payload."""
-        nbytes, nrefs = self._check_shape(nbytes, nrefs)
-        total = int(self._model.total_bytes(nbytes, nrefs))
-        with self._lock:
+        nbytes, nrefs, total = self._check_shape(nbytes, nrefs)
+        with signals.deferred(), self._lock:  # placed but not recorded, the side tables would disagree
             self._ready()
             addr = self._place(lambda: self._alloc.place(total), total)
-            header = self._model.header_words(np.array([nbytes]), np.array([nrefs]),
-                                              np.array([total >= self._ps]))
-            self._kernel.store(addr, header.astype(np.uint64).tobytes())
+            self._kernel.store(addr, self._header(nbytes, nrefs, total >= self._ps))
             row = self._table.append(addr, nbytes, nrefs, total)
             self._addr_index.add(addr, row)
-            return Ref(self, self._handles.new(addr))
+            return Ref._issue(self, self._handles.new(addr))
 
     def alloc_many(self, nbytes, nrefs) -> RefArray:
         """Many objects at once (arrays, or scalars broadcast): one root block
@@ -284,7 +300,14 @@ class Heap:
             self._handles.blocks[key] = np.asarray(addrs, dtype=np.int64)
             return RefArray(self, key)
 
-    def _check_shape(self, nbytes, nrefs) -> tuple[int, int]:
+    def _header(self, nbytes: int, nrefs: int, large: bool) -> bytes:
+        if self._scalar_header is not None:
+            return self._scalar_header(nbytes, nrefs, large)
+        words = self._model.header_words(np.array([nbytes]), np.array([nrefs]), np.array([large]))
+        return words.astype(np.uint64).tobytes()
+
+    def _check_shape(self, nbytes, nrefs) -> tuple[int, int, int]:
+        """(nbytes, nrefs, total bytes) of an object that can be allocated, or a clear error."""
         nbytes, nrefs = _index(nbytes, "nbytes"), _index(nrefs, "nrefs")
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, not {nbytes}")
@@ -292,10 +315,13 @@ class Heap:
             raise ValueError(f"nrefs must be in [0, 2**32), not {nrefs}")
         if nbytes > self._size:  # before the int64 arithmetic of total_bytes
             raise ValueError(f"an object of {nbytes} bytes cannot fit a heap of {self._size} bytes")
-        total = int(self._model.total_bytes(nbytes, nrefs))
+        if self._object_bytes is not None:
+            total = self._object_bytes(nbytes, nrefs)
+        else:
+            total = int(self._model.total_bytes(nbytes, nrefs))
         if total > self._size:
             raise ValueError(f"an object of {total} bytes cannot fit a heap of {self._size} bytes")
-        return nbytes, nrefs
+        return nbytes, nrefs, total
 
     def _place(self, place, total: int):
         if self._collect_every is not None and self._since_collect + total > self._collect_every:
@@ -386,6 +412,8 @@ class Heap:
             self._kernel.store(where, value.to_bytes(8, _BYTEORDER))
         finally:
             self._gate.leave()
+        if self._broken is not None:  # found while this access waited on its fault
+            self._refuse_broken()
 
     def _ref_get(self, ref, slot):
         while True:
@@ -398,6 +426,8 @@ class Heap:
                 value = int.from_bytes(self._kernel.load(where, 8), _BYTEORDER)
             finally:
                 self._gate.leave()
+            if self._broken is not None:  # the bytes loaded may not be the object's
+                self._refuse_broken()
             if value == 0:
                 return None
             with self._lock:
@@ -412,7 +442,7 @@ class Heap:
         if row < 0:
             raise HeapCorrupted("reference targets", f"slot {slot} of 0x{self._own(ref):x} holds 0x{value:x}, "
                                 "which is no object start")
-        return Ref(self, self._handles.new(value, self._shape_of_row(row)))
+        return Ref._issue(self, self._handles.new(value, self._shape_of_row(row)))
 
     def _payload_range(self, ref, length, offset) -> int:
         if type(length) is not int:
@@ -432,9 +462,12 @@ class Heap:
                 return b""
             self._gate.enter()
         try:
-            return self._kernel.load(where, length)
+            data = self._kernel.load(where, length)
         finally:
             self._gate.leave()
+        if self._broken is not None:  # the bytes loaded may not be the object's
+            self._refuse_broken()
+        return data
 
     def _ref_write(self, ref, data, offset) -> None:
         try:
@@ -451,6 +484,8 @@ class Heap:
             self._kernel.store(where, data)
         finally:
             self._gate.leave()
+        if self._broken is not None:
+            self._refuse_broken()
 
     # -- RefArray operations ----------------------------------------------------------------
     def _block(self, arr: RefArray) -> np.ndarray:
@@ -466,7 +501,7 @@ class Heap:
             block = self._block(arr)
             if not -block.size <= i < block.size:
                 raise IndexError(f"index {i} out of range for {block.size} objects")
-            return Ref(self, self._handles.new(int(block[i])))
+            return Ref._issue(self, self._handles.new(int(block[i])))
 
     def _block_set_refs(self, arr: RefArray, slot, sources, targets: RefArray, target_index) -> None:
         slot = _index(slot, "slot")
@@ -653,6 +688,9 @@ class Heap:
         self._pending_runs = inst.run_count.size
         try:
             inst.install(counters)
+        except HeapCorrupted as exc:
+            self._mark_broken(exc)
+            raise
         except InstallInterrupted as exc:
             err = exc.error
             raise CompactionAborted(err.errno or 0, f"installing to-space pages failed ({err}); the rest stays "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from heap import GCStats, Heap, HeapFull
+from heap import DEFAULT_MODEL, GCStats, Heap, HeapFull
 
 MiB = 1 << 20
 
@@ -107,3 +110,37 @@ def test_page_kinds_of_large_runs(runs):
         expect[f:f + n] = PAGE_LARGE
     expect[small] = PAGE_SMALL
     assert np.array_equal(a.page_kind, expect)
+
+
+@settings(max_examples=300, deadline=None)
+@given(nbytes=st.integers(0, 1 << 40), nrefs=st.integers(0, (1 << 32) - 1), large=st.booleans())
+def test_the_object_models_scalar_paths_agree_with_its_array_paths(nbytes, nrefs, large):
+    """Heap.alloc uses object_bytes/header/slot_offset for one object; the
+    collector uses total_bytes/header_words/slot_addresses for many."""
+    m = DEFAULT_MODEL
+    assert m.object_bytes(nbytes, nrefs) == int(m.total_bytes(np.array([nbytes]), np.array([nrefs]))[0])
+    words = m.header_words(np.array([nbytes]), np.array([nrefs]), np.array([large]))
+    assert m.header(nbytes, nrefs, large) == words.astype(np.uint64).tobytes()
+    few = min(nrefs, 64)  # slot_addresses lists every slot
+    for slot in range(few):
+        assert m.slot_offset(few, slot) == int(m.slot_addresses(np.array([0]), np.array([few]))[slot])
+
+
+@pytest.mark.timeout(30)
+def test_a_model_without_the_scalar_paths_allocates_the_same_objects(kernel_name):
+    """The scalar paths are optional: a model with only the array methods works unchanged."""
+
+    class ArraysOnly:
+        header_bytes, alignment = DEFAULT_MODEL.header_bytes, DEFAULT_MODEL.alignment
+        total_bytes = DEFAULT_MODEL.total_bytes
+        payload_offset = DEFAULT_MODEL.payload_offset
+        slot_addresses = DEFAULT_MODEL.slot_addresses
+        header_words = DEFAULT_MODEL.header_words
+
+    with Heap(kernel=kernel_name, size=1 << 20, object_model=ArraysOnly()) as h:
+        a, b = h.alloc(100, 2), h.alloc(5000, 1)
+        a.set_ref(1, b)
+        b.write(b"x" * 5000)
+        h.collect()
+        h.verify()
+        assert a.get_ref(1).read(5000) == b"x" * 5000 and a.get_ref(0) is None

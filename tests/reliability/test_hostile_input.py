@@ -324,3 +324,21 @@ def test_close_while_threads_use_the_heap_raises_heap_closed_in_them(kernel_name
     assert seen.get("closed") == 4  # every thread was told, cleanly
     with pytest.raises(HeapClosed):
         refs[0].read(1)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("handle", [0, 1, 10 ** 9, -1], ids=["held-by-a-live-ref", "free", "out-of-range", "negative"])
+def test_a_ref_made_by_hand_is_refused_and_no_root_is_lost(kernel_name, handle):
+    """A handle number names a root: a hand-made Ref(heap, n) would drop
+    another Ref's root when it dies, or break the handle table's reaper."""
+    from heap import Ref
+
+    with Heap(kernel=kernel_name, size=HEAP_BYTES) as h:
+        keep = h.alloc(64)
+        keep.write(b"r" * 64)
+        with pytest.raises(TypeError, match="made by its heap"):
+            Ref(h, handle)
+        h.alloc(64)
+        h.collect()  # keep's root is still there: the object survives and moves with it
+        h.verify()
+        assert keep.read(64) == b"r" * 64

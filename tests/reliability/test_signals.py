@@ -93,3 +93,30 @@ def test_an_ignored_signal_stays_ignored():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.timeout(30)
+def test_a_sigint_in_the_middle_of_alloc_arrives_after_it_and_the_heap_verifies(kernel_name, monkeypatch):
+    """The signal lands after the object is placed and before it is recorded:
+    without the deferral the page kinds and the side tables disagree."""
+    from heap import Heap
+
+    with Heap(kernel=kernel_name, size=1 << 20) as h:
+        keep = h.alloc(100)
+        keep.write(b"k" * 100)
+        record = h._table.append
+
+        def interrupted_record(*args):
+            signal.raise_signal(signal.SIGINT)
+            return record(*args)
+
+        monkeypatch.setattr(h._table, "append", interrupted_record)
+        with pytest.raises(KeyboardInterrupt):
+            h.alloc(5000, 1)  # a large object: it takes pages of its own
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        h.verify()
+        assert keep.read(100) == b"k" * 100
+        h.alloc(300)
+        h.collect()
+        h.verify()
