@@ -25,6 +25,8 @@ int64_t rgc_plan_order(const int64_t *start, const int64_t *total, const uint8_t
 int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
                        int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, uint8_t *whole,
                        int64_t *new_start, int64_t *piece_src, int64_t *piece_n, int64_t *whole_end);
+int64_t rgc_claim_range(int8_t *state, int64_t lo, int64_t hi, uint8_t *mine);
+int64_t rgc_claim_page(int8_t *state, int64_t page);
 """
 
 C_SOURCE = r"""
@@ -188,6 +190,28 @@ int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, in
     }
     *whole_end = dst;
     return pieces;
+}
+
+/* ---- page claims of a concurrent cycle: unprocessed (0) -> processing (1) ----
+   A compare-and-swap per page, so that Python installers (holding the page
+   states' lock) and a compactor running in C without the GIL never both
+   claim one page. */
+int64_t rgc_claim_range(int8_t *state, int64_t lo, int64_t hi, uint8_t *mine)
+{
+    int64_t n = 0;
+    for (int64_t p = lo; p < hi; p++) {
+        int8_t expected = 0;
+        mine[p - lo] = __atomic_compare_exchange_n(&state[p], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        n += mine[p - lo];
+    }
+    return n;
+}
+
+int64_t rgc_claim_page(int8_t *state, int64_t page)
+{
+    int8_t expected = 0;
+    __atomic_compare_exchange_n(&state[page], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    return expected;  /* the state before: 0 means the page is now ours */
 }
 """
 

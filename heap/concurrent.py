@@ -22,7 +22,11 @@
   one batched call; a run the kernel refuses goes through
   ``install_page_range`` (the stop-the-world compactor's routine), which
   handles every outcome. An untouched chunk is served from ``ChunkPlan``
-  (the walk precomputed once in the compactor thread): a few calls. A
+  (the walk precomputed once in the compactor thread): a few calls, or, when
+  the uffd offers ``chunk_walker`` (the Linux backend), one C call that walks
+  every untouched chunk without the GIL, claiming pages by compare-and-swap
+  (``heap.native.PageClaims``) and handing back the first chunk it cannot do
+  alone (a page a fault claimed, a MOVE refused). A
   mutator touching a page not yet installed takes a userfault; the
   fault-handler thread (``heap.faults``) builds and installs that page first
   the same way and wakes it.
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import errno
 import faulthandler
+import os
 import sys
 import threading
 import time
@@ -65,6 +70,7 @@ from .errors import CompactionAborted, HeapCorrupted, RemapRefused
 from .install import InstallCounters, InstallInterrupted, install_page_range, slot_values
 from .kernel import (MADV_DONTNEED, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError,
                      move_ranges)
+from .native import PageClaims
 from .stats import GCStats, PhaseClock
 
 log = structlog.get_logger("remapgc.heap")
@@ -222,26 +228,23 @@ class PageStates:
         # for the fault handler's single pages (an index, not a numpy scalar)
         self._bytes = bytearray(npages)
         self.state = np.frombuffer(self._bytes, dtype=np.int8)
+        self.claims = PageClaims(self.state)  # compare-and-swap when compiled
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self._waiting = 0  # wait_all callers: only then does a settle notify
         self.installed = 0
+        # pages a native compactor (uffd.install_chunks) installed: it adds here without the GIL
+        self.installed_natively = np.zeros(1, dtype=np.int64)
 
     def claim_range(self, lo: int, hi: int) -> Claim:
         """Claim every unprocessed page of [lo, hi)."""
         with self.lock:
-            seg = self.state[lo:hi]
-            mine = seg == UNPROCESSED
-            seg[mine] = PROCESSING
-            return Claim(lo, mine)
+            return Claim(lo, self.claims.claim_range(lo, hi))
 
     def claim(self, page: int) -> int:
         """Claim one page: its state before (UNPROCESSED means it is now ours)."""
         with self.lock:
-            s = self._bytes[page]
-            if s == UNPROCESSED:
-                self._bytes[page] = PROCESSING
-            return s
+            return self.claims.claim_page(page)
 
     def state_of(self, page: int) -> int:
         return self._bytes[page]
@@ -276,7 +279,13 @@ class PageStates:
                     self.cond.notify_all()
 
     def all_installed(self) -> bool:
-        return self.installed == self.state.size
+        return self.installed + int(self.installed_natively[0]) == self.state.size
+
+    def notify(self) -> None:
+        """After pages were settled outside these methods (by a native compactor)."""
+        with self.lock:
+            if self._waiting:
+                self.cond.notify_all()
 
     def wait_all(self, timeout: float) -> bool:
         with self.cond:
@@ -354,23 +363,28 @@ class PageBuilder:
                        (np.diff(np.append(firsts, idx.size)) * ps).astype(np.uint64), counters)
 
     def move_runs(self, claim: Claim, idx: np.ndarray, src: np.ndarray, firsts: np.ndarray, dsts: np.ndarray,
-                  srcs: np.ndarray, lengths: np.ndarray, counters: InstallCounters) -> None:
+                  srcs: np.ndarray, lengths: np.ndarray, counters: InstallCounters,
+                  refused: UffdError | None = None) -> None:
         """MOVE the runs of built, claimed pages (``idx``: their offsets from
         ``claim.lo``, ``src``: each one's source address; run k starts at
-        ``idx[firsts[k]]``); settles them."""
+        ``idx[firsts[k]]``); settles them. ``refused``: the kernel already
+        refused the first run so (a native walk's MOVE)."""
         ps, lo = self.ps, claim.lo
         ends = np.append(firsts[1:], idx.size)
         installed = np.zeros(idx.size, dtype=bool)
         k0 = 0
         try:
             while k0 < firsts.size:  # all runs in one batched call (one GIL release) while the kernel says yes
-                try:
-                    move_ranges(self.uffd, dsts[k0:], srcs[k0:], lengths[k0:], UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
-                except UffdError as exc:
-                    f = k0 + exc.index
-                    refused = exc
+                if refused is not None:  # handed over with the first run refused: no batched call
+                    f = k0
                 else:
-                    f, refused = firsts.size, None
+                    try:
+                        move_ranges(self.uffd, dsts[k0:], srcs[k0:], lengths[k0:], UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
+                    except UffdError as exc:
+                        f = k0 + exc.index
+                        refused = exc
+                    else:
+                        f = firsts.size
                 counters.ioctls += f - k0
                 counters.pages_moved += int(lengths[k0:f].sum()) // ps
                 installed[firsts[k0]:firsts[f] if f < firsts.size else idx.size] = True
@@ -390,7 +404,7 @@ class PageBuilder:
                 installed[a:b] = True
                 if counters.eexist_races != races:  # a page someone else filled: its faulter needs a wake
                     self.uffd.wake(int(dsts[f]), int(lengths[f]))
-                k0 = f + 1
+                k0, refused = f + 1, None
         finally:
             self.states.settle(claim, idx, installed)
 
@@ -451,6 +465,8 @@ class ConcurrentCycle:
         self.scratch = k.mmap(chunk_pages * k.page_size)
         self.counters = InstallCounters()  # the compactor's (and complete()'s)
         self.chunk_plan: ChunkPlan | None = None  # built by the compactor thread
+        self._walk = None  # the uffd's native chunk walker (False: none)
+        self.stop_flag = np.zeros(1, dtype=np.int32)  # self.stop, as the native walk sees it
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.compactor_done = threading.Event()
@@ -461,6 +477,11 @@ class ConcurrentCycle:
         self.compactor = threading.Thread(target=self._compact, name="remapgc-compactor", daemon=True)
 
     # -- threads --------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """The compactor stops after its current chunk (in Python or in the native walk)."""
+        self.stop_flag[0] = 1
+        self.stop.set()
+
     def start(self) -> None:
         with self._finish_lock:
             if self.finished:  # closed before it could start
@@ -491,26 +512,92 @@ class ConcurrentCycle:
         broken = exc if isinstance(exc, HeapCorrupted) else HeapCorrupted(
             "install", f"the fault handler failed: {type(exc).__name__}: {exc}")
         self.heap._mark_broken(broken)
-        self.stop.set()
+        self.request_stop()
         if self.error is None:
             self.error = broken
         return broken
 
     def _install_all(self, scratch: int, counters: InstallCounters) -> None:
+        """Install every page still unprocessed, chunk by chunk: untouched
+        chunks in C without the GIL when the uffd offers a chunk walker
+        (mutators then run freely meanwhile), the rest here."""
         n, c = self.program.npages, self.chunk_pages
         if self.chunk_plan is None:
             self.chunk_plan = ChunkPlan(self.program, self.arena, self.from_space, scratch, c, self.kernel.page_size)
-        for ci, lo in enumerate(range(0, n, c)):
+        walk = self._native_walk(scratch)
+        ci, nchunks = 0, -(-n // c)
+        while ci < nchunks:
             if self.stop.is_set():
                 return
-            claim = self.states.claim_range(lo, min(n, lo + c))
-            try:
-                if claim.held.all():
-                    self._install_whole_chunk(ci, claim, scratch, counters)
-                else:
-                    self.builder.install_chunk(claim, scratch, counters)
-            finally:
-                self.states.release(claim)  # whatever failed, no page stays claimed
+            if walk is not None:
+                w = walk(ci)
+                counters.pages_moved += w.pages
+                counters.bytes_copied += w.bytes_copied
+                counters.ioctls += w.ioctls
+                if w.pages:
+                    self.states.notify()
+                if w.status in ("done", "stopped"):
+                    return
+                ci = w.chunk
+                if w.status == "refused":
+                    self._finish_refused_chunk(ci, w, counters)
+                    ci += 1
+                    continue
+                if w.status == "faulted":
+                    raise OSError(w.errno, f"building chunk {ci} faulted: {os.strerror(w.errno)}")
+                # "touched": a fault claimed one of its pages; this chunk goes the Python way
+            self._install_chunk(ci, scratch, counters)
+            ci += 1
+
+    def _install_chunk(self, ci: int, scratch: int, counters: InstallCounters) -> None:
+        lo = ci * self.chunk_pages
+        claim = self.states.claim_range(lo, min(self.program.npages, lo + self.chunk_pages))
+        try:
+            if claim.held.all():
+                self._install_whole_chunk(ci, claim, scratch, counters)
+            else:
+                self.builder.install_chunk(claim, scratch, counters)
+        finally:
+            self.states.release(claim)  # whatever failed, no page stays claimed
+
+    def _native_walk(self, scratch: int):
+        """The uffd's chunk walker over this cycle's chunk plan, or None (the
+        simulator has none; nor without compare-and-swap claims)."""
+        if self._walk is None:
+            make = getattr(self.uffd, "chunk_walker", None)
+            if make is None or not self.states.claims.atomic:
+                self._walk = False
+            else:
+                cp, p = self.chunk_plan, self.program
+                self._walk = make(state=self.states.state, installed=self.states.installed_natively,
+                                  stop=self.stop_flag, npages=p.npages, chunk=self.chunk_pages, rebuilt=cp.rebuilt,
+                                  scratch=scratch, seg_at=cp.seg_at, seg_dst=cp.seg_dst, seg_src=cp.seg_src,
+                                  seg_len=cp.seg_len, slot_at=cp.slot_at, slot_where=cp.slot_where,
+                                  slot_val=p.slot_val, run_at=cp.run_at, run_dst=cp.run_dst, run_src=cp.run_src,
+                                  run_len=cp.run_len)
+        return self._walk or None
+
+    def _finish_refused_chunk(self, ci: int, w, counters: InstallCounters) -> None:
+        """The native walk met a refusal at run ``w.run`` of chunk ``ci``: the
+        runs before it are in, the pages from that run on are still claimed
+        (built). They go through ``move_runs`` with the kernel's answer."""
+        cp = self.chunk_plan
+        lo = ci * self.chunk_pages
+        hi = min(self.program.npages, lo + self.chunk_pages)
+        r0, r1 = w.run, int(cp.run_at[ci + 1])
+        first = int(cp.run_first[r0]) - lo  # the refused run's first page, from lo
+        held = np.zeros(hi - lo, dtype=bool)
+        held[first:] = True
+        claim = Claim(lo, held)
+        idx = np.arange(first, hi - lo)
+        refused = UffdError(w.errno, f"{os.strerror(w.errno)} (UFFDIO_MOVE {int(cp.run_src[r0]):#x} -> "
+                            f"{int(cp.run_dst[r0]):#x} +{int(cp.run_len[r0]):#x})", moved=max(w.moved, 0))
+        try:
+            self.builder.move_runs(claim, idx, cp.src[lo + first:hi], cp.run_first[r0:r1] - lo - first,
+                                   cp.run_dst[r0:r1], cp.run_src[r0:r1], cp.run_len[r0:r1], counters,
+                                   refused=refused)
+        finally:
+            self.states.release(claim)
 
     def _install_whole_chunk(self, ci: int, claim: Claim, scratch: int, counters: InstallCounters) -> None:
         """A chunk nobody touched: build and MOVE it from the chunk plan's slices."""
@@ -625,7 +712,7 @@ class ConcurrentCycle:
         log.info("gc_done", compactor="concurrent", **st.as_dict())
 
     def _stop_threads(self) -> None:
-        self.stop.set()
+        self.request_stop()
         self.handler.stop()
         for t in (self.compactor, self.handler.thread):
             if t.is_alive() and t is not threading.current_thread():
@@ -655,7 +742,7 @@ class ConcurrentCycle:
         with self._finish_lock:
             if not self.finished:
                 self.finished = True
-                self.stop.set()
+                self.request_stop()
                 self._stop_threads()
                 self.handler.release()
                 if not self.compactor.is_alive():

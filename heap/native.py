@@ -160,3 +160,36 @@ def plan_order(l_start, l_total, whole, new_whole, base: int, page_size: int, un
                             _ptr("int64_t[]", evac_from), _ptr("int64_t[]", evac_to), _ptr("int64_t[]", sources),
                             nsources, ev_pages)
     return order, new_start, evac_from[:m], evac_to[:m], sources[: nsources[0]], int(ev_pages[0])
+
+
+
+class PageClaims:
+    """Claims over a concurrent cycle's page states (int8: 0 unprocessed,
+    1 processing, ...). Compiled, each claim is a compare-and-swap per page,
+    safe against a compactor claiming in C without the GIL (``atomic``).
+    The numpy twin is safe only among callers holding one lock."""
+
+    def __init__(self, state: np.ndarray, *, compiled: bool = COMPILED):
+        self.state = state
+        self.atomic = compiled
+        self._ptr = _ptr("int8_t[]", state) if compiled else None
+
+    def claim_range(self, lo: int, hi: int) -> np.ndarray:
+        """Claim every unprocessed page of [lo, hi): the mask of those claimed."""
+        if self.atomic:
+            mine = np.empty(hi - lo, dtype=np.bool_)
+            _lib.rgc_claim_range(self._ptr, lo, hi, _ptr("uint8_t[]", mine))
+            return mine
+        seg = self.state[lo:hi]
+        mine = seg == 0
+        seg[mine] = 1
+        return mine
+
+    def claim_page(self, page: int) -> int:
+        """Claim one page if unprocessed; its state before (0: it is now the caller's)."""
+        if self.atomic:
+            return _lib.rgc_claim_page(self._ptr, page)
+        before = int(self.state[page])
+        if before == 0:
+            self.state[page] = 1
+        return before

@@ -52,6 +52,13 @@ int64_t rgc_uffd_wake(int fd, uint64_t start, uint64_t length);
 int64_t rgc_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *moved);
 int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs, const uint64_t *lengths,
                              uint64_t n, uint64_t mode, uint64_t *done, int64_t *moved);
+int64_t rgc_install_chunks(int fd, int8_t *state, int64_t npages, int64_t chunk, int64_t first_chunk,
+                           const uint8_t *rebuilt, uint64_t scratch, uint64_t page_size,
+                           const int64_t *seg_at, const uint64_t *seg_dst, const uint64_t *seg_src,
+                           const uint64_t *seg_len, const int64_t *slot_at, const uint64_t *slot_where,
+                           const uint64_t *slot_val, const int64_t *run_at, const uint64_t *run_dst,
+                           const uint64_t *run_src, const uint64_t *run_len, const int32_t *stop,
+                           int64_t *installed, int64_t *out);
 int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *copied);
 int64_t rgc_uffd_zeropage(int fd, uint64_t dst, uint64_t length, uint64_t mode, int64_t *zeroed);
 int64_t rgc_uffd_read_events(int fd, int timeout_ms, uint64_t *events, uint64_t max_events);
@@ -391,6 +398,105 @@ int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs,
     }
     *done = n;
     *moved = 0;
+    return 0;
+}
+
+/* ---- the concurrent compactor's walk over chunks nobody touched ----
+   The chunk plan (heap/concurrent.py ChunkPlan) as flat arrays: for chunk c,
+   copy segments [seg_at[c], seg_at[c+1]) into the scratch (rebuilt pages),
+   slot stores [slot_at[c], slot_at[c+1]) into the sources, and MOVE runs
+   [run_at[c], run_at[c+1]). Page states are claimed and settled with the
+   compare-and-swap the Python installers use (heap/_native_build.py), so
+   this runs without the GIL while the fault handler claims pages for
+   waiting mutators. It returns to Python at the first chunk it cannot do
+   alone: a page already claimed (TOUCHED: the chunk is left unclaimed), a
+   MOVE the kernel refused (REFUSED: the runs before it installed, the rest
+   of the chunk still claimed), a build that faulted (FAULTED: unclaimed),
+   or the stop flag. out: status, chunk, run, errno, the refused MOVE's
+   output field, bytes copied, pages installed, MOVE ioctls. */
+#define RGC_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES (1ULL << 1)
+enum { RGC_CHUNKS_DONE = 0, RGC_CHUNKS_STOPPED = 1, RGC_CHUNK_TOUCHED = 2, RGC_CHUNK_REFUSED = 3,
+       RGC_CHUNK_FAULTED = 4 };
+
+static void rgc_set_states(int8_t *state, int64_t lo, int64_t hi, int8_t value)
+{
+    for (int64_t p = lo; p < hi; p++)
+        __atomic_store_n(&state[p], value, __ATOMIC_RELEASE);
+}
+
+static int64_t rgc_build_chunk(uint64_t scratch, uint64_t bytes, int is_rebuilt,
+                               const uint64_t *seg_dst, const uint64_t *seg_src, const uint64_t *seg_len,
+                               int64_t s0, int64_t s1, const uint64_t *slot_where, const uint64_t *slot_val,
+                               int64_t t0, int64_t t1, int64_t *copied)
+{
+    if (is_rebuilt && madvise((void *)scratch, bytes, MADV_DONTNEED) < 0) return -errno;  /* gaps read zero */
+    GUARDED_BEGIN
+    for (int64_t i = s0; i < s1; i++) {
+        memmove((void *)seg_dst[i], (const void *)seg_src[i], seg_len[i]);
+        *(volatile int64_t *)copied += (int64_t)seg_len[i];
+    }
+    for (int64_t i = t0; i < t1; i++) {
+        uint64_t w = slot_val[i];
+        memcpy((void *)slot_where[i], &w, sizeof w);
+    }
+    GUARDED_END
+    return 0;
+}
+
+int64_t rgc_install_chunks(int fd, int8_t *state, int64_t npages, int64_t chunk, int64_t first_chunk,
+                           const uint8_t *rebuilt, uint64_t scratch, uint64_t page_size,
+                           const int64_t *seg_at, const uint64_t *seg_dst, const uint64_t *seg_src,
+                           const uint64_t *seg_len, const int64_t *slot_at, const uint64_t *slot_where,
+                           const uint64_t *slot_val, const int64_t *run_at, const uint64_t *run_dst,
+                           const uint64_t *run_src, const uint64_t *run_len, const int32_t *stop,
+                           int64_t *installed, int64_t *out)
+{
+    int64_t nchunks = (npages + chunk - 1) / chunk;
+    for (int i = 0; i < 8; i++) out[i] = 0;
+    for (int64_t c = first_chunk; c < nchunks; c++) {
+        int64_t lo = c * chunk, hi = lo + chunk < npages ? lo + chunk : npages, p;
+        out[1] = c;
+        if (__atomic_load_n(stop, __ATOMIC_ACQUIRE)) { out[0] = RGC_CHUNKS_STOPPED; return 0; }
+        for (p = lo; p < hi; p++) {
+            int8_t expected = 0;
+            if (!__atomic_compare_exchange_n(&state[p], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                break;
+        }
+        if (p < hi) {  /* a page is someone else's: give ours back, Python does this chunk */
+            rgc_set_states(state, lo, p, 0);
+            out[0] = RGC_CHUNK_TOUCHED;
+            return 0;
+        }
+        int64_t err = rgc_build_chunk(scratch, (uint64_t)(hi - lo) * page_size, rebuilt[c], seg_dst, seg_src,
+                                      seg_len, seg_at[c], seg_at[c + 1], slot_where, slot_val, slot_at[c],
+                                      slot_at[c + 1], &out[5]);
+        if (err < 0) {
+            rgc_set_states(state, lo, hi, 0);
+            out[0] = RGC_CHUNK_FAULTED;
+            out[3] = -err;
+            return 0;
+        }
+        for (int64_t r = run_at[c]; r < run_at[c + 1]; r++) {
+            struct rgc_uffdio_move mv = { run_dst[r], run_src[r], run_len[r], RGC_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, 0 };
+            out[7] += 1;
+            if (ioctl(fd, RGC_UFFDIO_MOVE, &mv) < 0) {
+                /* the chunk's runs tile it in order at dst: the pages before run r are in */
+                int64_t done = (int64_t)((run_dst[r] - run_dst[run_at[c]]) / page_size);
+                out[0] = RGC_CHUNK_REFUSED;
+                out[2] = r;
+                out[3] = errno;
+                out[4] = mv.move;
+                rgc_set_states(state, lo, lo + done, 2);
+                __atomic_add_fetch(installed, done, __ATOMIC_ACQ_REL);
+                out[6] += done;
+                return 0;
+            }
+        }
+        rgc_set_states(state, lo, hi, 2);
+        __atomic_add_fetch(installed, hi - lo, __ATOMIC_ACQ_REL);
+        out[6] += hi - lo;
+    }
+    out[0] = RGC_CHUNKS_DONE;
     return 0;
 }
 

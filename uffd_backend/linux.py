@@ -26,6 +26,7 @@ import operator
 import os
 import threading
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import structlog
@@ -56,6 +57,21 @@ from heap.kernel import (
 
 from . import owned
 from ._native import ffi, lib
+
+CHUNK_WALK_STATUS = ("done", "stopped", "touched", "refused", "faulted")
+
+
+class ChunkWalk(NamedTuple):
+    """Where ``LinuxUffd.chunk_walker``'s walk stopped, and what it did on the way."""
+
+    status: str  # done | stopped | touched (a page of ``chunk`` was claimed) | refused | faulted
+    chunk: int  # the chunk it stopped at
+    run: int  # refused: the run the kernel refused (the chunk's earlier runs are in, the rest claimed)
+    errno: int  # refused, faulted: the error
+    moved: int  # refused: the MOVE's output field (bytes moved before it stopped, if > 0)
+    bytes_copied: int  # into rebuilt pages
+    pages: int  # installed
+    ioctls: int
 
 log = structlog.get_logger("remapgc.linux")
 
@@ -256,6 +272,52 @@ class LinuxUffd:
         except UffdError as exc:
             exc.index = i
             raise
+
+    def chunk_walker(self, *, state, installed, stop, npages: int, chunk: int, rebuilt, scratch: int, seg_at,
+                     seg_dst, seg_src, seg_len, slot_at, slot_where, slot_val, run_at, run_dst, run_src, run_len):
+        """The concurrent compactor's walk over chunks nobody touched, in C
+        without the GIL (not part of the Kernel protocol; heap/concurrent.py
+        uses it when the uffd offers it). Returns ``walk(first_chunk) ->
+        ChunkWalk``; see ``rgc_install_chunks`` in _build.py for what each
+        array holds. The arrays are kept alive by ``walk``; ``state`` (int8),
+        ``installed`` (int64[1]) and ``stop`` (int32[1]) are shared with the
+        caller, which claims pages with the same compare-and-swap."""
+        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+        u64 = lambda a: np.ascontiguousarray(a, dtype=np.uint64)  # noqa: E731
+        arrays = dict(rebuilt=np.ascontiguousarray(rebuilt, dtype=np.uint8), seg_at=i64(seg_at), seg_dst=u64(seg_dst),
+                      seg_src=u64(seg_src), seg_len=u64(seg_len), slot_at=i64(slot_at), slot_where=u64(slot_where),
+                      slot_val=u64(slot_val), run_at=i64(run_at), run_dst=u64(run_dst), run_src=u64(run_src),
+                      run_len=u64(run_len))
+        for name, arr, dtype in (("state", state, np.int8), ("installed", installed, np.int64),
+                                 ("stop", stop, np.int32)):
+            if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.flags.c_contiguous):
+                raise ArgumentTypeError(f"{name} must be a contiguous {np.dtype(dtype).name} array shared with the caller")
+        nchunks = -(-npages // chunk) if chunk > 0 else -1
+        if (chunk <= 0 or state.size < npages or arrays["rebuilt"].size < nchunks
+                or min(arrays[k].size for k in ("seg_at", "slot_at", "run_at")) < nchunks + 1):
+            raise ValueError("the chunk plan does not cover the pages")
+        src, lengths = arrays["run_src"], arrays["run_len"]
+        if src.size and not owned.covers(int(src.min()), int((src + lengths).max() - src.min())):
+            for a, n in zip(src.tolist(), lengths.tolist()):
+                owned.check("UFFDIO_MOVE", a, n)
+        ptr = {k: ffi.from_buffer(("uint8_t[]" if k == "rebuilt" else "int64_t[]" if k.endswith("_at")
+                                   else "uint64_t[]"), v) for k, v in arrays.items()}
+        state_p, installed_p = ffi.from_buffer("int8_t[]", state), ffi.from_buffer("int64_t[]", installed)
+        stop_p = ffi.from_buffer("int32_t[]", stop)
+        out = np.zeros(8, dtype=np.int64)
+        out_p = ffi.from_buffer("int64_t[]", out)
+        ps = os.sysconf("SC_PAGE_SIZE")
+
+        def walk(first_chunk: int) -> ChunkWalk:
+            lib.rgc_install_chunks(self._fd(), state_p, npages, chunk, first_chunk, ptr["rebuilt"], scratch, ps,
+                                   ptr["seg_at"], ptr["seg_dst"], ptr["seg_src"], ptr["seg_len"], ptr["slot_at"],
+                                   ptr["slot_where"], ptr["slot_val"], ptr["run_at"], ptr["run_dst"],
+                                   ptr["run_src"], ptr["run_len"], stop_p, installed_p, out_p)
+            o = out.tolist()
+            return ChunkWalk(CHUNK_WALK_STATUS[o[0]], *o[1:])
+
+        walk.keep = (arrays, state, installed, stop, out)  # the pointers' buffers live as long as walk
+        return walk
 
     def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src = _u64(dst, "dst"), _u64(src, "src")

@@ -164,19 +164,15 @@ def test_an_exception_in_the_compactor_reaches_collect_and_the_heap_recovers(ker
         model = Model(heap, seed=6)
         populate(model, 80, rnd)
         garbage(heap, rnd, 100)
-        real = concurrent.PageBuilder.move_runs
-        calls = []
+        real = concurrent.ChunkPlan
 
-        def failing(self, *args):
-            calls.append(args[0])
-            if len(calls) == 1:
-                raise RuntimeError("injected compactor failure")
-            return real(self, *args)
+        def failing(*args):  # the compactor thread's first step, on every backend
+            raise RuntimeError("injected compactor failure")
 
-        monkeypatch.setattr(concurrent.PageBuilder, "move_runs", failing)
+        monkeypatch.setattr(concurrent, "ChunkPlan", failing)
         with pytest.raises(RuntimeError, match="injected"):
             heap.collect(concurrent=True)
-        monkeypatch.setattr(concurrent.PageBuilder, "move_runs", real)
+        monkeypatch.setattr(concurrent, "ChunkPlan", real)
         model.check_all()  # the next operation installs the rest first
         assert not remapgc_threads()
         heap.verify()

@@ -1,0 +1,76 @@
+"""The native chunk walk (LinuxUffd.chunk_walker): the concurrent compactor's
+loop over untouched chunks, in C without the GIL, on the real kernel.
+
+It claims pages with the same compare-and-swap as the Python installers and
+hands a chunk back to Python as soon as it cannot do it alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from heap import Heap
+from heap.concurrent import INSTALLED, PROCESSING, UNPROCESSED, ChunkPlan, begin_concurrent, end_concurrent
+
+CHUNK = 4
+
+
+@pytest.fixture
+def cycle_on_linux(linux_kernel):
+    """A heap of page-owning objects, every one live, in a concurrent cycle
+    nobody installs (no compactor thread): the test drives the walk."""
+    heap = Heap(kernel=linux_kernel, size=8 << 20, compactor="remap")
+    refs = [heap.alloc(5000, 1) for _ in range(12)]
+    for i, r in enumerate(refs):
+        r.write(bytes([i + 1]) * 5000)
+        r.set_ref(0, refs[(i + 1) % len(refs)])
+    ps = linux_kernel.page_size
+    npages = heap._alloc.used_pages
+    frames_before = linux_kernel.page_frames(heap.base, npages)
+    cycle, _, _ = begin_concurrent(heap, chunk_pages=CHUNK, run_compactor=False)
+    cycle.chunk_plan = ChunkPlan(cycle.program, cycle.arena, cycle.from_space, cycle.scratch, CHUNK, ps)
+    walk = cycle._native_walk(cycle.scratch)
+    assert walk is not None, "LinuxUffd offers the chunk walker and the page claims are compare-and-swap"
+    yield heap, refs, cycle, walk, frames_before
+    if heap._cycle is cycle:
+        end_concurrent(heap, cycle)
+    heap.verify()
+    for i, r in enumerate(refs):
+        assert r.read(5000) == bytes([i + 1]) * 5000
+        assert r.get_ref(0).same_object(refs[(i + 1) % len(refs)])
+    heap.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_walk_installs_every_chunk_zero_copy(cycle_on_linux, linux_kernel):
+    heap, _, cycle, walk, frames_before = cycle_on_linux
+    w = walk(0)
+    assert w.status == "done" and w.pages == cycle.program.npages
+    assert cycle.states.all_installed() and (cycle.states.state == INSTALLED).all()
+    after = linux_kernel.page_frames(heap.base, cycle.program.npages)
+    assert (after == frames_before[: after.size]).all()  # every page kept its frame
+
+
+@pytest.mark.timeout(30)
+def test_the_walk_hands_back_a_chunk_with_a_page_claimed_by_a_fault(cycle_on_linux):
+    _, _, cycle, walk, _ = cycle_on_linux
+    taken = CHUNK + 2  # a page of chunk 1, claimed as the fault handler would
+    assert cycle.states.claim(taken) == UNPROCESSED
+    w = walk(0)
+    assert (w.status, w.chunk) == ("touched", 1)
+    state = cycle.states.state
+    assert (state[:CHUNK] == INSTALLED).all()  # chunk 0 is done
+    assert state[taken] == PROCESSING  # still the handler's
+    assert (np.delete(state[CHUNK:2 * CHUNK], 2) == UNPROCESSED).all()  # the walk gave its own claims back
+    cycle.states.settle_one(taken, False)
+
+
+@pytest.mark.timeout(30)
+def test_the_walk_stops_before_a_chunk_when_asked(cycle_on_linux):
+    _, _, cycle, walk, _ = cycle_on_linux
+    cycle.stop_flag[0] = 1
+    w = walk(0)
+    assert (w.status, w.chunk, w.pages) == ("stopped", 0, 0)
+    assert (cycle.states.state == UNPROCESSED).all()
+    cycle.stop_flag[0] = 0
