@@ -97,6 +97,7 @@ KPF_ZERO_PAGE = 1 << 24
 PAGE_IS_PRESENT = 1 << 3
 PAGE_IS_PFNZERO = 1 << 5
 PAGE_IS_HUGE = 1 << 6
+RESIDENT_SCAN_REGIONS = 512  # regions per PAGEMAP_SCAN call of resident_bytes
 
 
 # --- argument checks ----------------------------------------------------------
@@ -504,6 +505,7 @@ class LinuxKernel:
             self._kpageflags = -1  # unprivileged: no page flags (and no PFNs in pagemap)
         self._children: weakref.WeakSet[LinuxChild] = weakref.WeakSet()
         self._scan = ffi.new("uint64_t[]", 3 * 4)
+        self._scan_works = True  # PAGEMAP_SCAN answered (cleared on the first refusal: before Linux 6.7)
         self._scan_lock = threading.Lock()
         self._closer = weakref.finalize(self, _close_kernel, self._pagemap, self._kpageflags, self._children)
         self._raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
@@ -740,8 +742,40 @@ class LinuxKernel:
         return np.where(present & (pfns != 0), pfns, np.int64(-1))
 
     def resident_bytes(self, addr: int, length: int) -> int:
-        """Bytes backed by a private frame: present pages that are not the (huge) zero page."""
+        """Bytes backed by a private frame: present pages that are not the (huge) zero page.
+
+        With PAGEMAP_SCAN (Linux 6.7) the kernel sums the range as regions of
+        like pages: a few ioctls instead of 8 bytes of /proc/self/pagemap per
+        page (1 GiB: ~0.2 ms against ~15 ms here); the heap reads its RSS
+        around every collection."""
         addr, length = self._range(addr, length)
+        if self._scan_works:
+            scanned = self._resident_by_scan(addr, length)
+            if scanned is not None:
+                return scanned
+        return self._resident_by_pagemap(addr, length)
+
+    def _resident_by_scan(self, addr: int, length: int) -> int | None:
+        ps = self.page_size
+        start, end = addr // ps * ps, (addr + length + ps - 1) // ps * ps
+        regions = np.empty(3 * RESIDENT_SCAN_REGIONS, dtype=np.uint64)
+        buf = ffi.from_buffer("uint64_t[]", regions)
+        resident = 0
+        while start < end:
+            n = lib.rgc_pagemap_scan(self._pagemap, start, end, PAGE_IS_PRESENT,
+                                     PAGE_IS_PRESENT | PAGE_IS_PFNZERO, buf, RESIDENT_SCAN_REGIONS)
+            if n < 0:
+                self._scan_works = False
+                return None
+            r = regions[: 3 * n].reshape(-1, 3)
+            private = (r[:, 2] & np.uint64(PAGE_IS_PFNZERO)) == 0
+            resident += int((r[private, 1] - r[private, 0]).sum())
+            if n < RESIDENT_SCAN_REGIONS:
+                break
+            start = int(r[-1, 1])  # the vector filled up: go on after its last region
+        return resident
+
+    def _resident_by_pagemap(self, addr: int, length: int) -> int:
         first = addr // self.page_size
         last = (addr + length + self.page_size - 1) // self.page_size
         entries = self._pagemap_entries(first * self.page_size, last - first)

@@ -97,3 +97,55 @@ def test_move_keeps_the_frame(k, region):
     assert k.page_info(dst).frame == frame
     assert k.load(dst, 9) == b"zero-copy"
     assert k.page_info(src).state == "none"
+
+
+def _layout_pages(k, a, n, layout):
+    """Touch page i of [a, a + n pages) per layout[i % len(layout)]: w write, r read (zero page), . nothing."""
+    for i in range(n):
+        c = layout[i % len(layout)]
+        if c == "w":
+            k.store(a + i * PS, b"\x01")
+        elif c == "r":
+            k.load(a + i * PS, 1)
+
+
+RESIDENT_LAYOUTS = [("untouched", "."), ("all-written", "w"), ("zero-page-reads", "r"),
+                    ("every-other-written", "w."), ("mixed", "wwr.w..r"),
+                    ("more-regions-than-one-scan-vector", "w.r")]
+
+
+def _frames_visible(k, addr) -> bool:
+    """PFNs in /proc/self/pagemap need CAP_SYS_ADMIN; without them the zero page looks like any page."""
+    k.store(addr, b"\x01")
+    return bool(k.page_frames(addr, 1)[0] != -1)
+
+
+@pytest.mark.parametrize("name,layout", RESIDENT_LAYOUTS, ids=[n for n, _ in RESIDENT_LAYOUTS])
+def test_resident_bytes_counts_private_frames_not_the_zero_page(k, region, name, layout):
+    """The PAGEMAP_SCAN sum (needs no privilege) against the layout, and
+    against reading every page's pagemap entry where frames are visible."""
+    n = 2048  # "w.r" makes ~1,400 regions: the scan continues past a full vector
+    a = region(n)
+    _layout_pages(k, a, n, layout)
+    written = sum(1 for i in range(n) if layout[i % len(layout)] == "w")
+    inner = sum(1 for i in range(3, n - 2) if layout[i % len(layout)] == "w")
+    assert k.resident_bytes(a, n * PS) == k._resident_by_scan(a, n * PS) == written * PS
+    assert k._resident_by_scan(a + 3 * PS, (n - 5) * PS) == inner * PS
+    if _frames_visible(k, region(1)):
+        assert k._resident_by_pagemap(a, n * PS) == written * PS
+
+
+def test_resident_bytes_counts_a_thp_and_not_the_huge_zero_page(k):
+    from heap.kernel import MADV_HUGEPAGE
+
+    two = 2 << 20
+    a = k.mmap(4 * two, align=two)
+    try:
+        k.madvise(a, 4 * two, MADV_HUGEPAGE)
+        k.load(a, 1)  # read fault on an empty aligned 2 MiB: the huge zero page
+        k.store(a + two, b"\x01")  # write fault: a THP
+        if not k.page_info(a + two).huge:
+            pytest.fail("no THP was mapped on a MADV_HUGEPAGE write fault")
+        assert k.resident_bytes(a, 4 * two) == two
+    finally:
+        k.munmap(a, 4 * two)
