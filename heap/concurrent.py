@@ -624,7 +624,9 @@ class ConcurrentCycle:
         """In the calling thread: install whatever is left, then wait for the
         pages the handler is installing. Raises CompactionAborted if the kernel
         still refuses (everything stays pending)."""
-        self.wait_compactor(JOIN_TIMEOUT_S)
+        if not self.wait_compactor(JOIN_TIMEOUT_S):  # two walks would build in the one scratch
+            raise CompactionAborted(errno.ETIMEDOUT, f"the compactor thread is still installing after "
+                                    f"{JOIN_TIMEOUT_S} s; the rest stays pending")
         try:
             self._install_all(self.scratch, self.counters)
         except InstallInterrupted as exc:
