@@ -697,12 +697,15 @@ class ConcurrentCycle:
             st.ebusy_fallbacks += c.ebusy_fallbacks
             st.zero_filled += c.zero_filled
         h = self.handler
-        st.faults_served = h.faults_served
-        st.pages_installed_by_faults = h.pages_installed
+        native = h.served_natively()  # faults the C server installed (a whole page MOVEd each)
+        st.pages_moved += native
+        st.bytes_moved_zero_copy += native * self.kernel.page_size
+        st.faults_served = h.faults_served + native
+        st.pages_installed_by_faults = h.pages_installed + native
         st.fresh_pages = h.fresh_pages
         st.install_retries += h.retries
-        if h.latencies:
-            lat = np.asarray(h.latencies, dtype=np.int64)
+        lat = h.all_latencies()
+        if lat.size:
             st.fault_p50_ns = int(np.percentile(lat, 50))
             st.fault_p99_ns = int(np.percentile(lat, 99))
             st.fault_max_ns = int(lat.max())

@@ -84,18 +84,39 @@ class FaultHandler:
         self._deferred: dict[int, int] = {}  # page -> when its fault was read (ns)
         self._stop = threading.Event()
         self._released = False
+        self.server = None  # the uffd's native fault server, when it has one (Linux)
         self.thread = threading.Thread(target=self._run, name="remapgc-faults", daemon=True)
 
     def start(self) -> None:
+        make = getattr(self.uffd, "fault_server", None)
+        if make is not None and self.states.claims.atomic:
+            p = self.program
+            self.server = make(state=self.states.state, installed=self.states.installed_natively,
+                               npages=p.npages, arena=self.arena, from_space=self.from_space,
+                               piece_dst=p.piece_dst, piece_src=p.piece_src, piece_rebuilt=p.piece_rebuilt,
+                               slot_page=p.slot_page, slot_off=p.slot_off, slot_val=p.slot_val)
+            self.server.start()
         self.thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self.server is not None:
+            self.server.request_stop()
 
     def release(self) -> None:
         if not self._released and not self.thread.is_alive():
             self._released = True
+            if self.server is not None:
+                self.server.close()
             self.kernel.munmap(self.scratch, self.ps)
+
+    # -- what the native server did (it serves the common fault; this thread the rest) -------
+    def served_natively(self) -> int:
+        return self.server.served if self.server is not None else 0
+
+    def all_latencies(self) -> np.ndarray:
+        lat = np.asarray(self.latencies, dtype=np.int64)
+        return lat if self.server is None else np.concatenate([lat, self.server.served_latencies()])
 
     # -- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -103,10 +124,14 @@ class FaultHandler:
         self._piece_dst, self._piece_src = p.piece_dst.tolist(), p.piece_src.tolist()
         self._piece_rebuilt = p.piece_rebuilt.tolist()
         backoff = False
+        server = self.server
         while not self._stop.is_set():
             try:
                 wait = BACKOFF_S if backoff else (DEFERRED_WAIT_S if self._deferred else IDLE_WAIT_S)
-                events = self.uffd.read_events(timeout=wait)
+                if server is not None:  # the faults the native server left to Python
+                    events = server.read_forwarded(wait)
+                else:
+                    events = [(ev.address, 0, 0) for ev in self.uffd.read_events(timeout=wait)]
             except OSError as exc:  # the uffd was closed under us (Heap.close)
                 if not self._stop.is_set():
                     self.error = exc
@@ -114,8 +139,12 @@ class FaultHandler:
                 return
             now = time.perf_counter_ns()
             backoff = False
-            for ev in events:
-                backoff |= not self._serve(ev.address, now)
+            for addr, flags, moved in events:
+                if flags & 1:  # the server claimed the page and the kernel refused its MOVE (errno in bits 8..)
+                    refused = UffdError(flags >> 8, f"UFFDIO_MOVE of 0x{addr:x} (native fault server)", moved)
+                    backoff |= not self._serve(addr, now, refused)
+                else:
+                    backoff |= not self._serve(addr, now)
             if self._deferred:
                 backoff |= not self._retry_deferred()
 
@@ -129,8 +158,9 @@ class FaultHandler:
             ok &= self._serve(self.arena + page * self.ps, t_read)
         return ok
 
-    def _serve(self, addr: int, t_read: int) -> bool:
-        """Resolve one fault; False when it was deferred after a refusal (back off)."""
+    def _serve(self, addr: int, t_read: int, refused: UffdError | None = None) -> bool:
+        """Resolve one fault; False when it was deferred after a refusal (back off).
+        ``refused``: the page is already claimed, and the kernel refused its MOVE so."""
         unprocessed, processing, _ = self._states_names
         page = (addr - self.arena) // self.ps
         in_plan = 0 <= page < self._npages
@@ -141,6 +171,9 @@ class FaultHandler:
         try:
             if not in_plan:
                 self.fresh_pages += self._zero_or_wake(addr)
+            elif refused is not None:
+                wake = self._install(page, refused)
+                self.pages_installed += 1
             else:
                 before = self.states.claim(page)
                 if before == processing:
@@ -206,8 +239,9 @@ class FaultHandler:
         self.uffd.wake(addr, self.ps)
         return 0
 
-    def _install(self, page: int) -> int:
-        """Install one page; the address still to wake (0: the kernel woke the faulter)."""
+    def _install(self, page: int, refused: UffdError | None = None) -> int:
+        """Install one page; the address still to wake (0: the kernel woke the faulter).
+        ``refused``: the first MOVE of it was already made and refused so."""
         piece = bisect_right(self._piece_dst, page) - 1
         if self._piece_rebuilt[piece]:
             self._install_rebuilt(page)
@@ -225,6 +259,8 @@ class FaultHandler:
             c.ioctls += 1
             wake = 0
             try:
+                if refused is not None:
+                    raise refused
                 self.uffd.move(dst, src, ps, 0)  # wakes the faulter: the books left are a few attribute writes
                 c.pages_moved += 1
             except UffdError as exc:  # every other outcome: the shared routine (a hole: ENOENT -> ZEROPAGE)

@@ -59,6 +59,23 @@ int64_t rgc_install_chunks(int fd, int8_t *state, int64_t npages, int64_t chunk,
                            const uint64_t *slot_val, const int64_t *run_at, const uint64_t *run_dst,
                            const uint64_t *run_src, const uint64_t *run_len, const int32_t *stop,
                            int64_t *installed, int64_t *out);
+struct rgc_fault_server {
+    int uffd, forward_fd, stop_fd;
+    int8_t *state;
+    int64_t npages, npieces, nslots;
+    uint64_t arena, from_space, page_size;
+    const int64_t *piece_dst, *piece_src;
+    const uint8_t *piece_rebuilt;
+    const int64_t *slot_page, *slot_off;
+    const uint64_t *slot_val;
+    int64_t *installed;
+    int64_t *counters;
+    int64_t *latencies;
+    int64_t max_latencies;
+    ...;
+};
+int64_t rgc_fault_server_start(struct rgc_fault_server *s);
+int64_t rgc_fault_server_join(struct rgc_fault_server *s);
 int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *copied);
 int64_t rgc_uffd_zeropage(int fd, uint64_t dst, uint64_t length, uint64_t mode, int64_t *zeroed);
 int64_t rgc_uffd_read_events(int fd, int timeout_ms, uint64_t *events, uint64_t max_events);
@@ -72,6 +89,7 @@ C_SOURCE = r"""
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
@@ -80,6 +98,7 @@ C_SOURCE = r"""
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -500,6 +519,146 @@ int64_t rgc_install_chunks(int fd, int8_t *state, int64_t npages, int64_t chunk,
     return 0;
 }
 
+#define RGC_UFFD_EVENT_PAGEFAULT 0x12
+/* ---- the concurrent cycle's fault server: the common fault, served without the GIL ----
+   A pthread polls the userfaultfd. For a fault on an unprocessed page that
+   moves whole it claims the page (the installers' compare-and-swap), stores
+   the page's slot fix-ups into its source in the from-space and MOVEs it in,
+   which wakes the faulter: no Python on the faulter's clock. Everything else
+   is forwarded, as (address, flags, moved) on a pipe, to the Python fault
+   handler, which serves it as before: pages not in the plan, pages someone
+   holds, rebuilt pages, and a MOVE the kernel refused (flags: bit 0 set,
+   the page still claimed; bits 8..: the errno). The struct is filled by
+   Python before rgc_fault_server_start and not changed after. */
+struct rgc_fault_server {
+    int uffd, forward_fd, stop_fd;
+    int8_t *state;
+    int64_t npages, npieces, nslots;
+    uint64_t arena, from_space, page_size;
+    const int64_t *piece_dst, *piece_src;
+    const uint8_t *piece_rebuilt;
+    const int64_t *slot_page, *slot_off;
+    const uint64_t *slot_val;
+    int64_t *installed;    /* PageStates.installed_natively */
+    int64_t *counters;     /* faults served here, forwarded, latencies recorded */
+    int64_t *latencies;    /* ns from reading the event to the MOVE's return */
+    int64_t max_latencies;
+    pthread_t thread;
+    int running;
+};
+
+static int64_t rgc_upper_bound(const int64_t *a, int64_t n, int64_t key)
+{
+    int64_t lo = 0, hi = n;
+    while (lo < hi) { int64_t mid = lo + (hi - lo) / 2; if (a[mid] <= key) lo = mid + 1; else hi = mid; }
+    return lo;
+}
+
+static int64_t rgc_store_slots(uint64_t src, const int64_t *off, const uint64_t *val, int64_t t0, int64_t t1)
+{
+    GUARDED_BEGIN
+    for (int64_t t = t0; t < t1; t++) {
+        uint64_t w = val[t];
+        memcpy((void *)(src + (uint64_t)off[t]), &w, sizeof w);
+    }
+    GUARDED_END
+    return 0;
+}
+
+static int64_t rgc_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void rgc_forward(struct rgc_fault_server *s, uint64_t addr, uint64_t flags, int64_t moved)
+{
+    uint64_t msg[3] = { addr, flags, (uint64_t)moved };
+    const char *p = (const char *)msg;
+    size_t left = sizeof msg;
+    while (left) {  /* 24 bytes < PIPE_BUF: one write, unless interrupted */
+        ssize_t w = write(s->forward_fd, p, left);
+        if (w < 0) { if (errno == EINTR) continue; return; }
+        p += w; left -= (size_t)w;
+    }
+    s->counters[1]++;
+}
+
+/* 0: served (the MOVE woke the faulter); 1: forward it */
+static int rgc_serve_fault(struct rgc_fault_server *s, uint64_t addr, int64_t t0)
+{
+    int64_t page = (int64_t)((addr - s->arena) / s->page_size);
+    if (addr < s->arena || page >= s->npages) return 1;
+    int8_t expected = 0;
+    if (!__atomic_compare_exchange_n(&s->state[page], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return 1;
+    int64_t piece = rgc_upper_bound(s->piece_dst, s->npieces, page) - 1;
+    if (piece < 0 || s->piece_rebuilt[piece]) {  /* assembled from several sources: Python builds it */
+        __atomic_store_n(&s->state[page], 0, __ATOMIC_RELEASE);
+        return 1;
+    }
+    uint64_t src = s->from_space + (uint64_t)(s->piece_src[piece] + page - s->piece_dst[piece]) * s->page_size;
+    int64_t t0s = rgc_upper_bound(s->slot_page, s->nslots, page - 1), t1s = rgc_upper_bound(s->slot_page, s->nslots, page);
+    if (rgc_store_slots(src, s->slot_off, s->slot_val, t0s, t1s) < 0) {
+        __atomic_store_n(&s->state[page], 0, __ATOMIC_RELEASE);
+        return 1;
+    }
+    struct rgc_uffdio_move mv = { addr, src, s->page_size, 0, 0 };
+    if (ioctl(s->uffd, RGC_UFFDIO_MOVE, &mv) < 0) {
+        rgc_forward(s, addr, 1 | ((uint64_t)errno << 8), mv.move);  /* still claimed: Python finishes it */
+        return 0;
+    }
+    __atomic_store_n(&s->state[page], 2, __ATOMIC_RELEASE);
+    __atomic_add_fetch(s->installed, 1, __ATOMIC_ACQ_REL);
+    s->counters[0]++;
+    if (s->counters[2] < s->max_latencies) s->latencies[s->counters[2]++] = rgc_now_ns() - t0;
+    return 0;
+}
+
+static void *rgc_fault_server_main(void *arg)
+{
+    struct rgc_fault_server *s = arg;
+    struct rgc_uffd_msg msgs[64];
+    sigset_t all;  /* process signals go to other threads; faults of our own stores stay synchronous */
+    sigfillset(&all);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        struct pollfd pfd[2] = { { s->uffd, POLLIN, 0 }, { s->stop_fd, POLLIN, 0 } };
+        if (poll(pfd, 2, -1) < 0) { if (errno == EINTR) continue; break; }
+        if (pfd[1].revents) break;
+        if (pfd[0].revents & (POLLERR | POLLNVAL | POLLHUP)) break;
+        ssize_t got = read(s->uffd, msgs, sizeof msgs);
+        if (got <= 0) continue;  /* EAGAIN: someone else read it */
+        int64_t t0 = rgc_now_ns();
+        for (ssize_t i = 0; i < got / (ssize_t)sizeof msgs[0]; i++) {
+            if (msgs[i].event != RGC_UFFD_EVENT_PAGEFAULT) continue;
+            uint64_t addr = msgs[i].address & ~(s->page_size - 1);
+            if (rgc_serve_fault(s, addr, t0))
+                rgc_forward(s, addr, 0, 0);
+        }
+    }
+    return NULL;
+}
+
+int64_t rgc_fault_server_start(struct rgc_fault_server *s)
+{
+    int err = pthread_create(&s->thread, NULL, rgc_fault_server_main, s);
+    if (err) return -err;
+    s->running = 1;
+    return 0;
+}
+
+/* The stop pipe must have been written before: joins the thread. */
+int64_t rgc_fault_server_join(struct rgc_fault_server *s)
+{
+    if (!s->running) return 0;
+    s->running = 0;
+    return -pthread_join(s->thread, NULL);
+}
+
 int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *copied)
 {
     struct rgc_uffdio_copy cp = { dst, src, length, mode, 0 };
@@ -553,7 +712,8 @@ int64_t rgc_close(int fd) { return rgc_result(close(fd)); }
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
-ffibuilder.set_source("uffd_backend._native", C_SOURCE, extra_compile_args=["-O2", "-Wall"])
+ffibuilder.set_source("uffd_backend._native", C_SOURCE, extra_compile_args=["-O2", "-Wall", "-pthread"],
+                      extra_link_args=["-pthread"])
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

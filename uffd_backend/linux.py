@@ -61,6 +61,97 @@ from ._native import ffi, lib
 CHUNK_WALK_STATUS = ("done", "stopped", "touched", "refused", "faulted")
 
 
+class FaultServer:
+    """``LinuxUffd.fault_server``: the C fault-serving thread and the pipe of
+    faults it forwards. ``start``, then ``read_forwarded`` from the Python
+    handler's thread; ``request_stop``, and once that thread is done,
+    ``close`` (joins the C thread)."""
+
+    FORWARD_CLAIMED = 1  # the page is still claimed: a MOVE of it was refused (errno in bits 8..)
+
+    def __init__(self, uffd, state, installed, npages, arena, from_space, piece_dst, piece_src, piece_rebuilt,
+                 slot_page, slot_off, slot_val, max_latencies):
+        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+        self._keep = dict(state=state, installed=installed, piece_dst=i64(piece_dst), piece_src=i64(piece_src),
+                          piece_rebuilt=np.ascontiguousarray(piece_rebuilt, dtype=np.uint8),
+                          slot_page=i64(slot_page), slot_off=i64(slot_off),
+                          slot_val=np.ascontiguousarray(slot_val, dtype=np.uint64))
+        self.counters = np.zeros(3, dtype=np.int64)  # served here, forwarded, latencies recorded
+        self.latencies = np.zeros(max_latencies, dtype=np.int64)
+        self._forward_r, self._forward_w = os.pipe2(os.O_CLOEXEC)
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        k = self._keep
+        srv = self._srv = ffi.new("struct rgc_fault_server *")
+        srv.uffd, srv.forward_fd, srv.stop_fd = uffd._fd(), self._forward_w, self._stop_r
+        srv.state = ffi.from_buffer("int8_t[]", state)
+        srv.npages, srv.npieces, srv.nslots = npages, k["piece_dst"].size, k["slot_page"].size
+        srv.arena, srv.from_space, srv.page_size = arena, from_space, os.sysconf("SC_PAGE_SIZE")
+        self._ptrs = [ffi.from_buffer(t, k[n]) for t, n in (("int64_t[]", "piece_dst"), ("int64_t[]", "piece_src"),
+                                                            ("uint8_t[]", "piece_rebuilt"), ("int64_t[]", "slot_page"),
+                                                            ("int64_t[]", "slot_off"), ("uint64_t[]", "slot_val"))]
+        (srv.piece_dst, srv.piece_src, srv.piece_rebuilt, srv.slot_page, srv.slot_off, srv.slot_val) = self._ptrs
+        self._more = [ffi.from_buffer("int64_t[]", installed), ffi.from_buffer("int64_t[]", self.counters),
+                      ffi.from_buffer("int64_t[]", self.latencies)]
+        srv.installed, srv.counters, srv.latencies = self._more
+        srv.max_latencies = max_latencies
+        self._started = self._stopped = False
+        self._buf = b""
+
+    def start(self) -> None:
+        ret = lib.rgc_fault_server_start(self._srv)
+        if ret < 0:
+            self._close_fds()
+            raise OSError(-ret, f"starting the fault server thread: {os.strerror(-ret)}")
+        self._started = True
+
+    def read_forwarded(self, timeout: float) -> list[tuple[int, int, int]]:
+        """Faults the C thread left to Python: (address, flags, moved), waiting up to ``timeout`` s."""
+        import select
+
+        if self._stopped:
+            return []
+        ready, _, _ = select.select([self._forward_r], [], [], timeout)
+        if not ready:
+            return []
+        data = self._buf + os.read(self._forward_r, 24 * 256)
+        whole = len(data) - len(data) % 24
+        self._buf = data[whole:]
+        words = np.frombuffer(data[:whole], dtype=np.uint64).reshape(-1, 3)
+        return [(a, f, m - (1 << 64) if m >> 63 else m) for a, f, m in words.tolist()]
+
+    def request_stop(self) -> None:
+        """The C thread ends soon (it polls the stop pipe with the uffd)."""
+        if self._started and not self._stopped:
+            try:
+                os.write(self._stop_w, b"x")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Joins the C thread and closes the pipes; call once nobody reads forwarded faults."""
+        if self._stopped:
+            return
+        self.request_stop()
+        self._stopped = True
+        if self._started:
+            lib.rgc_fault_server_join(self._srv)
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._forward_r, self._forward_w, self._stop_r, self._stop_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    @property
+    def served(self) -> int:
+        return int(self.counters[0])
+
+    def served_latencies(self) -> np.ndarray:
+        return self.latencies[: int(self.counters[2])].copy()
+
+
 class ChunkWalk(NamedTuple):
     """Where ``LinuxUffd.chunk_walker``'s walk stopped, and what it did on the way."""
 
@@ -319,6 +410,20 @@ class LinuxUffd:
 
         walk.keep = (arrays, state, installed, stop, out)  # the pointers' buffers live as long as walk
         return walk
+
+    def fault_server(self, *, state, installed, npages: int, arena: int, from_space: int, piece_dst, piece_src,
+                     piece_rebuilt, slot_page, slot_off, slot_val, max_latencies: int = 1 << 16) -> "FaultServer":
+        """A C thread that serves the common userfault of a concurrent cycle
+        without the GIL (not part of the Kernel protocol; heap/faults.py uses
+        it when the uffd offers it): see ``rgc_fault_server_main`` in _build.py.
+        What it does not serve it forwards: ``FaultServer.read_forwarded``."""
+        for name, arr, dtype in (("state", state, np.int8), ("installed", installed, np.int64)):
+            if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.flags.c_contiguous):
+                raise ArgumentTypeError(f"{name} must be a contiguous {np.dtype(dtype).name} array shared with the caller")
+        if state.size < npages:
+            raise ValueError("state does not cover the pages")
+        return FaultServer(self, state, installed, npages, arena, from_space, piece_dst, piece_src, piece_rebuilt,
+                           slot_page, slot_off, slot_val, max_latencies)
 
     def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src = _u64(dst, "dst"), _u64(src, "src")

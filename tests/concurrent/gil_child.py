@@ -2,10 +2,14 @@
 
 api: mutator threads read every object through the heap's API while only the
      fault handler (a Python thread) installs pages: must finish.
-raw: one mutator touches an uninstalled page through a numpy view, holding the
-     GIL while it is blocked in the fault: the Python handler can never run, so
-     this hangs until the watchdog (faulthandler, a C thread) dumps the stacks
-     and exits. The heap never hands out such a view; this shows why.
+raw-rebuilt: one mutator touches an uninstalled rebuilt page (objects
+     evacuated into it) through a numpy view, holding the GIL while it is
+     blocked in the fault. The native fault server forwards such pages to the
+     Python handler, which can never run: this hangs until the watchdog
+     (faulthandler, a C thread) dumps the stacks and exits. The heap never
+     hands out such a view; this shows why.
+raw-whole: the same touch of a page that moves whole: the native fault
+     server (a C thread, no GIL) installs it, so even this completes.
 """
 
 from __future__ import annotations
@@ -43,10 +47,16 @@ def main(mode: str) -> None:
         import numpy as np
         from uffd_backend._native import ffi
 
-        addr = model.objects[-1].ref.address & ~4095  # not installed yet: nobody touched it
+        pages = np.arange(cycle.program.npages)
+        _, rebuilt = cycle.program.sources(pages)
+        chosen = pages[rebuilt] if mode == "raw-rebuilt" else pages[~rebuilt]
+        if not chosen.size:
+            sys.exit(f"{mode}: the plan has no such page")
+        addr = heap.base + int(chosen[-1]) * 4096  # not installed yet: nobody touched it
         arr = np.frombuffer(ffi.buffer(ffi.cast("char *", addr), 4096), dtype=np.uint8)
-        arr[8] = 1  # GIL held while blocked in the userfault
-        print("raw: done", flush=True)
+        arr[8] = arr[8]  # GIL held while blocked in the userfault
+        end_concurrent(heap, cycle)
+        print(f"{mode}: done, faults_served={stats.faults_served}", flush=True)
     heap.close()
 
 

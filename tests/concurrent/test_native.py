@@ -1,11 +1,16 @@
-"""The native chunk walk (LinuxUffd.chunk_walker): the concurrent compactor's
-loop over untouched chunks, in C without the GIL, on the real kernel.
+"""The concurrent cycle's native parts on the real kernel, both in C without
+the GIL and claiming pages with the Python installers' compare-and-swap:
 
-It claims pages with the same compare-and-swap as the Python installers and
-hands a chunk back to Python as soon as it cannot do it alone.
+* the chunk walk (LinuxUffd.chunk_walker): the compactor's loop over
+  untouched chunks; it hands a chunk back to Python as soon as it cannot do
+  it alone;
+* the fault server (LinuxUffd.fault_server): installs the common fault (a
+  page that moves whole) and forwards the rest to the Python handler.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -74,3 +79,55 @@ def test_the_walk_stops_before_a_chunk_when_asked(cycle_on_linux):
     assert (w.status, w.chunk, w.pages) == ("stopped", 0, 0)
     assert (cycle.states.state == UNPROCESSED).all()
     cycle.stop_flag[0] = 0
+
+
+@pytest.fixture
+def faulting_cycle(linux_kernel):
+    """Objects each on pages of their own, all live: every page moves whole.
+    A cycle with no compactor thread: only faults install pages."""
+    heap = Heap(kernel=linux_kernel, size=8 << 20, compactor="remap")
+    refs = [heap.alloc(5000) for _ in range(6)]
+    for i, r in enumerate(refs):
+        r.write(bytes([i + 1]) * 5000)
+    frames = {i: linux_kernel.page_frames(r.address, 1)[0] for i, r in enumerate(refs)}
+    cycle, stats, _ = begin_concurrent(heap, run_compactor=False)
+    yield heap, refs, cycle, stats, frames
+    heap.close()
+
+
+def _read_in_a_thread(ref, n):
+    out = []
+    t = threading.Thread(target=lambda: out.append(ref.read(n)), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the faulting read never returned"
+    return out[0]
+
+
+@pytest.mark.timeout(30)
+def test_the_fault_server_installs_a_whole_page_zero_copy(faulting_cycle, linux_kernel):
+    heap, refs, cycle, stats, frames = faulting_cycle
+    assert _read_in_a_thread(refs[2], 5000) == bytes([3]) * 5000
+    assert cycle.handler.served_natively() >= 1
+    assert linux_kernel.page_frames(refs[2].address, 1)[0] == frames[2]  # the frame moved, no copy
+    end_concurrent(heap, cycle)
+    assert stats.faults_served >= 1 and stats.pages_installed_by_faults >= 1 and stats.fault_p50_ns > 0
+    heap.verify()
+
+
+@pytest.mark.timeout(30)
+def test_a_move_the_kernel_refuses_is_finished_by_the_python_handler(faulting_cycle):
+    """Pages shared with a forked child: the server's MOVE gets EBUSY, it
+    forwards the still-claimed page, and the Python handler copies it in."""
+    heap, refs, cycle, stats, _ = faulting_cycle
+    child = heap.kernel.fork()
+    try:
+        assert _read_in_a_thread(refs[4], 5000) == bytes([5]) * 5000
+        assert cycle.handler.served_natively() == 0
+        assert cycle.handler.counters.ebusy_fallbacks >= 1
+    finally:
+        child.exit()
+    end_concurrent(heap, cycle)
+    heap.verify()
+    for i, r in enumerate(refs):
+        assert r.read(5000) == bytes([i + 1]) * 5000
