@@ -697,12 +697,10 @@ class ConcurrentCycle:
             st.ebusy_fallbacks += c.ebusy_fallbacks
             st.zero_filled += c.zero_filled
         h = self.handler
-        native = h.served_natively()  # faults the C server installed (a whole page MOVEd each)
-        st.pages_moved += native
-        st.bytes_moved_zero_copy += native * self.kernel.page_size
-        st.faults_served = h.faults_served + native
-        st.pages_installed_by_faults = h.pages_installed + native
+        st.faults_served = h.faults_served
+        st.pages_installed_by_faults = h.pages_installed
         st.fresh_pages = h.fresh_pages
+        h.add_native_stats(st)
         st.install_retries += h.retries
         lat = h.all_latencies()
         if lat.size:

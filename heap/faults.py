@@ -1,6 +1,13 @@
 """The fault-handler thread of a concurrent cycle.
 
-It loops on ``uffd.read_events(timeout=...)``. For a fault on arena page p:
+When the uffd offers ``fault_server`` (the Linux backend), a C thread reads
+the faults first and resolves the common ones without the GIL, with the
+same rules as the table below: an unprocessed page (MOVE, or a rebuilt page
+assembled and COPYed), a page past the plan or an installed hole (ZEROPAGE
+or WAKE). It forwards the rest over a pipe -- a page someone holds, and any
+refusal (a refused MOVE arrives with the page still claimed) -- and this
+Python thread serves those. Without it (the simulator) this thread reads
+``uffd.read_events(timeout=...)`` itself. For a fault on arena page p:
 
 ==========================  ==============================================================
 p outside the plan          a fresh page (new allocation past the to-space top): UFFDIO_ZEROPAGE;
@@ -94,7 +101,8 @@ class FaultHandler:
             self.server = make(state=self.states.state, installed=self.states.installed_natively,
                                npages=p.npages, arena=self.arena, from_space=self.from_space,
                                piece_dst=p.piece_dst, piece_src=p.piece_src, piece_rebuilt=p.piece_rebuilt,
-                               slot_page=p.slot_page, slot_off=p.slot_off, slot_val=p.slot_val)
+                               slot_page=p.slot_page, slot_off=p.slot_off, slot_val=p.slot_val,
+                               seg_page=p.seg_page, seg_off=p.seg_off, seg_src=p.seg_src, seg_len=p.seg_len)
             self.server.start()
         self.thread.start()
 
@@ -112,7 +120,20 @@ class FaultHandler:
 
     # -- what the native server did (it serves the common fault; this thread the rest) -------
     def served_natively(self) -> int:
+        """Faults the native server resolved (installs, zero pages, wakes)."""
         return self.server.served if self.server is not None else 0
+
+    def add_native_stats(self, st) -> None:
+        """What the native server did, into a cycle's GCStats."""
+        srv = self.server
+        if srv is None:
+            return
+        st.pages_moved += srv.pages_moved
+        st.bytes_moved_zero_copy += srv.pages_moved * self.ps
+        st.bytes_copied += srv.bytes_copied
+        st.faults_served += srv.served
+        st.pages_installed_by_faults += srv.pages_moved + srv.pages_copied
+        st.fresh_pages += srv.fresh_pages
 
     def all_latencies(self) -> np.ndarray:
         lat = np.asarray(self.latencies, dtype=np.int64)

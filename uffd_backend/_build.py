@@ -62,12 +62,13 @@ int64_t rgc_install_chunks(int fd, int8_t *state, int64_t npages, int64_t chunk,
 struct rgc_fault_server {
     int uffd, forward_fd, stop_fd;
     int8_t *state;
-    int64_t npages, npieces, nslots;
-    uint64_t arena, from_space, page_size;
+    int64_t npages, npieces, nslots, nsegs;
+    uint64_t arena, from_space, page_size, scratch;
     const int64_t *piece_dst, *piece_src;
     const uint8_t *piece_rebuilt;
     const int64_t *slot_page, *slot_off;
     const uint64_t *slot_val;
+    const int64_t *seg_page, *seg_off, *seg_src, *seg_len;
     int64_t *installed;
     int64_t *counters;
     int64_t *latencies;
@@ -519,29 +520,38 @@ int64_t rgc_install_chunks(int fd, int8_t *state, int64_t npages, int64_t chunk,
     return 0;
 }
 
+/* ---- the concurrent cycle's fault server: faults served without the GIL ----
+   A pthread polls the userfaultfd and resolves, with no Python on the
+   faulter's clock:
+   - an unprocessed page that moves whole: claimed (the installers'
+     compare-and-swap), its slot fix-ups stored into its source in the
+     from-space, MOVEd in (which wakes the faulter);
+   - an unprocessed rebuilt page: claimed, assembled in the server's scratch
+     page from the untouched from-space originals, COPYed in (wakes);
+   - a page past the plan (allocated during the install) or already
+     installed (a hole): ZEROPAGE, or WAKE when something is there.
+   The rest is forwarded, as (address, flags, moved) on a pipe, to the
+   Python fault handler, which serves it as before: a page someone holds,
+   any refusal (flags bit 0 set: the page is still claimed and its MOVE was
+   refused with the errno in bits 8..; otherwise the claim was given back).
+   The struct is filled by Python before rgc_fault_server_start and not
+   changed after. counters: [0] pages MOVEd, [1] faults forwarded, [2]
+   latencies recorded, [3] zero pages past the plan, [4] pages COPYed,
+   [5] bytes copied, [6] faults resolved by ZEROPAGE or WAKE. */
 #define RGC_UFFD_EVENT_PAGEFAULT 0x12
-/* ---- the concurrent cycle's fault server: the common fault, served without the GIL ----
-   A pthread polls the userfaultfd. For a fault on an unprocessed page that
-   moves whole it claims the page (the installers' compare-and-swap), stores
-   the page's slot fix-ups into its source in the from-space and MOVEs it in,
-   which wakes the faulter: no Python on the faulter's clock. Everything else
-   is forwarded, as (address, flags, moved) on a pipe, to the Python fault
-   handler, which serves it as before: pages not in the plan, pages someone
-   holds, rebuilt pages, and a MOVE the kernel refused (flags: bit 0 set,
-   the page still claimed; bits 8..: the errno). The struct is filled by
-   Python before rgc_fault_server_start and not changed after. */
 struct rgc_fault_server {
     int uffd, forward_fd, stop_fd;
     int8_t *state;
-    int64_t npages, npieces, nslots;
-    uint64_t arena, from_space, page_size;
+    int64_t npages, npieces, nslots, nsegs;
+    uint64_t arena, from_space, page_size, scratch;
     const int64_t *piece_dst, *piece_src;
     const uint8_t *piece_rebuilt;
     const int64_t *slot_page, *slot_off;
     const uint64_t *slot_val;
+    const int64_t *seg_page, *seg_off, *seg_src, *seg_len;
     int64_t *installed;    /* PageStates.installed_natively */
-    int64_t *counters;     /* faults served here, forwarded, latencies recorded */
-    int64_t *latencies;    /* ns from reading the event to the MOVE's return */
+    int64_t *counters;
+    int64_t *latencies;    /* ns from reading the event to the ioctl's return */
     int64_t max_latencies;
     pthread_t thread;
     int running;
@@ -554,22 +564,38 @@ static int64_t rgc_upper_bound(const int64_t *a, int64_t n, int64_t key)
     return lo;
 }
 
-static int64_t rgc_store_slots(uint64_t src, const int64_t *off, const uint64_t *val, int64_t t0, int64_t t1)
-{
-    GUARDED_BEGIN
-    for (int64_t t = t0; t < t1; t++) {
-        uint64_t w = val[t];
-        memcpy((void *)(src + (uint64_t)off[t]), &w, sizeof w);
-    }
-    GUARDED_END
-    return 0;
-}
-
 static int64_t rgc_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The page's slot fix-ups at base + offset (its source page, or the scratch
+   for a rebuilt page), after its evacuated objects are copied in (rebuilt). */
+static int64_t rgc_build_page(const struct rgc_fault_server *s, int64_t page, uint64_t base, int rebuilt,
+                              int64_t *copied)
+{
+    int64_t t0 = rgc_upper_bound(s->slot_page, s->nslots, page - 1), t1 = rgc_upper_bound(s->slot_page, s->nslots, page);
+    int64_t g0 = 0, g1 = 0;
+    if (rebuilt) {
+        g0 = rgc_upper_bound(s->seg_page, s->nsegs, page - 1);
+        g1 = rgc_upper_bound(s->seg_page, s->nsegs, page);
+    }
+    GUARDED_BEGIN
+    if (rebuilt) {
+        memset((void *)base, 0, s->page_size);  /* its gaps read zero */
+        for (int64_t g = g0; g < g1; g++) {
+            memcpy((void *)(base + (uint64_t)s->seg_off[g]), (const void *)s->seg_src[g], (size_t)s->seg_len[g]);
+            *(volatile int64_t *)copied += s->seg_len[g];
+        }
+    }
+    for (int64_t t = t0; t < t1; t++) {
+        uint64_t w = s->slot_val[t];
+        memcpy((void *)(base + (uint64_t)s->slot_off[t]), &w, sizeof w);
+    }
+    GUARDED_END
+    return 0;
 }
 
 static void rgc_forward(struct rgc_fault_server *s, uint64_t addr, uint64_t flags, int64_t moved)
@@ -585,35 +611,62 @@ static void rgc_forward(struct rgc_fault_server *s, uint64_t addr, uint64_t flag
     s->counters[1]++;
 }
 
-/* 0: served (the MOVE woke the faulter); 1: forward it */
-static int rgc_serve_fault(struct rgc_fault_server *s, uint64_t addr, int64_t t0)
+static void rgc_installed(struct rgc_fault_server *s, int64_t page)
+{
+    __atomic_store_n(&s->state[page], 2, __ATOMIC_RELEASE);
+    __atomic_add_fetch(s->installed, 1, __ATOMIC_ACQ_REL);
+}
+
+/* 1: resolved here (the ioctl woke the faulter), 0: forward it unclaimed, 2: forwarded claimed */
+static int rgc_serve_fault(struct rgc_fault_server *s, uint64_t addr)
 {
     int64_t page = (int64_t)((addr - s->arena) / s->page_size);
-    if (addr < s->arena || page >= s->npages) return 1;
+    if (addr < s->arena) return 0;
     int8_t expected = 0;
-    if (!__atomic_compare_exchange_n(&s->state[page], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        return 1;
-    int64_t piece = rgc_upper_bound(s->piece_dst, s->npieces, page) - 1;
-    if (piece < 0 || s->piece_rebuilt[piece]) {  /* assembled from several sources: Python builds it */
-        __atomic_store_n(&s->state[page], 0, __ATOMIC_RELEASE);
+    if (page >= s->npages
+        || (!__atomic_compare_exchange_n(&s->state[page], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+            && expected == 2)) {
+        /* past the plan (a fresh allocation), or installed as a hole: a zero page */
+        struct rgc_uffdio_zeropage zp = { { addr, s->page_size }, 0, 0 };
+        if (ioctl(s->uffd, RGC_UFFDIO_ZEROPAGE, &zp) == 0) {
+            if (page >= s->npages) s->counters[3]++;
+        } else {
+            struct rgc_uffdio_range range = { addr, s->page_size };
+            if (errno != EEXIST || ioctl(s->uffd, RGC_UFFDIO_WAKE, &range) < 0) return 0;
+        }
+        s->counters[6]++;
         return 1;
     }
-    uint64_t src = s->from_space + (uint64_t)(s->piece_src[piece] + page - s->piece_dst[piece]) * s->page_size;
-    int64_t t0s = rgc_upper_bound(s->slot_page, s->nslots, page - 1), t1s = rgc_upper_bound(s->slot_page, s->nslots, page);
-    if (rgc_store_slots(src, s->slot_off, s->slot_val, t0s, t1s) < 0) {
+    if (expected != 0) return 0;  /* someone holds it: Python waits for them */
+    int64_t piece = rgc_upper_bound(s->piece_dst, s->npieces, page) - 1;
+    int rebuilt = piece < 0 || s->piece_rebuilt[piece];
+    int64_t copied = 0;
+    uint64_t src = rebuilt ? s->scratch
+                           : s->from_space + (uint64_t)(s->piece_src[piece] + page - s->piece_dst[piece]) * s->page_size;
+    if (rgc_build_page(s, page, src, rebuilt, &copied) < 0) {
         __atomic_store_n(&s->state[page], 0, __ATOMIC_RELEASE);
+        return 0;
+    }
+    if (rebuilt) {
+        struct rgc_uffdio_copy cp = { addr, s->scratch, s->page_size, 0, 0 };
+        if (ioctl(s->uffd, RGC_UFFDIO_COPY, &cp) < 0) {  /* a one-page COPY that fails copied nothing */
+            __atomic_store_n(&s->state[page], 0, __ATOMIC_RELEASE);
+            return 0;
+        }
+        rgc_installed(s, page);
+        s->counters[4]++;
+        s->counters[5] += copied + (int64_t)s->page_size;
         return 1;
     }
     struct rgc_uffdio_move mv = { addr, src, s->page_size, 0, 0 };
     if (ioctl(s->uffd, RGC_UFFDIO_MOVE, &mv) < 0) {
-        rgc_forward(s, addr, 1 | ((uint64_t)errno << 8), mv.move);  /* still claimed: Python finishes it */
-        return 0;
+        /* it may have moved and been reported as EINTR: Python finishes it, still claimed */
+        rgc_forward(s, addr, 1 | ((uint64_t)errno << 8), mv.move);
+        return 2;
     }
-    __atomic_store_n(&s->state[page], 2, __ATOMIC_RELEASE);
-    __atomic_add_fetch(s->installed, 1, __ATOMIC_ACQ_REL);
+    rgc_installed(s, page);
     s->counters[0]++;
-    if (s->counters[2] < s->max_latencies) s->latencies[s->counters[2]++] = rgc_now_ns() - t0;
-    return 0;
+    return 1;
 }
 
 static void *rgc_fault_server_main(void *arg)
@@ -636,8 +689,11 @@ static void *rgc_fault_server_main(void *arg)
         for (ssize_t i = 0; i < got / (ssize_t)sizeof msgs[0]; i++) {
             if (msgs[i].event != RGC_UFFD_EVENT_PAGEFAULT) continue;
             uint64_t addr = msgs[i].address & ~(s->page_size - 1);
-            if (rgc_serve_fault(s, addr, t0))
+            int served = rgc_serve_fault(s, addr);
+            if (served == 0)
                 rgc_forward(s, addr, 0, 0);
+            else if (served == 1 && s->counters[2] < s->max_latencies)
+                s->latencies[s->counters[2]++] = rgc_now_ns() - t0;
         }
     }
     return NULL;

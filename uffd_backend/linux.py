@@ -70,13 +70,16 @@ class FaultServer:
     FORWARD_CLAIMED = 1  # the page is still claimed: a MOVE of it was refused (errno in bits 8..)
 
     def __init__(self, uffd, state, installed, npages, arena, from_space, piece_dst, piece_src, piece_rebuilt,
-                 slot_page, slot_off, slot_val, max_latencies):
+                 slot_page, slot_off, slot_val, seg_page, seg_off, seg_src, seg_len, max_latencies):
         i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
         self._keep = dict(state=state, installed=installed, piece_dst=i64(piece_dst), piece_src=i64(piece_src),
                           piece_rebuilt=np.ascontiguousarray(piece_rebuilt, dtype=np.uint8),
                           slot_page=i64(slot_page), slot_off=i64(slot_off),
-                          slot_val=np.ascontiguousarray(slot_val, dtype=np.uint64))
-        self.counters = np.zeros(3, dtype=np.int64)  # served here, forwarded, latencies recorded
+                          slot_val=np.ascontiguousarray(slot_val, dtype=np.uint64), seg_page=i64(seg_page),
+                          seg_off=i64(seg_off), seg_src=i64(seg_src), seg_len=i64(seg_len))
+        # see rgc_fault_server in _build.py: moved, forwarded, latencies, fresh zero pages, copied pages,
+        # bytes copied, faults resolved by ZEROPAGE or WAKE
+        self.counters = np.zeros(7, dtype=np.int64)
         self.latencies = np.zeros(max_latencies, dtype=np.int64)
         self._forward_r, self._forward_w = os.pipe2(os.O_CLOEXEC)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
@@ -84,12 +87,19 @@ class FaultServer:
         srv = self._srv = ffi.new("struct rgc_fault_server *")
         srv.uffd, srv.forward_fd, srv.stop_fd = uffd._fd(), self._forward_w, self._stop_r
         srv.state = ffi.from_buffer("int8_t[]", state)
-        srv.npages, srv.npieces, srv.nslots = npages, k["piece_dst"].size, k["slot_page"].size
-        srv.arena, srv.from_space, srv.page_size = arena, from_space, os.sysconf("SC_PAGE_SIZE")
-        self._ptrs = [ffi.from_buffer(t, k[n]) for t, n in (("int64_t[]", "piece_dst"), ("int64_t[]", "piece_src"),
-                                                            ("uint8_t[]", "piece_rebuilt"), ("int64_t[]", "slot_page"),
-                                                            ("int64_t[]", "slot_off"), ("uint64_t[]", "slot_val"))]
-        (srv.piece_dst, srv.piece_src, srv.piece_rebuilt, srv.slot_page, srv.slot_off, srv.slot_val) = self._ptrs
+        ps = os.sysconf("SC_PAGE_SIZE")
+        self._scratch = lib.rgc_mmap(0, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+        if self._scratch < 0:
+            self._close_fds()
+            raise OSError(-self._scratch, "mapping the fault server's scratch page")
+        srv.npages, srv.npieces, srv.nslots, srv.nsegs = npages, k["piece_dst"].size, k["slot_page"].size, k["seg_page"].size
+        srv.arena, srv.from_space, srv.page_size, srv.scratch = arena, from_space, ps, self._scratch
+        names = ("piece_dst", "piece_src", "piece_rebuilt", "slot_page", "slot_off", "slot_val", "seg_page", "seg_off",
+                 "seg_src", "seg_len")
+        self._ptrs = [ffi.from_buffer("uint8_t[]" if n == "piece_rebuilt" else "uint64_t[]" if n == "slot_val"
+                                      else "int64_t[]", k[n]) for n in names]
+        for n, ptr in zip(names, self._ptrs):
+            setattr(srv, n, ptr)
         self._more = [ffi.from_buffer("int64_t[]", installed), ffi.from_buffer("int64_t[]", self.counters),
                       ffi.from_buffer("int64_t[]", self.latencies)]
         srv.installed, srv.counters, srv.latencies = self._more
@@ -138,6 +148,9 @@ class FaultServer:
         self._close_fds()
 
     def _close_fds(self) -> None:
+        if getattr(self, "_scratch", -1) > 0:
+            lib.rgc_munmap(self._scratch, os.sysconf("SC_PAGE_SIZE"))
+            self._scratch = -1
         for fd in (self._forward_r, self._forward_w, self._stop_r, self._stop_w):
             try:
                 os.close(fd)
@@ -146,7 +159,24 @@ class FaultServer:
 
     @property
     def served(self) -> int:
+        """Faults resolved here (installs, zero pages, wakes)."""
+        return int(self.counters[0] + self.counters[4] + self.counters[6])
+
+    @property
+    def pages_moved(self) -> int:
         return int(self.counters[0])
+
+    @property
+    def pages_copied(self) -> int:
+        return int(self.counters[4])
+
+    @property
+    def bytes_copied(self) -> int:
+        return int(self.counters[5])
+
+    @property
+    def fresh_pages(self) -> int:
+        return int(self.counters[3])
 
     def served_latencies(self) -> np.ndarray:
         return self.latencies[: int(self.counters[2])].copy()
@@ -412,7 +442,8 @@ class LinuxUffd:
         return walk
 
     def fault_server(self, *, state, installed, npages: int, arena: int, from_space: int, piece_dst, piece_src,
-                     piece_rebuilt, slot_page, slot_off, slot_val, max_latencies: int = 1 << 16) -> "FaultServer":
+                     piece_rebuilt, slot_page, slot_off, slot_val, seg_page, seg_off, seg_src, seg_len,
+                     max_latencies: int = 1 << 16) -> "FaultServer":
         """A C thread that serves the common userfault of a concurrent cycle
         without the GIL (not part of the Kernel protocol; heap/faults.py uses
         it when the uffd offers it): see ``rgc_fault_server_main`` in _build.py.
@@ -422,8 +453,11 @@ class LinuxUffd:
                 raise ArgumentTypeError(f"{name} must be a contiguous {np.dtype(dtype).name} array shared with the caller")
         if state.size < npages:
             raise ValueError("state does not cover the pages")
+        ps = os.sysconf("SC_PAGE_SIZE")
+        if npages and not owned.covers(from_space, npages * ps):
+            owned.check("UFFDIO_MOVE", from_space, npages * ps)
         return FaultServer(self, state, installed, npages, arena, from_space, piece_dst, piece_src, piece_rebuilt,
-                           slot_page, slot_off, slot_val, max_latencies)
+                           slot_page, slot_off, slot_val, seg_page, seg_off, seg_src, seg_len, max_latencies)
 
     def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src = _u64(dst, "dst"), _u64(src, "src")

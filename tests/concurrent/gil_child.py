@@ -2,14 +2,15 @@
 
 api: mutator threads read every object through the heap's API while only the
      fault handler (a Python thread) installs pages: must finish.
-raw-rebuilt: one mutator touches an uninstalled rebuilt page (objects
-     evacuated into it) through a numpy view, holding the GIL while it is
-     blocked in the fault. The native fault server forwards such pages to the
-     Python handler, which can never run: this hangs until the watchdog
-     (faulthandler, a C thread) dumps the stacks and exits. The heap never
-     hands out such a view; this shows why.
-raw-whole: the same touch of a page that moves whole: the native fault
-     server (a C thread, no GIL) installs it, so even this completes.
+raw-forwarded: one mutator touches an uninstalled page through a numpy
+     view, holding the GIL while it is blocked in the fault, while a forked
+     child shares the pages: the native fault server's MOVE gets EBUSY and it
+     forwards the fault to the Python handler, which can never run. This
+     hangs until the watchdog (faulthandler, a C thread) dumps the stacks and
+     exits. The heap never hands out such a view; this shows why.
+raw-whole, raw-rebuilt: the same touch, no child, of a page that moves whole
+     or of a rebuilt one: the native fault server (a C thread, no GIL)
+     installs it, so even this completes.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main(mode: str) -> None:
         pages = np.arange(cycle.program.npages)
         _, rebuilt = cycle.program.sources(pages)
         chosen = pages[rebuilt] if mode == "raw-rebuilt" else pages[~rebuilt]
+        if mode == "raw-forwarded":
+            heap.kernel.fork()  # shares every page: MOVE answers EBUSY (the child dies with us)
         if not chosen.size:
             sys.exit(f"{mode}: the plan has no such page")
         addr = heap.base + int(chosen[-1]) * 4096  # not installed yet: nobody touched it

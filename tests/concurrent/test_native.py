@@ -131,3 +131,17 @@ def test_a_move_the_kernel_refuses_is_finished_by_the_python_handler(faulting_cy
     heap.verify()
     for i, r in enumerate(refs):
         assert r.read(5000) == bytes([i + 1]) * 5000
+
+
+@pytest.mark.timeout(30)
+def test_an_allocation_during_the_cycle_gets_a_zero_page_from_the_server(faulting_cycle):
+    """Past the to-space top nothing is planned: the header store of a new
+    object faults, and the server puts a zero page there."""
+    heap, refs, cycle, stats, _ = faulting_cycle
+    fresh = heap.alloc(5000)
+    fresh.write(b"new" * 100)
+    assert cycle.handler.server.fresh_pages >= 1
+    end_concurrent(heap, cycle)
+    assert stats.fresh_pages >= 1
+    assert fresh.read(300) == b"new" * 100
+    heap.verify()
