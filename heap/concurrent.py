@@ -22,11 +22,11 @@
   one batched call; a run the kernel refuses goes through
   ``install_page_range`` (the stop-the-world compactor's routine), which
   handles every outcome. An untouched chunk is served from ``ChunkPlan``
-  (the walk precomputed once in the compactor thread): a few calls, or, when
-  the uffd offers ``chunk_walker`` (the Linux backend), one C call that walks
-  every untouched chunk without the GIL, claiming pages by compare-and-swap
-  (``heap.native.PageClaims``) and handing back the first chunk it cannot do
-  alone (a page a fault claimed, a MOVE refused). A
+  (the walk precomputed on first use): a few calls. When the uffd offers
+  ``chunk_walker`` (the Linux backend) the whole walk is instead one C call
+  without the GIL, reading the install program directly: it claims pages by
+  compare-and-swap (``heap.native.PageClaims``), goes around pages a fault
+  handler holds, and hands a refused MOVE back to Python. A
   mutator touching a page not yet installed takes a userfault; the
   fault-handler thread (``heap.faults``) builds and installs that page first
   the same way and wakes it.
@@ -321,9 +321,7 @@ class PageBuilder:
         or zero (a rebuilt page's gaps read zero)."""
         k, p, ps = self.kernel, self.program, self.ps
         hi = lo + mine.size
-        pages = np.arange(lo, hi, dtype=np.int64)
-        src_page, rebuilt = p.sources(pages)
-        src = np.where(rebuilt, scratch + (pages - lo) * ps, self.from_space + src_page * ps)
+        src, rebuilt = self.sources(lo, hi, scratch)
         if (rebuilt & mine).any():
             s0, s1 = np.searchsorted(p.seg_page, (lo, hi))
             rel = p.seg_page[s0:s1] - lo
@@ -342,6 +340,13 @@ class PageBuilder:
                 k.store_words(where.astype(np.uint64), p.slot_val[t0:t1][keep])
         return src, rebuilt
 
+    def sources(self, lo: int, hi: int, scratch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where each page of [lo, hi) is built: its from-space page, or for a
+        rebuilt page its slot in the scratch; and whether it is rebuilt."""
+        pages = np.arange(lo, hi, dtype=np.int64)
+        src_page, rebuilt = self.program.sources(pages)
+        return np.where(rebuilt, scratch + (pages - lo) * self.ps, self.from_space + src_page * self.ps), rebuilt
+
     def install_chunk(self, claim: Claim, scratch: int, counters: InstallCounters) -> None:
         """Build and MOVE in the claimed pages of a chunk, run by run; settles
         them (a page refused goes back to unprocessed). If building fails the
@@ -353,14 +358,21 @@ class PageBuilder:
         if scratch:
             self.kernel.madvise(scratch, n * ps, MADV_DONTNEED)  # rebuilt pages start from zero
         src, _ = self.build(lo, mine, scratch, counters)
-        # runs: claimed pages contiguous at dst and at src
+        self.move_claimed(claim, src, counters)
+
+    def move_claimed(self, claim: Claim, src: np.ndarray, counters: InstallCounters,
+                     refused: UffdError | None = None) -> None:
+        """MOVE the built pages the claim holds, run by run (runs: held pages
+        contiguous at dst and at ``src``, each page's source); settles them.
+        ``refused``: the kernel already refused the first run so."""
+        ps, lo, mine = self.ps, claim.lo, claim.held
         idx = np.flatnonzero(mine)
         brk = np.ones(idx.size, dtype=bool)
         brk[1:] = (np.diff(idx) != 1) | (np.diff(src[idx]) != ps)
         firsts = np.flatnonzero(brk)
         self.move_runs(claim, idx, src[idx], firsts, (self.arena + (lo + idx[firsts]) * ps).astype(np.uint64),
                        src[idx[firsts]].astype(np.uint64),
-                       (np.diff(np.append(firsts, idx.size)) * ps).astype(np.uint64), counters)
+                       (np.diff(np.append(firsts, idx.size)) * ps).astype(np.uint64), counters, refused)
 
     def move_runs(self, claim: Claim, idx: np.ndarray, src: np.ndarray, firsts: np.ndarray, dsts: np.ndarray,
                   srcs: np.ndarray, lengths: np.ndarray, counters: InstallCounters,
@@ -464,8 +476,9 @@ class ConcurrentCycle:
         self.builder = PageBuilder(k, self.uffd, program, self.states, self.arena, self.from_space)
         self.scratch = k.mmap(chunk_pages * k.page_size)
         self.counters = InstallCounters()  # the compactor's (and complete()'s)
-        self.chunk_plan: ChunkPlan | None = None  # built by the compactor thread
+        self.chunk_plan: ChunkPlan | None = None  # the Python walk's plan, built on its first use
         self._walk = None  # the uffd's native chunk walker (False: none)
+        self._native_program = None  # the program as the uffd's native parts read it (False: none)
         self.stop_flag = np.zeros(1, dtype=np.int32)  # self.stop, as the native walk sees it
         self.error: BaseException | None = None
         self.stop = threading.Event()
@@ -518,12 +531,11 @@ class ConcurrentCycle:
         return broken
 
     def _install_all(self, scratch: int, counters: InstallCounters) -> None:
-        """Install every page still unprocessed, chunk by chunk: untouched
-        chunks in C without the GIL when the uffd offers a chunk walker
-        (mutators then run freely meanwhile), the rest here."""
+        """Install every page still unprocessed, chunk by chunk: in C without
+        the GIL when the uffd offers a chunk walker (mutators then run freely
+        meanwhile; Python only finishes a chunk whose MOVE was refused), else
+        here."""
         n, c = self.program.npages, self.chunk_pages
-        if self.chunk_plan is None:
-            self.chunk_plan = ChunkPlan(self.program, self.arena, self.from_space, scratch, c, self.kernel.page_size)
         walk = self._native_walk(scratch)
         ci, nchunks = 0, -(-n // c)
         while ci < nchunks:
@@ -543,9 +555,7 @@ class ConcurrentCycle:
                     self._finish_refused_chunk(ci, w, counters)
                     ci += 1
                     continue
-                if w.status == "faulted":
-                    raise OSError(w.errno, f"building chunk {ci} faulted: {os.strerror(w.errno)}")
-                # "touched": a fault claimed one of its pages; this chunk goes the Python way
+                raise OSError(w.errno, f"building chunk {ci} faulted: {os.strerror(w.errno)}")  # "faulted"
             self._install_chunk(ci, scratch, counters)
             ci += 1
 
@@ -560,48 +570,54 @@ class ConcurrentCycle:
         finally:
             self.states.release(claim)  # whatever failed, no page stays claimed
 
-    def _native_walk(self, scratch: int):
-        """The uffd's chunk walker over this cycle's chunk plan, or None (the
+    def native_program(self):
+        """The install program as the uffd's native parts read it, or None (the
         simulator has none; nor without compare-and-swap claims)."""
+        if self._native_program is None:
+            make = getattr(self.uffd, "native_program", None)
+            ok = make is not None and self.states.claims.atomic
+            self._native_program = make(self.program, self.arena, self.from_space) if ok else False
+        return self._native_program or None
+
+    def _native_walk(self, scratch: int):
+        """The uffd's chunk walker over this cycle's program, or None."""
         if self._walk is None:
-            make = getattr(self.uffd, "chunk_walker", None)
-            if make is None or not self.states.claims.atomic:
-                self._walk = False
-            else:
-                cp, p = self.chunk_plan, self.program
-                self._walk = make(state=self.states.state, installed=self.states.installed_natively,
-                                  stop=self.stop_flag, npages=p.npages, chunk=self.chunk_pages, rebuilt=cp.rebuilt,
-                                  scratch=scratch, seg_at=cp.seg_at, seg_dst=cp.seg_dst, seg_src=cp.seg_src,
-                                  seg_len=cp.seg_len, slot_at=cp.slot_at, slot_where=cp.slot_where,
-                                  slot_val=p.slot_val, run_at=cp.run_at, run_dst=cp.run_dst, run_src=cp.run_src,
-                                  run_len=cp.run_len)
+            program = self.native_program()
+            self._walk = False if program is None else self.uffd.chunk_walker(
+                program, state=self.states.state, installed=self.states.installed_natively, stop=self.stop_flag,
+                chunk=self.chunk_pages, scratch=scratch)
         return self._walk or None
 
+    def _chunks(self, scratch: int) -> "ChunkPlan":
+        """The Python walk's plan, built the first time a chunk goes the Python way."""
+        if self.chunk_plan is None:
+            self.chunk_plan = ChunkPlan(self.program, self.arena, self.from_space, scratch, self.chunk_pages,
+                                        self.kernel.page_size)
+        return self.chunk_plan
+
     def _finish_refused_chunk(self, ci: int, w, counters: InstallCounters) -> None:
-        """The native walk met a refusal at run ``w.run`` of chunk ``ci``: the
-        runs before it are in, the pages from that run on are still claimed
-        (built). They go through ``move_runs`` with the kernel's answer."""
-        cp = self.chunk_plan
+        """The native walk met a refusal at the run starting at page
+        ``w.run_page`` of chunk ``ci``. The pages it claimed before that run
+        are in; the rest it claimed (``walk.mine``) are built and still
+        claimed, and go through ``move_claimed`` with the kernel's answer
+        (not built again: part of the refused run may be in already)."""
         lo = ci * self.chunk_pages
         hi = min(self.program.npages, lo + self.chunk_pages)
-        r0, r1 = w.run, int(cp.run_at[ci + 1])
-        first = int(cp.run_first[r0]) - lo  # the refused run's first page, from lo
-        held = np.zeros(hi - lo, dtype=bool)
-        held[first:] = True
+        held = self._walk.mine[: hi - lo].astype(bool)
+        held[: w.run_page - lo] = False
         claim = Claim(lo, held)
-        idx = np.arange(first, hi - lo)
-        refused = UffdError(w.errno, f"{os.strerror(w.errno)} (UFFDIO_MOVE {int(cp.run_src[r0]):#x} -> "
-                            f"{int(cp.run_dst[r0]):#x} +{int(cp.run_len[r0]):#x})", moved=max(w.moved, 0))
+        src, _ = self.builder.sources(lo, hi, self.scratch)
+        dst = self.arena + w.run_page * self.kernel.page_size
+        refused = UffdError(w.errno, f"{os.strerror(w.errno)} (UFFDIO_MOVE to 0x{dst:x}, native walk)",
+                            moved=max(w.moved, 0))
         try:
-            self.builder.move_runs(claim, idx, cp.src[lo + first:hi], cp.run_first[r0:r1] - lo - first,
-                                   cp.run_dst[r0:r1], cp.run_src[r0:r1], cp.run_len[r0:r1], counters,
-                                   refused=refused)
+            self.builder.move_claimed(claim, src, counters, refused)
         finally:
             self.states.release(claim)
 
     def _install_whole_chunk(self, ci: int, claim: Claim, scratch: int, counters: InstallCounters) -> None:
         """A chunk nobody touched: build and MOVE it from the chunk plan's slices."""
-        k, cp = self.kernel, self.chunk_plan
+        k, cp = self.kernel, self._chunks(scratch)
         lo, n = claim.lo, claim.held.size
         if cp.rebuilt[ci]:
             k.madvise(scratch, n * k.page_size, MADV_DONTNEED)  # rebuilt pages start from zero

@@ -95,14 +95,10 @@ class FaultHandler:
         self.thread = threading.Thread(target=self._run, name="remapgc-faults", daemon=True)
 
     def start(self) -> None:
-        make = getattr(self.uffd, "fault_server", None)
-        if make is not None and self.states.claims.atomic:
-            p = self.program
-            self.server = make(state=self.states.state, installed=self.states.installed_natively,
-                               npages=p.npages, arena=self.arena, from_space=self.from_space,
-                               piece_dst=p.piece_dst, piece_src=p.piece_src, piece_rebuilt=p.piece_rebuilt,
-                               slot_page=p.slot_page, slot_off=p.slot_off, slot_val=p.slot_val,
-                               seg_page=p.seg_page, seg_off=p.seg_off, seg_src=p.seg_src, seg_len=p.seg_len)
+        program = self.cycle.native_program()
+        if program is not None:
+            self.server = self.uffd.fault_server(program, state=self.states.state,
+                                                 installed=self.states.installed_natively)
             self.server.start()
         self.thread.start()
 

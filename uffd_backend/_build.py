@@ -52,23 +52,22 @@ int64_t rgc_uffd_wake(int fd, uint64_t start, uint64_t length);
 int64_t rgc_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *moved);
 int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs, const uint64_t *lengths,
                              uint64_t n, uint64_t mode, uint64_t *done, int64_t *moved);
-int64_t rgc_install_chunks(int fd, int8_t *state, int64_t npages, int64_t chunk, int64_t first_chunk,
-                           const uint8_t *rebuilt, uint64_t scratch, uint64_t page_size,
-                           const int64_t *seg_at, const uint64_t *seg_dst, const uint64_t *seg_src,
-                           const uint64_t *seg_len, const int64_t *slot_at, const uint64_t *slot_where,
-                           const uint64_t *slot_val, const int64_t *run_at, const uint64_t *run_dst,
-                           const uint64_t *run_src, const uint64_t *run_len, const int32_t *stop,
-                           int64_t *installed, int64_t *out);
-struct rgc_fault_server {
-    int uffd, forward_fd, stop_fd;
-    int8_t *state;
+struct rgc_program {
     int64_t npages, npieces, nslots, nsegs;
-    uint64_t arena, from_space, page_size, scratch;
+    uint64_t arena, from_space, page_size;
     const int64_t *piece_dst, *piece_src;
     const uint8_t *piece_rebuilt;
     const int64_t *slot_page, *slot_off;
     const uint64_t *slot_val;
     const int64_t *seg_page, *seg_off, *seg_src, *seg_len;
+};
+int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, int64_t chunk, int64_t first_chunk,
+                           uint64_t scratch, const int32_t *stop, int64_t *installed, uint8_t *mine, int64_t *out);
+struct rgc_fault_server {
+    int uffd, forward_fd, stop_fd;
+    int8_t *state;
+    const struct rgc_program *g;
+    uint64_t scratch;
     int64_t *installed;
     int64_t *counters;
     int64_t *latencies;
@@ -94,6 +93,7 @@ C_SOURCE = r"""
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -422,139 +422,32 @@ int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs,
 }
 
 /* ---- the concurrent compactor's walk over chunks nobody touched ----
-   The chunk plan (heap/concurrent.py ChunkPlan) as flat arrays: for chunk c,
-   copy segments [seg_at[c], seg_at[c+1]) into the scratch (rebuilt pages),
-   slot stores [slot_at[c], slot_at[c+1]) into the sources, and MOVE runs
-   [run_at[c], run_at[c+1]). Page states are claimed and settled with the
-   compare-and-swap the Python installers use (heap/_native_build.py), so
-   this runs without the GIL while the fault handler claims pages for
-   waiting mutators. It returns to Python at the first chunk it cannot do
-   alone: a page already claimed (TOUCHED: the chunk is left unclaimed), a
-   MOVE the kernel refused (REFUSED: the runs before it installed, the rest
-   of the chunk still claimed), a build that faulted (FAULTED: unclaimed),
-   or the stop flag. out: status, chunk, run, errno, the refused MOVE's
-   output field, bytes copied, pages installed, MOVE ioctls. */
+   Straight from the install program (heap/concurrent.py InstallProgram):
+   for chunk c, each page's source (its piece: the from-space, or for a
+   rebuilt page the scratch slot scratch + (page - lo) * page size), the
+   evacuation copies into the scratch, the slot stores into the sources,
+   then one MOVE per run of pages contiguous at their sources. Page states
+   are claimed and settled with the compare-and-swap the Python installers
+   use (heap/_native_build.py), so this runs without the GIL while the fault
+   handlers claim pages for waiting mutators: a page someone else holds is
+   theirs to install, and the walk goes around it (mine[] marks the pages of
+   the current chunk it claimed). It returns to Python at a MOVE the kernel
+   refused (REFUSED: the pages it claimed before that run are in, the rest
+   of mine[] is built and still claimed), a build that faulted (FAULTED:
+   given back), or the stop flag. out: status, chunk, the refused run's
+   first page, errno, the refused MOVE's output field, bytes copied, pages
+   installed, MOVE ioctls. */
 #define RGC_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES (1ULL << 1)
-enum { RGC_CHUNKS_DONE = 0, RGC_CHUNKS_STOPPED = 1, RGC_CHUNK_TOUCHED = 2, RGC_CHUNK_REFUSED = 3,
-       RGC_CHUNK_FAULTED = 4 };
+enum { RGC_CHUNKS_DONE = 0, RGC_CHUNKS_STOPPED = 1, RGC_CHUNK_REFUSED = 2, RGC_CHUNK_FAULTED = 3 };
 
-static void rgc_set_states(int8_t *state, int64_t lo, int64_t hi, int8_t value)
-{
-    for (int64_t p = lo; p < hi; p++)
-        __atomic_store_n(&state[p], value, __ATOMIC_RELEASE);
-}
-
-static int64_t rgc_build_chunk(uint64_t scratch, uint64_t bytes, int is_rebuilt,
-                               const uint64_t *seg_dst, const uint64_t *seg_src, const uint64_t *seg_len,
-                               int64_t s0, int64_t s1, const uint64_t *slot_where, const uint64_t *slot_val,
-                               int64_t t0, int64_t t1, int64_t *copied)
-{
-    if (is_rebuilt && madvise((void *)scratch, bytes, MADV_DONTNEED) < 0) return -errno;  /* gaps read zero */
-    GUARDED_BEGIN
-    for (int64_t i = s0; i < s1; i++) {
-        memmove((void *)seg_dst[i], (const void *)seg_src[i], seg_len[i]);
-        *(volatile int64_t *)copied += (int64_t)seg_len[i];
-    }
-    for (int64_t i = t0; i < t1; i++) {
-        uint64_t w = slot_val[i];
-        memcpy((void *)slot_where[i], &w, sizeof w);
-    }
-    GUARDED_END
-    return 0;
-}
-
-int64_t rgc_install_chunks(int fd, int8_t *state, int64_t npages, int64_t chunk, int64_t first_chunk,
-                           const uint8_t *rebuilt, uint64_t scratch, uint64_t page_size,
-                           const int64_t *seg_at, const uint64_t *seg_dst, const uint64_t *seg_src,
-                           const uint64_t *seg_len, const int64_t *slot_at, const uint64_t *slot_where,
-                           const uint64_t *slot_val, const int64_t *run_at, const uint64_t *run_dst,
-                           const uint64_t *run_src, const uint64_t *run_len, const int32_t *stop,
-                           int64_t *installed, int64_t *out)
-{
-    int64_t nchunks = (npages + chunk - 1) / chunk;
-    for (int i = 0; i < 8; i++) out[i] = 0;
-    for (int64_t c = first_chunk; c < nchunks; c++) {
-        int64_t lo = c * chunk, hi = lo + chunk < npages ? lo + chunk : npages, p;
-        out[1] = c;
-        if (__atomic_load_n(stop, __ATOMIC_ACQUIRE)) { out[0] = RGC_CHUNKS_STOPPED; return 0; }
-        for (p = lo; p < hi; p++) {
-            int8_t expected = 0;
-            if (!__atomic_compare_exchange_n(&state[p], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-                break;
-        }
-        if (p < hi) {  /* a page is someone else's: give ours back, Python does this chunk */
-            rgc_set_states(state, lo, p, 0);
-            out[0] = RGC_CHUNK_TOUCHED;
-            return 0;
-        }
-        int64_t err = rgc_build_chunk(scratch, (uint64_t)(hi - lo) * page_size, rebuilt[c], seg_dst, seg_src,
-                                      seg_len, seg_at[c], seg_at[c + 1], slot_where, slot_val, slot_at[c],
-                                      slot_at[c + 1], &out[5]);
-        if (err < 0) {
-            rgc_set_states(state, lo, hi, 0);
-            out[0] = RGC_CHUNK_FAULTED;
-            out[3] = -err;
-            return 0;
-        }
-        for (int64_t r = run_at[c]; r < run_at[c + 1]; r++) {
-            struct rgc_uffdio_move mv = { run_dst[r], run_src[r], run_len[r], RGC_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, 0 };
-            out[7] += 1;
-            if (ioctl(fd, RGC_UFFDIO_MOVE, &mv) < 0) {
-                /* the chunk's runs tile it in order at dst: the pages before run r are in */
-                int64_t done = (int64_t)((run_dst[r] - run_dst[run_at[c]]) / page_size);
-                out[0] = RGC_CHUNK_REFUSED;
-                out[2] = r;
-                out[3] = errno;
-                out[4] = mv.move;
-                rgc_set_states(state, lo, lo + done, 2);
-                __atomic_add_fetch(installed, done, __ATOMIC_ACQ_REL);
-                out[6] += done;
-                return 0;
-            }
-        }
-        rgc_set_states(state, lo, hi, 2);
-        __atomic_add_fetch(installed, hi - lo, __ATOMIC_ACQ_REL);
-        out[6] += hi - lo;
-    }
-    out[0] = RGC_CHUNKS_DONE;
-    return 0;
-}
-
-/* ---- the concurrent cycle's fault server: faults served without the GIL ----
-   A pthread polls the userfaultfd and resolves, with no Python on the
-   faulter's clock:
-   - an unprocessed page that moves whole: claimed (the installers'
-     compare-and-swap), its slot fix-ups stored into its source in the
-     from-space, MOVEd in (which wakes the faulter);
-   - an unprocessed rebuilt page: claimed, assembled in the server's scratch
-     page from the untouched from-space originals, COPYed in (wakes);
-   - a page past the plan (allocated during the install) or already
-     installed (a hole): ZEROPAGE, or WAKE when something is there.
-   The rest is forwarded, as (address, flags, moved) on a pipe, to the
-   Python fault handler, which serves it as before: a page someone holds,
-   any refusal (flags bit 0 set: the page is still claimed and its MOVE was
-   refused with the errno in bits 8..; otherwise the claim was given back).
-   The struct is filled by Python before rgc_fault_server_start and not
-   changed after. counters: [0] pages MOVEd, [1] faults forwarded, [2]
-   latencies recorded, [3] zero pages past the plan, [4] pages COPYed,
-   [5] bytes copied, [6] faults resolved by ZEROPAGE or WAKE. */
-#define RGC_UFFD_EVENT_PAGEFAULT 0x12
-struct rgc_fault_server {
-    int uffd, forward_fd, stop_fd;
-    int8_t *state;
+struct rgc_program {
     int64_t npages, npieces, nslots, nsegs;
-    uint64_t arena, from_space, page_size, scratch;
+    uint64_t arena, from_space, page_size;
     const int64_t *piece_dst, *piece_src;
     const uint8_t *piece_rebuilt;
     const int64_t *slot_page, *slot_off;
     const uint64_t *slot_val;
     const int64_t *seg_page, *seg_off, *seg_src, *seg_len;
-    int64_t *installed;    /* PageStates.installed_natively */
-    int64_t *counters;
-    int64_t *latencies;    /* ns from reading the event to the ioctl's return */
-    int64_t max_latencies;
-    pthread_t thread;
-    int running;
 };
 
 static int64_t rgc_upper_bound(const int64_t *a, int64_t n, int64_t key)
@@ -564,38 +457,144 @@ static int64_t rgc_upper_bound(const int64_t *a, int64_t n, int64_t key)
     return lo;
 }
 
+static void rgc_set_states(int8_t *state, int64_t lo, int64_t hi, int8_t value)
+{
+    for (int64_t p = lo; p < hi; p++)
+        __atomic_store_n(&state[p], value, __ATOMIC_RELEASE);
+}
+
+/* Sources of pages [lo, hi) into src[]; returns whether any is rebuilt. */
+static int rgc_sources(const struct rgc_program *g, int64_t lo, int64_t hi, uint64_t scratch, uint64_t *src)
+{
+    int any = 0;
+    int64_t piece = rgc_upper_bound(g->piece_dst, g->npieces, lo) - 1;
+    for (int64_t p = lo; p < hi; p++) {
+        while (piece + 1 < g->npieces && g->piece_dst[piece + 1] <= p) piece++;
+        if (piece < 0 || g->piece_rebuilt[piece]) {
+            src[p - lo] = scratch + (uint64_t)(p - lo) * g->page_size;
+            any = 1;
+        } else {
+            src[p - lo] = g->from_space + (uint64_t)(g->piece_src[piece] + p - g->piece_dst[piece]) * g->page_size;
+        }
+    }
+    return any;
+}
+
+/* Build the pages of [lo, hi) marked in mine[] (NULL: all): evacuees copied
+   into their rebuilt pages in the scratch (the gaps read zero), slot fix-ups
+   stored at each page's source. */
+static int64_t rgc_build_chunk(const struct rgc_program *g, int64_t lo, int64_t hi, uint64_t scratch,
+                               const uint64_t *src, int any_rebuilt, const uint8_t *mine, int64_t *copied)
+{
+    int64_t s0 = 0, s1 = 0;
+    if (any_rebuilt) {
+        if (madvise((void *)scratch, (uint64_t)(hi - lo) * g->page_size, MADV_DONTNEED) < 0) return -errno;
+        s0 = rgc_upper_bound(g->seg_page, g->nsegs, lo - 1);
+        s1 = rgc_upper_bound(g->seg_page, g->nsegs, hi - 1);
+    }
+    int64_t t0 = rgc_upper_bound(g->slot_page, g->nslots, lo - 1), t1 = rgc_upper_bound(g->slot_page, g->nslots, hi - 1);
+    GUARDED_BEGIN
+    for (int64_t i = s0; i < s1; i++) {
+        if (mine && !mine[g->seg_page[i] - lo]) continue;
+        memmove((void *)(scratch + (uint64_t)(g->seg_page[i] - lo) * g->page_size + (uint64_t)g->seg_off[i]),
+                (const void *)g->seg_src[i], (size_t)g->seg_len[i]);
+        *(volatile int64_t *)copied += g->seg_len[i];
+    }
+    for (int64_t t = t0; t < t1; t++) {
+        if (mine && !mine[g->slot_page[t] - lo]) continue;
+        uint64_t w = g->slot_val[t];
+        memcpy((void *)(src[g->slot_page[t] - lo] + (uint64_t)g->slot_off[t]), &w, sizeof w);
+    }
+    GUARDED_END
+    return 0;
+}
+
+/* Give back, or mark installed, the pages of [from, to) marked in mine[]. */
+static int64_t rgc_settle_mine(int8_t *state, int64_t lo, int64_t from, int64_t to, const uint8_t *mine, int8_t value)
+{
+    int64_t n = 0;
+    for (int64_t p = from; p < to; p++)
+        if (mine[p - lo]) { __atomic_store_n(&state[p], value, __ATOMIC_RELEASE); n++; }
+    return n;
+}
+
+int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, int64_t chunk, int64_t first_chunk,
+                           uint64_t scratch, const int32_t *stop, int64_t *installed, uint8_t *mine, int64_t *out)
+{
+    int64_t nchunks = (g->npages + chunk - 1) / chunk;
+    uint64_t *src = malloc((size_t)chunk * sizeof *src);
+    if (!src) return -ENOMEM;
+    for (int i = 0; i < 8; i++) out[i] = 0;
+    out[0] = RGC_CHUNKS_DONE;
+    for (int64_t c = first_chunk; c < nchunks; c++) {
+        int64_t lo = c * chunk, hi = lo + chunk < g->npages ? lo + chunk : g->npages, held = 0;
+        out[1] = c;
+        if (__atomic_load_n(stop, __ATOMIC_ACQUIRE)) { out[0] = RGC_CHUNKS_STOPPED; break; }
+        for (int64_t p = lo; p < hi; p++) {  /* claim what nobody holds; a held page is its claimer's */
+            int8_t expected = 0;
+            mine[p - lo] = __atomic_compare_exchange_n(&state[p], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+            held += mine[p - lo];
+        }
+        if (!held) continue;
+        int any_rebuilt = rgc_sources(g, lo, hi, scratch, src);
+        int64_t err = rgc_build_chunk(g, lo, hi, scratch, src, any_rebuilt, mine, &out[5]);
+        if (err < 0) {
+            rgc_settle_mine(state, lo, lo, hi, mine, 0);
+            out[0] = RGC_CHUNK_FAULTED;
+            out[3] = -err;
+            break;
+        }
+        int64_t first = -1, p;  /* runs: held pages contiguous at dst and at their sources */
+        for (p = lo; p <= hi; p++) {
+            int extends = p < hi && mine[p - lo] && first >= 0 && src[p - lo] == src[p - 1 - lo] + g->page_size;
+            if (extends) continue;
+            if (first >= 0) {
+                struct rgc_uffdio_move mv = { g->arena + (uint64_t)first * g->page_size, src[first - lo],
+                                              (uint64_t)(p - first) * g->page_size,
+                                              RGC_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, 0 };
+                out[7] += 1;
+                if (ioctl(fd, RGC_UFFDIO_MOVE, &mv) < 0) {
+                    out[0] = RGC_CHUNK_REFUSED;
+                    out[2] = first;
+                    out[3] = errno;
+                    out[4] = mv.move;
+                    int64_t done = rgc_settle_mine(state, lo, lo, first, mine, 2);
+                    __atomic_add_fetch(installed, done, __ATOMIC_ACQ_REL);
+                    out[6] += done;
+                    break;
+                }
+            }
+            first = p < hi && mine[p - lo] ? p : -1;
+        }
+        if (out[0] == RGC_CHUNK_REFUSED) break;
+        rgc_settle_mine(state, lo, lo, hi, mine, 2);
+        __atomic_add_fetch(installed, held, __ATOMIC_ACQ_REL);
+        out[6] += held;
+    }
+    free(src);
+    return 0;
+}
+
+#define RGC_UFFD_EVENT_PAGEFAULT 0x12
+struct rgc_fault_server {
+    int uffd, forward_fd, stop_fd;
+    int8_t *state;
+    const struct rgc_program *g;
+    uint64_t scratch;      /* one page: rebuilt pages are assembled here */
+    int64_t *installed;    /* PageStates.installed_natively */
+    int64_t *counters;
+    int64_t *latencies;    /* ns from reading the event to the ioctl's return */
+    int64_t max_latencies;
+    pthread_t thread;
+    int running;
+};
+
+
 static int64_t rgc_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* The page's slot fix-ups at base + offset (its source page, or the scratch
-   for a rebuilt page), after its evacuated objects are copied in (rebuilt). */
-static int64_t rgc_build_page(const struct rgc_fault_server *s, int64_t page, uint64_t base, int rebuilt,
-                              int64_t *copied)
-{
-    int64_t t0 = rgc_upper_bound(s->slot_page, s->nslots, page - 1), t1 = rgc_upper_bound(s->slot_page, s->nslots, page);
-    int64_t g0 = 0, g1 = 0;
-    if (rebuilt) {
-        g0 = rgc_upper_bound(s->seg_page, s->nsegs, page - 1);
-        g1 = rgc_upper_bound(s->seg_page, s->nsegs, page);
-    }
-    GUARDED_BEGIN
-    if (rebuilt) {
-        memset((void *)base, 0, s->page_size);  /* its gaps read zero */
-        for (int64_t g = g0; g < g1; g++) {
-            memcpy((void *)(base + (uint64_t)s->seg_off[g]), (const void *)s->seg_src[g], (size_t)s->seg_len[g]);
-            *(volatile int64_t *)copied += s->seg_len[g];
-        }
-    }
-    for (int64_t t = t0; t < t1; t++) {
-        uint64_t w = s->slot_val[t];
-        memcpy((void *)(base + (uint64_t)s->slot_off[t]), &w, sizeof w);
-    }
-    GUARDED_END
-    return 0;
 }
 
 static void rgc_forward(struct rgc_fault_server *s, uint64_t addr, uint64_t flags, int64_t moved)
@@ -620,45 +619,44 @@ static void rgc_installed(struct rgc_fault_server *s, int64_t page)
 /* 1: resolved here (the ioctl woke the faulter), 0: forward it unclaimed, 2: forwarded claimed */
 static int rgc_serve_fault(struct rgc_fault_server *s, uint64_t addr)
 {
-    int64_t page = (int64_t)((addr - s->arena) / s->page_size);
-    if (addr < s->arena) return 0;
+    const struct rgc_program *g = s->g;
+    int64_t page = (int64_t)((addr - g->arena) / g->page_size);
+    if (addr < g->arena) return 0;
     int8_t expected = 0;
-    if (page >= s->npages
+    if (page >= g->npages
         || (!__atomic_compare_exchange_n(&s->state[page], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
             && expected == 2)) {
         /* past the plan (a fresh allocation), or installed as a hole: a zero page */
-        struct rgc_uffdio_zeropage zp = { { addr, s->page_size }, 0, 0 };
+        struct rgc_uffdio_zeropage zp = { { addr, g->page_size }, 0, 0 };
         if (ioctl(s->uffd, RGC_UFFDIO_ZEROPAGE, &zp) == 0) {
-            if (page >= s->npages) s->counters[3]++;
+            if (page >= g->npages) s->counters[3]++;
         } else {
-            struct rgc_uffdio_range range = { addr, s->page_size };
+            struct rgc_uffdio_range range = { addr, g->page_size };
             if (errno != EEXIST || ioctl(s->uffd, RGC_UFFDIO_WAKE, &range) < 0) return 0;
         }
         s->counters[6]++;
         return 1;
     }
     if (expected != 0) return 0;  /* someone holds it: Python waits for them */
-    int64_t piece = rgc_upper_bound(s->piece_dst, s->npieces, page) - 1;
-    int rebuilt = piece < 0 || s->piece_rebuilt[piece];
+    uint64_t src;
     int64_t copied = 0;
-    uint64_t src = rebuilt ? s->scratch
-                           : s->from_space + (uint64_t)(s->piece_src[piece] + page - s->piece_dst[piece]) * s->page_size;
-    if (rgc_build_page(s, page, src, rebuilt, &copied) < 0) {
+    int rebuilt = rgc_sources(g, page, page + 1, s->scratch, &src);
+    if (rgc_build_chunk(g, page, page + 1, s->scratch, &src, rebuilt, NULL, &copied) < 0) {
         __atomic_store_n(&s->state[page], 0, __ATOMIC_RELEASE);
         return 0;
     }
     if (rebuilt) {
-        struct rgc_uffdio_copy cp = { addr, s->scratch, s->page_size, 0, 0 };
+        struct rgc_uffdio_copy cp = { addr, s->scratch, g->page_size, 0, 0 };
         if (ioctl(s->uffd, RGC_UFFDIO_COPY, &cp) < 0) {  /* a one-page COPY that fails copied nothing */
             __atomic_store_n(&s->state[page], 0, __ATOMIC_RELEASE);
             return 0;
         }
         rgc_installed(s, page);
         s->counters[4]++;
-        s->counters[5] += copied + (int64_t)s->page_size;
+        s->counters[5] += copied + (int64_t)g->page_size;
         return 1;
     }
-    struct rgc_uffdio_move mv = { addr, src, s->page_size, 0, 0 };
+    struct rgc_uffdio_move mv = { addr, src, g->page_size, 0, 0 };
     if (ioctl(s->uffd, RGC_UFFDIO_MOVE, &mv) < 0) {
         /* it may have moved and been reported as EINTR: Python finishes it, still claimed */
         rgc_forward(s, addr, 1 | ((uint64_t)errno << 8), mv.move);
@@ -688,7 +686,7 @@ static void *rgc_fault_server_main(void *arg)
         int64_t t0 = rgc_now_ns();
         for (ssize_t i = 0; i < got / (ssize_t)sizeof msgs[0]; i++) {
             if (msgs[i].event != RGC_UFFD_EVENT_PAGEFAULT) continue;
-            uint64_t addr = msgs[i].address & ~(s->page_size - 1);
+            uint64_t addr = msgs[i].address & ~(s->g->page_size - 1);
             int served = rgc_serve_fault(s, addr);
             if (served == 0)
                 rgc_forward(s, addr, 0, 0);

@@ -58,7 +58,43 @@ from heap.kernel import (
 from . import owned
 from ._native import ffi, lib
 
-CHUNK_WALK_STATUS = ("done", "stopped", "touched", "refused", "faulted")
+CHUNK_WALK_STATUS = ("done", "stopped", "refused", "faulted")
+
+
+def _check_shared(**arrays) -> None:
+    for name, (arr, dtype) in arrays.items():
+        if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.flags.c_contiguous):
+            raise ArgumentTypeError(f"{name} must be a contiguous {np.dtype(dtype).name} array shared with the caller")
+
+
+class NativeProgram:
+    """A concurrent cycle's install program as ``struct rgc_program``: where
+    every to-space page comes from (pieces), the slot fix-ups and the
+    evacuation copies, each sorted by to-space page. Keeps its arrays alive."""
+
+    ARRAYS = (("piece_dst", "int64_t"), ("piece_src", "int64_t"), ("piece_rebuilt", "uint8_t"),
+              ("slot_page", "int64_t"), ("slot_off", "int64_t"), ("slot_val", "uint64_t"), ("seg_page", "int64_t"),
+              ("seg_off", "int64_t"), ("seg_src", "int64_t"), ("seg_len", "int64_t"))
+
+    def __init__(self, program, arena: int, from_space: int):
+        ps = os.sysconf("SC_PAGE_SIZE")
+        self.npages = int(program.npages)
+        if self.npages and not owned.covers(from_space, self.npages * ps):
+            owned.check("UFFDIO_MOVE", from_space, self.npages * ps)  # the MOVE sources must be remapgc's
+        dtypes = {"int64_t": np.int64, "uint8_t": np.uint8, "uint64_t": np.uint64}
+        self._arrays = {n: np.ascontiguousarray(getattr(program, n), dtype=dtypes[t]) for n, t in self.ARRAYS}
+        g = self.struct = ffi.new("struct rgc_program *")
+        g.npages, g.arena, g.from_space, g.page_size = self.npages, arena, from_space, ps
+        g.npieces, g.nslots = self._arrays["piece_dst"].size, self._arrays["slot_page"].size
+        g.nsegs = self._arrays["seg_page"].size
+        self._ptrs = {n: ffi.from_buffer(f"{t}[]", self._arrays[n]) for n, t in self.ARRAYS}
+        for n, ptr in self._ptrs.items():
+            setattr(g, n, ptr)
+        sizes = {n: a.size for n, a in self._arrays.items()}
+        if len({sizes[n] for n in ("piece_dst", "piece_src", "piece_rebuilt")}) != 1 or \
+                len({sizes[n] for n in ("slot_page", "slot_off", "slot_val")}) != 1 or \
+                len({sizes[n] for n in ("seg_page", "seg_off", "seg_src", "seg_len")}) != 1:
+            raise ValueError("the install program's arrays disagree in length")
 
 
 class FaultServer:
@@ -69,40 +105,25 @@ class FaultServer:
 
     FORWARD_CLAIMED = 1  # the page is still claimed: a MOVE of it was refused (errno in bits 8..)
 
-    def __init__(self, uffd, state, installed, npages, arena, from_space, piece_dst, piece_src, piece_rebuilt,
-                 slot_page, slot_off, slot_val, seg_page, seg_off, seg_src, seg_len, max_latencies):
-        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
-        self._keep = dict(state=state, installed=installed, piece_dst=i64(piece_dst), piece_src=i64(piece_src),
-                          piece_rebuilt=np.ascontiguousarray(piece_rebuilt, dtype=np.uint8),
-                          slot_page=i64(slot_page), slot_off=i64(slot_off),
-                          slot_val=np.ascontiguousarray(slot_val, dtype=np.uint64), seg_page=i64(seg_page),
-                          seg_off=i64(seg_off), seg_src=i64(seg_src), seg_len=i64(seg_len))
+    def __init__(self, uffd, program: NativeProgram, state, installed, max_latencies: int):
+        self._keep = (program, state, installed)
         # see rgc_fault_server in _build.py: moved, forwarded, latencies, fresh zero pages, copied pages,
         # bytes copied, faults resolved by ZEROPAGE or WAKE
         self.counters = np.zeros(7, dtype=np.int64)
         self.latencies = np.zeros(max_latencies, dtype=np.int64)
         self._forward_r, self._forward_w = os.pipe2(os.O_CLOEXEC)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
-        k = self._keep
-        srv = self._srv = ffi.new("struct rgc_fault_server *")
-        srv.uffd, srv.forward_fd, srv.stop_fd = uffd._fd(), self._forward_w, self._stop_r
-        srv.state = ffi.from_buffer("int8_t[]", state)
         ps = os.sysconf("SC_PAGE_SIZE")
         self._scratch = lib.rgc_mmap(0, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
         if self._scratch < 0:
             self._close_fds()
             raise OSError(-self._scratch, "mapping the fault server's scratch page")
-        srv.npages, srv.npieces, srv.nslots, srv.nsegs = npages, k["piece_dst"].size, k["slot_page"].size, k["seg_page"].size
-        srv.arena, srv.from_space, srv.page_size, srv.scratch = arena, from_space, ps, self._scratch
-        names = ("piece_dst", "piece_src", "piece_rebuilt", "slot_page", "slot_off", "slot_val", "seg_page", "seg_off",
-                 "seg_src", "seg_len")
-        self._ptrs = [ffi.from_buffer("uint8_t[]" if n == "piece_rebuilt" else "uint64_t[]" if n == "slot_val"
-                                      else "int64_t[]", k[n]) for n in names]
-        for n, ptr in zip(names, self._ptrs):
-            setattr(srv, n, ptr)
-        self._more = [ffi.from_buffer("int64_t[]", installed), ffi.from_buffer("int64_t[]", self.counters),
-                      ffi.from_buffer("int64_t[]", self.latencies)]
-        srv.installed, srv.counters, srv.latencies = self._more
+        srv = self._srv = ffi.new("struct rgc_fault_server *")
+        srv.uffd, srv.forward_fd, srv.stop_fd = uffd._fd(), self._forward_w, self._stop_r
+        srv.g, srv.scratch = program.struct, self._scratch
+        self._ptrs = (ffi.from_buffer("int8_t[]", state), ffi.from_buffer("int64_t[]", installed),
+                      ffi.from_buffer("int64_t[]", self.counters), ffi.from_buffer("int64_t[]", self.latencies))
+        srv.state, srv.installed, srv.counters, srv.latencies = self._ptrs
         srv.max_latencies = max_latencies
         self._started = self._stopped = False
         self._buf = b""
@@ -127,13 +148,15 @@ class FaultServer:
         whole = len(data) - len(data) % 24
         self._buf = data[whole:]
         words = np.frombuffer(data[:whole], dtype=np.uint64).reshape(-1, 3)
-        return [(a, f, m - (1 << 64) if m >> 63 else m) for a, f, m in words.tolist()]
+        return [(a, f, m - (1 << 64) if m >> 63 else m) for a, f, m in words.tolist() if a]
 
     def request_stop(self) -> None:
-        """The C thread ends soon (it polls the stop pipe with the uffd)."""
+        """The C thread ends soon (it polls the stop pipe with the uffd), and a
+        reader waiting in ``read_forwarded`` returns now (an empty message)."""
         if self._started and not self._stopped:
             try:
                 os.write(self._stop_w, b"x")
+                os.write(self._forward_w, bytes(24))
             except OSError:
                 pass
 
@@ -185,9 +208,10 @@ class FaultServer:
 class ChunkWalk(NamedTuple):
     """Where ``LinuxUffd.chunk_walker``'s walk stopped, and what it did on the way."""
 
-    status: str  # done | stopped | touched (a page of ``chunk`` was claimed) | refused | faulted
+    status: str  # done | stopped | refused | faulted
     chunk: int  # the chunk it stopped at
-    run: int  # refused: the run the kernel refused (the chunk's earlier runs are in, the rest claimed)
+    run_page: int  # refused: the first page of the run the kernel refused (the pages before it are in,
+                   # the rest of the chunk still claimed)
     errno: int  # refused, faulted: the error
     moved: int  # refused: the MOVE's output field (bytes moved before it stopped, if > 0)
     bytes_copied: int  # into rebuilt pages
@@ -395,69 +419,51 @@ class LinuxUffd:
             exc.index = i
             raise
 
-    def chunk_walker(self, *, state, installed, stop, npages: int, chunk: int, rebuilt, scratch: int, seg_at,
-                     seg_dst, seg_src, seg_len, slot_at, slot_where, slot_val, run_at, run_dst, run_src, run_len):
+    # -- the concurrent cycle's native parts (not part of the Kernel protocol; heap/concurrent.py
+    # and heap/faults.py use them when the uffd offers them) ------------------------------------
+    def native_program(self, program, arena: int, from_space: int) -> "NativeProgram":
+        """A cycle's install program (heap.concurrent.InstallProgram, or any
+        object with its arrays) as the C side reads it."""
+        return NativeProgram(program, arena, from_space)
+
+    def chunk_walker(self, program: "NativeProgram", *, state, installed, stop, chunk: int, scratch: int):
         """The concurrent compactor's walk over chunks nobody touched, in C
-        without the GIL (not part of the Kernel protocol; heap/concurrent.py
-        uses it when the uffd offers it). Returns ``walk(first_chunk) ->
-        ChunkWalk``; see ``rgc_install_chunks`` in _build.py for what each
-        array holds. The arrays are kept alive by ``walk``; ``state`` (int8),
-        ``installed`` (int64[1]) and ``stop`` (int32[1]) are shared with the
-        caller, which claims pages with the same compare-and-swap."""
-        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
-        u64 = lambda a: np.ascontiguousarray(a, dtype=np.uint64)  # noqa: E731
-        arrays = dict(rebuilt=np.ascontiguousarray(rebuilt, dtype=np.uint8), seg_at=i64(seg_at), seg_dst=u64(seg_dst),
-                      seg_src=u64(seg_src), seg_len=u64(seg_len), slot_at=i64(slot_at), slot_where=u64(slot_where),
-                      slot_val=u64(slot_val), run_at=i64(run_at), run_dst=u64(run_dst), run_src=u64(run_src),
-                      run_len=u64(run_len))
-        for name, arr, dtype in (("state", state, np.int8), ("installed", installed, np.int64),
-                                 ("stop", stop, np.int32)):
-            if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.flags.c_contiguous):
-                raise ArgumentTypeError(f"{name} must be a contiguous {np.dtype(dtype).name} array shared with the caller")
-        nchunks = -(-npages // chunk) if chunk > 0 else -1
-        if (chunk <= 0 or state.size < npages or arrays["rebuilt"].size < nchunks
-                or min(arrays[k].size for k in ("seg_at", "slot_at", "run_at")) < nchunks + 1):
-            raise ValueError("the chunk plan does not cover the pages")
-        src, lengths = arrays["run_src"], arrays["run_len"]
-        if src.size and not owned.covers(int(src.min()), int((src + lengths).max() - src.min())):
-            for a, n in zip(src.tolist(), lengths.tolist()):
-                owned.check("UFFDIO_MOVE", a, n)
-        ptr = {k: ffi.from_buffer(("uint8_t[]" if k == "rebuilt" else "int64_t[]" if k.endswith("_at")
-                                   else "uint64_t[]"), v) for k, v in arrays.items()}
-        state_p, installed_p = ffi.from_buffer("int8_t[]", state), ffi.from_buffer("int64_t[]", installed)
-        stop_p = ffi.from_buffer("int32_t[]", stop)
+        without the GIL: ``walk(first_chunk) -> ChunkWalk``; see
+        ``rgc_install_chunks`` in _build.py. ``state`` (int8), ``installed``
+        (int64[1]) and ``stop`` (int32[1]) are shared with the caller, which
+        claims pages with the same compare-and-swap. ``scratch``: ``chunk``
+        pages where rebuilt pages are assembled."""
+        _check_shared(state=(state, np.int8), installed=(installed, np.int64), stop=(stop, np.int32))
+        if chunk <= 0 or state.size < program.npages:
+            raise ValueError("the page states do not cover the program's pages")
+        ptrs = (program.struct, ffi.from_buffer("int8_t[]", state), ffi.from_buffer("int32_t[]", stop),
+                ffi.from_buffer("int64_t[]", installed))
         out = np.zeros(8, dtype=np.int64)
         out_p = ffi.from_buffer("int64_t[]", out)
-        ps = os.sysconf("SC_PAGE_SIZE")
+        mine = np.zeros(chunk, dtype=np.uint8)  # the pages of the chunk it stopped in that it claimed
+        mine_p = ffi.from_buffer("uint8_t[]", mine)
 
         def walk(first_chunk: int) -> ChunkWalk:
-            lib.rgc_install_chunks(self._fd(), state_p, npages, chunk, first_chunk, ptr["rebuilt"], scratch, ps,
-                                   ptr["seg_at"], ptr["seg_dst"], ptr["seg_src"], ptr["seg_len"], ptr["slot_at"],
-                                   ptr["slot_where"], ptr["slot_val"], ptr["run_at"], ptr["run_dst"],
-                                   ptr["run_src"], ptr["run_len"], stop_p, installed_p, out_p)
+            ret = lib.rgc_install_chunks(self._fd(), ptrs[0], ptrs[1], chunk, first_chunk, scratch, ptrs[2], ptrs[3],
+                                         mine_p, out_p)
+            if ret < 0:
+                raise OSError(-ret, f"the native chunk walk: {os.strerror(-ret)}")
             o = out.tolist()
             return ChunkWalk(CHUNK_WALK_STATUS[o[0]], *o[1:])
 
-        walk.keep = (arrays, state, installed, stop, out)  # the pointers' buffers live as long as walk
+        walk.mine = mine
+        walk.keep = (program, state, installed, stop, out, ptrs)  # the pointers' buffers live as long as walk
         return walk
 
-    def fault_server(self, *, state, installed, npages: int, arena: int, from_space: int, piece_dst, piece_src,
-                     piece_rebuilt, slot_page, slot_off, slot_val, seg_page, seg_off, seg_src, seg_len,
+    def fault_server(self, program: "NativeProgram", *, state, installed,
                      max_latencies: int = 1 << 16) -> "FaultServer":
-        """A C thread that serves the common userfault of a concurrent cycle
-        without the GIL (not part of the Kernel protocol; heap/faults.py uses
-        it when the uffd offers it): see ``rgc_fault_server_main`` in _build.py.
-        What it does not serve it forwards: ``FaultServer.read_forwarded``."""
-        for name, arr, dtype in (("state", state, np.int8), ("installed", installed, np.int64)):
-            if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.flags.c_contiguous):
-                raise ArgumentTypeError(f"{name} must be a contiguous {np.dtype(dtype).name} array shared with the caller")
-        if state.size < npages:
-            raise ValueError("state does not cover the pages")
-        ps = os.sysconf("SC_PAGE_SIZE")
-        if npages and not owned.covers(from_space, npages * ps):
-            owned.check("UFFDIO_MOVE", from_space, npages * ps)
-        return FaultServer(self, state, installed, npages, arena, from_space, piece_dst, piece_src, piece_rebuilt,
-                           slot_page, slot_off, slot_val, seg_page, seg_off, seg_src, seg_len, max_latencies)
+        """A C thread that serves a concurrent cycle's common userfaults
+        without the GIL (``rgc_fault_server_main`` in _build.py). What it does
+        not serve it forwards: ``FaultServer.read_forwarded``."""
+        _check_shared(state=(state, np.int8), installed=(installed, np.int64))
+        if state.size < program.npages:
+            raise ValueError("the page states do not cover the program's pages")
+        return FaultServer(self, program, state, installed, max_latencies)
 
     def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src = _u64(dst, "dst"), _u64(src, "src")

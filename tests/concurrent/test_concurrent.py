@@ -164,15 +164,13 @@ def test_an_exception_in_the_compactor_reaches_collect_and_the_heap_recovers(ker
         model = Model(heap, seed=6)
         populate(model, 80, rnd)
         garbage(heap, rnd, 100)
-        real = concurrent.ChunkPlan
-
-        def failing(*args):  # the compactor thread's first step, on every backend
+        def failing(self, *args):  # the compactor thread's walk, native or not
             raise RuntimeError("injected compactor failure")
 
-        monkeypatch.setattr(concurrent, "ChunkPlan", failing)
+        monkeypatch.setattr(concurrent.ConcurrentCycle, "_install_all", failing)
         with pytest.raises(RuntimeError, match="injected"):
             heap.collect(concurrent=True)
-        monkeypatch.setattr(concurrent, "ChunkPlan", real)
+        monkeypatch.undo()
         model.check_all()  # the next operation installs the rest first
         assert not remapgc_threads()
         heap.verify()

@@ -1,9 +1,9 @@
 """The concurrent cycle's native parts on the real kernel, both in C without
 the GIL and claiming pages with the Python installers' compare-and-swap:
 
-* the chunk walk (LinuxUffd.chunk_walker): the compactor's loop over
-  untouched chunks; it hands a chunk back to Python as soon as it cannot do
-  it alone;
+* the chunk walk (LinuxUffd.chunk_walker): the compactor's loop over the
+  chunks; it goes around pages a fault handler holds and hands a refused
+  MOVE back to Python;
 * the fault server (LinuxUffd.fault_server): installs the common fault (a
   page that moves whole) and forwards the rest to the Python handler.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from heap import Heap
-from heap.concurrent import INSTALLED, PROCESSING, UNPROCESSED, ChunkPlan, begin_concurrent, end_concurrent
+from heap.concurrent import INSTALLED, PROCESSING, UNPROCESSED, begin_concurrent, end_concurrent
 
 CHUNK = 4
 
@@ -30,11 +30,9 @@ def cycle_on_linux(linux_kernel):
     for i, r in enumerate(refs):
         r.write(bytes([i + 1]) * 5000)
         r.set_ref(0, refs[(i + 1) % len(refs)])
-    ps = linux_kernel.page_size
     npages = heap._alloc.used_pages
     frames_before = linux_kernel.page_frames(heap.base, npages)
     cycle, _, _ = begin_concurrent(heap, chunk_pages=CHUNK, run_compactor=False)
-    cycle.chunk_plan = ChunkPlan(cycle.program, cycle.arena, cycle.from_space, cycle.scratch, CHUNK, ps)
     walk = cycle._native_walk(cycle.scratch)
     assert walk is not None, "LinuxUffd offers the chunk walker and the page claims are compare-and-swap"
     yield heap, refs, cycle, walk, frames_before
@@ -58,17 +56,40 @@ def test_the_walk_installs_every_chunk_zero_copy(cycle_on_linux, linux_kernel):
 
 
 @pytest.mark.timeout(30)
-def test_the_walk_hands_back_a_chunk_with_a_page_claimed_by_a_fault(cycle_on_linux):
-    _, _, cycle, walk, _ = cycle_on_linux
-    taken = CHUNK + 2  # a page of chunk 1, claimed as the fault handler would
+def test_the_walk_goes_around_a_page_a_fault_handler_holds(cycle_on_linux, linux_kernel):
+    heap, _, cycle, walk, frames_before = cycle_on_linux
+    taken = CHUNK + 2  # a page of chunk 1, claimed as a fault handler would
     assert cycle.states.claim(taken) == UNPROCESSED
     w = walk(0)
-    assert (w.status, w.chunk) == ("touched", 1)
+    assert w.status == "done" and w.pages == cycle.program.npages - 1
     state = cycle.states.state
-    assert (state[:CHUNK] == INSTALLED).all()  # chunk 0 is done
-    assert state[taken] == PROCESSING  # still the handler's
-    assert (np.delete(state[CHUNK:2 * CHUNK], 2) == UNPROCESSED).all()  # the walk gave its own claims back
-    cycle.states.settle_one(taken, False)
+    assert state[taken] == PROCESSING  # still its claimer's: the walk left it alone
+    assert (np.delete(state, taken) == INSTALLED).all()
+    npages = cycle.program.npages
+    after = linux_kernel.page_frames(heap.base, npages)
+    assert (np.delete(after, taken) == np.delete(frames_before[:npages], taken)).all()  # zero-copy around it
+    cycle.states.settle_one(taken, False)  # the claimer gives it back; the next walk takes it
+    assert walk(0).pages == 1 and cycle.states.all_installed()
+
+
+@pytest.mark.timeout(30)
+def test_a_move_the_walk_is_refused_is_finished_by_the_python_path(cycle_on_linux):
+    """A forked child shares the pages: the walk's first MOVE gets EBUSY and
+    stops with the chunk still claimed; the Python path copies it in."""
+    heap, _, cycle, walk, _ = cycle_on_linux
+    child = heap.kernel.fork()
+    try:
+        w = walk(0)
+        assert (w.status, w.chunk, w.run_page, w.pages) == ("refused", 0, 0, 0)
+        assert walk.mine[:CHUNK].all()  # it claimed the whole chunk
+        assert (cycle.states.state[:CHUNK] == PROCESSING).all()  # still the walk's claim
+        cycle._finish_refused_chunk(0, w, cycle.counters)
+        assert (cycle.states.state[:CHUNK] == INSTALLED).all()
+        assert cycle.counters.ebusy_fallbacks >= 1
+        cycle._install_all(cycle.scratch, cycle.counters)  # the other chunks: each refused, each copied
+        assert cycle.states.all_installed()
+    finally:
+        child.exit()
 
 
 @pytest.mark.timeout(30)
