@@ -10,15 +10,20 @@ page written, every other object dead), built fresh for every measurement:
 * faults: a cycle whose pages only the fault handler installs (no compactor
   thread): one mutator thread reads 8 bytes of every to-space page through
   ``Ref.read``, timing each read from the mutator side, so every read is a
-  userfault served by the Python handler thread. Next to it, in the same
-  run: the same reads with no cycle (the cost of ``Ref.read`` itself), and
-  the raw kernel round trip (a bare registered region, a Python handler
-  thread doing read_events + UFFDIO_MOVE, a mutator doing ``kernel.load``).
+  userfault. Served by the native fault server (Linux), and again with the
+  heap's native parts hidden (``PythonOnly``): the Python handler thread
+  alone, the in-run baseline. Next to it: the same reads with no cycle (the
+  cost of ``Ref.read`` itself), and the raw kernel round trip (a bare
+  registered region, a Python handler thread doing read_events +
+  UFFDIO_MOVE, a mutator doing ``kernel.load``).
 * throughput: a mutator thread reading 64 bytes of random live objects, its
   reads per second during a concurrent cycle (from the call that starts it
   to the end of the install, the pause included) against a window with no
   cycle just before; and the longest single read inside the cycle (what a
-  mutator feels of the pause).
+  mutator feels of the pause). With the native parts, and without.
+
+Fault and wake-up latencies on this machine (a 2-vCPU VM) move by 5x from
+one minute to the next with the host's load: compare rows of one run.
 
     python -m bench.concurrent [--quick] [--repeat N] [--kernel linux|sim]
 
@@ -34,6 +39,7 @@ import os
 import random
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +110,37 @@ def timed_reads(objs: list, ps: int) -> list[int]:
     return out
 
 
-def fault_latency(kernel_name: str, used: int) -> dict:
+class PythonOnly:
+    """A heap's userfaultfd with its native parts hidden (no chunk walker, no
+    fault server): the same cycle run by the Python threads alone, the in-run
+    baseline the native parts are measured against."""
+
+    HIDDEN = ("native_program", "chunk_walker", "fault_server")
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        if name in self.HIDDEN:
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+@contextmanager
+def native_parts(heap, on: bool):
+    if on:
+        yield
+        return
+    heap._uffd = PythonOnly(heap._uffd)
+    try:
+        yield
+    finally:
+        heap._uffd = heap._uffd._inner
+
+
+def fault_latency(kernel_name: str, used: int, native: bool = True) -> dict:
     heap, live = build(kernel_name, used)
-    with heap:
+    with heap, native_parts(heap, native):
         ps = heap.kernel.page_size
         cycle, stats, _ = begin_concurrent(heap, run_compactor=False)
         faulted: list[int] = []
@@ -117,8 +151,7 @@ def fault_latency(kernel_name: str, used: int) -> dict:
         plain = timed_reads(live, ps)
         return dict(mutator=percentiles(faulted), no_cycle=percentiles(plain),
                     handler_service=dict(p50_ns=stats.fault_p50_ns, p99_ns=stats.fault_p99_ns),
-                    faults_served=stats.faults_served, pages_by_faults=stats.pages_installed_by_faults,
-                    raw=raw_round_trip(kernel_name, len(faulted)))
+                    faults_served=stats.faults_served, pages_by_faults=stats.pages_installed_by_faults)
 
 
 def raw_round_trip(kernel_name: str, n: int) -> dict:
@@ -156,7 +189,7 @@ def raw_round_trip(kernel_name: str, n: int) -> dict:
     return percentiles(out)
 
 
-def throughput(kernel_name: str, used: int, rounds: int) -> dict:
+def throughput(kernel_name: str, used: int, rounds: int, native: bool = True) -> dict:
     """One mutator thread reads 64 B of random live objects without pause,
     each read timestamped. Per round: a 0.3 s window with no cycle, then a
     cycle (from the call that starts it to the end of its install, the pause
@@ -176,7 +209,7 @@ def throughput(kernel_name: str, used: int, rounds: int) -> dict:
             stamps.append((t, clock() - t))
 
     windows = []
-    with heap:
+    with heap, native_parts(heap, native):
         t = threading.Thread(target=mutator)
         t.start()
         try:
@@ -237,29 +270,39 @@ def main(argv=None) -> int:
     console.print(table)
 
     fsize = 4 * MiB if args.quick else 64 * MiB
-    faults = fault_latency(args.kernel, fsize)
-    ft = Table(title=f"fault latency seen by the mutator ({fsize // MiB} MiB heap, every read a fault)")
+    faults = {"native": fault_latency(args.kernel, fsize), "python": fault_latency(args.kernel, fsize, native=False)}
+    faults["raw"] = raw_round_trip(args.kernel, faults["native"]["mutator"]["n"])
+    ft = Table(title=f"fault latency seen by the mutator ({fsize // MiB} MiB heap, every read a fault; one run)")
     for col in ("what", "n", "p50", "p99", "max"):
         ft.add_column(col, justify="right")
-    for name, key in (("Ref.read under a fault (cycle, handler only)", "mutator"),
-                      ("Ref.read, no cycle", "no_cycle"), ("raw: kernel.load + Python handler MOVE", "raw")):
-        d = faults[key]
+    rows = (("Ref.read under a fault, native fault server", faults["native"]["mutator"]),
+            ("Ref.read under a fault, Python handler only", faults["python"]["mutator"]),
+            ("Ref.read, no cycle", faults["native"]["no_cycle"]),
+            ("raw: kernel.load + Python handler MOVE", faults["raw"]))
+    for name, d in rows:
         ft.add_row(name, str(d["n"]), f"{d['p50_ns'] / 1e3:.1f} us", f"{d['p99_ns'] / 1e3:.1f} us",
                    f"{d['max_ns'] / 1e3:.0f} us")
-    hs = faults["handler_service"]
-    ft.add_row("handler service (event read -> wake)", str(faults["faults_served"]),
-               f"{hs['p50_ns'] / 1e3:.1f} us", f"{hs['p99_ns'] / 1e3:.1f} us", "")
+    for name, key in (("service, native (event read -> wake)", "native"), ("service, Python handler", "python")):
+        hs = faults[key]["handler_service"]
+        ft.add_row(name, str(faults[key]["faults_served"]), f"{hs['p50_ns'] / 1e3:.1f} us",
+                   f"{hs['p99_ns'] / 1e3:.1f} us", "")
+    faults["native_vs_python_p50"] = faults["native"]["mutator"]["p50_ns"] / faults["python"]["mutator"]["p50_ns"]
     console.print(ft)
+    console.print(f"mutator fault latency p50, native / Python-only: {faults['native_vs_python_p50']:.2f}")
 
     tsize = 8 * MiB if args.quick else 256 * MiB
-    thr = throughput(args.kernel, tsize, 2 if args.quick else 5)
-    tt = Table(title=f"mutator throughput ({tsize // MiB} MiB heap, Ref.read of 64 B, median of {thr['rounds']})")
-    for col in ("no cycle", "during a cycle", "ratio", "cycle (pause + install)", "pause", "longest read in it",
+    rounds = 2 if args.quick else 5
+    thr = {"native": throughput(args.kernel, tsize, rounds), "python": throughput(args.kernel, tsize, rounds, False)}
+    tt = Table(title=f"mutator throughput ({tsize // MiB} MiB heap, Ref.read of 64 B, median of {rounds})")
+    for col in ("", "no cycle", "during a cycle", "ratio", "cycle (pause + install)", "pause", "longest read in it",
                 "faults served"):
         tt.add_column(col, justify="right")
-    tt.add_row(f"{thr['reads_per_s_no_cycle']:.0f}/s", f"{thr['reads_per_s_during_cycle']:.0f}/s",
-               f"{thr['ratio']:.2f}", f"{thr['cycle_ms']:.1f} ms", f"{thr['pause_ms']:.2f} ms",
-               f"{thr['longest_read_in_cycle_ms']:.2f} ms", str(thr["faults_served"]))
+    for name in ("native", "python"):
+        t = thr[name]
+        tt.add_row("native walk + server" if name == "native" else "Python threads only",
+                   f"{t['reads_per_s_no_cycle']:.0f}/s", f"{t['reads_per_s_during_cycle']:.0f}/s",
+                   f"{t['ratio']:.2f}", f"{t['cycle_ms']:.1f} ms", f"{t['pause_ms']:.2f} ms",
+                   f"{t['longest_read_in_cycle_ms']:.2f} ms", str(t["faults_served"]))
     console.print(tt)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
