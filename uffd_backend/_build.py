@@ -18,6 +18,19 @@ linux/fs.h may lack PAGEMAP_SCAN, so the ABI pieces used here are spelled out.
 
 from cffi import FFI
 
+# A concurrent cycle's install program as the C side reads it (heap/concurrent.py
+# InstallProgram; uffd_backend/linux.py NativeProgram fills it): declared once
+# for cffi and the compiler alike.
+PROGRAM_STRUCT = """struct rgc_program {
+    int64_t npages, npieces, nslots, nsegs;
+    uint64_t arena, from_space, page_size;
+    const int64_t *piece_dst, *piece_src;
+    const uint8_t *piece_rebuilt;
+    const int64_t *slot_page, *slot_off;
+    const uint64_t *slot_val;
+    const int64_t *seg_page, *seg_off, *seg_src, *seg_len;
+};"""
+
 CDEF = r"""
 int64_t rgc_guard_install(void);
 
@@ -52,15 +65,7 @@ int64_t rgc_uffd_wake(int fd, uint64_t start, uint64_t length);
 int64_t rgc_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *moved);
 int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs, const uint64_t *lengths,
                              uint64_t n, uint64_t mode, uint64_t *done, int64_t *moved);
-struct rgc_program {
-    int64_t npages, npieces, nslots, nsegs;
-    uint64_t arena, from_space, page_size;
-    const int64_t *piece_dst, *piece_src;
-    const uint8_t *piece_rebuilt;
-    const int64_t *slot_page, *slot_off;
-    const uint64_t *slot_val;
-    const int64_t *seg_page, *seg_off, *seg_src, *seg_len;
-};
+@PROGRAM_STRUCT@
 int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, int64_t chunk, int64_t first_chunk,
                            uint64_t scratch, const int32_t *stop, int64_t *installed, uint8_t *mine, int64_t *out);
 struct rgc_fault_server {
@@ -440,15 +445,7 @@ int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs,
 #define RGC_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES (1ULL << 1)
 enum { RGC_CHUNKS_DONE = 0, RGC_CHUNKS_STOPPED = 1, RGC_CHUNK_REFUSED = 2, RGC_CHUNK_FAULTED = 3 };
 
-struct rgc_program {
-    int64_t npages, npieces, nslots, nsegs;
-    uint64_t arena, from_space, page_size;
-    const int64_t *piece_dst, *piece_src;
-    const uint8_t *piece_rebuilt;
-    const int64_t *slot_page, *slot_off;
-    const uint64_t *slot_val;
-    const int64_t *seg_page, *seg_off, *seg_src, *seg_len;
-};
+@PROGRAM_STRUCT@
 
 static int64_t rgc_upper_bound(const int64_t *a, int64_t n, int64_t key)
 {
@@ -765,9 +762,9 @@ int64_t rgc_close(int fd) { return rgc_result(close(fd)); }
 """
 
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-ffibuilder.set_source("uffd_backend._native", C_SOURCE, extra_compile_args=["-O2", "-Wall", "-pthread"],
-                      extra_link_args=["-pthread"])
+ffibuilder.cdef(CDEF.replace("@PROGRAM_STRUCT@", PROGRAM_STRUCT))
+ffibuilder.set_source("uffd_backend._native", C_SOURCE.replace("@PROGRAM_STRUCT@", PROGRAM_STRUCT),
+                      extra_compile_args=["-O2", "-Wall", "-pthread"], extra_link_args=["-pthread"])
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
