@@ -552,7 +552,7 @@ class ConcurrentCycle:
                     return
                 ci = w.chunk
                 if w.status == "refused":
-                    self._finish_refused_chunk(ci, w, counters)
+                    self._finish_refused_chunk(ci, w, scratch, counters)
                     ci += 1
                     continue
                 raise OSError(w.errno, f"building chunk {ci} faulted: {os.strerror(w.errno)}")  # "faulted"
@@ -595,7 +595,7 @@ class ConcurrentCycle:
                                         self.kernel.page_size)
         return self.chunk_plan
 
-    def _finish_refused_chunk(self, ci: int, w, counters: InstallCounters) -> None:
+    def _finish_refused_chunk(self, ci: int, w, scratch: int, counters: InstallCounters) -> None:
         """The native walk met a refusal at the run starting at page
         ``w.run_page`` of chunk ``ci``. The pages it claimed before that run
         are in; the rest it claimed (``walk.mine``) are built and still
@@ -606,7 +606,7 @@ class ConcurrentCycle:
         held = self._walk.mine[: hi - lo].astype(bool)
         held[: w.run_page - lo] = False
         claim = Claim(lo, held)
-        src, _ = self.builder.sources(lo, hi, self.scratch)
+        src, _ = self.builder.sources(lo, hi, scratch)
         dst = self.arena + w.run_page * self.kernel.page_size
         refused = UffdError(w.errno, f"{os.strerror(w.errno)} (UFFDIO_MOVE to 0x{dst:x}, native walk)",
                             moved=max(w.moved, 0))

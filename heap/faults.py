@@ -34,9 +34,9 @@ from outside the heap: EEXIST with the source still there, HeapCorrupted; or
 a bug) cannot be cured by retrying: the handler marks the heap broken
 (``ConcurrentCycle.corrupted``) and from then on only lets faulters go, over
 a zero page or the page already there; their accesses then raise
-HeapCorrupted instead of returning those bytes. The handler never takes the heap lock nor the
-access gate; on Linux its Python code can run only because mutators touch
-heap memory through cffi calls that release the GIL.
+HeapCorrupted instead of returning those bytes. The handler never takes the
+heap lock nor the access gate; on Linux its Python code can run only because
+mutators touch heap memory through cffi calls that release the GIL.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class FaultHandler:
                 if server is not None:  # the faults the native server left to Python
                     events = server.read_forwarded(wait)
                 else:
-                    events = [(ev.address, 0, 0) for ev in self.uffd.read_events(timeout=wait)]
+                    events = [(ev.address, None) for ev in self.uffd.read_events(timeout=wait)]
             except OSError as exc:  # the uffd was closed under us (Heap.close)
                 if not self._stop.is_set():
                     self.error = exc
@@ -156,12 +156,8 @@ class FaultHandler:
                 return
             now = time.perf_counter_ns()
             backoff = False
-            for addr, flags, moved in events:
-                if flags & 1:  # the server claimed the page and the kernel refused its MOVE (errno in bits 8..)
-                    refused = UffdError(flags >> 8, f"UFFDIO_MOVE of 0x{addr:x} (native fault server)", moved)
-                    backoff |= not self._serve(addr, now, refused)
-                else:
-                    backoff |= not self._serve(addr, now)
+            for addr, refused in events:
+                backoff |= not self._serve(addr, now, refused)
             if self._deferred:
                 backoff |= not self._retry_deferred()
 

@@ -135,8 +135,10 @@ class FaultServer:
             raise OSError(-ret, f"starting the fault server thread: {os.strerror(-ret)}")
         self._started = True
 
-    def read_forwarded(self, timeout: float) -> list[tuple[int, int, int]]:
-        """Faults the C thread left to Python: (address, flags, moved), waiting up to ``timeout`` s."""
+    def read_forwarded(self, timeout: float) -> list[tuple[int, UffdError | None]]:
+        """Faults the C thread left to Python, waiting up to ``timeout`` s:
+        (address, None), or (address, the kernel's refusal of the server's
+        MOVE of that page, which the server still holds claimed)."""
         import select
 
         if self._stopped:
@@ -148,7 +150,14 @@ class FaultServer:
         whole = len(data) - len(data) % 24
         self._buf = data[whole:]
         words = np.frombuffer(data[:whole], dtype=np.uint64).reshape(-1, 3)
-        return [(a, f, m - (1 << 64) if m >> 63 else m) for a, f, m in words.tolist() if a]
+        return [(a, self._refusal(a, f, m) if f & self.FORWARD_CLAIMED else None)
+                for a, f, m in words.tolist() if a]
+
+    @staticmethod
+    def _refusal(addr: int, flags: int, moved: int) -> UffdError:
+        moved = moved - (1 << 64) if moved >> 63 else moved
+        return UffdError(flags >> 8, f"{os.strerror(flags >> 8)} (UFFDIO_MOVE of 0x{addr:x}, native fault server)",
+                         moved=max(moved, 0))
 
     def request_stop(self) -> None:
         """The C thread ends soon (it polls the stop pipe with the uffd), and a

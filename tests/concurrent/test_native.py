@@ -83,7 +83,7 @@ def test_a_move_the_walk_is_refused_is_finished_by_the_python_path(cycle_on_linu
         assert (w.status, w.chunk, w.run_page, w.pages) == ("refused", 0, 0, 0)
         assert walk.mine[:CHUNK].all()  # it claimed the whole chunk
         assert (cycle.states.state[:CHUNK] == PROCESSING).all()  # still the walk's claim
-        cycle._finish_refused_chunk(0, w, cycle.counters)
+        cycle._finish_refused_chunk(0, w, cycle.scratch, cycle.counters)
         assert (cycle.states.state[:CHUNK] == INSTALLED).all()
         assert cycle.counters.ebusy_fallbacks >= 1
         cycle._install_all(cycle.scratch, cycle.counters)  # the other chunks: each refused, each copied
