@@ -284,11 +284,8 @@ class FaultHandler:
                 wake = dst  # whatever put the page there, the faulter is woken once the books are done
                 install_page_range(k, self.uffd, dst, src, ps, c, mode=0)
         except BaseException:
-            done = moved_unreported(k, dst, src)
-            self.states.settle_one(page, done)
-            if done:
-                self.uffd.wake(dst, ps)
-                return
+            if self._settle_failed(page, dst, src):
+                return 0  # it went in anyway, and its faulter is woken
             raise
         self.states.settle_one(page, True)
         return wake
@@ -310,13 +307,20 @@ class FaultHandler:
             if c.eexist_races != races:
                 self.uffd.wake(dst, ps)
         except BaseException:
-            done = moved_unreported(k, dst, self.scratch if rebuilt[0] else int(src[0]))
-            self.states.settle_one(page, done)
-            if done:
-                self.uffd.wake(dst, ps)
+            if self._settle_failed(page, dst, self.scratch if rebuilt[0] else int(src[0])):
                 return
             raise
         self.states.settle_one(page, True)
+
+    def _settle_failed(self, page: int, dst: int, src: int) -> bool:
+        """After a failed install of ``page`` from ``src``: did it go in anyway
+        (a MOVE reported as EINTR after its step)? Settles the page either way
+        and wakes its faulter if it did."""
+        done = moved_unreported(self.kernel, dst, src)
+        self.states.settle_one(page, done)
+        if done:
+            self.uffd.wake(dst, self.ps)
+        return done
 
     def _copy(self, dst: int, src: int) -> None:
         c = self.counters
