@@ -2,6 +2,12 @@
 
 ``kernel`` is parametrised over ("sim", "linux"); see tests/backends.py for
 when the Linux side skips and how skips are recorded for CI.
+
+Tests that drive the Kernel protocol directly use ``k`` (a kernel of each
+backend, closed at teardown), ``mem`` (mappings through ``k``, unmapped at
+teardown) and ``uffd`` (a userfaultfd of ``k``). A folder whose tests hold
+for one backend only overrides ``k`` in its conftest (tests/linux: the real
+kernel), and ``mem`` and ``uffd`` follow it.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import pytest
 
 from tests.backends import BACKENDS, make_kernel, skip_linux_if_unavailable
+from tests.kernel.support import Mappings
 
 
 @pytest.fixture(params=BACKENDS)
@@ -32,3 +39,24 @@ def linux_kernel():
 @pytest.fixture
 def sim_kernel():
     return make_kernel("sim")
+
+
+@pytest.fixture
+def k(kernel):
+    """The kernel under test (each backend), closed at teardown: its children reaped, its uffds closed."""
+    yield kernel
+    kernel.close()
+
+
+@pytest.fixture
+def mem(k):
+    m = Mappings(k)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def uffd(k):
+    u = k.userfaultfd()
+    yield u
+    u.close()

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from heap.kernel import PAGE_SIZE, KernelUnsupported, UffdError
-from linux_helpers import k, mem, uffd  # noqa: F401  (pytest fixtures)
 
 PS = PAGE_SIZE
 EPERM, EINVAL, ENOMEM, EFAULT, EEXIST, ENOENT, EBADF = (

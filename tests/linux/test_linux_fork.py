@@ -13,7 +13,6 @@ import time
 import pytest
 
 from heap.kernel import PAGE_SIZE
-from linux_helpers import k, mem, uffd  # noqa: F401  (pytest fixtures)
 
 PS = PAGE_SIZE
 

@@ -14,7 +14,6 @@ import textwrap
 
 import pytest
 
-from linux_helpers import k, mem, uffd  # noqa: F401  (pytest fixtures)
 
 SCRIPT = textwrap.dedent("""
     import ctypes, faulthandler, sys

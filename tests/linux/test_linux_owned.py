@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from heap.kernel import PAGE_SIZE
-from linux_helpers import k, mem, uffd  # noqa: F401  (pytest fixtures)
 
 PS = PAGE_SIZE
 

@@ -1,15 +1,13 @@
-"""Fixtures and helpers shared by the Linux-backend tests.
+"""Helpers for tests that drive a Kernel directly (any backend).
 
-Test modules import what they use from here (tests/linux is on sys.path under
-pytest's default import mode); there is deliberately no tests/linux/conftest.py,
-so that ``import conftest`` elsewhere in the suite stays unambiguous.
+``Mappings`` maps through the kernel under test and unmaps at teardown (the
+``mem`` fixture of tests/conftest.py); ``Faulter`` runs an access that may
+block in a userfault in its own thread.
 """
 
 from __future__ import annotations
 
 import threading
-
-import pytest
 
 from heap.kernel import PAGE_SIZE
 
@@ -86,22 +84,16 @@ class Faulter:
         return self.result
 
 
-# --- fixtures -------------------------------------------------------------------
-@pytest.fixture
-def k(linux_kernel):
-    yield linux_kernel
-    linux_kernel.close()
+def layout_pages(k, a, n, layout):
+    """Touch page i of [a, a + n pages) per layout[i % len(layout)]: w write, r read (zero page), . nothing."""
+    for i in range(n):
+        c = layout[i % len(layout)]
+        if c == "w":
+            k.store(a + i * PS, b"\x01")
+        elif c == "r":
+            k.load(a + i * PS, 1)
 
 
-@pytest.fixture
-def mem(k):
-    m = Mappings(k)
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def uffd(k):
-    u = k.userfaultfd()
-    yield u
-    u.close()
+RESIDENT_LAYOUTS = [("untouched", "."), ("all-written", "w"), ("zero-page-reads", "r"),
+                    ("every-other-written", "w."), ("mixed", "wwr.w..r"),
+                    ("more-regions-than-one-scan-vector", "w.r")]

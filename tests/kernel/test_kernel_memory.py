@@ -1,4 +1,4 @@
-"""LinuxKernel's mmap family and user-mode accesses on the real kernel."""
+"""The mmap family, user-mode accesses and page introspection, on each backend."""
 
 from __future__ import annotations
 
@@ -8,41 +8,20 @@ import numpy as np
 import pytest
 
 from heap.kernel import MADV_DONTNEED, PROT_READ, PROT_WRITE
+from tests.kernel.support import RESIDENT_LAYOUTS, layout_pages
 
 PS = 4096
 
 
-@pytest.fixture
-def k(linux_kernel):
-    return linux_kernel
-
-
-@pytest.fixture
-def region(k):
-    addrs = []
-
-    def make(npages: int, **kw) -> int:
-        addr = k.mmap(npages * PS, **kw)
-        addrs.append((addr, npages * PS))
-        return addr
-
-    yield make
-    for addr, length in addrs:
-        try:
-            k.munmap(addr, length)
-        except OSError:
-            pass
-
-
-def test_store_then_load_round_trips_bytes(k, region):
-    a = region(4)
+def test_store_then_load_round_trips_bytes(k, mem):
+    a = mem(4)
     k.store(a + 100, b"remapgc")
     assert k.load(a + 100, 7) == b"remapgc"
     assert k.load(a, 4) == b"\0\0\0\0"
 
 
-def test_page_info_follows_first_touch(k, region):
-    a = region(2)
+def test_page_info_follows_first_touch(k, mem):
+    a = mem(2)
     assert k.page_info(a).state == "none"
     k.load(a, 1)
     assert k.page_info(a).state == "zero"
@@ -51,23 +30,23 @@ def test_page_info_follows_first_touch(k, region):
     assert info.state == "present" and info.frame is not None and info.exclusive and not info.huge
 
 
-def test_load_of_unmapped_memory_raises_efault_instead_of_crashing(k, region):
-    a = region(1)
+def test_load_of_unmapped_memory_raises_efault_instead_of_crashing(k, mem):
+    a = mem(1)
     k.munmap(a, PS)
     with pytest.raises(OSError) as exc:
         k.load(a, 8)
     assert exc.value.errno == errno.EFAULT
 
 
-def test_store_to_read_only_page_raises_efault(k, region):
-    a = region(1, prot=PROT_READ)
+def test_store_to_read_only_page_raises_efault(k, mem):
+    a = mem(1, prot=PROT_READ)
     with pytest.raises(OSError) as exc:
         k.store(a, b"no")
     assert exc.value.errno == errno.EFAULT
 
 
-def test_words_round_trip_and_memmove(k, region):
-    a = region(4)
+def test_words_round_trip_and_memmove(k, mem):
+    a = mem(4)
     addrs = np.arange(a, a + 4 * PS, 512, dtype=np.uint64)
     k.store_words(addrs, np.arange(addrs.size, dtype=np.uint64) * 3)
     assert (k.load_words(addrs) == np.arange(addrs.size, dtype=np.uint64) * 3).all()
@@ -75,8 +54,8 @@ def test_words_round_trip_and_memmove(k, region):
     assert k.load(a + PS, PS) == k.load(a, PS)
 
 
-def test_madvise_dontneed_drops_the_frame(k, region):
-    a = region(8)
+def test_madvise_dontneed_drops_the_frame(k, mem):
+    a = mem(8)
     k.store(a, b"x" * (8 * PS))
     assert k.resident_bytes(a, 8 * PS) == 8 * PS
     k.madvise(a, 8 * PS, MADV_DONTNEED)
@@ -84,8 +63,8 @@ def test_madvise_dontneed_drops_the_frame(k, region):
     assert (k.page_frames(a, 8) == -1).all()
 
 
-def test_move_keeps_the_frame(k, region):
-    src, dst = region(1), region(1)
+def test_move_keeps_the_frame(k, mem):
+    src, dst = mem(1), mem(1)
     k.store(src, b"zero-copy")
     frame = k.page_info(src).frame
     uffd = k.userfaultfd()
@@ -99,40 +78,15 @@ def test_move_keeps_the_frame(k, region):
     assert k.page_info(src).state == "none"
 
 
-def _layout_pages(k, a, n, layout):
-    """Touch page i of [a, a + n pages) per layout[i % len(layout)]: w write, r read (zero page), . nothing."""
-    for i in range(n):
-        c = layout[i % len(layout)]
-        if c == "w":
-            k.store(a + i * PS, b"\x01")
-        elif c == "r":
-            k.load(a + i * PS, 1)
-
-
-RESIDENT_LAYOUTS = [("untouched", "."), ("all-written", "w"), ("zero-page-reads", "r"),
-                    ("every-other-written", "w."), ("mixed", "wwr.w..r"),
-                    ("more-regions-than-one-scan-vector", "w.r")]
-
-
-def _frames_visible(k, addr) -> bool:
-    """PFNs in /proc/self/pagemap need CAP_SYS_ADMIN; without them the zero page looks like any page."""
-    k.store(addr, b"\x01")
-    return bool(k.page_frames(addr, 1)[0] != -1)
-
-
 @pytest.mark.parametrize("name,layout", RESIDENT_LAYOUTS, ids=[n for n, _ in RESIDENT_LAYOUTS])
-def test_resident_bytes_counts_private_frames_not_the_zero_page(k, region, name, layout):
-    """The PAGEMAP_SCAN sum (needs no privilege) against the layout, and
-    against reading every page's pagemap entry where frames are visible."""
-    n = 2048  # "w.r" makes ~1,400 regions: the scan continues past a full vector
-    a = region(n)
-    _layout_pages(k, a, n, layout)
+def test_resident_bytes_counts_private_frames_not_the_zero_page(k, mem, name, layout):
+    n = 2048
+    a = mem(n)
+    layout_pages(k, a, n, layout)
     written = sum(1 for i in range(n) if layout[i % len(layout)] == "w")
     inner = sum(1 for i in range(3, n - 2) if layout[i % len(layout)] == "w")
-    assert k.resident_bytes(a, n * PS) == k._resident_by_scan(a, n * PS) == written * PS
-    assert k._resident_by_scan(a + 3 * PS, (n - 5) * PS) == inner * PS
-    if _frames_visible(k, region(1)):
-        assert k._resident_by_pagemap(a, n * PS) == written * PS
+    assert k.resident_bytes(a, n * PS) == written * PS
+    assert k.resident_bytes(a + 3 * PS, (n - 5) * PS) == inner * PS
 
 
 def test_resident_bytes_counts_a_thp_and_not_the_huge_zero_page(k):

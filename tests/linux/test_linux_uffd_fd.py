@@ -1,0 +1,64 @@
+"""What only a real userfaultfd descriptor shows: poll() on it, and its number freed on close.
+
+The protocol behaviour of the same calls (EAGAIN, EBADF after close) is tested
+on both backends in tests/kernel/.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import threading
+
+import pytest
+
+from heap.kernel import MADV_DONTNEED, PAGE_SIZE, UFFD_FEATURE_EVENT_REMOVE, UFFD_FEATURE_MOVE, UffdError
+from tests.kernel.support import Faulter
+
+PS = PAGE_SIZE
+
+
+def expect_uffd_error(call, err: int, moved: int = 0) -> None:
+    with pytest.raises(UffdError) as exc:
+        call()
+    assert (exc.value.errno, exc.value.moved) == (err, moved), str(exc.value)
+
+
+# a pending non-cooperative event: EAGAIN without progress (the event is seen by polling the fd)
+@pytest.mark.timeout(30)
+def test_pending_remove_event_is_eagain_with_nothing_moved(k, mem):
+    uffd = k.userfaultfd(UFFD_FEATURE_MOVE | UFFD_FEATURE_EVENT_REMOVE)
+    try:
+        src, dst, other = mem.filled(1), mem(1), mem.filled(2)
+        uffd.register(dst, PS)
+        uffd.register(other, 2 * PS)
+        # madvise(DONTNEED) on a registered range waits until the REMOVE event is read
+        remover = threading.Thread(target=k.madvise, args=(other, 2 * PS, MADV_DONTNEED), daemon=True)
+        remover.start()
+        poller = select.poll()
+        poller.register(uffd.fd, select.POLLIN)
+        assert poller.poll(10_000), "the REMOVE event never arrived"
+
+        expect_uffd_error(lambda: uffd.move(dst, src, PS), errno.EAGAIN, moved=0)
+
+        assert uffd.read_events(timeout=5) == []  # the REMOVE event is consumed, not a fault
+        remover.join(10)
+        assert not remover.is_alive()
+        assert uffd.move(dst, src, PS) == PS
+    finally:
+        uffd.close()
+
+
+@pytest.mark.timeout(30)
+def test_close_while_another_thread_waits_frees_the_descriptor_number(k):
+    uffd = k.userfaultfd()
+    waiter = Faulter(lambda: uffd.read_events(timeout=None))
+    assert waiter.blocked(0.1)
+    uffd.close()
+    with pytest.raises(OSError) as exc:
+        waiter.finish()
+    assert exc.value.errno == errno.EBADF
+    # the descriptor was closed once the waiter left: its number is free again
+    with pytest.raises(OSError):
+        os.fstat(uffd.fd)
