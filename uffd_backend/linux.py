@@ -768,6 +768,12 @@ class LinuxKernel:
         return addr, length
 
     def load(self, addr: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``addr``, page by page in address order.
+
+        A fault that cannot be resolved (unmapped, protection) raises EFAULT;
+        the pages before it were read (and faulted in), those after it were
+        not touched. A range inside one page is one memcpy.
+        """
         addr, length = self._range(addr, length)
         if length == 0:
             return b""
@@ -778,17 +784,48 @@ class LinuxKernel:
         except MemoryError:
             raise OSError(errno.ENOMEM,
                           f"{os.strerror(errno.ENOMEM)} (no buffer for a load of {length:#x} bytes)") from None
-        _check(lib.rgc_load(addr, buf, length), "load {:#x}+{:#x}", addr, length)
+        if (addr & (PAGE_SIZE - 1)) + length <= PAGE_SIZE:
+            _check(lib.rgc_load(addr, buf, length), "load {:#x}+{:#x}", addr, length)
+        else:
+            self._copy_page_by_page(int(ffi.cast("uintptr_t", buf)), addr, length, "load", addr)
         return ffi.buffer(buf, length)[:]
 
     def store(self, addr: int, data) -> None:
+        """Write ``data`` at ``addr``, page by page in address order.
+
+        A fault that cannot be resolved raises EFAULT with exactly the pages
+        before the faulting one written (glibc's memcpy alone may write the
+        tail of a range first). A range inside one page is one memcpy.
+        """
         try:
             view = ffi.from_buffer(data)
         except TypeError:
             raise ArgumentTypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
         addr, length = self._range(addr, len(view))
-        if length:
+        if not length:
+            return
+        if (addr & (PAGE_SIZE - 1)) + length <= PAGE_SIZE:
             _check(lib.rgc_store(addr, view, length), "store {:#x}+{:#x}", addr, length)
+        else:
+            self._copy_page_by_page(addr, int(ffi.cast("uintptr_t", view)), length, "store", addr)
+
+    @staticmethod
+    def _copy_page_by_page(dst: int, src: int, length: int, what: str, user_addr: int) -> None:
+        """memmove ``length`` bytes in pieces that end at the page boundaries of
+        ``user_addr`` (the user-memory side), in address order, in one C call
+        without the GIL; stops at the first piece that faults (EFAULT)."""
+        first = user_addr & ~(PAGE_SIZE - 1)
+        cuts = np.arange(first + PAGE_SIZE, user_addr + length, PAGE_SIZE, dtype=np.uint64)
+        starts = np.concatenate([np.array([user_addr], dtype=np.uint64), cuts])
+        lengths = np.diff(np.append(starts, np.uint64(user_addr + length)))
+        offsets = starts - np.uint64(user_addr)
+        dsts, srcs = np.uint64(dst) + offsets, np.uint64(src) + offsets
+        done = ffi.new("uint64_t *")
+        ret = lib.rgc_copy_ranges(ffi.from_buffer("uint64_t[]", dsts), ffi.from_buffer("uint64_t[]", srcs),
+                                  ffi.from_buffer("uint64_t[]", lengths), dsts.size, done)
+        if ret < 0:
+            _raise_os(ret, f"{what} {user_addr:#x}+{length:#x}: page {int(starts[done[0]]):#x} faulted, "
+                           f"the {done[0]} page(s) before it done")
 
     def load_words(self, addrs) -> np.ndarray:
         addrs = _u64_array(addrs, "addrs")
