@@ -1,7 +1,9 @@
 """The ``remapgc`` command line: ``remapgc doctor``, ``remapgc demo ...``.
 
-The library never configures logging; this is the one place that does
-(human console output by default, JSON lines with ``--json``).
+The library never configures logging; this is the one place that does:
+the library's events (stdlib ``logging`` under ``remapgc``) go to stderr,
+warnings and up by default, every event with ``-v``; human console lines, or
+JSON lines with ``--json``.
 
 ``remapgc demo NAME`` runs one workload from ``demos.registry`` on the chosen
 backend and ends with a one-screen summary; it exits 1 when an integrity
@@ -17,21 +19,57 @@ import logging
 import sys
 from pathlib import Path
 
-import structlog
+EVENTS_ROOT = "remapgc"  # every library logger lives under it (heap/events.py)
 
 
-def configure_logging(json_output: bool, verbose: bool = False, level: int | None = None) -> None:
-    if level is None:
-        level = logging.DEBUG if verbose else logging.INFO
-    renderer = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+class _CliEventHandler(logging.StreamHandler):
+    """The handler the CLI puts on the ``remapgc`` logger (recognised to replace it on a second ``main``)."""
+
+
+def _event_fields(_logger, _method, event_dict: dict) -> dict:
+    """A library record (heap/events.py) as structlog's event dict: its event name and its fields as keys."""
+    record = event_dict.get("_record")
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, dict):
+        event_dict["event"] = record.event
+        event_dict.update(fields)
+    return event_dict
+
+
+def configure_logging(json_output: bool, verbose: bool = False) -> None:
+    """Show the library's events on stderr: pretty lines, or JSON lines with ``--json``.
+
+    Only the ``remapgc`` loggers are configured (not the root logger), so the
+    libraries the demos use (matplotlib...) keep their own settings. Events
+    sent through structlog by code that still uses it are routed to the same
+    handler and level.
+    """
+    import structlog
+
+    level = logging.DEBUG if verbose else logging.WARNING
+    renderer = (structlog.processors.JSONRenderer() if json_output
+                else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    shared = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso"),
+    ]
+    handler = _CliEventHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[_event_fields, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    logger = logging.getLogger(EVENTS_ROOT)
+    for old in [h for h in logger.handlers if isinstance(h, _CliEventHandler)]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # the CLI is the host here: one line per event, whatever the root logger has
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[structlog.stdlib.filter_by_level, *shared,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
 
@@ -41,15 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="remapgc",
         description="remapgc: a compacting heap that moves live pages with UFFDIO_MOVE instead of copying them.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug events")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    doctor = sub.add_parser("doctor", help="check whether this machine can run the real-kernel backend, and why not")
+    doctor = sub.add_parser("doctor", parents=[verbose_option()],
+                            help="check whether this machine can run the real-kernel backend, and why not")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
     doctor.set_defaults(run=run_doctor)
 
     add_demo_parser(sub)
     return parser
+
+
+VERBOSE_HELP = "show the heap's events (per-phase, per-collection) on stderr"
+
+
+def verbose_option() -> argparse.ArgumentParser:
+    """``-v`` for a subcommand, so ``remapgc demo X -v`` works as ``remapgc -v demo X`` does.
+
+    Its default is SUPPRESS: a subcommand without ``-v`` leaves the top-level
+    value alone instead of resetting it to False.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    return parent
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -66,7 +119,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def add_demo_parser(sub) -> None:
     from demos.common import SIZES
 
-    demo = sub.add_parser("demo", help="run a compaction workload and check its integrity (--list to see them)")
+    demo = sub.add_parser("demo", parents=[verbose_option()],
+                          help="run a compaction workload and check its integrity (--list to see them)")
     demo.add_argument("name", nargs="?", help="which demo (see --list)")
     demo.add_argument("--list", action="store_true", help="list the demos with a one-line description")
     demo.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
@@ -163,10 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    # A demo runs many collections: their per-phase events are shown only with -v.
-    demo_level = logging.INFO if args.verbose else logging.WARNING
-    configure_logging(json_output=getattr(args, "json", False), verbose=args.verbose,
-                      level=demo_level if args.command == "demo" else None)
+    # A demo runs many collections: their events are shown only with -v.
+    configure_logging(json_output=getattr(args, "json", False), verbose=args.verbose)
     return args.run(args)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import subprocess
 import sys
 
@@ -12,12 +13,18 @@ import structlog
 
 
 @pytest.fixture(autouse=True)
-def restore_structlog():
-    """``remapgc demo`` configures structlog (the CLI's job); undo it for the tests that follow."""
+def restore_logging():
+    """``remapgc`` configures logging (the CLI's job: a handler and a level on the
+    ``remapgc`` logger, structlog routed to it); undo it for the tests that follow."""
     saved = structlog.get_config()
+    events = logging.getLogger("remapgc")
+    handlers, level, propagate = list(events.handlers), events.level, events.propagate
     yield
     structlog.reset_defaults()
     structlog.configure(**saved)
+    events.handlers[:] = handlers
+    events.setLevel(level)
+    events.propagate = propagate
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -5,7 +5,7 @@ import json
 import pytest
 from rich.console import Console
 
-from demos.cli import resolve_backend
+from demos.cli import build_parser, resolve_backend
 from demos.registry import DEMOS
 from tests.demos.conftest import run_cli
 
@@ -56,3 +56,43 @@ def test_json_stdout_stays_pure_when_the_fallback_is_announced(capsys, monkeypat
     assert summary["backend"] == "sim"
     assert summary["backend_note"].startswith("falling back to the simulator because")
     assert "falling back to the simulator because" in err
+
+
+@pytest.mark.parametrize("argv, verbose", [
+    (["demo", "lisp"], False),
+    (["-v", "demo", "lisp"], True),
+    (["demo", "lisp", "-v"], True),
+    (["demo", "-v", "lisp"], True),
+    (["doctor", "--verbose"], True),
+    (["doctor"], False),
+], ids=["demo-quiet", "v-before-subcommand", "v-after-subcommand", "v-before-name", "doctor-v", "doctor-quiet"])
+def test_verbose_is_accepted_before_and_after_the_subcommand(argv, verbose):
+    assert build_parser().parse_args(argv).verbose is verbose
+
+
+def heap_events(stderr: str) -> list[dict]:
+    """The JSON event lines (``--json``) the CLI wrote to stderr, among the human output."""
+    events = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("logger", "").startswith("remapgc"):
+                events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("verbose_args", [["-v"], []], ids=["v-after-subcommand", "quiet"])
+def test_demo_shows_the_heaps_events_on_stderr_only_with_v(capsys, verbose_args):
+    code, out, err = run_cli(capsys, "demo", "lisp", "--size", "small", "--backend", "sim", "--json",
+                             *verbose_args)
+    assert code == 0
+    summary = json.loads(out)  # stdout stays the one JSON document
+    assert summary["demo"] == "lisp"
+    events = heap_events(err)
+    if verbose_args:
+        collections = [e for e in events if e["event"] == "gc_done"]
+        assert collections and all(e["logger"] == "remapgc.heap" for e in collections)
+        assert all("live_objects" in e for e in collections)  # the event's fields, each its own key
+        assert {"gc_mark", "gc_install"} <= {e["event"] for e in events}
+    else:
+        assert events == []
