@@ -1,6 +1,6 @@
-"""Run by test_fork.py in a subprocess: os.fork() while a concurrent cycle is in flight.
+"""Run by test_fork_during_collection.py in a subprocess: os.fork() while a concurrent cycle is in flight.
 
-    python -m tests.reliability.fork_script <sim|linux> <rule|no-rule>
+    python -m tests.fork.os_fork_script <sim|linux> <rule|no-rule>
 
 The parent builds a heap (payloads and a chain of references), leaves a
 concurrent cycle half done (no compactor thread: pages are installed only on

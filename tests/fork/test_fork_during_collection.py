@@ -32,7 +32,7 @@ def payload(i: int, n: int) -> bytes:
 
 
 def build(h, rng):
-    refs = [h.alloc(rng.choice((64, 900, 6000, 20000)), 1) for _ in range(N)]
+    refs = [h.alloc(rng.choice((64, 900, 6000, 20000, 200_000)), 1) for _ in range(N)]
     for i, r in enumerate(refs):
         r.write(payload(i, r.nbytes))
         if i:
@@ -80,6 +80,8 @@ def test_a_fork_during_a_collection_costs_copies_not_objects(kernel_name, mode):
             finally:
                 child.exit()
         assert stats.ebusy_fallbacks > 0, "no page was shared with the child: the fork came too late"
+        assert stats.bytes_copied >= stats.ebusy_fallbacks * h.kernel.page_size  # each refused page is copied
+        assert stats.live_objects == N  # the chain from `head` holds every object; the garbage went
         h.verify()
         assert walk(head) == N
         h.collect(concurrent=mode != "stw")  # exclusive again: moves, no copies
@@ -87,7 +89,7 @@ def test_a_fork_during_a_collection_costs_copies_not_objects(kernel_name, mode):
 
 
 def run_fork_script(backend: str, rule: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "tests.reliability.fork_script", backend, rule],
+    out = subprocess.run([sys.executable, "-m", "tests.fork.os_fork_script", backend, rule],
                          capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
