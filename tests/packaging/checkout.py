@@ -1,0 +1,51 @@
+"""The project checkout, and fresh interpreters and builds made from it (shared by the packaging tests)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# What a clean clone does not have: build products of an editable install and caches.
+NOT_IN_A_CLONE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.pyc",
+                                        ".pytest_cache", ".hypothesis", ".notes", "results")
+
+
+def run_python(code: str, *args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (no logging configured, no modules imported): its exit code and
+    both streams, as bytes are written."""
+    return subprocess.run([sys.executable, *args, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def clean_copy(dest: Path) -> Path:
+    """The checkout as a fresh clone of it would have it, at ``dest``: the files git knows or would add
+    (no build products), so a build neither sees stale ones nor leaves its own in the shared tree."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:  # not a git checkout (an unpacked sdist): leave out what a clone would not have
+        shutil.copytree(ROOT, dest, ignore=NOT_IN_A_CLONE)
+        return dest
+    for name in filter(None, listed.stdout.split("\0")):
+        src = ROOT / name
+        if src.is_file():  # listed but deleted in the work tree: not there
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def build_wheel(source: Path, out: Path) -> Path:
+    """``pip wheel SOURCE --no-deps -w OUT``: the one wheel it builds."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-w", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (wheel,) = out.glob("remapgc-*.whl")
+    return wheel
+
+
+def wheel_files(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        return zf.namelist()
