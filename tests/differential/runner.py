@@ -124,7 +124,7 @@ def region_defs(scenario_steps) -> list[RegionDef]:
         if isinstance(step, S.Map):
             defs.setdefault(step.label, RegionDef(step.label, step.pages, step.offset, step.after))
         elif isinstance(step, S.Mremap):
-            defs.setdefault(step.new, RegionDef(step.new, step.pages, step.offset))
+            defs.setdefault(step.new, RegionDef(step.new, step.pages, step.offset, step.after))
     return list(defs.values())
 
 
@@ -451,6 +451,35 @@ class Runner:
             region, _, page = label.partition("+")
             self.k.store(a, pattern(f"{region}+{int(page or 0) + i}/{self.writes}"))
         return None if not done else done[0]
+
+    def blocked_before_fault(self, start: int, pages: int, need: int) -> bool:
+        """Would a one-call access of ``pages`` pages from ``start`` block in a
+        userfault before it reaches its first faulting page? (It goes page by
+        page in address order, so nothing after that page matters.)"""
+        for a in self.page_addrs(start, pages):
+            prot = self.mapped.get(a)
+            if prot is None or not prot & need:
+                return False
+            if self.would_block(a):
+                return True
+        return False
+
+    def do_Store(self, st: S.Store):
+        start = self.addr(st.at)
+        if self.blocked_before_fault(start, st.pages, PROT_WRITE):
+            return "would-block"
+        self.writes += 1
+        label = st.at if isinstance(st.at, str) else hex(start)
+        region, _, page = label.partition("+")
+        self.k.store(start, b"".join(pattern(f"{region}+{int(page or 0) + i}/{self.writes}")
+                                     for i in range(st.pages)))
+
+    def do_Load(self, st: S.Load):
+        start = self.addr(st.at)
+        if self.blocked_before_fault(start, st.pages, PROT_READ):
+            return "would-block"
+        data = self.k.load(start, st.pages * PS)
+        return " ".join(compress([content_tag(data[i * PS:(i + 1) * PS]) for i in range(st.pages)]))
 
     def do_Read(self, st: S.Read):
         start = self.addr(st.at)

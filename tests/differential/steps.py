@@ -144,6 +144,7 @@ class Mremap(Step):
     new: str
     dontunmap: bool = False
     offset: int = 0  # pages past a 2 MiB boundary where ``new`` starts
+    after: str | None = None  # place ``new`` directly after this region instead (it may merge with it)
     tag: str | None = None
 
 
@@ -151,6 +152,25 @@ class Mremap(Step):
 @dataclass(frozen=True)
 class Write(Step):
     """Store a self-describing pattern into each page (one store per page)."""
+
+    at: Addr
+    pages: int = 1
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class Store(Step):
+    """One Kernel.store of ``pages`` patterned pages (one call across every
+    page, holes and protections included: it stops at the first fault)."""
+
+    at: Addr
+    pages: int = 1
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class Load(Step):
+    """One Kernel.load of ``pages`` pages (one call; stops at the first fault)."""
 
     at: Addr
     pages: int = 1
