@@ -205,11 +205,24 @@ class Frames:
         return base
 
     def unmap(self, ids: np.ndarray) -> None:
-        """Drop one mapping of each of ``ids`` (distinct ordinary frames); free those left unmapped."""
+        """Drop one mapping of each of ``ids`` (distinct ordinary frames); free those left unmapped.
+
+        A page of a large folio is freed only with the whole folio, once none of
+        its pages is mapped: a partly unmapped folio keeps its size (and its
+        unmapped pages) until it is split or wholly unmapped.
+        """
         if ids.size == 0:
             return
         self.mapcount[ids] -= 1
         dead = ids[self.mapcount[ids] <= 0]
+        if dead.size == 0:
+            return
+        large = self.nr[dead] > 1
+        if large.any():
+            whole = [np.arange(h, h + int(self.nr[h]), dtype=np.int64)
+                     for h in np.unique(self.head[dead[large]]).tolist()
+                     if not self.mapcount[h:h + int(self.nr[h])].any()]
+            dead = np.concatenate([dead[~large], *whole])
         if dead.size:
             self.free(dead)
 
@@ -243,9 +256,22 @@ class Frames:
             self.content.pages[dslots] = self.content.pages[src_slots[has]]
 
     def split_folio(self, head: int) -> int:
-        """Turn a large folio into order-0 pages; returns how many pages it had."""
+        """Turn a large folio into order-0 pages, freeing those no longer mapped;
+        returns how many pages it had."""
         nr = int(self.nr[head])
         ids = np.arange(head, head + nr, dtype=np.int64)
         self.head[ids] = ids
         self.nr[ids] = 1
+        unmapped = ids[self.mapcount[ids] <= 0]
+        if unmapped.size:
+            self.free(unmapped)
         return nr
+
+    def written(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each frame holds a nonzero byte."""
+        slots = self.slot[ids]
+        out = slots != ZERO_SLOT
+        if out.any():
+            self.content.ensure()
+            out[out] = self.content.pages[slots[out]].any(axis=1)
+        return out

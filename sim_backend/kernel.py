@@ -210,35 +210,33 @@ class SimKernel:
             return
         self.counters.pmds_split += 1
 
-    def _split_folio(self, frame: int, row: int) -> bool:
-        """split_folio() of the large folio holding ``frame``, mapped in PTE row ``row``.
+    def _split_folio(self, frame: int) -> bool:
+        """split_folio() of the large folio holding ``frame``.
 
         False (EBUSY) if it is pinned. On success, as 6.12+ does when it
         remaps an anonymous folio after splitting it, every zero-filled page
-        (unless the VMA is mlocked) is replaced by the shared zero page.
+        is replaced by the shared zero page in *every* mapping of it (the
+        rmap walk reaches parts mremapped elsewhere too), except where the
+        mapping VMA is mlocked; its pages no longer mapped anywhere are freed.
         """
         fr = self.frames
         head = int(fr.head[frame])
         nr = int(fr.nr[head])
         if fr.pins[head:head + nr].any():
             return False
-        self.counters.pages_split += fr.split_folio(head)
-        entries = self.pt.pte[row]
-        mine = np.flatnonzero((entries >= head) & (entries < head + nr))
-        if mine.size:
-            region = int(self.pt.region_of[row])
-            vma = self.mm.find((region << PMD_SHIFT) + (int(mine[0]) << PAGE_SHIFT))
-            if vma is not None and not vma.locked:
-                frames = entries[mine]
-                slots = fr.slot[frames]
-                zero = slots == 0
-                written = ~zero
-                if written.any():
-                    self.frames.content.ensure()
-                    zero[written] = ~fr.content.pages[slots[written]].any(axis=1)
-                if zero.any():
-                    self.pt.pte[row, mine[zero]] = ZERO_FRAME
-                    fr.unmap(frames[zero])
+        self.counters.pages_split += nr
+        rows, cols = self.pt.mapping(head, head + nr)
+        if rows.size:
+            frames = self.pt.pte[rows, cols]
+            zero = ~fr.written(frames)
+            addrs = (self.pt.region_of[rows] << PMD_SHIFT) + (cols << PAGE_SHIFT)
+            for i in np.flatnonzero(zero).tolist():
+                vma = self.mm.find(int(addrs[i]))
+                zero[i] = vma is not None and not vma.locked
+            if zero.any():
+                self.pt.pte[rows[zero], cols[zero]] = ZERO_FRAME
+                fr.mapcount[frames[zero]] -= 1
+        fr.split_folio(head)
         return True
 
     def _split_boundary(self, addr: int) -> None:
@@ -328,7 +326,7 @@ class SimKernel:
                     raise _err(errno.ENOMEM, "mmap: no room in the address space")
             vma = Vma(addr, addr + length, prot & 0xF, shared=shared, pgoff=addr >> PAGE_SHIFT)
             self.mm.insert(vma)
-            self.mm.merge_around(addr, addr + length)
+            self.mm.merge_at(addr)
             return addr
 
     def munmap(self, addr: int, length: int) -> None:
@@ -374,20 +372,35 @@ class SimKernel:
                 raise _err(errno.ENOMEM, f"mprotect {addr:#x}+{length:#x}")
             if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | _PROT_SEM):
                 raise _err(errno.EINVAL, f"mprotect prot={prot:#x}")
-            self._apply_to_range(addr, addr + length, {"prot": prot & 0x7}, "mprotect")
+            self._apply_to_range(addr, addr + length, {"prot": prot & 0x7}, "mprotect",
+                                 then=self._populate_for_write)
+
+    def _populate_for_write(self, was: Vma, lo: int, hi: int) -> None:
+        """mprotect_fixup: a locked private VMA that gains write access is populated for
+        writing at once (COW broken now, not at the first store); failures are ignored."""
+        now = self.mm.find(lo)
+        if (was.locked and not was.shared and not was.prot & PROT_WRITE
+                and now is not None and now.prot & PROT_WRITE):
+            try:
+                self._populate(lo, hi)
+            except OSError:
+                pass
 
     def _modify(self, vma: Vma, lo: int, hi: int, updates: dict) -> None:
         """vma_modify: set ``updates`` on ``[lo, hi)`` of ``vma``, splitting it (and a huge PMD
-        across the new boundary) only if something actually changes, as Linux skips a VMA
-        whose flags would stay the same."""
+        across the new boundary), then merging the changed piece with its neighbours. Only if
+        something actually changes: Linux skips a VMA whose flags would stay the same."""
         if all(getattr(vma, name) == value for name, value in updates.items()):
             return
         for piece in self._isolate(lo, hi):
-            for name, value in updates.items():
-                setattr(piece, name, value)
+            self.mm.update(piece, updates)
+        self.mm.merge_at(lo)
 
-    def _apply_to_range(self, start: int, end: int, updates: dict, what: str) -> None:
-        """Change the VMAs of ``[start, end)`` in order; ENOMEM at the first hole (earlier ones stay changed)."""
+    def _apply_to_range(self, start: int, end: int, updates: dict, what: str, then=None) -> None:
+        """Change the VMAs of ``[start, end)`` in order; ENOMEM at the first hole (earlier ones stay changed).
+
+        ``then(old, lo, hi)`` runs after each VMA's change, with a copy of the VMA as it was.
+        """
         first = self.mm.find(start)
         if first is None:
             raise _err(errno.ENOMEM, f"{what}: {start:#x} is not mapped")
@@ -398,9 +411,11 @@ class SimKernel:
                 hole = True
                 break
             lo, hi = max(vma.start, start), min(vma.end, end)
+            was = vma.copy()
             self._modify(vma, lo, hi, updates)
+            if then is not None:
+                then(was, lo, hi)
             cursor = hi
-        self.mm.merge_around(start, end)
         if hole or cursor < end:
             raise _err(errno.ENOMEM, f"{what}: {cursor:#x} is not mapped")
 
@@ -435,7 +450,6 @@ class SimKernel:
                 cursor = hi
             if cursor < end:
                 unmapped = True
-            self.mm.merge_around(addr, end)
             if unmapped:
                 raise _err(errno.ENOMEM, f"madvise {addr:#x}+{length:#x}: part of the range is not mapped")
 
@@ -464,17 +478,46 @@ class SimKernel:
             self._modify(vma, lo, hi, {"dontfork": advice == MADV_DONTFORK})
 
     def _madv_free(self, lo: int, hi: int) -> None:
-        # No memory pressure in the sim, so lazily freed pages are never reclaimed;
-        # only the THP split of a partially covered huge PMD is visible.
+        """MADV_FREE: no memory pressure in the sim, so lazily freed pages are never
+        reclaimed; only the splits are visible. A THP the range covers in part has its
+        PMD split; then a large folio of which the range maps fewer pages than it has
+        (in one run of consecutive pages) is split, unless another process maps it."""
         for region in range(lo >> PMD_SHIFT, ((hi - 1) >> PMD_SHIFT) + 1):
             start = region << PMD_SHIFT
-            if self.pt.kind_of(region) == THP and not (lo <= start and start + PMD_SIZE <= hi):
+            kind = self.pt.kind_of(region)
+            if kind == THP and not (lo <= start and start + PMD_SIZE <= hi):
                 row = self.pt.row(region)
-                head = int(self.pt.pte[row, 0])
-                if (self.frames.mapcount[head:head + PTRS_PER_PMD] > 1).any():
-                    continue  # folio_maybe_mapped_shared: a THP a child maps too is left alone
+                if self._maybe_mapped_shared(int(self.pt.pte[row, 0])):
+                    continue  # madvise_free_huge_pmd leaves a THP a child maps too alone
                 self._split_pmd(region)
-                self._split_folio(head, row)
+                kind = TABLE
+            if kind == TABLE:
+                self._madv_free_ptes(region, max(lo, start), min(hi, start + PMD_SIZE))
+
+    def _madv_free_ptes(self, region: int, lo: int, hi: int) -> None:
+        """madvise_free_pte_range over one PTE table: split the large folios it covers in part."""
+        row = self.pt.row(region)
+        i, end = (lo >> PAGE_SHIFT) & IDX_MASK, ((hi - 1) >> PAGE_SHIFT & IDX_MASK) + 1
+        fr = self.frames
+        while i < end:
+            frame = int(self.pt.pte[row, i])
+            if frame < FIRST_FRAME or fr.nr[frame] == 1:
+                i += 1
+                continue
+            head = int(fr.head[frame])
+            nr = int(fr.nr[head])
+            # the batch: consecutive PTEs mapping consecutive pages of this folio
+            want = frame + np.arange(min(end - i, head + nr - frame))
+            got = self.pt.pte[row, i:i + want.size]
+            run = want.size if (got == want).all() else int(np.argmin(got == want))
+            if run < nr and not self._maybe_mapped_shared(head):
+                self._split_folio(frame)
+                continue  # the same PTE again, now order-0 (or the zero page)
+            i += run
+
+    def _maybe_mapped_shared(self, head: int) -> bool:
+        """folio_maybe_mapped_shared: another process (a forked child) maps a page of it."""
+        return bool((self.frames.mapcount[head:head + int(self.frames.nr[head])] > 1).any())
 
     def mlock(self, addr: int, length: int, *, onfault: bool = False) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
@@ -577,24 +620,29 @@ class SimKernel:
             self._split_boundary(old + length)
         else:
             [vma] = self._isolate(old, old + length)
-        # The new VMA keeps pgoff and anon_vma. Its uffd registration is kept only
-        # if the uffd asked for UFFD_FEATURE_EVENT_REMAP, which then gets a REMAP event.
+        # copy_vma: the new VMA keeps anon_vma, and pgoff unless it never had an anon_vma
+        # (then pgoff follows the new address, so it may merge with its new neighbours).
+        # It merges still carrying the uffd registration; the registration is then kept
+        # only if the uffd asked for UFFD_FEATURE_EVENT_REMAP (which gets a REMAP event),
+        # else dropped from the whole merged VMA (mremap_userfaultfd_prep).
         uffd = vma.uffd
         remap = uffd is not None and bool(uffd.requested_features & UFFD_FEATURE_EVENT_REMAP)
-        moved = vma.copy(start=new, end=new + length, pgoff=vma.pgoff + ((old - vma.start) >> PAGE_SHIFT),
-                         uffd=uffd if remap else None, uffd_mode=vma.uffd_mode if remap else 0)
+        pgoff = vma.pgoff + ((old - vma.start) >> PAGE_SHIFT) if vma.anon_vma is not None else new >> PAGE_SHIFT
+        moved = vma.copy(start=new, end=new + length, pgoff=pgoff)
         events = [(uffd, self._queue_event(uffd, "remap", old, new))] if remap else []
         self.mm.insert(moved)
         self._move_page_tables(old, new, length, whole_tables=uffd is None or remap)
         if dontunmap:
             # VM_LOCKED cleared on the old VMA in place: Linux does not try to merge it
-            vma.locked = vma.lockonfault = False
+            self.mm.update(vma, {"locked": False, "lockonfault": False})
             if vma.start == old and vma.end == old + length:
                 vma.anon_vma = None
         else:
             self.mm.remove(vma)
             self._free_pgtables(old, old + length)
-        self.mm.merge_around(new, new + length)
+        merged = self.mm.merge_at(new)
+        if uffd is not None and not remap:
+            self.mm.update(merged, {"uffd": None, "uffd_mode": 0})
         return events
 
     def _move_page_tables(self, old: int, new: int, length: int, whole_tables: bool) -> None:
@@ -778,7 +826,11 @@ class SimKernel:
         return frames, self._prot_allows(pages, write) & self._frames_allow(frames, write)
 
     def _resolve(self, bad_pages: np.ndarray, write: bool, user: bool = True) -> None:
-        """Fault in ``bad_pages`` (in order of first use); only the first may block or raise."""
+        """Fault in ``bad_pages`` (in order of first use); only the first may block or raise.
+
+        The access would stop at the first of the others that cannot be resolved
+        without blocking or failing, so none after it is touched.
+        """
         if bad_pages.size == 0:
             return
         _, first = np.unique(bad_pages, return_index=True)
@@ -786,10 +838,23 @@ class SimKernel:
         self._fault(int(order[0]) << PAGE_SHIFT, write, user=user)
         rest = order[1:]
         if rest.size > 16:
+            rest = rest[:self._resolvable_prefix(rest, write)]
             rest = rest[~self._bulk_fill(rest, write)]
         for page in rest.tolist():
             if not self._fault(page << PAGE_SHIFT, write, user=user, may_block=False):
                 return
+
+    def _resolvable_prefix(self, pages: np.ndarray, write: bool) -> int:
+        """How many of ``pages`` come before the first whose fault would fail (no VMA,
+        protection) or block (a missing page in a MISSING-registered VMA)."""
+        stop = ~self._prot_allows(pages, write)
+        missing = self.pt.frames_at(pages) == NO_FRAME
+        if missing.any():
+            starts = self.mm.arrays()[0]
+            vi = np.maximum(np.searchsorted(starts, pages[missing] << PAGE_SHIFT, side="right") - 1, 0)
+            armed = np.array([self._missing_registered(v) for v in self.mm.vmas], dtype=bool)
+            stop[missing] |= armed[vi]
+        return pages.size if not stop.any() else int(np.argmax(stop))
 
     def _bulk_fill(self, pages: np.ndarray, write: bool) -> np.ndarray:
         """Demand-fill, at once, the pages whose fault is the plain one: missing, at PTE level, in
@@ -1304,6 +1369,30 @@ class SimKernel:
         first = addr >> PAGE_SHIFT
         with self._lock:
             return self.pt.frames_at(np.arange(first, first + npages, dtype=np.int64))
+
+    def frame_pointers(self, addr: int, npages: int, write: bool = False) -> np.ndarray:
+        """Host addresses of the contents of the ``npages`` pages from ``addr``
+        (page-aligned), as uint64, for compiled code that reads (or, with
+        ``write``, writes) simulated memory in place (heap.core). 0 where a
+        user-mode access of that kind would fault: no frame, a protection that
+        forbids it, and for a write the zero page or a frame not exclusive to
+        this mm (copy-on-write). The caller faults such a page in through
+        load/store and asks again. A pointer stays valid until the page's
+        mapping changes (the caller holds the heap still meanwhile)."""
+        addr, npages = _u64(addr, "addr"), _u64(npages, "npages")
+        if npages > (1 << 36):
+            raise ValueError(f"npages={npages} is too many")
+        if npages == 0:
+            return np.zeros(0, dtype=np.uint64)
+        first = addr >> PAGE_SHIFT
+        with self._lock:
+            frames, ok = self._span_pages(first, first + npages - 1, write)
+            if write and ok.any():
+                self.frames.writable_slots(frames[ok])  # a first write gives the frame its content slot
+            self._pool_ready()
+            slots = self.frames.slot[np.where(ok, frames, 0)]
+            pool = self.frames.content.bytes.ctypes.data
+            return np.where(ok, pool + slots * PAGE_SIZE, 0).astype(np.uint64)
 
     def resident_bytes(self, addr: int, length: int) -> int:
         addr, length = _u64(addr, "addr"), _u64(length, "length")

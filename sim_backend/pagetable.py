@@ -135,6 +135,14 @@ class PageTables:
         get = self.slot_of.get
         return np.fromiter((get(int(r), -1) for r in regions), dtype=np.int64, count=regions.size)
 
+    def mapping(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, columns) of every entry mapping a frame id in ``[lo, hi)``: the reverse
+        map of a folio, over every region of this address space."""
+        used = np.flatnonzero(self.kind != NONE)
+        block = self.pte[used]
+        rows, cols = np.nonzero((block >= lo) & (block < hi))
+        return used[rows], cols
+
     def frames_at(self, pages: np.ndarray) -> np.ndarray:
         """Frame id mapped at each virtual page number (NO_FRAME where none)."""
         rows = self.rows_for(pages >> (PMD_SHIFT - 12))

@@ -134,7 +134,6 @@ class SimUffd:
                 if vma.uffd is self and not mode & ~vma.uffd_mode:
                     continue  # already registered here with these modes: left as it is
                 k._modify(vma, lo, hi, {"uffd": self, "uffd_mode": mode})
-            k.mm.merge_around(addr, end)
             ioctls = RANGE_IOCTLS
             if not mode & UFFDIO_REGISTER_MODE_WP:
                 ioctls &= ~(1 << _UFFDIO_WRITEPROTECT)
@@ -169,9 +168,7 @@ class SimUffd:
                 if vma.uffd_mode & UFFDIO_REGISTER_MODE_MISSING:
                     # wake pending faults so they retry with normal fault handling
                     k._wake(self, lo, hi - lo)
-                for piece in k._isolate(lo, hi):
-                    piece.uffd, piece.uffd_mode = None, 0
-            k.mm.merge_around(addr, end)
+                k._modify(vma, lo, hi, {"uffd": None, "uffd_mode": 0})
 
     # ------------------------------------------------------------------------------
     # events
@@ -229,9 +226,7 @@ class SimUffd:
             self.events.clear()  # threads waiting for them see the uffd closed and go on
             for vma in list(k.mm.vmas):
                 if vma.uffd is self:
-                    vma.uffd, vma.uffd_mode = None, 0
-            if k.mm.vmas:
-                k.mm.merge_around(k.mm.vmas[0].start, k.mm.vmas[-1].end)
+                    k._modify(vma, vma.start, vma.end, {"uffd": None, "uffd_mode": 0})
             k._wake(self, 0, U64_MAX + 1, served=False)
             k._cond.notify_all()
 
@@ -451,8 +446,10 @@ class SimUffd:
             run = (sp == NO_FRAME) & (dp == NO_FRAME)
             n = limit if run.all() else int(np.argmin(run))
             return n << PAGE_SHIFT, 0
-        if frame >= FIRST_FRAME and fr.excl[frame] and fr.nr[frame] > 1:
-            if not k._split_folio(frame, srow):
+        # A large folio is split if its *first* page is AnonExclusive (6.18 reads the bit
+        # on &folio->page); the page itself is checked again once it is order-0.
+        if frame >= FIRST_FRAME and fr.nr[frame] > 1 and fr.excl[fr.head[frame]]:
+            if not k._split_folio(frame):
                 return 0, errno.EBUSY
             frame = int(pt.pte[srow, si])  # re-examined: it may have become the zero page
         if frame == ZERO_FRAME:

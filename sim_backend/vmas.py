@@ -119,24 +119,39 @@ class AddressSpace:
         self.split_at(end)
         return self.overlapping(start, end)
 
-    def merge_around(self, start: int, end: int) -> None:
-        """Merge compatible neighbours among the VMAs touching ``[start, end]``."""
-        i = max(bisect.bisect_right(self._starts, start) - 2, 0)
+    def update(self, vma: Vma, changes: dict) -> None:
+        """Change flags of ``vma`` in place (a whole-VMA mprotect, registration...);
+        the cached arrays are rebuilt on their next use."""
+        for name, value in changes.items():
+            setattr(vma, name, value)
+        self.version += 1
+
+    def merge_at(self, addr: int) -> Vma | None:
+        """Merge the VMA containing ``addr`` with its neighbours where compatible
+        (vma_merge: only the VMA just created or changed is merged, never others);
+        returns the VMA now containing ``addr``."""
+        vma = self.find(addr)
+        if vma is None:
+            return None
+        i = bisect.bisect_right(self._starts, addr) - 1
         changed = False
-        while i + 1 < len(self.vmas):
-            cur, nxt = self.vmas[i], self.vmas[i + 1]
-            if cur.start > end:
-                break
-            if cur.can_merge_with_next(nxt):
-                cur.end = nxt.end
-                if cur.anon_vma is None:
-                    cur.anon_vma = nxt.anon_vma
-                del self.vmas[i + 1]
-                changed = True
-                continue
-            i += 1
+        if i + 1 < len(self.vmas) and vma.can_merge_with_next(self.vmas[i + 1]):
+            self._absorb_next(i)
+            changed = True
+        if i > 0 and self.vmas[i - 1].can_merge_with_next(vma):
+            self._absorb_next(i - 1)
+            vma = self.vmas[i - 1]
+            changed = True
         if changed:
             self._changed()
+        return vma
+
+    def _absorb_next(self, i: int) -> None:
+        cur, nxt = self.vmas[i], self.vmas[i + 1]
+        cur.end = nxt.end
+        if cur.anon_vma is None:
+            cur.anon_vma = nxt.anon_vma
+        del self.vmas[i + 1]
 
     # -- placement ---------------------------------------------------------------
     def free_area(self, length: int, align: int) -> int | None:

@@ -48,7 +48,9 @@ from .steps import (
     ReadEvents,
     Background,
     Register,
+    Load,
     Snapshot,
+    Store,
     StartReader,
     Uffd,
     Unregister,
@@ -70,6 +72,11 @@ def setup(src_pages=8, dst_pages=8, *, src_prot=RW, dst_prot=RW, src=None, dst=N
     if register:
         steps.append(Register("D", dst_pages))
     return steps
+
+
+def registered_dst(pages=8):
+    """Map D, create uffd "u" and register all of D (MISSING): setup() for a source mapped already."""
+    return [Map("D", pages), Uffd(), Register("D", pages)]
 
 
 def moved(n_pages: int) -> str:
@@ -770,7 +777,81 @@ WAKE += [
              doc="5 / close"),
 ]
 
-SCENARIOS = VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + NOOP_VMA_CHANGES + ACCESS + COPY + VMAS + REGISTRATION
+
+# --- issue 17: where random sequences told the simulator from Linux --------------------------
+# One scenario per case (A..I); the letter is the issue's.
+FIDELITY = [
+    scenario("A: mprotect of a whole VMA in place: loads and stores follow the new protection",
+             Map("A", 8, thp=False), Write("A", 2), Mprotect("A", 8, NONE), Load("A", tag="none_load"),
+             Mprotect("A", 8, RO), Store("A", tag="ro_store"), Load("A", 2, tag="ro_load"),
+             Mprotect("A", 8, RW), Store("A+1", 2, tag="rw_store"),
+             expect={"none_load": "EFAULT", "ro_store": "EFAULT", "ro_load": "ok A+0/1 A+1/2", "rw_store": "ok"},
+             pages=[Pages("A", 1, state="present", origin="A+0"), Pages("A+1", 2, state="present")],
+             doc="mprotect (whole VMA, no split or merge)"),
+    scenario("B: mprotect +WRITE of mlocked read-only memory breaks COW at once",
+             Map("A", 8, RO), Mlock("A", 8), Snapshot("locked"), Mprotect("A", 8, RW, tag="rw"),
+             expect={"rw": "ok"},
+             pages=[Pages("A", 8, state="zero", when="locked"), Pages("A", 8, state="present")],
+             doc="mprotect of a VM_LOCKED private VMA gaining VM_WRITE populates it for write"),
+    scenario("C: a MOVE's folio split maps zero-filled pages to the zero page everywhere, mremapped parts too",
+             Map("S", HPAGES, thp=True), Write("S"), Write("S+257"), Snapshot("thp"), Mremap("S+256", 8, "N"),
+             *registered_dst(), Move("D", "S", tag="mv"),
+             expect={"mv": moved(1)},
+             pages=[Pages("S", 1, state="thp", huge=True, when="thp"), Pages("D", 1, state="present", origin="S+0"),
+                    Pages("S+1", 255, state="zero"), Pages("S+264", 248, state="zero"),
+                    Pages("N", 1, state="zero"), Pages("N+1", 1, state="present", origin="S+257"),
+                    Pages("N+2", 6, state="zero")],
+             doc="2.2 split_folio (zero-filled subpages remapped to the zero page in every mapping)"),
+    scenario("D: MADV_FREE of part of a PTE-mapped THP splits the folio",
+             Map("S", HPAGES, thp=True), Write("S", 4), Madvise("S+511", 1, DONTNEED), Snapshot("pte_mapped"),
+             Madvise("S", 8, FREE, tag="free"), Snapshot("freed"), *registered_dst(),
+             Move("D", "S", pages=4, tag="mv"),
+             expect={"free": "ok", "mv": moved(4)},
+             pages=[Pages("S", 4, state="thp", huge=False, when="pte_mapped"),
+                    Pages("S", 4, state="present", when="freed"), Pages("S+4", 507, state="zero", when="freed"),
+                    Pages("D", 4, state="present", origin="S+0")],
+             doc="MADV_FREE (madvise_free_pte_range splits a large folio it covers in part)"),
+    scenario("E: mremap of a never-faulted registered VMA next to a registered one merges, and drops the registration",
+             Map("S", 8), Write("S", 4), Map("B", 8), Write("B", 2), Map("C", 8), Uffd(), Register("B", 8),
+             Register("C", 8), Mremap("C", 8, "N", after="B", tag="mr"), Move("B+4", "S", tag="into_b"),
+             Move("N", "S+1", tag="into_n"), Zeropage("B+5", tag="zp"), Copy("N+1", "S+2", tag="cp"),
+             Unregister("B", 16, tag="unreg"), Register("B", 16, tag="rereg"), Move("B+15", "S+3", tag="across"),
+             expect={"mr": "ok", "into_b": EINVAL, "into_n": EINVAL, "zp": ENOENT, "cp": ENOENT, "unreg": "ok",
+                     "rereg": "ok ioctls=0x13c", "across": moved(1)},
+             pages=[Pages("N+7", 1, origin="S+3"), Pages("B+4", 1, state="none")],
+             doc="mremap (a VMA without anon_vma gets the pgoff of its new place) / 1b M8e"),
+    scenario("F: a THP whose first page was unmapped keeps its size: a MOVE splits it",
+             Map("S", HPAGES, thp=True), Write("S", 4), Munmap("S"), Snapshot("cut"),
+             *registered_dst(), Move("D", "S+1", tag="mv"),
+             expect={"mv": moved(1)},
+             pages=[Pages("S+1", 3, state="thp", huge=False, when="cut"), Pages("D", 1, state="present", origin="S+1"),
+                    Pages("S+2", 2, state="present"), Pages("S+4", 508, state="zero")],
+             doc="2.2 split_folio of a partially mapped large folio"),
+    scenario("G: a store across a hole stops at the hole, the pages after it stay untouched",
+             Map("A", 2 * HPAGES, thp=True), Munmap("A+300", 8), Store("A+100", HPAGES, tag="st"),
+             Load("A+296", 8, tag="ld"),
+             expect={"st": "EFAULT", "ld": "EFAULT"},
+             pages=[Pages("A+100", 200, state="present"), Pages("A+308", 400, state="none"),
+                    Pages("A", 100, state="none")],
+             doc="user-mode access: page by page, stops at the first fault"),
+    scenario("H: an mprotect that changes nothing leaves VMAs apart that DONTUNMAP unlocked in place",
+             Map("C", 8), Map("S", 8), Write("S", 4), Uffd(), Register("C", 8), Mlock("C+1", 1, onfault=True),
+             Mremap("C+1", 1, "N", dontunmap=True), Mprotect("C", 8, RW, tag="noop"),
+             Zeropage("C", pages=2, tag="zp_across"), Zeropage("C+4", pages=2, tag="zp_after"),
+             Move("C", "S", pages=2, tag="mv_across"),
+             expect={"noop": "ok", "zp_across": ENOENT, "zp_after": moved(2), "mv_across": EINVAL},
+             doc="mprotect (a VMA whose flags stay the same is skipped, not merged)"),
+    scenario("I: MOVE from a fork-shared PTE-mapped THP whose first page was unmapped before the fork (6.18 quirk)",
+             Map("S", HPAGES, thp=True), Write("S", 4), Munmap("S"), Fork(), *registered_dst(),
+             Move("D", "S+100", tag="zero_filled"), Move("D+1", "S+1", tag="written"), ChildExit(),
+             expect={"zero_filled": moved(1), "written": EBUSY},
+             pages=[Pages("D", 1, state="zero"), Pages("S+100", 1, state="none"), Pages("S+1", 3, state="present"),
+                    Pages("S+4", 96, state="zero"), Pages("D+1", 1, state="none")],
+             doc="2.2 (PageAnonExclusive is read on the folio's first page; see DISAGREEMENTS.md, kernel quirks)"),
+]
+
+SCENARIOS = (VALIDATION + SETUP_CHECKS + LOOP + THP + OBSERVED + NOOP_VMA_CHANGES + ACCESS + COPY + VMAS
+             + REGISTRATION + FIDELITY)
 
 
 def _unique(items):
