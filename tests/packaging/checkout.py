@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -22,18 +24,16 @@ def run_python(code: str, *args: str, cwd: Path = ROOT, timeout: float = 120) ->
 
 
 def clean_copy(dest: Path) -> Path:
-    """The checkout as a fresh clone of it would have it, at ``dest``: the files git knows or would add
-    (no build products), so a build neither sees stale ones nor leaves its own in the shared tree."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True)
-    if listed.returncode != 0:  # not a git checkout (an unpacked sdist): leave out what a clone would not have
+    """A clean checkout of the current commit at ``dest`` (``git archive HEAD``): what a fresh clone has,
+    without build products or work in progress, and a build there leaves nothing in the shared tree."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True)
+    if archive.returncode != 0:  # not a git checkout (an unpacked sdist): leave out what a clone would not have
+        dest.rmdir()
         shutil.copytree(ROOT, dest, ignore=NOT_IN_A_CLONE)
         return dest
-    for name in filter(None, listed.stdout.split("\0")):
-        src = ROOT / name
-        if src.is_file():  # listed but deleted in the work tree: not there
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest)
     return dest
 
 
