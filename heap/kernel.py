@@ -1,27 +1,28 @@
-"""The seam between remapgc and the kernel it runs on.
+"""The seam between remapgc and the kernel it runs on (docs/design.md, "Layers").
 
 Everything the heap asks of an operating system goes through the `Kernel`
-protocol defined here; two backends implement it:
+protocol defined here. ``uffd_backend.LinuxKernel`` drives the real kernel
+through compiled C; ``sim_backend.SimKernel`` simulates Linux 6.18 faithfully
+enough that the same call sequence gives the same results, and can force rare
+races deterministically.
 
-* ``uffd_backend.LinuxKernel`` drives the real kernel (mmap family,
-  /proc/self/pagemap, userfaultfd and UFFDIO_MOVE) through compiled C;
-* ``sim_backend.SimKernel`` simulates a Linux 6.18 kernel faithfully enough
-  that the same call sequence gives the same results (checked by the
-  differential tests), and can force rare races deterministically.
+The protocol is syscall-shaped: each method is one system call or one ioctl,
+so the simulator can be compared with Linux call by call. Errors are
+``OSError`` with the kernel's errno; move/copy/zeropage raise ``UffdError``
+whose ``moved`` says how many bytes were done first. The vectorised accesses
+(``load_words``, ``store_words``, ``memmove``, ``copy_ranges``,
+``resident_bytes``, ``page_frames``) behave as the equivalent user-mode loads
+and stores would (they may fault and block), and on Linux release the GIL.
 
-The protocol is syscall-shaped on purpose: each method is one system call or
-one ioctl, so the simulator can be compared with Linux call by call. Errors
-are ``OSError`` carrying the kernel's errno; move/copy/zeropage raise
-``UffdError`` whose ``moved`` says how many bytes were done first.
+Everything else a backend may offer is declared here too, with its default
+in ``KernelBase`` / ``UffdBase`` (both backends subclass them): batched moves,
+diagnostics, what a fork needs redone, and the accelerator -- what a backend
+does natively for a concurrent cycle, reading the install program in the
+layout declared here and in heap/csrc/remapgc_program.h (docs/design.md,
+"The accelerator protocol").
 
-A handful of methods go beyond one syscall (``load_words``, ``store_words``,
-``memmove``, ``copy_ranges``, ``resident_bytes``, ``page_frames``): they are the vectorised
-user-mode memory accesses the heap needs so that marking and fixing up a
-million objects does not cost a Python call per word. They behave exactly as
-the equivalent sequence of user-mode loads and stores would (they may fault
-and block on registered missing pages), and on Linux they release the GIL.
-
-This module imports no backend; ``open_kernel`` imports one lazily.
+A leaf: imports nothing from ``heap`` nor any backend. ``open_kernel`` lives
+in ``heap.backends`` (re-exported here without importing it at load time).
 """
 
 from __future__ import annotations
@@ -29,12 +30,9 @@ from __future__ import annotations
 import operator
 import os
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
-import structlog
-
-log = structlog.get_logger("remapgc.kernel")
 
 # --- mmap / madvise (Linux x86-64 values) ---------------------------------
 PROT_NONE = 0x0
@@ -87,7 +85,8 @@ UFFDIO_ZEROPAGE_MODE_DONTWAKE = 1 << 0
 UFFDIO_MOVE_MODE_DONTWAKE = 1 << 0
 UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES = 1 << 1
 
-# ioctl bit numbers, as reported in uffdio_register.ioctls / uffdio_api.ioctls
+# ioctl bit numbers, as reported in uffdio_register.ioctls / uffdio_api.ioctls (the
+# request numbers themselves are spelled out only where they are used: in C)
 _UFFDIO_REGISTER = 0x00
 _UFFDIO_UNREGISTER = 0x01
 _UFFDIO_WAKE = 0x02
@@ -102,23 +101,6 @@ _UFFDIO_API = 0x3F
 UFFD_PAGEFAULT_FLAG_WRITE = 1 << 0
 UFFD_PAGEFAULT_FLAG_WP = 1 << 1
 UFFD_EVENT_PAGEFAULT = 0x12
-
-
-def _ioc(direction: int, nr: int, size: int) -> int:
-    # asm-generic/ioctl.h: dir<<30 | size<<16 | type<<8 | nr
-    return (direction << 30) | (size << 16) | (UFFD_API << 8) | nr
-
-
-_IOC_WRITE, _IOC_READ = 1, 2
-UFFDIO_API = _ioc(_IOC_READ | _IOC_WRITE, _UFFDIO_API, 24)
-UFFDIO_REGISTER = _ioc(_IOC_READ | _IOC_WRITE, _UFFDIO_REGISTER, 32)
-UFFDIO_UNREGISTER = _ioc(_IOC_READ, _UFFDIO_UNREGISTER, 16)
-UFFDIO_WAKE = _ioc(_IOC_READ, _UFFDIO_WAKE, 16)
-UFFDIO_COPY = _ioc(_IOC_READ | _IOC_WRITE, _UFFDIO_COPY, 40)
-UFFDIO_ZEROPAGE = _ioc(_IOC_READ | _IOC_WRITE, _UFFDIO_ZEROPAGE, 32)
-UFFDIO_MOVE = _ioc(_IOC_READ | _IOC_WRITE, _UFFDIO_MOVE, 40)
-USERFAULTFD_IOC_NEW = _ioc(0, 0x00, 0)  # _IO(0xAA, 0x00) on /dev/userfaultfd
-assert UFFDIO_MOVE == 0xC028AA05
 
 PAGE_SIZE = 4096
 HPAGE_SIZE = 2 << 20
@@ -202,23 +184,153 @@ class UffdError(OSError):
     ``zeropage`` field when it is positive, else 0). EAGAIN with ``moved > 0``
     is a partial move: resume at ``dst + moved``. EAGAIN with ``moved == 0``
     means a non-cooperative event is pending (or contention): retry later.
+    ``index``: for a batched call (``move_ranges``), the position of the range
+    that failed (the ranges before it are done); None for a single call.
     """
 
-    def __init__(self, err: int, message: str = "", moved: int = 0):
+    moved: int
+    index: int | None
+
+    def __init__(self, err: int, message: str = "", moved: int = 0, index: int | None = None):
         super().__init__(err, message or os.strerror(err))
         self.moved = moved
+        self.index = index
 
     def __reduce__(self):
-        return (type(self), (self.errno, self.strerror, self.moved))
+        return (type(self), (self.errno, self.strerror, self.moved, self.index))
 
     def __str__(self) -> str:
-        return f"[Errno {self.errno}] {self.strerror} (moved={self.moved})"
+        where = "" if self.index is None else f", range {self.index}"
+        return f"[Errno {self.errno}] {self.strerror} (moved={self.moved}{where})"
 
 
 class KernelUnsupported(RuntimeError):
     """The requested kernel facility is unusable here; ``str()`` says why."""
 
 
+# --- the install program, as compiled accelerators read it -------------------------
+# Declared once here and once in heap/csrc/remapgc_program.h; a compiled module
+# built from that header reports what it was built with (``rgc_program_layout``)
+# and ``check_program_layout`` compares it with this at import.
+#
+# Page states of a concurrent cycle's to-space pages: unprocessed -> processing
+# (claimed by exactly one installer, by compare-and-swap) -> installed.
+PAGE_UNPROCESSED, PAGE_PROCESSING, PAGE_INSTALLED = 0, 1, 2
+PAGE_STATES = (("PAGE_UNPROCESSED", PAGE_UNPROCESSED), ("PAGE_PROCESSING", PAGE_PROCESSING),
+               ("PAGE_INSTALLED", PAGE_INSTALLED))
+
+PROGRAM_LAYOUT_VERSION = 1
+# struct rgc_program, field by field in order; every field is 8 bytes (LP64).
+PROGRAM_SCALARS = ("npages", "npieces", "nslots", "nsegs",  # int64_t counts
+                   "arena", "from_space", "page_size")  # uint64_t addresses and size
+# The arrays (pointers in the struct), read by name from the heap's program
+# object, grouped by the count that is their length. Pages are arena page
+# indices [0, npages); slots and segments are sorted by to-space page.
+PROGRAM_ARRAYS = {
+    "npieces": (("piece_dst", "int64"),  # first to-space page of a piece
+                ("piece_src", "int64"),  # its first from-space page
+                ("piece_rebuilt", "uint8")),  # nonzero: its pages are assembled from evacuees, not moved whole
+    "nslots": (("slot_page", "int64"),  # to-space page of a reference slot
+               ("slot_off", "int64"),  # its offset in that page
+               ("slot_val", "uint64")),  # the value it must hold
+    "nsegs": (("seg_page", "int64"),  # an evacuation copy, cut at page boundaries: its to-space page
+              ("seg_off", "int64"),  # offset in that page
+              ("seg_src", "int64"),  # source address (the from-space original)
+              ("seg_len", "int64")),
+}
+
+
+def program_layout() -> list[tuple[str, int]]:
+    """What a compiled module built from remapgc_program.h must report, labelled:
+    the version, sizeof(struct rgc_program), each field's offset, the page states."""
+    fields = list(PROGRAM_SCALARS) + [name for group in PROGRAM_ARRAYS.values() for name, _ in group]
+    return ([("PROGRAM_LAYOUT_VERSION", PROGRAM_LAYOUT_VERSION), ("sizeof(struct rgc_program)", 8 * len(fields))]
+            + [(f"offsetof(struct rgc_program, {name})", 8 * i) for i, name in enumerate(fields)]
+            + list(PAGE_STATES))
+
+
+def check_program_layout(compiled: list[int], module: str) -> None:
+    """Raise ImportError naming the first value in which ``module`` (built from
+    remapgc_program.h, reporting ``compiled``) disagrees with this declaration."""
+    expected = program_layout()
+    for (label, want), got in zip(expected, compiled):
+        if got != want:
+            raise ImportError(f"{module} was built with another install-program layout than heap.kernel declares: "
+                              f"{label} is {got} there, {want} here (rebuild with pip install, or update "
+                              f"heap/kernel.py and heap/csrc/remapgc_program.h together)")
+    if len(compiled) != len(expected):
+        raise ImportError(f"{module} reports {len(compiled)} install-program layout values where heap.kernel "
+                          f"declares {len(expected)}: a field was added or removed on one side only")
+
+
+# --- the accelerator protocol: what a backend may do natively ----------------------
+CHUNK_WALK_STATUS = ("done", "stopped", "refused", "faulted")
+
+
+class ChunkWalk(NamedTuple):
+    """Where an accelerator's chunk walk stopped, and what it did on the way."""
+
+    status: str  # one of CHUNK_WALK_STATUS
+    chunk: int  # the chunk it stopped at
+    run_page: int  # refused: first page of the refused run (pages before it are in, the rest still claimed)
+    errno: int  # refused, faulted: the error
+    moved: int  # refused: the MOVE's output field (bytes moved before it stopped, if > 0)
+    bytes_copied: int  # into rebuilt pages
+    pages: int  # installed
+    ioctls: int
+
+
+@runtime_checkable
+class FaultServer(Protocol):
+    """A native thread serving a concurrent cycle's common userfaults without the GIL.
+
+    ``read_forwarded(timeout)`` gives the faults it left to the caller:
+    (address, None), or (address, the kernel's refusal of its MOVE of that
+    page, which it still holds claimed). Counters: ``served`` (installs, zero
+    pages, wakes), ``pages_moved``, ``pages_copied``, ``bytes_copied``,
+    ``fresh_pages`` (zero pages past the program), ``served_latencies()`` (ns).
+    """
+
+    served: int
+    pages_moved: int
+    pages_copied: int
+    bytes_copied: int
+    fresh_pages: int
+
+    def start(self) -> None: ...
+    def read_forwarded(self, timeout: float) -> list[tuple[int, UffdError | None]]: ...
+    def request_stop(self) -> None: ...
+    def close(self) -> None: ...  # joins the thread; once nobody reads forwarded faults
+    def served_latencies(self) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Accelerator(Protocol):
+    """What a backend's uffd does natively for a concurrent cycle.
+
+    ``Uffd.accelerator`` is one of these, or None (the heap then does it all in
+    Python). Page states are shared int8 arrays the heap owns, claimed with
+    the same compare-and-swap (PAGE_UNPROCESSED -> PAGE_PROCESSING) on both
+    sides; ``installed`` is an int64[1] the native side adds its installs to.
+    """
+
+    def load_program(self, program: Any, arena: int, from_space: int) -> Any:
+        """The cycle's install program as the native side reads it. ``program``
+        has ``npages`` and every PROGRAM_ARRAYS array as an attribute."""
+
+    def chunk_walker(self, program: Any, *, state: np.ndarray, installed: np.ndarray, stop: np.ndarray,
+                     chunk: int, scratch: int) -> Callable[[int], ChunkWalk]:
+        """``walk(first_chunk) -> ChunkWalk``: installs the chunks nobody holds,
+        ``chunk`` pages each (built in ``scratch``), until done, stopped
+        (``stop[0]`` set), or a MOVE is refused. ``walk.mine`` marks the pages
+        of the chunk it stopped in that it claimed."""
+
+    def fault_server(self, program: Any, *, state: np.ndarray, installed: np.ndarray,
+                     max_latencies: int = 1 << 16) -> FaultServer:
+        """A native fault server for the cycle (not started)."""
+
+
+# --- the protocols ----------------------------------------------------------------
 @runtime_checkable
 class Child(Protocol):
     """A forked child that holds copy-on-write references to our pages."""
@@ -244,15 +356,21 @@ class Uffd(Protocol):
         """UFFDIO_MOVE: returns ``length`` or raises ``UffdError``."""
 
     def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int: ...
-
     def zeropage(self, dst: int, length: int, mode: int = 0) -> int: ...
-
     def wake(self, addr: int, length: int) -> None: ...
 
     def read_events(self, timeout: float | None = 0) -> list[FaultEvent]:
         """Pending faults; waits up to ``timeout`` seconds (None: forever) for one."""
 
     def close(self) -> None: ...
+
+    # -- optional capabilities: defaults in UffdBase ---------------------------------
+    accelerator: Accelerator | None  # what this uffd does natively for a concurrent cycle; None: nothing
+
+    def move_ranges(self, dsts, srcs, lengths, mode: int = 0) -> int:
+        """UFFDIO_MOVE each ``(dsts[i], srcs[i], lengths[i])`` in order (uint64
+        arrays); returns the bytes moved. The first range that fails raises its
+        ``UffdError`` with ``index`` set (earlier ranges are done)."""
 
 
 @runtime_checkable
@@ -266,23 +384,16 @@ class Kernel(Protocol):
     # -- the mmap family: anonymous memory only -----------------------------
     def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, *,
              shared: bool = False, align: int = 0, at: int | None = None) -> int: ...
-
     def munmap(self, addr: int, length: int) -> None: ...
-
     def mremap(self, old_addr: int, length: int, new_addr: int, *,
                dontunmap: bool = False) -> int: ...
-
     def mprotect(self, addr: int, length: int, prot: int) -> None: ...
-
     def madvise(self, addr: int, length: int, advice: int) -> None: ...
-
     def mlock(self, addr: int, length: int, *, onfault: bool = False) -> None: ...
-
     def munlock(self, addr: int, length: int) -> None: ...
 
     # -- user-mode memory access: may fault, may block on a userfault -------
     def load(self, addr: int, length: int) -> bytes: ...
-
     def store(self, addr: int, data: bytes) -> None: ...
 
     def load_words(self, addrs) -> np.ndarray:
@@ -312,125 +423,78 @@ class Kernel(Protocol):
 
     # -- processes and userfaultfd -------------------------------------------
     def fork(self) -> Child: ...
-
     def userfaultfd(self, features: int = UFFD_FEATURE_MOVE, *,
                     user_mode_only: bool = True) -> Uffd: ...
 
+    # -- optional capabilities: defaults in KernelBase -------------------------------
+    # After os.fork, a userfaultfd the child inherits still acts on the parent's
+    # address space: True when the child must open one of its own (Linux), False
+    # when the backend's state is copied with the process (the simulator).
+    reopen_uffd_after_fork: bool
 
-# --- choosing a backend --------------------------------------------------------
-DISABLE_LINUX_ENV = "REMAPGC_DISABLE_LINUX"
+    def after_fork_in_child(self) -> None:
+        """Redo what a child made by os.fork cannot share with its parent."""
 
+    def diagnostics(self) -> dict:
+        """What this backend may do here, for ``remapgc doctor`` (JSON-ready)."""
 
-def linux_disabled_reason() -> str | None:
-    """Why the Linux backend must not be used here, or None if it may be."""
-    if os.environ.get(DISABLE_LINUX_ENV, "") not in ("", "0"):
-        return f"the Linux backend is disabled by {DISABLE_LINUX_ENV}={os.environ[DISABLE_LINUX_ENV]}"
-    if not os.uname().sysname == "Linux":
-        return f"not Linux ({os.uname().sysname})"
-    return None
-
-
-def open_linux(**options) -> Kernel:
-    """The real-kernel backend, or KernelUnsupported saying why not."""
-    reason = linux_disabled_reason()
-    if reason:
-        raise KernelUnsupported(reason)
-    try:
-        from uffd_backend import LinuxKernel
-    except ImportError as exc:  # the extension was not built (not Linux, no compiler)
-        raise KernelUnsupported(f"the Linux backend's compiled extension is missing: {exc}") from exc
-    return LinuxKernel(**options)
+    def close(self) -> None:
+        """Release what the backend holds (descriptors, children); idempotent."""
 
 
-def open_sim(**options) -> Kernel:
-    from sim_backend import SimKernel
+# --- defaults of the optional capabilities: both backends subclass these -------------
+class UffdBase:
+    """The optional parts of ``Uffd`` with their defaults: no accelerator, and
+    batched moves as one ``move`` per range. A wrapper that subclasses it
+    exposes no accelerator unless it declares one, so nothing bypasses it."""
 
-    return SimKernel(**options)
+    accelerator: Accelerator | None = None
 
-
-def probe_move(kernel: Kernel) -> None:
-    """Move one page with UFFDIO_MOVE and check it kept its frame.
-
-    Raises KernelUnsupported with the reason when userfaultfd or MOVE is
-    unusable on ``kernel``.
-    """
-    ps = kernel.page_size
-    try:
-        uffd = kernel.userfaultfd(UFFD_FEATURE_MOVE)
-    except KernelUnsupported:
-        raise
-    except OSError as exc:
-        raise KernelUnsupported(f"userfaultfd refused: {exc}") from exc
-    src = dst = 0
-    try:
-        if not uffd.features & UFFD_FEATURE_MOVE:
-            raise KernelUnsupported(
-                f"the kernel does not offer UFFD_FEATURE_MOVE (features {uffd.features:#x}); Linux >= 6.8 needed")
-        src = kernel.mmap(ps)
-        dst = kernel.mmap(ps)
-        kernel.store(src, b"remapgc-probe")
-        before = kernel.page_info(src).frame
-        uffd.register(dst, ps)
-        try:
-            uffd.move(dst, src, ps)
-        except OSError as exc:
-            raise KernelUnsupported(f"UFFDIO_MOVE failed: {exc}") from exc
-        after = kernel.page_info(dst).frame
-        if kernel.load(dst, 13) != b"remapgc-probe":
-            raise KernelUnsupported("UFFDIO_MOVE did not carry the page's contents")
-        if before is not None and after != before:
-            raise KernelUnsupported(f"UFFDIO_MOVE copied instead of moving (frame {before} -> {after})")
-    finally:
-        uffd.close()
-        for addr in (src, dst):
-            if addr:
-                kernel.munmap(addr, ps)
+    def move_ranges(self, dsts, srcs, lengths, mode: int = 0) -> int:
+        dsts, srcs, lengths = as_ranges(dsts, srcs, lengths)
+        total = 0
+        for i, (dst, src, length) in enumerate(zip(dsts.tolist(), srcs.tolist(), lengths.tolist())):
+            try:
+                total += self.move(dst, src, length, mode)
+            except UffdError as exc:
+                exc.index = i
+                raise
+        return total
 
 
-def open_kernel(name: str = "auto", **options) -> Kernel:
-    """Open a backend by name: "linux", "sim", or "auto".
+class KernelBase:
+    """The optional parts of ``Kernel`` with their defaults."""
 
-    "auto" picks the Linux backend when userfaultfd with UFFD_FEATURE_MOVE
-    works here (checked with a real one-page move), else the simulator, and
-    logs which one it chose and why.
-    """
-    if name == "linux":
-        return open_linux(**options)
-    if name == "sim":
-        return open_sim(**options)
-    if name != "auto":
-        raise ValueError(f"unknown kernel {name!r}: expected 'auto', 'linux' or 'sim'")
-    kernel, reason = choose_auto(**options)
-    log.info("kernel_chosen", kernel=kernel.name, reason=reason)
-    return kernel
+    reopen_uffd_after_fork = False
 
+    def after_fork_in_child(self) -> None:
+        pass
 
-def choose_auto(**options) -> tuple[Kernel, str]:
-    """The backend "auto" picks and the reason, without logging."""
-    try:
-        kernel = open_linux(**options)
-        probe_move(kernel)
-    except KernelUnsupported as exc:
-        return open_sim(**options), f"falling back to the simulator because {exc} (run `remapgc doctor`)"
-    return kernel, "userfaultfd with UFFDIO_MOVE works here (a one-page probe move kept its frame)"
+    def diagnostics(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
 
 
 def move_ranges(uffd: Uffd, dsts, srcs, lengths, mode: int = 0) -> int:
-    """UFFDIO_MOVE each ``(dsts[i], srcs[i], lengths[i])`` in order; returns the bytes moved.
+    """``uffd.move_ranges(...)`` (kept for callers of the function form)."""
+    return uffd.move_ranges(dsts, srcs, lengths, mode)
 
-    Uses the backend's batched ``move_ranges`` when it has one (one call into
-    C for all the ioctls), else one ``move`` per range. On the first range
-    that fails it raises that range's ``UffdError`` with ``index`` set to
-    its position (earlier ranges are done) and ``moved`` to its own progress.
-    """
-    batched = getattr(uffd, "move_ranges", None)
-    if batched is not None:
-        return batched(dsts, srcs, lengths, mode)
-    total = 0
-    for i, (dst, src, length) in enumerate(zip(dsts.tolist(), srcs.tolist(), lengths.tolist())):
-        try:
-            total += uffd.move(dst, src, length, mode)
-        except UffdError as exc:
-            exc.index = i
-            raise
-    return total
+
+# --- choosing a backend: heap.backends, re-exported without importing it here --------
+_BACKENDS_NAMES = ("choose_auto", "probe_move", "open_linux", "open_sim", "linux_disabled_reason",
+                   "DISABLE_LINUX_ENV")
+
+
+def open_kernel(name: str = "auto", **options) -> Kernel:
+    """``heap.backends.open_kernel``: "linux", "sim", or "auto" (see there)."""
+    from .backends import open_kernel as _open_kernel
+    return _open_kernel(name, **options)
+
+
+def __getattr__(name: str):
+    if name in _BACKENDS_NAMES:
+        from . import backends
+        return getattr(backends, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
