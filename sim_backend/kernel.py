@@ -35,6 +35,7 @@ from heap.kernel import (
     UFFD_FEATURE_EVENT_UNMAP,
     UFFD_FEATURE_MOVE,
     UFFDIO_REGISTER_MODE_MISSING,
+    KernelBase,
     KernelUnsupported,
     PageInfo,
 )
@@ -145,7 +146,7 @@ class SimChild:
         return f"SimChild(pid={self.pid}, {'alive' if self.alive else 'reaped'})"
 
 
-class SimKernel:
+class SimKernel(KernelBase):
     """A simulated Linux 6.18 kernel (x86-64, 4 KiB pages, 2 MiB THP)."""
 
     name = "sim"

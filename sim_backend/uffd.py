@@ -33,6 +33,7 @@ from heap.kernel import (
     _UFFDIO_ZEROPAGE,
     PROT_WRITE,
     FaultEvent,
+    UffdBase,
     UffdError,
 )
 
@@ -86,7 +87,7 @@ def _check_range(start: int, length: int, *, aligned: bool = True) -> int:
     return 0
 
 
-class SimUffd:
+class SimUffd(UffdBase):
     """One simulated userfaultfd context of a SimKernel."""
 
     def __init__(self, kernel, fd: int, features: int, user_mode_only: bool):
