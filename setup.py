@@ -8,6 +8,7 @@ import sys
 from setuptools import setup
 
 cffi_modules = ["heap/_native_build.py:ffibuilder"]  # portable C: the collector's side-table loops
+cffi_modules.append("heap/_core_build.py:ffibuilder")  # portable C: the collector's per-object work (heap/csrc/core.c)
 cffi_modules.append("sim_backend/_native_build.py:ffibuilder")  # portable C: the simulator's per-word loops
 if sys.platform.startswith("linux"):
     cffi_modules.append("uffd_backend/_build.py:ffibuilder")
