@@ -1,0 +1,292 @@
+"""The collector's per-object work in C (``heap._core``, from heap/csrc/core.c):
+marking, slot fixup, root forwarding and verify's per-object checks, each one
+cffi call that runs without the GIL, the same code on both backends.
+
+What each call produces is what the numpy paths produce (``heap.mark.mark``,
+``heap.install.slot_values`` + ``store_words``, ``AddressIndex.rows``,
+``heap.verify``), so the collector can use either; tests/core checks them
+against each other and against a plain Python model.
+
+Memory. The C code reads and writes heap memory in place. A backend says how
+through ``kernel.frame_pointers(addr, npages, write)``: ``None`` when the
+heap's addresses are this process's own (Linux), else a table of host
+addresses of each page's contents (the simulator's frames), 0 where a
+user-mode access would fault. When the C code meets such a page it stops
+before touching the object it was at; ``Memory.bring_in`` then makes that
+access through the Kernel protocol (which faults the page in exactly as a
+user-mode access would: demand fill, copy-on-write break, userfault) and
+the call resumes. A backend without ``frame_pointers``, or an object model
+other than the default layout, has no core: ``supports`` says so and the
+caller keeps the numpy path.
+
+Marking is depth-first on an explicit stack (a row is pushed once, so the
+stack needs one entry per object and never overflows): a chain of a million
+links costs what a million separate objects cost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import HeapCorrupted
+from .mark import Marking
+from .objects import FLAG_LARGE, MAGIC, DefaultObjectModel
+
+try:
+    from ._core import ffi, lib
+except ImportError:  # no compiler at install time: the numpy paths serve
+    ffi = lib = None
+
+COMPILED = lib is not None
+
+_LARGE_BIT = FLAG_LARGE << 32  # DefaultObjectModel's header word 1: nrefs | flags << 32 | magic << 48
+_TAG = MAGIC << 48
+
+
+def _p(ctype: str, arr: np.ndarray):
+    return ffi.from_buffer(ctype, arr)
+
+
+def slot_offset_of(model) -> int | None:
+    """Offset of slot 0 from an object's start, when ``model`` lays objects out
+    as DefaultObjectModel does (slots consecutive after a fixed header, the
+    default header words); None for any other model."""
+    if not isinstance(model, DefaultObjectModel):
+        return None
+    cls = type(model)
+    for name in ("slot_addresses", "header_words", "total_bytes"):
+        if getattr(cls, name) is not getattr(DefaultObjectModel, name):
+            return None
+    return model.header_bytes
+
+
+def supports(kernel, model) -> bool:
+    """Whether the C core can do this heap's per-object work."""
+    return COMPILED and hasattr(kernel, "frame_pointers") and slot_offset_of(model) is not None
+
+
+class Memory:
+    """Heap memory [lo, hi) as the C core reaches it (``struct rgc_mem``)."""
+
+    def __init__(self, kernel, lo: int, hi: int, write: bool):
+        ps = kernel.page_size
+        self.kernel, self.write, self.page_size = kernel, write, ps
+        self.shift = ps.bit_length() - 1
+        self.page_lo = lo >> self.shift
+        npages = max(((hi + ps - 1) >> self.shift) - self.page_lo, 0)
+        self.table = kernel.frame_pointers(self.page_lo << self.shift, npages, write)
+        self.struct = ffi.new("struct rgc_mem *")
+        self.struct.page_shift = self.shift
+        self.struct.page_lo = self.page_lo
+        if self.table is None:
+            self.struct.direct = 1
+        else:
+            self.table = np.ascontiguousarray(self.table, dtype=np.uint64)
+            self.struct.page = _p("uint64_t[]", self.table)
+            self.struct.npages = self.table.size
+        self.faults = 0  # pages brought in through the Kernel protocol
+
+    def bring_in(self, page: int) -> None:
+        """Make the access the C core could not (a load, or a store of what the
+        word holds), so the kernel faults the page in; then refresh its entry."""
+        addr = page << self.shift
+        k = self.kernel
+        if self.write:
+            k.store(addr, k.load(addr, 8))
+        else:
+            k.load(addr, 8)
+        i = page - self.page_lo
+        if not 0 <= i < self.table.size:
+            raise IndexError(f"page 0x{addr:x} is outside the span this core call was given")
+        self.table[i] = k.frame_pointers(addr, 1, self.write)[0]
+        if self.table[i] == 0:
+            raise RuntimeError(f"page 0x{addr:x} is still not accessible after the kernel served its fault")
+        self.faults += 1
+
+
+class Objects:
+    """The side tables as the C core reads them (``struct rgc_objects``)."""
+
+    def __init__(self, index, starts, nrefs, slot_base, slot_offset: int, totals=None):
+        self.arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (starts, nrefs, slot_base)]
+        self.starts, self.nrefs, self.slot_base = self.arrays
+        s = self.struct = ffi.new("struct rgc_objects *")
+        s.start, s.nrefs, s.slot_base = (_p("int64_t[]", a) for a in self.arrays)
+        if totals is not None:
+            self.totals = np.ascontiguousarray(totals, dtype=np.int64)
+            s.total = _p("int64_t[]", self.totals)
+        s.n = self.starts.size
+        self.index_map = index.map
+        s.index = _p("int32_t[]", index.map)
+        s.index_len = index.map.size
+        s.base = index.base
+        s.shift = index.shift
+        s.slot_offset = slot_offset
+
+    def slot_span(self) -> tuple[int, int]:
+        """[lo, hi) covering every object's slots (rows are in address order)."""
+        if not self.starts.size:
+            return 0, 0
+        off = self.struct.slot_offset
+        return int(self.starts[0]), int(self.starts[-1]) + off + 8 * int(self.nrefs[-1])
+
+
+def _bad_address(what: str, addr: int) -> HeapCorrupted:
+    return HeapCorrupted(what, f"0x{addr & 0xFFFFFFFFFFFFFFFF:x} is not the start of any object")
+
+
+def mark(kernel, model, index, work, starts, nrefs, slot_base, roots, totals=None) -> Marking:
+    """``heap.mark.mark`` in C: the same ``live`` and ``slot_target`` (and
+    ``levels`` 0: depth-first has none). ``work`` is a ``heap.mark.Workspace``;
+    its ``stamp`` array serves as the mark stack. ``totals`` (optional) gives
+    ``Marking.live_bytes``."""
+    n = int(np.asarray(starts).size)
+    nrefs = np.ascontiguousarray(nrefs, dtype=np.int64)
+    work.reserve(n, int(slot_base[-1] + nrefs[-1]) if n else 0)
+    live = work.live[:n]
+    live[:] = False
+    objs = Objects(index, starts, nrefs, slot_base, slot_offset_of(model), totals)
+    mk = ffi.new("struct rgc_mark *")
+    mk.live = _p("uint8_t[]", work.live.view(np.uint8))
+    mk.slot_target = _p("int64_t[]", work.slot_target)
+    mk.stack = _p("int64_t[]", work.stamp)
+    roots = np.ascontiguousarray(roots, dtype=np.int64)
+    if lib.rgc_core_mark_roots(objs.struct, mk, _p("int64_t[]", roots), roots.size) != lib.RGC_DONE:
+        raise _root_error(index, int(mk.bad))
+    mem = Memory(kernel, *objs.slot_span(), write=False)
+    while True:
+        ret = lib.rgc_core_mark(objs.struct, mem.struct, mk)
+        if ret == lib.RGC_DONE:
+            break
+        if ret == lib.RGC_NEED_PAGE:
+            mem.bring_in(int(mk.page))
+            continue
+        raise _bad_address("reference slot of a live object", int(mk.bad))
+    marking = Marking(live=live, slot_base=objs.slot_base, slot_target=work.slot_target, levels=0,
+                      slots_read=int(mk.slots_read))
+    marking.live_objects = int(mk.marked)
+    marking.live_bytes = int(mk.live_bytes) if totals is not None else None
+    marking.faults = mem.faults
+    return marking
+
+
+def _root_error(index, addr: int) -> HeapCorrupted:
+    granule = (addr - index.base) >> index.shift
+    if not 0 <= granule < index.map.size:
+        return HeapCorrupted("root", f"0x{addr & 0xFFFFFFFFFFFFFFFF:x} is not the start of any object "
+                             "(outside the heap)")
+    return _bad_address("root", addr)
+
+
+def fixup(kernel, model, rows, locations, nrefs, slot_base, slot_target, new_by_row) -> int:
+    """Write the new value of every slot of the objects ``rows`` (old rows, in
+    the plan's order) lying at ``locations``: the new address (``new_by_row``)
+    of the row the slot referenced, or 0. What ``store_words(slot_addresses,
+    slot_values(...))`` does, in place. Returns the slots written."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    n = rows.size
+    if n == 0:
+        return 0
+    locations = np.ascontiguousarray(locations, dtype=np.int64)
+    nrefs = np.ascontiguousarray(nrefs, dtype=np.int64)
+    slot_base = np.ascontiguousarray(slot_base, dtype=np.int64)
+    new_by_row = np.ascontiguousarray(new_by_row, dtype=np.int64)
+    off = slot_offset_of(model)
+    lo = int(locations.min())
+    hi = int(locations.max()) + off + 8 * int(nrefs.max())
+    mem = Memory(kernel, lo, hi, write=True)
+    args = (_p("int64_t[]", rows), _p("int64_t[]", locations))
+    tail = (_p("int64_t[]", nrefs), _p("int64_t[]", slot_base), _p("int64_t[]", slot_target),
+            _p("int64_t[]", new_by_row), off)
+    i = 0
+    while True:
+        i = lib.rgc_core_fixup(mem.struct, *args, i, n, *tail)
+        if i >= n:
+            break
+        # this object's slots sit on a page the core may not write: the kernel's store faults it in
+        r, k = int(rows[i]), int(nrefs[rows[i]])
+        targets = slot_target[slot_base[r]:slot_base[r] + k]
+        values = np.where(targets >= 0, new_by_row[np.maximum(targets, 0)], 0)
+        addrs = int(locations[i]) + off + 8 * np.arange(k, dtype=np.int64)
+        kernel.store_words(addrs.astype(np.uint64), values.astype(np.uint64))
+        for page in np.unique(addrs >> mem.shift).tolist():
+            j = page - mem.page_lo
+            mem.table[j] = kernel.frame_pointers(page << mem.shift, 1, True)[0]
+        i += 1
+    return int(nrefs[rows].sum())
+
+
+def forward(index, starts, new_by_row, addrs, what: str = "root") -> np.ndarray:
+    """The new address of each old address in ``addrs`` (0 stays 0);
+    HeapCorrupted names the first that is no object start."""
+    addrs = np.ascontiguousarray(addrs, dtype=np.int64)
+    out = np.empty(addrs.shape, dtype=np.int64)
+    if not addrs.size:
+        return out
+    objs = Objects(index, starts, np.zeros(0), np.zeros(0), 0)
+    objs.struct.n = objs.starts.size
+    new_by_row = np.ascontiguousarray(new_by_row, dtype=np.int64)
+    flat = addrs.reshape(-1)
+    i = lib.rgc_core_forward(objs.struct, _p("int64_t[]", new_by_row), _p("int64_t[]", flat), flat.size,
+                             _p("int64_t[]", out.reshape(-1)))
+    if i < flat.size:
+        raise _root_error(index, int(flat[i])) if what == "root" else _bad_address(what, int(flat[i]))
+    return out
+
+
+def new_addresses(n: int, rows, new_starts, out: np.ndarray | None = None) -> np.ndarray:
+    """Every old row's new address (0 for the dead): ``out[rows] = new_starts``
+    over ``out`` (reused when given, so no table is allocated per cycle)."""
+    if out is None or out.size < n:
+        out = np.zeros(n, dtype=np.int64)
+    else:
+        out = out[:n]
+        out[:] = 0
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    new_starts = np.ascontiguousarray(new_starts, dtype=np.int64)
+    lib.rgc_core_scatter(_p("int64_t[]", rows), _p("int64_t[]", new_starts), rows.size, _p("int64_t[]", out))
+    return out
+
+
+def verify_objects(kernel, model, index, starts, nbytes, nrefs, totals, page_size: int) -> None:
+    """verify's per-object checks in C, in verify's order and with its
+    messages: every header matches the side tables, then every reference slot
+    holds None or an object start."""
+    n = int(np.asarray(starts).size)
+    if n == 0:
+        return
+    nrefs = np.ascontiguousarray(nrefs, dtype=np.int64)
+    slot_base = np.cumsum(nrefs) - nrefs
+    objs = Objects(index, starts, nrefs, slot_base, slot_offset_of(model), totals)
+    nbytes = np.ascontiguousarray(nbytes, dtype=np.int64)
+    lo, hi = int(objs.starts[0]), int(objs.starts[-1]) + max(model.header_bytes, objs.struct.slot_offset
+                                                               + 8 * int(objs.nrefs[-1]))
+    mem = Memory(kernel, lo, hi, write=False)
+    out = ffi.new("struct rgc_check *")
+    at = 0
+    while True:
+        ret = lib.rgc_core_check_headers(objs.struct, mem.struct, _p("int64_t[]", nbytes), page_size, _LARGE_BIT,
+                                         _TAG, at, out)
+        if ret == lib.RGC_NEED_PAGE:
+            mem.bring_in(int(out.page))
+            at = int(out.at)
+            continue
+        if ret == lib.RGC_BAD_ADDRESS:
+            i = int(out.at)
+            s = int(objs.starts[i])
+            hw = model.header_bytes // 8
+            words = kernel.load_words((s + 8 * np.arange(hw)).astype(np.uint64))
+            expect = model.header_words(nbytes[i:i + 1], nrefs[i:i + 1], objs.totals[i:i + 1] >= page_size)[0]
+            raise HeapCorrupted("headers", f"object {i} at 0x{s:x} has header {[hex(int(w)) for w in words]}, "
+                                f"expected {[hex(int(w)) for w in expect]}")
+        break
+    at = 0
+    while True:
+        ret = lib.rgc_core_check_slots(objs.struct, mem.struct, at, out)
+        if ret == lib.RGC_NEED_PAGE:
+            mem.bring_in(int(out.page))
+            at = int(out.at)
+            continue
+        if ret == lib.RGC_BAD_ADDRESS:
+            raise _bad_address("reference targets", int(out.bad))
+        break

@@ -1,0 +1,112 @@
+/* The collector's per-object work in portable C (heap/core.py wraps it).
+ *
+ * Mark (depth-first on an explicit stack), slot fixup, root forwarding and
+ * verify's per-object checks, over the heap's side tables (one row per
+ * object, rows in address order) and its memory. Nothing here calls back
+ * into Python, so cffi runs every call without the GIL.
+ *
+ * Memory is reached through a struct rgc_mem: either the heap's addresses
+ * are this process's own (the Linux backend: `direct`), or a table gives the
+ * host address of each page's contents (the simulator's frames), 0 where a
+ * user-mode access would fault. A call that meets such a page stops before
+ * changing anything for the object it was at and says which page; the
+ * caller brings the page in through the Kernel protocol (which faults it
+ * faithfully), refreshes the entry and calls again to resume.
+ *
+ * The text between the cffi markers is also the cffi declaration
+ * (heap/_core_build.py reads it), so it holds no preprocessor lines.
+ */
+#ifndef RGC_CORE_H
+#define RGC_CORE_H
+
+#include <stdint.h>
+
+/* cffi:begin */
+enum {
+    RGC_DONE = 0,        /* the call finished its work */
+    RGC_NEED_PAGE = 1,   /* stopped: page `page` is not accessible here; resume after bringing it in */
+    RGC_BAD_ADDRESS = 2  /* a root, slot or header is wrong: see `at` / `bad` */
+};
+
+struct rgc_mem {
+    const uint64_t *page;  /* host address of each page's contents, from page_lo; 0: would fault */
+    int64_t page_lo;       /* first page number the table covers (address >> page_shift) */
+    int64_t npages;        /* entries in the table */
+    int64_t page_shift;    /* log2 of the page size */
+    int64_t direct;        /* nonzero: heap addresses are host addresses (the table is unused) */
+};
+
+struct rgc_objects {
+    const int64_t *start;      /* per row, ascending */
+    const int64_t *nrefs;      /* reference slots per row */
+    const int64_t *slot_base;  /* first slot position per row (running sum of nrefs) */
+    const int64_t *total;      /* bytes per row (for live_bytes; may be NULL) */
+    int64_t n;                 /* rows */
+    const int32_t *index;      /* AddressIndex: row of the object starting in each granule */
+    int64_t index_len;         /* granules */
+    int64_t base;              /* address of granule 0 */
+    int64_t shift;             /* log2 of the granule size */
+    int64_t slot_offset;       /* bytes from an object's start to its slot 0 */
+};
+
+struct rgc_mark {
+    uint8_t *live;          /* per row: reached */
+    int64_t *slot_target;   /* per slot position of a live row: the row it references, -1 for None */
+    int64_t *stack;         /* rows marked but not yet scanned; capacity n (a row is pushed once) */
+    int64_t depth;          /* rows on the stack */
+    int64_t marked;         /* rows marked live */
+    int64_t live_bytes;     /* their total bytes (when objects.total is given) */
+    int64_t slots_read;     /* reference slots read */
+    int64_t page;           /* RGC_NEED_PAGE: the page to bring in */
+    int64_t at;             /* RGC_BAD_ADDRESS: index of the root, or row whose slot holds it */
+    int64_t bad;            /* RGC_BAD_ADDRESS: the value that is no object start */
+};
+
+struct rgc_check {
+    int64_t at;     /* RGC_NEED_PAGE: object to resume from; RGC_BAD_ADDRESS: the object that fails */
+    int64_t page;   /* RGC_NEED_PAGE: the page to bring in */
+    int64_t slot;   /* RGC_BAD_ADDRESS of a slot check: which slot */
+    int64_t bad;    /* RGC_BAD_ADDRESS: the value found */
+};
+
+/* The row of the object starting exactly at addr, or -1. */
+int64_t rgc_core_row_of(const struct rgc_objects *o, int64_t addr);
+
+/* Mark the rows of roots (0 entries are skipped) and push them. RGC_BAD_ADDRESS: roots[at] is
+   no object start (the roots before it are marked). */
+int64_t rgc_core_mark_roots(const struct rgc_objects *o, struct rgc_mark *mk, const int64_t *roots,
+                            int64_t nroots);
+
+/* Scan the stack until it is empty: every slot of every reached row is read, its target row
+   recorded in slot_target and marked. RGC_DONE, RGC_NEED_PAGE (the row waiting for that page
+   stays on the stack) or RGC_BAD_ADDRESS (row `at` holds `bad`). */
+int64_t rgc_core_mark(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk);
+
+/* Write the new value of every slot of the objects rows[from..n) lying at loc[i]: the new address
+   (new_by_row) of the row its slot_target names, or 0. Returns the index of the first object whose
+   slots are not writable through m (its slots untouched), or n. */
+int64_t rgc_core_fixup(const struct rgc_mem *m, const int64_t *rows, const int64_t *loc, int64_t from, int64_t n,
+                       const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
+                       const int64_t *new_by_row, int64_t slot_offset);
+
+/* out[i] = new_by_row[row of addrs[i]] (0 stays 0). Returns n, or the index of the first address
+   that is no object start. */
+int64_t rgc_core_forward(const struct rgc_objects *o, const int64_t *new_by_row, const int64_t *addrs, int64_t n,
+                         int64_t *out);
+
+/* new_by_row[rows[i]] = new_start[i]; the rows not named keep what they hold. */
+void rgc_core_scatter(const int64_t *rows, const int64_t *new_start, int64_t n, int64_t *new_by_row);
+
+/* Verify: the two header words of objects [from, n) are (nbytes, nrefs | large_bit if total >= page
+   | tag). RGC_DONE, RGC_NEED_PAGE or RGC_BAD_ADDRESS (out->at: the first object that differs). */
+int64_t rgc_core_check_headers(const struct rgc_objects *o, const struct rgc_mem *m, const int64_t *nbytes,
+                               int64_t page_size, uint64_t large_bit, uint64_t tag, int64_t from,
+                               struct rgc_check *out);
+
+/* Verify: every slot of objects [from, n) holds 0 or an object start. RGC_DONE, RGC_NEED_PAGE or
+   RGC_BAD_ADDRESS (out->at, out->slot: the first slot that does not; out->bad its value). */
+int64_t rgc_core_check_slots(const struct rgc_objects *o, const struct rgc_mem *m, int64_t from,
+                             struct rgc_check *out);
+/* cffi:end */
+
+#endif
