@@ -1,29 +1,25 @@
-"""Bad input to every LinuxKernel call: a clear exception, never a crash or a hang.
+"""Bad input to every Kernel call, on each backend: a clear exception, never a crash or a hang.
 
 Each case builds its own arguments, then calls once. The expected errno is the
 one the real kernel returns (or EFAULT from the guarded user-mode accessors,
-EPERM for memory remapgc did not map, EBADF for a closed uffd); wrong types
-and values Python can reject raise ValueError (TypeError-compatible).
+EBADF for a closed uffd); wrong types and values Python can reject raise
+ValueError (TypeError-compatible). Memory remapgc did not map is refused by the
+Linux backend's owned-mapping guard: test_bad_foreign_memory_linux.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 
 import numpy as np
 import pytest
 
 from heap.kernel import PAGE_SIZE, KernelUnsupported, UffdError
+from tests.backends import BACKENDS
 
 PS = PAGE_SIZE
-EPERM, EINVAL, ENOMEM, EFAULT, EEXIST, ENOENT, EBADF = (
-    errno.EPERM, errno.EINVAL, errno.ENOMEM, errno.EFAULT, errno.EEXIST, errno.ENOENT, errno.EBADF)
-
-# Memory this process uses that remapgc did not map: a ctypes buffer on the C heap.
-_FOREIGN = ctypes.create_string_buffer(4 * PS)
-FOREIGN = (ctypes.addressof(_FOREIGN) + PS) & ~(PS - 1)
-
+EINVAL, ENOMEM, EFAULT, EEXIST, ENOENT, EBADF = (
+    errno.EINVAL, errno.ENOMEM, errno.EFAULT, errno.EEXIST, errno.ENOENT, errno.EBADF)
 
 def closed_uffd(k):
     u = k.userfaultfd()
@@ -46,19 +42,13 @@ CASES = [
     ("mmap_at_not_multiple_of_align", lambda k, m, u: k.mmap(PS, at=PS * 3, align=2 * PS), ValueError, None),
     ("munmap_unaligned", lambda k, m, u: k.munmap(m(1) + 1, PS), OSError, EINVAL),
     ("munmap_length_zero", lambda k, m, u: k.munmap(m(1), 0), OSError, EINVAL),
-    ("munmap_foreign_memory", lambda k, m, u: k.munmap(FOREIGN, PS), OSError, EPERM),
-    ("munmap_everything", lambda k, m, u: k.munmap(0, 1 << 47), OSError, EPERM),
     ("mremap_unaligned", lambda k, m, u: k.mremap(m(1) + 1, PS, m.hole()), OSError, EINVAL),
     ("mremap_length_zero", lambda k, m, u: k.mremap(m(1), 0, m.hole()), OSError, EINVAL),
     ("mremap_from_a_hole", lambda k, m, u: k.mremap(m.hole(), PS, m.hole()), OSError, EFAULT),
-    ("mremap_foreign_source", lambda k, m, u: k.mremap(FOREIGN, PS, m.hole()), OSError, EPERM),
-    ("mremap_onto_foreign_memory", lambda k, m, u: k.mremap(m(1), PS, FOREIGN), OSError, EPERM),
     ("mprotect_hole", lambda k, m, u: k.mprotect(m.hole(), PS, 3), OSError, ENOMEM),
     ("mprotect_unknown_prot_bit", lambda k, m, u: k.mprotect(m(1), PS, 0x1000), OSError, EINVAL),
-    ("mprotect_foreign_memory", lambda k, m, u: k.mprotect(FOREIGN, PS, 0), OSError, EPERM),
     ("madvise_unknown_advice", lambda k, m, u: k.madvise(m(1), PS, 9999), OSError, EINVAL),
     ("madvise_hole", lambda k, m, u: k.madvise(m.hole(), PS, 4), OSError, ENOMEM),
-    ("madvise_dontneed_foreign_memory", lambda k, m, u: k.madvise(FOREIGN, PS, 4), OSError, EPERM),
     ("mlock_hole", lambda k, m, u: k.mlock(m.hole(), PS), OSError, ENOMEM),
     ("mlock_onfault_hole", lambda k, m, u: k.mlock(m.hole(), PS, onfault=True), OSError, ENOMEM),
     ("munlock_hole", lambda k, m, u: k.munlock(m.hole(), PS), OSError, ENOMEM),
@@ -84,7 +74,7 @@ CASES = [
     ("memmove_from_hole", lambda k, m, u: k.memmove(m(1), m.hole(), 8), OSError, EFAULT),
     ("memmove_negative_length", lambda k, m, u: k.memmove(m(1), m(1), -8), ValueError, None),
     ("copy_ranges_mismatch", lambda k, m, u: k.copy_ranges([m(1)], [m(1)], [8, 8]), ValueError, None),
-    ("copy_ranges_into_hole", lambda k, m, u: k.copy_ranges([m.hole()], [m(1)], [8]), OSError, EFAULT),
+    ("copy_ranges_into_hole", lambda k, m, u: (lambda src: k.copy_ranges([m.hole()], [src], [8]))(m(1)), OSError, EFAULT),
     ("copy_ranges_wraps", lambda k, m, u: k.copy_ranges([m(1)], [(1 << 64) - 4], [8]), OSError, EFAULT),
     # -- introspection
     ("page_info_negative", lambda k, m, u: k.page_info(-PS), ValueError, None),
@@ -99,12 +89,10 @@ CASES = [
     ("register_hole", lambda k, m, u: u.register(m.hole(), PS), OSError, EINVAL),
     ("register_mode_zero", lambda k, m, u: u.register(m(1), PS, 0), OSError, EINVAL),
     ("register_unknown_mode", lambda k, m, u: u.register(m(1), PS, 1 << 10), OSError, EINVAL),
-    ("register_foreign_memory", lambda k, m, u: u.register(FOREIGN, PS), OSError, EPERM),
     ("unregister_unaligned", lambda k, m, u: u.unregister(m(1) + 1, PS), OSError, EINVAL),
     ("wake_length_zero", lambda k, m, u: u.wake(m(1), 0), OSError, EINVAL),
     ("move_negative_len", lambda k, m, u: u.move(m(1), m(1), -PS), ValueError, None),
-    ("move_foreign_source", lambda k, m, u: u.move(m(1), FOREIGN, PS), OSError, EPERM),
-    ("move_dst_hole", lambda k, m, u: u.move(m.hole(), m.filled(1), PS), UffdError, ENOENT),
+    ("move_dst_hole", lambda k, m, u: (lambda src: u.move(m.hole(), src, PS))(m.filled(1)), UffdError, ENOENT),
     ("copy_dst_unregistered", lambda k, m, u: u.copy(m(1), m.filled(1), PS), UffdError, ENOENT),
     ("copy_src_hole", lambda k, m, u: u.copy(registered(m, u), m.hole(), PS), UffdError, EFAULT),
     ("zeropage_length_zero", lambda k, m, u: u.zeropage(registered(m, u), 0), UffdError, EINVAL),
@@ -123,29 +111,41 @@ def registered(m, u) -> int:
     return page
 
 
+# Where the simulator still answers differently from the real kernel (the sim is
+# wrong; sim-fidelity fixes it and removes the entry: the xfail is strict).
+SIM_DIFFERS = {
+    "mmap_prot_out_of_int_range": "the sim accepts a prot that does not fit the syscall's int",
+    "store_str": "the sim raises a plain TypeError, not the ValueError-compatible ArgumentTypeError",
+    "store_none": "the sim raises a plain TypeError, not the ValueError-compatible ArgumentTypeError",
+    "read_events_string_timeout": "the sim raises a plain TypeError, not the ValueError-compatible ArgumentTypeError",
+}
+# ... and where it does not answer at all: the sim walks 2**28 pages before refusing (not run there)
+SIM_HANGS = {"load_absurd_length": "the sim walks every page of a 1 TiB load instead of refusing the length"}
+
+
+def sim_mark(name: str):
+    if name in SIM_HANGS:
+        return [pytest.mark.xfail(run=False, reason=SIM_HANGS[name])]
+    if name in SIM_DIFFERS:
+        return [pytest.mark.xfail(strict=True, reason=SIM_DIFFERS[name])]
+    return []
+
+
+def on_each_backend(cases):
+    """(backend, case...) params, ids "<backend>-<case>"; known sim differences marked on the sim side."""
+    return [pytest.param(backend, *case[1:], id=f"{backend}-{case[0]}",
+                         marks=sim_mark(case[0]) if backend == "sim" else [])
+            for case in cases for backend in BACKENDS]
+
+
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("call,exc_type,err", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("kernel_name,call,exc_type,err", on_each_backend(CASES))
 def test_bad_input_raises_a_clear_error(k, mem, uffd, call, exc_type, err):
     with pytest.raises(exc_type) as exc:
         call(k, mem, uffd)
     if err is not None:
         assert exc.value.errno == err, str(exc.value)
     assert str(exc.value)  # says what went wrong
-
-
-def test_the_foreign_buffer_is_untouched_by_refused_calls(k, mem, uffd):
-    _FOREIGN.raw = b"\xab" * len(_FOREIGN)
-    for call in (lambda: k.munmap(FOREIGN, PS), lambda: k.madvise(FOREIGN, PS, 4),
-                 lambda: u_move(uffd, mem, FOREIGN)):
-        with pytest.raises(OSError):
-            call()
-    assert _FOREIGN.raw == b"\xab" * len(_FOREIGN)
-
-
-def u_move(uffd, mem, src):
-    dst = mem(1)
-    uffd.register(dst, PS)
-    return uffd.move(dst, src, PS)
 
 
 def test_type_errors_are_also_value_errors(k):
