@@ -827,6 +827,12 @@ class LinuxKernel:
             _raise_os(ret, f"{what} {user_addr:#x}+{length:#x}: page {int(starts[done[0]]):#x} faulted, "
                            f"the {done[0]} page(s) before it done")
 
+    def frame_pointers(self, addr: int, npages: int, write: bool = False) -> None:
+        """None: this backend's addresses are this process's own, so compiled
+        code (heap.core) reads and writes them directly, no table needed
+        (the simulator answers with a table of host pointers)."""
+        return None
+
     def load_words(self, addrs) -> np.ndarray:
         addrs = _u64_array(addrs, "addrs")
         out = np.empty(addrs.size, dtype=np.uint64)
