@@ -1,0 +1,165 @@
+"""heap.core.mark against the plain Python model and against the numpy marker,
+on both backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from heap import core
+from heap.errors import HeapCorrupted
+from heap.mark import Workspace
+from heap.mark import mark as numpy_mark
+from heap.objects import DEFAULT_MODEL
+
+from .graphs import Graph, chain, lay_out, reference_mark
+from .strategies import graphs
+
+pytestmark = pytest.mark.skipif(not core.COMPILED, reason="heap._core not built")
+
+
+def core_mark(laid):
+    return core.mark(laid.kernel, DEFAULT_MODEL, laid.index, Workspace(), laid.starts, laid.nrefs, laid.slot_base,
+                     laid.roots, laid.totals)
+
+
+def recorded(marking, laid) -> dict[int, list[int]]:
+    """{live row: slot_target of its slots}."""
+    st = marking.slot_target
+    return {r: st[laid.slot_base[r]:laid.slot_base[r] + laid.nrefs[r]].tolist()
+            for r in np.flatnonzero(marking.live).tolist()}
+
+
+def check_against_model(kernel, graph: Graph, **layout) -> None:
+    laid = lay_out(kernel, graph, **layout)
+    try:
+        got = core_mark(laid)
+        live, targets = reference_mark(graph)
+        assert got.live.tolist() == live
+        assert recorded(got, laid) == targets
+        assert got.live_objects == sum(live)
+        assert got.live_bytes == sum(int(t) for t, alive in zip(laid.totals, live) if alive)
+        assert got.slots_read == sum(len(graph.targets[r]) for r in range(graph.n) if live[r])
+        theirs = numpy_mark(kernel, DEFAULT_MODEL, laid.index, Workspace(), laid.starts, laid.nrefs,
+                            laid.slot_base, laid.roots)
+        assert (theirs.live == got.live).all()
+        assert recorded(theirs, laid) == recorded(got, laid)
+    finally:
+        laid.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph=graphs())
+def test_random_graphs_mark_as_the_model_does(kernel, graph):
+    check_against_model(kernel, graph)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph=graphs())
+def test_random_graphs_with_untouched_slot_pages(kernel, graph):
+    """None slots never written: on the simulator their pages are not present
+    and the core has the kernel fault them in, then resumes."""
+    check_against_model(kernel, graph, write_none_slots=False)
+
+
+NAMED = {
+    "empty heap": Graph(nbytes=[], targets=[], roots=[]),
+    "no roots": Graph(nbytes=[8, 8], targets=[[1], [0]], roots=[]),
+    "only None roots": Graph(nbytes=[8], targets=[[]], roots=[None, None]),
+    "self reference": Graph(nbytes=[8, 8], targets=[[0, 0], [1]], roots=[0]),
+    "cycle": Graph(nbytes=[8, 8, 8, 8], targets=[[1], [2], [0], [0]], roots=[2]),
+    "duplicate roots": Graph(nbytes=[8, 8, 8], targets=[[2], [], []], roots=[0, 0, None, 0, 1, 1]),
+    "dead object pointing at live": Graph(nbytes=[8, 8], targets=[[], [0]], roots=[0]),
+    "object spanning pages": Graph(nbytes=[8, 20000, 8], targets=[[1], [2] * 1000, []], roots=[0]),
+    "slots crossing a page boundary": Graph(nbytes=[0, 0], targets=[[1] * 600, [None] * 600], roots=[0]),
+}
+
+
+@pytest.mark.parametrize("graph", NAMED.values(), ids=NAMED.keys())
+def test_named_graphs(kernel, graph):
+    check_against_model(kernel, graph)
+    check_against_model(kernel, graph, write_none_slots=False)
+
+
+@pytest.mark.timeout(300)
+def test_chain_of_a_million_links_has_no_depth_limit(kernel):
+    graph = chain(1_000_000)
+    laid = lay_out(kernel, graph)
+    try:
+        got = core_mark(laid)
+        assert got.live.all()
+        st = got.slot_target[:graph.n]
+        assert (st[:-1] == np.arange(1, graph.n)).all() and st[-1] == -1
+    finally:
+        laid.close()
+
+
+def test_the_middle_of_a_chain_marks_its_tail(kernel):
+    graph = chain(1000)
+    graph.roots = [500]
+    check_against_model(kernel, graph)
+
+
+CORRUPT = {
+    "slot inside an object": (lambda laid: laid.starts[1] + 8, "reference slot of a live object"),
+    "slot outside the heap": (lambda laid: laid.base + laid.size + (1 << 30), "reference slot of a live object"),
+    "slot below the heap": (lambda laid: 16, "reference slot of a live object"),
+}
+
+
+@pytest.mark.parametrize("value, what", CORRUPT.values(), ids=CORRUPT.keys())
+def test_a_slot_that_is_no_object_start_is_named(kernel, value, what):
+    laid = lay_out(kernel, Graph(nbytes=[8, 8], targets=[[1], []], roots=[0]))
+    try:
+        bad = int(value(laid))
+        kernel.store_words(np.array([laid.starts[0] + 16], dtype=np.uint64), np.array([bad], dtype=np.uint64))
+        with pytest.raises(HeapCorrupted) as exc:
+            core_mark(laid)
+        assert exc.value.invariant == what
+        assert f"0x{bad:x}" in exc.value.detail
+    finally:
+        laid.close()
+
+
+@pytest.mark.parametrize("offset, outside", [(8, False), (1 << 40, True)], ids=["inside an object", "outside"])
+def test_a_root_that_is_no_object_start_is_named_as_numpy_names_it(kernel, offset, outside):
+    laid = lay_out(kernel, Graph(nbytes=[8], targets=[[]], roots=[0]))
+    try:
+        laid.roots = np.array([laid.starts[0], laid.starts[0] + offset], dtype=np.int64)
+        with pytest.raises(HeapCorrupted) as ours:
+            core_mark(laid)
+        with pytest.raises(HeapCorrupted) as theirs:
+            numpy_mark(kernel, DEFAULT_MODEL, laid.index, Workspace(), laid.starts, laid.nrefs, laid.slot_base,
+                       laid.roots)
+        assert str(ours.value) == str(theirs.value)
+        assert ("outside the heap" in str(ours.value)) == outside
+    finally:
+        laid.close()
+
+
+def test_other_object_models_have_no_core(kernel):
+    class Shifted(type(DEFAULT_MODEL)):
+        def slot_addresses(self, starts, nrefs):
+            return super().slot_addresses(starts, nrefs) + 8
+
+    assert core.supports(kernel, DEFAULT_MODEL)
+    assert not core.supports(kernel, Shifted())
+    assert not core.supports(object(), DEFAULT_MODEL)
+
+
+def test_a_page_the_core_reads_first_is_faulted_in_as_a_user_read_would(kernel):
+    """Slots on a page never written: the page ends up mapping the zero page
+    on both backends (Linux: the C read faults it; simulator: the core asks
+    the kernel to load it)."""
+    graph = Graph(nbytes=[0, 0], targets=[[1], [None] * 1000], roots=[0])
+    laid = lay_out(kernel, graph, write_none_slots=False)
+    try:
+        ps = kernel.page_size
+        untouched = (int(laid.starts[1]) // ps + 1) * ps
+        assert kernel.page_info(untouched).state == "none"
+        got = core_mark(laid)
+        assert got.live.all()
+        assert kernel.page_info(untouched).state == "zero"
+    finally:
+        laid.close()
