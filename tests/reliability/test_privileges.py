@@ -38,13 +38,17 @@ NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 or not (shutil.which("setpriv"
 # (THP and huge-zero-page detection). Unprivileged they fail by design.
 NEEDS_PFNS = {
     "tests/linux/test_linux_doctor.py::test_doctor_finds_move_working_and_auto_picks_linux",
-    "tests/linux/test_linux_faults.py::test_zeropage_and_copy_resolve_faults_too",
-    "tests/linux/test_linux_memory.py::test_page_info_follows_first_touch",
-    "tests/linux/test_linux_move.py::test_move_of_1024_pages_is_zero_copy",
-    "tests/linux/test_linux_move.py::test_thp_split_by_a_move_maps_its_zero_filled_pages_to_the_zero_page",
-    "tests/linux/test_linux_move.py::test_huge_zero_page_is_reported_zero_and_huge",
-    "tests/linux/test_linux_move.py::test_pte_mapped_large_folio_is_thp_but_not_huge",
+    "tests/kernel/test_kernel_faults.py::test_zeropage_and_copy_resolve_faults_too[linux]",
+    "tests/kernel/test_kernel_memory.py::test_page_info_follows_first_touch[linux]",
+    "tests/kernel/test_kernel_move.py::test_move_of_1024_pages_is_zero_copy[linux]",
+    "tests/kernel/test_kernel_move.py::test_thp_split_by_a_move_maps_its_zero_filled_pages_to_the_zero_page[linux]",
+    "tests/kernel/test_kernel_move.py::test_huge_zero_page_is_reported_zero_and_huge[linux]",
+    "tests/kernel/test_kernel_move.py::test_pte_mapped_large_folio_is_thp_but_not_huge[linux]",
 }
+
+# the tests that drive the Linux backend directly (tests/linux: Linux-only facts)
+LINUX_SECTION = ["tests/linux", "tests/kernel", "tests/bad_input/test_bad_kernel_calls.py",
+                 "tests/bad_input/test_bad_foreign_memory_linux.py", "tests/fork/test_fork_kernel_child.py"]
 
 
 @pytest.fixture
@@ -145,9 +149,10 @@ def test_with_userfaultfd_filtered_auto_falls_back_and_the_heap_copies(sysctl_ze
 @NEEDS_ROOT
 @pytest.mark.timeout(240)
 def test_the_linux_section_runs_as_nobody(sysctl_zero, linux_kernel):
-    """tests/linux as nobody: everything passes except the tests that need
-    PFNs or page flags, which only CAP_SYS_ADMIN can see."""
-    out = as_nobody(["-m", "pytest", "tests/linux", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+    """tests/linux and the Kernel protocol tests (tests/kernel, the kernel-level
+    bad-input and fork tests; both backends) as nobody: everything passes except
+    the tests that need PFNs or page flags, which only CAP_SYS_ADMIN can see."""
+    out = as_nobody(["-m", "pytest", *LINUX_SECTION, "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                      "--timeout", "120", "-rfE"], timeout=220)
     failed = set(re.findall(r"^(?:FAILED|ERROR) (\S+?)(?: - .*)?$", out.stdout, re.M))
     summary = out.stdout.strip().splitlines()[-1]
