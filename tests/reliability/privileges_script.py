@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import json
-import logging
 import os
 import sys
-
-import structlog
 
 SYS_userfaultfd = 323  # x86-64
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -46,7 +43,6 @@ def refuse_userfaultfd() -> None:
 
 
 def main() -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     if sys.argv[1] == "seccomp":
         refuse_userfaultfd()
     from heap import Heap
