@@ -86,9 +86,13 @@ def probe_move(kernel: Kernel) -> None:
 def open_kernel(name: str = "auto", **options) -> Kernel:
     """Open a backend by name: "linux", "sim", or "auto".
 
-    "auto" picks the Linux backend when userfaultfd with UFFD_FEATURE_MOVE
-    works here (checked with a real one-page move), else the simulator, and
-    logs which one it chose and why.
+    "auto" is for production: it picks real memory wherever there is any.
+    On Linux that is the Linux backend, whether or not userfaultfd with
+    UFFD_FEATURE_MOVE works (checked with a real one-page move): without it
+    a Heap on that kernel compacts with the copying compactor. The simulator
+    only where no real backend exists at all (not Linux, the extension not
+    built, REMAPGC_DISABLE_LINUX set), with a warning. It logs which one it
+    chose and why, once.
     """
     if name == "linux":
         return open_linux(**options)
@@ -97,7 +101,10 @@ def open_kernel(name: str = "auto", **options) -> Kernel:
     if name != "auto":
         raise ValueError(f"unknown kernel {name!r}: expected 'auto', 'linux' or 'sim'")
     kernel, reason = choose_auto(**options)
-    log.info("kernel_chosen", kernel=kernel.name, reason=reason)
+    if kernel.name == "sim":
+        log.warning("kernel_chosen", kernel=kernel.name, reason=reason)
+    else:
+        log.info("kernel_chosen", kernel=kernel.name, reason=reason)
     return kernel
 
 
@@ -105,7 +112,10 @@ def choose_auto(**options) -> tuple[Kernel, str]:
     """The backend "auto" picks and the reason, without logging."""
     try:
         kernel = open_linux(**options)
-        probe_move(kernel)
-    except KernelUnsupported as exc:
+    except KernelUnsupported as exc:  # no real backend at all: the simulator is all there is
         return open_sim(**options), f"falling back to the simulator because {exc} (run `remapgc doctor`)"
+    try:
+        probe_move(kernel)
+    except KernelUnsupported as exc:  # real memory still beats simulated memory: the copying compactor
+        return kernel, (f"real memory with the copying compactor because {exc} (run `remapgc doctor`)")
     return kernel, "userfaultfd with UFFDIO_MOVE works here (a one-page probe move kept its frame)"

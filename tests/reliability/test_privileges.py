@@ -10,8 +10,8 @@ What the kernel says (and these tests hold it to): a user-mode-only
 userfaultfd needs no privilege, so nobody still gets the Linux backend and the
 zero-copy compactor. With the syscall also forbidden by a seccomp filter (as
 container profiles do) and /dev/userfaultfd root-only, open_kernel("auto")
-falls back to the simulator saying why, the doctor says what to change, and a
-heap on the real kernel compacts with the copying compactor.
+still picks real memory (the Linux backend) saying why, the doctor says what
+to change, and the heap on it compacts with the copying compactor.
 """
 
 from __future__ import annotations
@@ -132,18 +132,18 @@ def test_nobody_keeps_the_zero_copy_compactor_because_faults_are_user_mode_only(
 def test_with_userfaultfd_filtered_auto_falls_back_and_the_heap_copies(sysctl_zero, linux_kernel):
     res = script("seccomp")
     assert res["uid"] == 65534
-    assert res["auto"] == "sim"
+    assert res["auto"] == "linux"  # real memory, compacted by copying (issue 14 point 7), never the simulator
     reason = res["auto_reason"]
-    assert reason.startswith("falling back to the simulator because userfaultfd is refused")
+    assert reason.startswith("real memory with the copying compactor because userfaultfd is refused")
     assert "EPERM" in reason and "EACCES" in reason and "remapgc doctor" in reason
     assert "seccomp" in reason  # EPERM for a user-mode-only context: not the sysctl, a filter
     doc = res["doctor"]
-    assert doc["move_works"] is False and doc["auto_backend"] == "sim"
+    assert doc["move_works"] is False and doc["auto_backend"] == "linux"
     assert "read/write access to /dev/userfaultfd" in doc["move_detail"]  # what to change
     assert res["linux_compactor"] == "copy"
     assert res["linux_whole"] and res["linux_collect"]["live"] == 300 and res["linux_collect"]["copied"] > 0
     assert res["linux_collect"]["moved"] == 0
-    assert res["auto_heap"] == ["sim", "remap"] and res["auto_whole"]
+    assert res["auto_heap"] == ["linux", "copy"] and res["auto_whole"]
 
 
 @NEEDS_ROOT
