@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import structlog
 from rich.console import Console
 from rich.table import Table
 
@@ -189,7 +188,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.WARNING)  # the heap's warnings on stderr, its per-phase events not
     console = Console(width=200)
     large_total = 64 * MiB if args.quick else 512 * MiB
     small_count = 100_000 if args.quick else 1_000_000

@@ -43,7 +43,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import structlog
 from rich.console import Console
 from rich.table import Table
 
@@ -251,7 +250,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="pause: shortest of N fresh heaps (default 3)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.WARNING)  # the heap's warnings on stderr, its per-phase events not
     sizes = [4 * MiB, 8 * MiB] if args.quick else [64 * MiB, 128 * MiB, 256 * MiB, 512 * MiB, 1024 * MiB]
     repeat = 1 if args.quick else args.repeat
     console = Console()

@@ -168,11 +168,9 @@ def measure_collections(names: list[str], repeat: int, objects: int, large: int)
     """Pause of one stop-the-world collection per workload and kernel (best of ``repeat``, alternating)."""
     import logging
 
-    import structlog
-
     from bench.compaction import run_large, run_small
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.WARNING)  # the heap's warnings on stderr, its per-phase events not
     workloads = [
         (f"small: {objects:,} objects", lambda kn: run_small(kn, "remap", objects, 0, False)),
         (f"large: {large // MiB} MiB, 4 KiB pages", lambda kn: run_large(kn, "remap", False, large, 0, False)),
