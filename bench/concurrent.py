@@ -39,7 +39,7 @@ import os
 import random
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ from rich.table import Table
 
 from heap import Heap
 from heap.concurrent import begin_concurrent, end_concurrent
+from bench.wrappers import KernelWrapper, UffdWrapper
 from heap.kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UFFDIO_REGISTER_MODE_MISSING, open_kernel
 
 MiB = 1 << 20
@@ -56,9 +57,11 @@ OBJECT = 256 << 10
 RESULTS = Path(__file__).resolve().parent / "results" / "concurrent.json"
 
 
-def build(kernel_name: str, used: int) -> tuple[Heap, list]:
-    """A heap of ``used`` bytes of 256 KiB objects, every page written; every other object dead."""
-    heap = Heap(kernel=kernel_name, size=used + 16 * MiB, compactor="remap")
+def build(kernel_name: str, used: int, native: bool = True) -> tuple[Heap, list]:
+    """A heap of ``used`` bytes of 256 KiB objects, every page written; every other object dead.
+    ``native=False``: on a ``PythonOnly`` kernel (close ``heap.kernel`` after the heap)."""
+    kernel = kernel_name if native else PythonOnly(open_kernel(kernel_name))
+    heap = Heap(kernel=kernel, size=used + 16 * MiB, compactor="remap")
     n = used // (OBJECT + 4096)
     refs = [heap.alloc(OBJECT, 2) for _ in range(n)]
     ps = heap.kernel.page_size
@@ -109,37 +112,26 @@ def timed_reads(objs: list, ps: int) -> list[int]:
     return out
 
 
-class PythonOnly:
-    """A heap's userfaultfd with its native parts hidden (no chunk walker, no
-    fault server): the same cycle run by the Python threads alone, the in-run
-    baseline the native parts are measured against."""
+class PythonOnly(KernelWrapper):
+    """A kernel whose userfaultfds have their native parts hidden (no
+    accelerator: no chunk walker, no fault server): the same cycle run by the
+    Python threads alone, the in-run baseline the native parts are measured
+    against."""
 
-    HIDDEN = ("native_program", "chunk_walker", "fault_server")
-
-    def __init__(self, inner):
-        self._inner = inner
-
-    def __getattr__(self, name):
-        if name in self.HIDDEN:
-            raise AttributeError(name)
-        return getattr(self._inner, name)
+    def wrap_uffd(self, uffd) -> "PythonOnlyUffd":
+        return PythonOnlyUffd(uffd)
 
 
-@contextmanager
-def native_parts(heap, on: bool):
-    if on:
-        yield
-        return
-    heap._uffd = PythonOnly(heap._uffd)
-    try:
-        yield
-    finally:
-        heap._uffd = heap._uffd._inner
+class PythonOnlyUffd(UffdWrapper):
+    """No accelerator (UffdWrapper's); batched MOVEs still the backend's one call."""
+
+    def move_ranges(self, dsts, srcs, lengths, mode=0):
+        return self.inner.move_ranges(dsts, srcs, lengths, mode)
 
 
 def fault_latency(kernel_name: str, used: int, native: bool = True) -> dict:
-    heap, live = build(kernel_name, used)
-    with heap, native_parts(heap, native):
+    heap, live = build(kernel_name, used, native)
+    with closing(heap.kernel), heap:
         ps = heap.kernel.page_size
         cycle, stats, _ = begin_concurrent(heap, run_compactor=False)
         faulted: list[int] = []
@@ -195,7 +187,7 @@ def throughput(kernel_name: str, used: int, rounds: int, native: bool = True) ->
     included); medians over rounds. The longest read inside a cycle is the
     mutator-visible stall. Rounds after the first find the heap compact:
     their cycles flip and install every live page again but free nothing."""
-    heap, live = build(kernel_name, used)
+    heap, live = build(kernel_name, used, native)
     stamps: list[tuple[float, float]] = []
     stop = threading.Event()
 
@@ -208,7 +200,7 @@ def throughput(kernel_name: str, used: int, rounds: int, native: bool = True) ->
             stamps.append((t, clock() - t))
 
     windows = []
-    with heap, native_parts(heap, native):
+    with closing(heap.kernel), heap:
         t = threading.Thread(target=mutator)
         t.start()
         try:

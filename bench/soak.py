@@ -51,6 +51,7 @@ from heap import Heap
 from heap.concurrent import begin_concurrent, end_concurrent
 from heap.errors import CompactionAborted
 from heap.kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError
+from bench.wrappers import KernelWrapper, UffdWrapper
 from sim_backend import FaultPlan, FaultRule, SimKernel
 
 FAULT_KINDS = ("EAGAIN partial", "EAGAIN 0", "EEXIST", "EBUSY", "ENOENT", "ENOMEM", "EINTR")
@@ -87,25 +88,38 @@ def fault_kind(exc: UffdError) -> str:
     return E.errorcode.get(exc.errno, str(exc.errno))
 
 
-class RecordingUffd:
-    """The heap's userfaultfd, counting every error it returns by kind; may
-    drop ALLOW_SRC_HOLES from a MOVE (seeded) so source holes give ENOENT."""
+class RecordingKernel(KernelWrapper):
+    """The heap's kernel: every userfaultfd the heap opens is a ``RecordingUffd``
+    that counts each error it returns by kind and may drop ALLOW_SRC_HOLES from
+    a MOVE (seeded) so source holes give ENOENT."""
 
     def __init__(self, inner, rng: random.Random, faults: Counter, by_op: Counter):
-        self._inner = inner
-        self._rng = rng
-        self._lock = threading.Lock()
+        super().__init__(inner)
+        self.rng = rng
+        self.lock = threading.Lock()
         self.faults = faults
         self.by_op = by_op
         self.strip_holes = 0.0  # chance a MOVE loses ALLOW_SRC_HOLES (set per cycle)
+        self.uffd: RecordingUffd | None = None  # the one the heap opened last
 
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
+    def wrap_uffd(self, uffd) -> "RecordingUffd":
+        self.uffd = RecordingUffd(uffd, self)
+        return self.uffd
+
+
+class RecordingUffd(UffdWrapper):
+    """A userfaultfd whose MOVE, COPY and ZEROPAGE errors are counted by the
+    recorder (no accelerator: every install is a call through here)."""
+
+    def __init__(self, inner, recorder: RecordingKernel):
+        super().__init__(inner)
+        self.recorder = recorder
 
     def _mode(self, mode: int) -> int:
-        if mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES and self.strip_holes:
-            with self._lock:
-                if self._rng.random() < self.strip_holes:
+        rec = self.recorder
+        if mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES and rec.strip_holes:
+            with rec.lock:
+                if rec.rng.random() < rec.strip_holes:
                     return mode & ~UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES
         return mode
 
@@ -113,22 +127,24 @@ class RecordingUffd:
         try:
             return fn(*args)
         except UffdError as exc:
-            with self._lock:
-                self.faults[fault_kind(exc)] += 1
-                self.by_op[f"{op} {fault_kind(exc)}"] += 1
+            rec = self.recorder
+            with rec.lock:
+                rec.faults[fault_kind(exc)] += 1
+                rec.by_op[f"{op} {fault_kind(exc)}"] += 1
             raise
 
     def move(self, dst, src, length, mode=0):
-        return self._call("move", self._inner.move, dst, src, length, self._mode(mode))
+        return self._call("move", self.inner.move, dst, src, length, self._mode(mode))
 
     def move_ranges(self, dsts, srcs, lengths, mode=0):
-        return self._call("move", self._inner.move_ranges, dsts, srcs, lengths, self._mode(mode))
+        # the inner batched call (as the heap makes it), its error recorded once
+        return self._call("move", self.inner.move_ranges, dsts, srcs, lengths, self._mode(mode))
 
     def copy(self, dst, src, length, mode=0):
-        return self._call("copy", self._inner.copy, dst, src, length, mode)
+        return self._call("copy", self.inner.copy, dst, src, length, mode)
 
     def zeropage(self, dst, length, mode=0):
-        return self._call("zeropage", self._inner.zeropage, dst, length, mode)
+        return self._call("zeropage", self.inner.zeropage, dst, length, mode)
 
 
 @dataclass
@@ -178,10 +194,10 @@ class Scenario:
         self.verbose = verbose
         self.tally = Tally()
         self.kernel = SimKernel(seed=seed, thp=self.rng.random() < 0.3)
-        self.heap = Heap(kernel=self.kernel, size=HEAP_BYTES, compactor="remap", thp=self.rng.random() < 0.2)
-        self.uffd = RecordingUffd(self.heap._uffd, random.Random(seed ^ 0x5EED), self.tally.faults,
-                                  self.tally.faults_by_op)
-        self.heap._uffd = self.uffd  # every install of every compactor goes through the recorder
+        # every install of every compactor goes through the recorder's userfaultfd
+        self.recorder = RecordingKernel(self.kernel, random.Random(seed ^ 0x5EED), self.tally.faults,
+                                        self.tally.faults_by_op)
+        self.heap = Heap(kernel=self.recorder, size=HEAP_BYTES, compactor="remap", thp=self.rng.random() < 0.2)
         self.objs: dict[int, Obj] = {}
         self.roots: dict[int, object] = {}  # oid -> Ref
         self.next_oid = 0
@@ -265,7 +281,7 @@ class Scenario:
             rules.append(FaultRule(outcome, op=op, call=None, page=None,
                                    probability=self.rng.choice((0.2, 0.5, 1.0)), times=self.rng.randrange(1, 4)))
         self.kernel.fault_plan = FaultPlan(rules, seed=self.rng.randrange(1 << 30))
-        self.uffd.strip_holes = self.rng.choice((0.0, 0.0, 0.5))
+        self.recorder.strip_holes = self.rng.choice((0.0, 0.0, 0.5))
 
     last_fired: list = []  # the rules that fired in the last cycle (reported with a failure)
 
@@ -274,7 +290,7 @@ class Scenario:
         for f in self.kernel.fault_plan.fired:
             self.tally.rules_fired[f.outcome] += 1
         self.kernel.fault_plan = FaultPlan(seed=0)
-        self.uffd.strip_holes = 0.0
+        self.recorder.strip_holes = 0.0
 
     # -- collection -------------------------------------------------------------------------
     def collect(self, mode: str):
@@ -395,7 +411,7 @@ class Scenario:
         print(f"HANG seed={self.seed} cycle={index}: dumping stacks, closing the userfaultfd", flush=True)
         faulthandler.dump_traceback(all_threads=True)
         try:
-            self.uffd._inner.close()  # wakes every blocked faulter: it re-faults without userfaultfd
+            self.recorder.uffd.inner.close()  # wakes every blocked faulter: it re-faults without userfaultfd
         except OSError:
             pass
 
