@@ -9,12 +9,6 @@
 #define RGC_PREFETCH(p) ((void)(p))
 #endif
 
-/* Rows taken off the stack wait in a small ring while their slots are
-   prefetched: scanning an object is then rarely the cache miss that reaching
-   it was. The order rows are scanned in changes; what is recorded does not. */
-#define RGC_RING 8
-/* Slot words looked up together, so their index misses overlap. */
-#define RGC_BATCH 16
 
 /* Host address of heap address a, or NULL when the page is not accessible here. */
 static inline const uint8_t *host(const struct rgc_mem *m, int64_t a)
@@ -97,75 +91,143 @@ int64_t rgc_core_mark_roots(const struct rgc_objects *o, struct rgc_mark *mk, co
     return RGC_DONE;
 }
 
-/* Read, resolve and record the slots of row r (its pages are accessible). */
-static int64_t scan_row(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk, int64_t r)
+/* Marking is depth-first: rows wait on an explicit stack, and the rows on
+   top of it are taken a batch at a time. Between reading a slot and pushing
+   the row it names there are dependent cache misses (the index entry, the
+   row's start, its live byte), and between popping a row and reading its
+   slots more (its side-table entries, its memory); one object at a time they
+   would cost a memory latency each. A batch goes through each step for all
+   its rows or slots before the next step (read every slot word; look every
+   word up in the index; check and mark every target), so the loads of one
+   step are independent and the processor overlaps their misses. A chain
+   gives batches of one row: its links cost what dependent loads cost,
+   nothing per level. Which row is scanned when changes; what is recorded
+   does not. */
+#define RGC_BATCH_ROWS 64
+#define RGC_BATCH_SLOTS 256
+
+struct batch {
+    int64_t word[RGC_BATCH_SLOTS];
+    int64_t position[RGC_BATCH_SLOTS];
+    int64_t row[RGC_BATCH_SLOTS];
+    int64_t n;
+};
+
+/* Look up, check and mark the words gathered in b; the first bad one stops it. */
+static int64_t resolve(const struct rgc_objects *o, struct rgc_mark *mk, struct batch *b)
 {
-    int64_t k = o->nrefs[r];
-    int64_t lo = o->start[r] + o->slot_offset;
-    int64_t *target = mk->slot_target + o->slot_base[r];
-    int64_t words[RGC_BATCH], granule[RGC_BATCH];
-    for (int64_t j0 = 0; j0 < k; j0 += RGC_BATCH) {
-        int64_t nb = k - j0 < RGC_BATCH ? k - j0 : RGC_BATCH;
-        for (int64_t j = 0; j < nb; j++) {
-            words[j] = (int64_t)load_word(m, lo + 8 * (j0 + j));
-            granule[j] = words[j] ? granule_of(o, words[j]) : -1;
-            if (granule[j] >= 0)
-                RGC_PREFETCH(o->index + granule[j]);
-        }
-        for (int64_t j = 0; j < nb; j++) {
-            int64_t w = words[j];
-            if (w == 0) {
-                target[j0 + j] = -1;
-                continue;
-            }
-            int64_t t = granule[j] < 0 ? -1 : o->index[granule[j]];
-            if (t < 0 || t >= o->n || o->start[t] != w) {
-                mk->at = r;
-                mk->bad = w;
-                return RGC_BAD_ADDRESS;
-            }
-            target[j0 + j] = t;
-            if (!mk->live[t])
-                mark_row(o, mk, t);
+    for (int64_t e = 0; e < b->n; e++) {
+        int64_t g = granule_of(o, b->word[e]);
+        int64_t t = g < 0 ? -1 : o->index[g];
+        b->row[e] = t < o->n ? t : -1;
+    }
+    for (int64_t e = 0; e < b->n; e++) {
+        int64_t t = b->row[e];
+        if (t >= 0) {
+            RGC_PREFETCH(o->start + t);
+            RGC_PREFETCH(mk->live + t);
         }
     }
-    mk->slots_read += k;
+    for (int64_t e = 0; e < b->n; e++) {
+        int64_t t = b->row[e];
+        if (t < 0 || o->start[t] != b->word[e]) {
+            mk->bad = b->word[e];
+            mk->at = b->position[e];
+            return RGC_BAD_ADDRESS;
+        }
+        mk->slot_target[b->position[e]] = t;
+        if (!mk->live[t]) {
+            RGC_PREFETCH(o->nrefs + t);
+            RGC_PREFETCH(o->slot_base + t);
+            mark_row(o, mk, t);
+        }
+    }
+    b->n = 0;
     return RGC_DONE;
+}
+
+/* Read the slots [j0, j1) of row r into b (which has room), None slots recorded at once. */
+static void gather(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk, struct batch *b,
+                   int64_t r, int64_t j0, int64_t j1)
+{
+    int64_t lo = o->start[r] + o->slot_offset;
+    int64_t pos = o->slot_base[r];
+    for (int64_t j = j0; j < j1; j++) {
+        int64_t w = (int64_t)load_word(m, lo + 8 * j);
+        if (w == 0) {
+            mk->slot_target[pos + j] = -1;
+        } else {
+            b->word[b->n] = w;
+            b->position[b->n] = pos + j;
+            b->n++;
+        }
+    }
+}
+
+/* The row whose slot is at position p (for naming a bad slot's owner). */
+static int64_t owner_of_position(const struct rgc_objects *o, int64_t p)
+{
+    int64_t lo = 0, hi = o->n - 1;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo + 1) / 2;
+        if (o->slot_base[mid] <= p)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
 }
 
 int64_t rgc_core_mark(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk)
 {
-    int64_t ring[RGC_RING];
-    int head = 0, count = 0;
-    for (;;) {
-        while (count < RGC_RING && mk->depth > 0) {
-            int64_t r = mk->stack[--mk->depth];
-            if (o->nrefs[r] == 0)
+    struct batch b;
+    b.n = 0;
+    int64_t rows[RGC_BATCH_ROWS];
+    while (mk->depth > 0) {
+        /* take rows off the top while their slots fit in one batch */
+        int64_t nr = 0, slots = 0;
+        while (nr < RGC_BATCH_ROWS && mk->depth > 0) {
+            int64_t r = mk->stack[mk->depth - 1];
+            int64_t k = o->nrefs[r];
+            if (nr > 0 && slots + k > RGC_BATCH_SLOTS)
+                break;
+            mk->depth--;
+            if (k == 0)
                 continue;
-            const uint8_t *p = host(m, o->start[r] + o->slot_offset);
-            if (p)
-                RGC_PREFETCH(p);
-            ring[(head + count) % RGC_RING] = r;
-            count++;
+            rows[nr++] = r;
+            slots += k;
         }
-        if (count == 0)
-            return RGC_DONE;
-        int64_t r = ring[head];
-        int64_t lo = o->start[r] + o->slot_offset;
-        int64_t page = missing_page(m, lo, lo + 8 * o->nrefs[r]);
-        if (page >= 0) {
-            /* back on the stack, r on top: the next call resumes with it */
-            for (int i = count - 1; i >= 0; i--)
-                mk->stack[mk->depth++] = ring[(head + i) % RGC_RING];
-            mk->page = page;
-            return RGC_NEED_PAGE;
+        for (int64_t i = 0; i < nr; i++)
+            RGC_PREFETCH(host(m, o->start[rows[i]] + o->slot_offset));
+        for (int64_t i = 0; i < nr; i++) {
+            int64_t r = rows[i];
+            int64_t lo = o->start[r] + o->slot_offset;
+            int64_t page = missing_page(m, lo, lo + 8 * o->nrefs[r]);
+            if (page >= 0) {
+                /* nothing of rows[i..] is read yet: back on the stack, rows[i] on top */
+                for (int64_t j = nr - 1; j >= i; j--)
+                    mk->stack[mk->depth++] = rows[j];
+                if (resolve(o, mk, &b) != RGC_DONE)
+                    goto bad;
+                mk->page = page;
+                return RGC_NEED_PAGE;
+            }
+            int64_t k = o->nrefs[r];
+            for (int64_t j0 = 0; j0 < k; j0 += RGC_BATCH_SLOTS) {  /* a row of many slots: in pieces */
+                int64_t j1 = k - j0 > RGC_BATCH_SLOTS ? j0 + RGC_BATCH_SLOTS : k;
+                if (b.n + (j1 - j0) > RGC_BATCH_SLOTS && resolve(o, mk, &b) != RGC_DONE)
+                    goto bad;
+                gather(o, m, mk, &b, r, j0, j1);
+            }
+            mk->slots_read += k;
         }
-        head = (head + 1) % RGC_RING;
-        count--;
-        int64_t ret = scan_row(o, m, mk, r);
-        if (ret != RGC_DONE)
-            return ret;
+        if (resolve(o, mk, &b) != RGC_DONE)
+            goto bad;
     }
+    return RGC_DONE;
+bad:
+    mk->at = owner_of_position(o, mk->at);
+    return RGC_BAD_ADDRESS;
 }
 
 /* How far ahead fixup prefetches the new addresses it will read. */

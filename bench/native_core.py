@@ -1,0 +1,204 @@
+"""Per-object costs of the collector's C core (heap.core) against the numpy
+paths it replaces, in one process, on the issue's small-object workload.
+
+The workload (issue 12): ``--objects`` objects (1M) of 32-256 bytes with 2
+reference slots each, laid out in the DefaultObjectModel layout as the
+allocator packs them; a random half is alive, linked as a binary tree in
+shuffled order (so every reference is a random jump in memory) and rooted at
+one object; the dead half forms its own random graph whose slots point
+anywhere. Each step runs on the same heap with both implementations:
+
+* mark: heap.mark.mark (level by level, numpy) / heap.core.mark (depth-first, C);
+* forwarding table: ``new_by_row[rows] = new_starts`` / heap.core.new_addresses;
+* fixup: heap.native.slot_values + model.slot_addresses + kernel.store_words /
+  heap.core.fixup (in place; the slots are restored, untimed, after each run);
+* roots: AddressIndex.rows + gather / heap.core.forward, over every live address;
+* verify: verify's header and reference-target checks in numpy / heap.core.verify_objects.
+
+    nice -n 10 python -m bench.native_core [--objects 1000000] [--reps 3] [--backends linux,sim]
+
+Prints a table of ns per object (per live object for fixup and roots) and
+the numpy/C ratio measured side by side (CPU time of the calling thread,
+where every step runs: the machine is shared; the wall-clock ratio too), and saves JSON to
+bench/results/native_core.json. Each time is the fastest of ``--reps`` runs,
+the two implementations alternating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from heap import core
+from heap.alloc import pack
+from heap.kernel import MADV_NOHUGEPAGE, open_kernel
+from heap.mark import AddressIndex, Workspace, rows_of
+from heap.mark import mark as numpy_mark
+from heap.native import slot_values
+from heap.objects import DEFAULT_MODEL
+
+RESULTS = Path(__file__).resolve().parent / "results" / "native_core.json"
+NREFS = 2
+
+
+class Workload:
+    """The small-object heap, laid out in a fresh mapping of ``kernel``."""
+
+    def __init__(self, kernel, n: int, seed: int = 12):
+        rng = np.random.default_rng(seed)
+        ps = kernel.page_size
+        self.kernel, self.n = kernel, n
+        self.totals = 32 + 16 * rng.integers(0, 15, n, dtype=np.int64)  # 32..256 bytes
+        self.nrefs = np.full(n, NREFS, dtype=np.int64)
+        self.nbytes = self.totals - 16 - 8 * NREFS
+        offsets, pages = pack(self.totals, ps, 0)
+        self.size = (pages + 1) * ps
+        self.base = kernel.mmap(self.size)
+        kernel.madvise(self.base, self.size, MADV_NOHUGEPAGE)
+        self.starts = self.base + offsets
+        self.slot_base = np.arange(n, dtype=np.int64) * NREFS
+        # the live half: a binary tree over the live rows in shuffled order
+        live = rng.permutation(n)[: n // 2]
+        order = rng.permutation(live)
+        targets = rng.integers(0, n, (n, NREFS))  # the dead half: slots anywhere
+        targets[rng.random((n, NREFS)) < 0.1] = -1
+        m = order.size
+        child = np.arange(m)[:, None] * 2 + np.arange(1, NREFS + 1)[None, :]
+        targets[order] = np.where(child < m, order[np.minimum(child, m - 1)], -1)
+        self.expected_live = m
+        self.values = np.where(targets >= 0, self.starts[np.maximum(targets, 0)], 0).ravel()
+        self.slots = DEFAULT_MODEL.slot_addresses(self.starts, self.nrefs)
+        header = DEFAULT_MODEL.header_words(self.nbytes, self.nrefs, self.totals >= ps)
+        where = (self.starts[:, None] + 8 * np.arange(2)[None, :]).ravel()
+        kernel.store_words(where.astype(np.uint64), header.ravel().astype(np.uint64))
+        self.restore_slots()
+        self.index = AddressIndex(self.base, self.size)
+        self.index.add_many(self.starts, 0)
+        self.roots = np.array([self.starts[order[0]]], dtype=np.int64)
+
+    def restore_slots(self) -> None:
+        self.kernel.store_words(self.slots.astype(np.uint64), self.values.astype(np.uint64))
+
+    def close(self) -> None:
+        self.kernel.munmap(self.base, self.size)
+
+
+def timed_pair(fn_a, fn_b, reps: int, after=None):
+    """The fastest of ``reps`` runs of each of two functions, run alternately
+    (a shared machine slows both alike; the fastest run is the least
+    disturbed), as (wall ns, CPU ns of this thread) each; ``after`` runs
+    untimed after each; their last results. Every step here runs in the
+    calling thread, so its CPU time is the work without the waits for a CPU."""
+    wall, cpu, out = [float("inf")] * 2, [float("inf")] * 2, [None, None]
+    for _ in range(reps):
+        for i, fn in enumerate((fn_a, fn_b)):
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            out[i] = fn()
+            wall[i] = min(wall[i], time.perf_counter_ns() - t0)
+            cpu[i] = min(cpu[i], time.thread_time_ns() - c0)
+            if after is not None:
+                after()
+    return wall, cpu, out
+
+
+def numpy_verify(w: Workload) -> None:
+    k, starts = w.kernel, w.starts
+    where = (starts[:, None] + 8 * np.arange(2)[None, :]).ravel()
+    words = k.load_words(where.astype(np.uint64)).reshape(-1, 2)
+    expect = DEFAULT_MODEL.header_words(w.nbytes, w.nrefs, w.totals >= k.page_size).astype(np.uint64)
+    assert not (words != expect).any(axis=1).any()
+    values = k.load_words(DEFAULT_MODEL.slot_addresses(starts, w.nrefs).astype(np.uint64)).view(np.int64)
+    rows_of(starts, values[values != 0], "reference targets")
+
+
+def measure(kernel_name: str, n: int, reps: int) -> dict:
+    kernel = open_kernel(kernel_name)
+    t0 = time.perf_counter()
+    w = Workload(kernel, n)
+    setup_s = time.perf_counter() - t0
+    k, model = kernel, DEFAULT_MODEL
+    steps = {}
+
+    def both(name: str, per: int, numpy_fn, core_fn, after=None):
+        wall, cpu, (r_np, r_c) = timed_pair(numpy_fn, core_fn, reps, after)
+        steps[name] = dict(per=per, numpy_wall_ns=wall[0], core_wall_ns=wall[1], numpy_cpu_ns=cpu[0],
+                           core_cpu_ns=cpu[1], numpy_ns_per=cpu[0] / per, core_ns_per=cpu[1] / per,
+                           ratio=cpu[0] / cpu[1], wall_ratio=wall[0] / wall[1])
+        return r_np, r_c
+
+    ws_np, ws_c = Workspace(), Workspace()
+    m_np, m_c = both("mark", n,
+                     lambda: numpy_mark(k, model, w.index, ws_np, w.starts, w.nrefs, w.slot_base, w.roots),
+                     lambda: core.mark(k, model, w.index, ws_c, w.starts, w.nrefs, w.slot_base, w.roots, w.totals))
+    assert int(m_np.live.sum()) == int(m_c.live.sum()) == w.expected_live
+    assert (m_np.live == m_c.live).all()
+    live_rows = np.flatnonzero(m_c.live)
+    nlive = live_rows.size
+    offsets, _ = pack(w.totals[live_rows], k.page_size, 0)
+    new_starts = w.base + offsets  # the sliding plan: live objects packed in address order
+
+    def np_table():
+        t = np.zeros(n, dtype=np.int64)
+        t[live_rows] = new_starts
+        return t
+
+    reuse = np.zeros(n, dtype=np.int64)
+    t_np, t_c = both("forwarding table", n, np_table, lambda: core.new_addresses(n, live_rows, new_starts, reuse))
+    assert (t_np == t_c).all()
+    new_by_row = t_np
+
+    def np_fixup():
+        slots = model.slot_addresses(w.starts[live_rows], w.nrefs[live_rows])
+        values = slot_values(live_rows, w.nrefs, w.slot_base, m_c.slot_target, new_by_row)
+        k.store_words(slots.view(np.uint64), values.view(np.uint64))
+
+    def core_fixup():
+        core.fixup(k, model, live_rows, w.starts[live_rows], w.nrefs, w.slot_base, m_c.slot_target, new_by_row)
+
+    both("fixup", nlive, np_fixup, core_fixup, after=w.restore_slots)
+    addrs = w.starts[live_rows]
+    r_np, r_c = both("roots (every live address)", nlive,
+                     lambda: new_by_row[w.index.rows(w.starts, addrs, "root")],
+                     lambda: core.forward(w.index, w.starts, new_by_row, addrs))
+    assert (r_np == r_c).all()
+    both("verify checks", n, lambda: numpy_verify(w),
+         lambda: core.verify_objects(k, model, w.index, w.starts, w.nbytes, w.nrefs, w.totals, k.page_size))
+    w.close()
+    return dict(backend=kernel_name, objects=n, live=int(nlive), setup_s=setup_s, steps=steps)
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"{'backend':8} {'step':28} {'numpy ns/obj':>13} {'C ns/obj':>10} {'numpy/C':>8} {'C Mobj/s':>9} "
+          f"{'wall numpy/C':>13}")
+    for res in results:
+        for name, s in res["steps"].items():
+            print(f"{res['backend']:8} {name:28} {s['numpy_ns_per']:13.1f} {s['core_ns_per']:10.1f} "
+                  f"{s['ratio']:8.1f} {1e3 / s['core_ns_per']:9.1f} {s['wall_ratio']:13.1f}")
+    print("(CPU ns of the calling thread per object of the heap for mark, forwarding table and verify, per live\n"
+          " object for fixup and roots; fastest of --reps, numpy and C alternating; wall-clock ratio last)")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--objects", type=int, default=1_000_000)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--backends", default="linux,sim")
+    args = ap.parse_args(argv)
+    if not core.COMPILED:
+        raise SystemExit("heap._core is not built (pip install -e .)")
+    results = [measure(b, args.objects, args.reps) for b in args.backends.split(",")]
+    print_table(results)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(dict(host=platform.node(), cpus=os.cpu_count(), when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                       args=vars(args), results=results), indent=2) + "\n")
+    print(f"saved {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
