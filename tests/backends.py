@@ -17,10 +17,10 @@ import os
 
 import pytest
 
-from heap.kernel import KernelUnsupported, open_kernel, probe_move
+from heap.backends import open_kernel, probe_move
+from heap.kernel import KernelUnsupported
 
 BACKENDS = ("sim", "linux")
-
 
 
 @functools.lru_cache(maxsize=None)
