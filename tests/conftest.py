@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from tests.backends import BACKENDS, make_kernel, skip_linux_if_unavailable
-from tests.kernel.support import Mappings
+from tests.kernel.kernel_helpers import Mappings
 
 
 @pytest.fixture(params=BACKENDS)

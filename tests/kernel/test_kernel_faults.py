@@ -17,7 +17,7 @@ import pytest
 
 from heap.kernel import PAGE_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, FaultEvent, UffdError
 
-from tests.kernel.support import Faulter
+from tests.kernel.kernel_helpers import Faulter
 
 PS = PAGE_SIZE
 STILL_BLOCKED_AFTER = 0.3  # seconds a woken-too-early thread would need to finish

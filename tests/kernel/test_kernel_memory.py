@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from heap.kernel import MADV_DONTNEED, PROT_READ, PROT_WRITE
-from tests.kernel.support import RESIDENT_LAYOUTS, layout_pages
+from tests.kernel.kernel_helpers import RESIDENT_LAYOUTS, layout_pages
 
 PS = 4096
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from heap.kernel import PAGE_SIZE
-from tests.kernel.support import RESIDENT_LAYOUTS, layout_pages
+from tests.kernel.kernel_helpers import RESIDENT_LAYOUTS, layout_pages
 
 PS = PAGE_SIZE
 

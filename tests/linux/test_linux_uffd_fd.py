@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from heap.kernel import MADV_DONTNEED, PAGE_SIZE, UFFD_FEATURE_EVENT_REMOVE, UFFD_FEATURE_MOVE, UffdError
-from tests.kernel.support import Faulter
+from tests.kernel.kernel_helpers import Faulter
 
 PS = PAGE_SIZE
 
