@@ -15,7 +15,21 @@ anywhere. Each step runs on the same heap with both implementations:
 * roots: AddressIndex.rows + gather / heap.core.forward, over every live address;
 * verify: verify's header and reference-target checks in numpy / heap.core.verify_objects.
 
-    nice -n 10 python -m bench.native_core [--objects 1000000] [--reps 3] [--backends linux,sim]
+    nice -n 10 python -m bench.native_core [--objects 1000000] [--reps 5] [--backends linux,sim]
+    nice -n 10 python -m bench.native_core --goals [--objects 1000000] [--backends linux,sim]
+
+With ``--goals`` it measures the issue's goals on whole collections through
+the Heap API, each with the C core and with the numpy paths (the heap's
+``_pause.core`` switched off) in the same process, remap and copy:
+
+* tiny heap: a 64 MiB arena, 200 live small objects (a binary tree), 300 dead ones
+  allocated again before each collection; the stop-the-world pause against
+  the syscalls that cycle needs (register, mremap(DONTUNMAP), one MOVE,
+  unregister, MADV_DONTNEED), timed on the same kernel in the same run;
+* small objects: the workload above built with the Heap API (as
+  bench/compaction.py builds it); the first collection in objects/s (all
+  objects), a second one with nothing new dead in live objects/s; the pause
+  split per phase.
 
 Prints a table of ns per object (per live object for fixup and roots) and
 the numpy/C ratio measured side by side (CPU time of the calling thread,
@@ -44,6 +58,8 @@ from heap.native import slot_values
 from heap.objects import DEFAULT_MODEL
 
 RESULTS = Path(__file__).resolve().parent / "results" / "native_core.json"
+GOALS = Path(__file__).resolve().parent / "results" / "native_core_goals.json"
+MiB = 1 << 20
 NREFS = 2
 
 
@@ -173,6 +189,131 @@ def measure(kernel_name: str, n: int, reps: int) -> dict:
     return dict(backend=kernel_name, objects=n, live=int(nlive), setup_s=setup_s, steps=steps)
 
 
+# --- the issue's goals on whole collections ------------------------------------------------------
+def heap_with(kernel_name: str, size: int, compactor: str, use_core: bool):
+    from heap import Heap
+
+    heap = Heap(kernel=kernel_name, size=size, compactor=compactor)
+    pause = getattr(heap, "_pause", None)
+    if pause is not None and hasattr(pause, "core"):
+        pause.core = pause.core and use_core
+    elif use_core:
+        heap.close()
+        return None  # this tree's heap has no C core to switch on
+    return heap
+
+
+def syscall_floor(kernel_name: str, reps: int) -> float:
+    """ns of the syscalls a tiny remap cycle needs, on a 64 MiB arena with one page in use."""
+    from heap.kernel import MADV_DONTNEED
+
+    k = open_kernel(kernel_name)
+    size, ps = 64 * MiB, k.page_size
+    arena, from_space = k.mmap(size, align=k.hpage_size), k.mmap(size, align=k.hpage_size)
+    uffd = k.userfaultfd()
+    best = float("inf")
+    try:
+        for _ in range(reps):
+            k.store_words(np.array([arena], dtype=np.uint64), np.array([1], dtype=np.uint64))
+            t0 = time.perf_counter_ns()
+            uffd.register(arena, size)
+            k.mremap(arena, size, from_space, dontunmap=True)
+            uffd.move(arena, from_space, ps)
+            uffd.unregister(arena, size)
+            k.madvise(from_space, size, MADV_DONTNEED)
+            best = min(best, time.perf_counter_ns() - t0)
+    finally:
+        uffd.close()
+        k.munmap(arena, size)
+        k.munmap(from_space, size)
+    return best
+
+
+def tiny_pause(kernel_name: str, compactor: str, use_core: bool, reps: int) -> dict | None:
+    rng = np.random.default_rng(5)
+    heap = heap_with(kernel_name, 64 * MiB, compactor, use_core)
+    if heap is None:
+        return None
+    with heap:
+        live = heap.alloc_many(rng.integers(32, 257, 200), 2)
+        for slot in (0, 1):  # a binary tree, as in the small-object workload
+            child = 2 * np.arange(200) + 1 + slot
+            has = child < 200
+            live.set_refs(slot, np.flatnonzero(has), live, child[has])
+        root = live[0]
+        del live
+        best, phases = None, None
+        for _ in range(reps):
+            heap.alloc_many(rng.integers(32, 257, 300), 2)  # garbage: no handle kept
+            stats = heap.collect()
+            if best is None or stats.pause_ns < best.pause_ns:
+                best, phases = stats, dict(heap.last_phase_ns)
+        assert best.live_objects == 200
+        del root
+        return dict(pause_ns=best.pause_ns, phases=phases)
+
+
+def small_collections(kernel_name: str, compactor: str, use_core: bool, count: int) -> dict | None:
+    from bench.compaction import build_small
+
+    rng = np.random.default_rng(7)
+    heap = heap_with(kernel_name, max(64 * MiB, count * 400), compactor, use_core)
+    if heap is None:
+        return None
+    with heap:
+        root = build_small(heap, count, rng)
+        first = heap.collect()
+        first_phases = dict(heap.last_phase_ns)
+        second = heap.collect()
+        second_phases = dict(heap.last_phase_ns)
+        heap.verify()
+        del root
+    objects = first.live_objects + first.freed_objects
+    return dict(objects=objects, live=first.live_objects,
+                first=dict(pause_ns=first.pause_ns, objects_per_s=objects / (first.pause_ns / 1e9),
+                           phases=first_phases, pages_moved=first.pages_moved, bytes_copied=first.bytes_copied),
+                second=dict(pause_ns=second.pause_ns, live_per_s=second.live_objects / (second.pause_ns / 1e9),
+                            phases=second_phases, pages_moved=second.pages_moved,
+                            bytes_copied=second.bytes_copied))
+
+
+def phase_text(phases: dict) -> str:
+    return " ".join(f"{k} {v / 1e6:.2f}" for k, v in phases.items())
+
+
+def goals(backends: list[str], count: int, reps: int) -> dict:
+    out = dict(tiny={}, small={})
+    for b in backends:
+        floor = syscall_floor(b, reps * 4)
+        out["tiny"][b] = dict(syscall_floor_ns=floor)
+        for use_core in (True, False):
+            impl = "core" if use_core else "numpy"
+            r = tiny_pause(b, "remap", use_core, reps * 4)
+            if r is not None:
+                r["ratio_to_floor"] = r["pause_ns"] / floor
+                out["tiny"][b][impl] = r
+            for compactor in ("remap", "copy"):
+                r = small_collections(b, compactor, use_core, count)
+                if r is not None:
+                    out["small"].setdefault(b, {}).setdefault(impl, {})[compactor] = r
+    print(f"{'tiny heap':10} {'backend':8} {'impl':6} {'pause ms':>9} {'floor ms':>9} {'x floor':>8}  phases (ms)")
+    for b, row in out["tiny"].items():
+        for impl in ("core", "numpy"):
+            if impl in row:
+                r = row[impl]
+                print(f"{'':10} {b:8} {impl:6} {r['pause_ns'] / 1e6:9.3f} {row['syscall_floor_ns'] / 1e6:9.3f} "
+                      f"{r['ratio_to_floor']:8.1f}  {phase_text(r['phases'])}")
+    print(f"\n{'small':10} {'backend':8} {'impl':6} {'compactor':9} {'1st Mobj/s':>10} {'2nd Mlive/s':>11}  "
+          "phases 1st | 2nd (ms)")
+    for b, impls in out["small"].items():
+        for impl, comps in impls.items():
+            for c, r in comps.items():
+                print(f"{'':10} {b:8} {impl:6} {c:9} {r['first']['objects_per_s'] / 1e6:10.2f} "
+                      f"{r['second']['live_per_s'] / 1e6:11.2f}  {phase_text(r['first']['phases'])} | "
+                      f"{phase_text(r['second']['phases'])}")
+    return out
+
+
 def print_table(results: list[dict]) -> None:
     print(f"{'backend':8} {'step':28} {'numpy ns/obj':>13} {'C ns/obj':>10} {'numpy/C':>8} {'C Mobj/s':>9} "
           f"{'wall numpy/C':>13}")
@@ -189,9 +330,18 @@ def main(argv=None) -> None:
     ap.add_argument("--objects", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--backends", default="linux,sim")
+    ap.add_argument("--goals", action="store_true", help="whole collections through the Heap API (see above)")
     args = ap.parse_args(argv)
     if not core.COMPILED:
         raise SystemExit("heap._core is not built (pip install -e .)")
+    if args.goals:
+        out = goals(args.backends.split(","), args.objects, args.reps)
+        GOALS.parent.mkdir(exist_ok=True)
+        GOALS.write_text(json.dumps(dict(host=platform.node(), cpus=os.cpu_count(),
+                                         when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), args=vars(args),
+                                         **out), indent=2) + "\n")
+        print(f"saved {GOALS}")
+        return
     results = [measure(b, args.objects, args.reps) for b in args.backends.split(",")]
     print_table(results)
     RESULTS.parent.mkdir(exist_ok=True)
