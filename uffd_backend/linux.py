@@ -688,15 +688,17 @@ class LinuxKernel:
             at = _u64(at, "at")
             if align and at % align:
                 raise ValueError(f"at={at:#x} is not a multiple of align={align:#x}")
-            addr = _check(lib.rgc_mmap(at, length, prot, flags | MAP_FIXED_NOREPLACE), "mmap at {:#x}", at)
-            if addr != at:  # a kernel older than 4.17 treats the flag as a hint
-                lib.rgc_munmap(addr, length)
-                raise OSError(errno.EEXIST, f"{os.strerror(errno.EEXIST)} (mmap at {at:#x})")
-        elif align <= self.page_size or length == 0:
-            addr = _check(lib.rgc_mmap(0, length, prot, flags), "mmap {:#x}", length)
-        else:
-            addr = self._mmap_aligned(length, prot, flags, align)
-        owned.add(addr, length)
+        with owned.changing:  # mapped and recorded in one step (owned.py)
+            if at is not None:
+                addr = _check(lib.rgc_mmap(at, length, prot, flags | MAP_FIXED_NOREPLACE), "mmap at {:#x}", at)
+                if addr != at:  # a kernel older than 4.17 treats the flag as a hint
+                    lib.rgc_munmap(addr, length)
+                    raise OSError(errno.EEXIST, f"{os.strerror(errno.EEXIST)} (mmap at {at:#x})")
+            elif align <= self.page_size or length == 0:
+                addr = _check(lib.rgc_mmap(0, length, prot, flags), "mmap {:#x}", length)
+            else:
+                addr = self._mmap_aligned(length, prot, flags, align)
+            owned.add(addr, length)
         return addr
 
     def _mmap_aligned(self, length: int, prot: int, flags: int, align: int) -> int:
@@ -716,24 +718,26 @@ class LinuxKernel:
 
     def munmap(self, addr: int, length: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
-        owned.check("munmap", addr, length)
-        _check(lib.rgc_munmap(addr, length), "munmap {:#x}+{:#x}", addr, length)
-        owned.remove(addr, length)
+        with owned.changing:  # unmapped and forgotten in one step (owned.py)
+            owned.check("munmap", addr, length)
+            _check(lib.rgc_munmap(addr, length), "munmap {:#x}+{:#x}", addr, length)
+            owned.remove(addr, length)
 
     def mremap(self, old_addr: int, length: int, new_addr: int, *, dontunmap: bool = False) -> int:
         old_addr, length, new_addr = _u64(old_addr, "old_addr"), _u64(length, "length"), _u64(new_addr, "new_addr")
         flags = MREMAP_MAYMOVE | MREMAP_FIXED | (MREMAP_DONTUNMAP if dontunmap else 0)
-        owned.check("mremap", old_addr, length)
-        owned.check("mremap (target)", new_addr, length)  # MREMAP_FIXED unmaps whatever is there
-        ret = lib.rgc_mremap(old_addr, length, length, flags, new_addr)
-        if ret < 0:
-            # Since 6.17 a move spanning several VMAs can fail (EFAULT) after
-            # moving the first ones: what now lies at the target is ours.
-            owned.add(new_addr, length)
-        addr = _check(ret, "mremap {:#x}+{:#x} -> {:#x}", old_addr, length, new_addr)
-        if not dontunmap:
-            owned.remove(old_addr, length)
-        owned.add(addr, length)
+        with owned.changing:  # moved and recorded in one step (owned.py)
+            owned.check("mremap", old_addr, length)
+            owned.check("mremap (target)", new_addr, length)  # MREMAP_FIXED unmaps whatever is there
+            ret = lib.rgc_mremap(old_addr, length, length, flags, new_addr)
+            if ret < 0:
+                # Since 6.17 a move spanning several VMAs can fail (EFAULT) after
+                # moving the first ones: what now lies at the target is ours.
+                owned.add(new_addr, length)
+            addr = _check(ret, "mremap {:#x}+{:#x} -> {:#x}", old_addr, length, new_addr)
+            if not dontunmap:
+                owned.remove(old_addr, length)
+            owned.add(addr, length)
         return addr
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:

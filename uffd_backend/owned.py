@@ -11,6 +11,12 @@ so that its own errno (ENOMEM, ENOENT, EINVAL...) is what the caller sees.
 The registry is process-wide: every LinuxKernel shares the one address space.
 The fast path (the range lies inside one owned interval) is a bisect under a
 lock; only a range that is not fully owned reads /proc/self/maps.
+
+A call that changes the address space and this registry does both under
+``changing``: the kernel hands a freed range to the next mmap at once, so a
+range unmapped by one thread and forgotten a moment later could take with it
+the mapping another thread made there in between, and that thread's heap was
+then refused with EPERM (two heaps collecting in two threads).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import threading
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _lock = threading.Lock()
+changing = threading.RLock()  # held across a syscall that maps/unmaps and the registry update that follows it
 _starts: list[int] = []  # sorted, disjoint, non-adjacent [start, end) intervals
 _ends: list[int] = []
 
