@@ -7,11 +7,13 @@ backend's accelerator would otherwise install pages natively, around it).
 
 from __future__ import annotations
 
+import ast
 import errno
 import inspect
 import random
 import typing
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +202,41 @@ def test_a_wrapper_refusing_every_move_is_not_bypassed(kernel_name, concurrent):
         heap.verify()
         assert all(r.read(r.nbytes) == bytes([2 * i]) * r.nbytes for i, r in enumerate(keep))
     kernel.close()
+
+
+# -- no new wrapper forwards through __getattr__ ----------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+# Wrappers in other owners' test files that still forward unknown names (to be
+# rebuilt on bench.wrappers by their owners); the list may only shrink.
+KNOWN_FORWARDERS = {
+    "tests/heap/test_compactors.py::NoUserfaultfd",
+    "tests/heap/test_compactors.py::FlakyUffd",
+    "tests/heap/test_compactors.py::RefuseRegisterUffd",
+    "tests/differential/test_generated.py::_EnoentAsEinval",
+    "tests/differential/test_generated.py::MutantSim",
+    "tests/differential/test_runner.py::_StuckUffd",
+    "tests/differential/test_runner.py::_StuckMoveKernel",
+    "tests/regressions/child.py::Proxy",
+}
+
+
+def forwarders(path: Path) -> set[str]:
+    """Classes of ``path`` whose __getattr__ hands unknown names to a wrapped object."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for fn in node.body:
+            if isinstance(fn, ast.FunctionDef) and fn.name == "__getattr__" and any(
+                    isinstance(call, ast.Call) and getattr(call.func, "id", None) == "getattr"
+                    and isinstance(call.args[0], ast.Attribute) for call in ast.walk(fn)):
+                found.add(f"{path.relative_to(ROOT)}::{node.name}")
+    return found
+
+
+def test_no_new_wrapper_forwards_unknown_names():
+    found = set()
+    for path in [*ROOT.joinpath("tests").rglob("*.py"), *ROOT.joinpath("bench").glob("*.py")]:
+        found |= forwarders(path)
+    new = found - KNOWN_FORWARDERS
+    assert not new, f"wrappers that forward unknown names (build them on bench.wrappers instead): {sorted(new)}"
