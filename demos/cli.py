@@ -173,6 +173,8 @@ def run_guarded(spec, ctx):
     try:
         return spec.runner()(ctx)
     except Exception as exc:  # a crash is a failed run: say what broke, exit 1 like any failed check
+        if lacks_demo_extra(exc):
+            raise  # not a failed run: an install without the demo extra (main says how to add it)
         ctx.console.print_exception()
         report = DemoReport(spec.name, "the demo stopped with an error")
         report.check("the demo ran to completion", False, f"{type(exc).__name__}: {exc}")
@@ -211,7 +213,25 @@ def run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+DEMO_EXTRA = ("rich", "matplotlib")  # what `pip install .` leaves out and `pip install 'remapgc[demo]'` adds
+
+
+def lacks_demo_extra(exc: BaseException) -> bool:
+    return isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in DEMO_EXTRA
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return run_command(argv)
+    except ModuleNotFoundError as exc:
+        if not lacks_demo_extra(exc):
+            raise
+        print(f"remapgc: the command line needs {exc.name}, from the demo extra: pip install 'remapgc[demo]' "
+              "(the library itself does not)", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def run_command(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -1,6 +1,8 @@
 """The `remapgc demo` command line: listing, usage errors, backend choice and its fallback message."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -96,3 +98,18 @@ def test_demo_shows_the_heaps_events_on_stderr_only_with_v(capsys, verbose_args)
         assert {"gc_mark", "gc_install"} <= {e["event"] for e in events}
     else:
         assert events == []
+
+
+@pytest.mark.parametrize("missing, argv", [
+    ("rich", ["demo", "--list"]),
+    ("rich", ["doctor"]),
+    ("matplotlib", ["demo", "lisp", "--size", "small", "--backend", "sim", "--plot", "{tmp}/lisp.png"]),
+], ids=["rich-list", "rich-doctor", "matplotlib-plot"])
+def test_without_the_demo_extra_the_cli_says_how_to_install_it(missing, argv, tmp_path):
+    """``pip install .`` leaves rich and matplotlib out: the command says which extra brings them."""
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    code = (f"import sys; sys.modules[{missing!r}] = None  # as if it were not installed\n"
+            f"from demos.cli import main; sys.exit(main({argv!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"needs {missing}" in proc.stderr and "pip install 'remapgc[demo]'" in proc.stderr
