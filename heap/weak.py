@@ -187,10 +187,18 @@ class EmbeddingState:
         self.heap._ready()
 
     def _address(self, ref: Ref) -> int:
-        return self.heap._access.own(ref)
+        heap = self.heap
+        access = getattr(heap, "_access", None)
+        if access is None:  # the heap before its Access part (heap-core's restructure, issue 11)
+            return heap._ref_address(ref)
+        return access.own(ref)
 
     def _new_ref(self, addr: int) -> Ref:
-        return self.heap._access.issue(addr)
+        heap = self.heap
+        access = getattr(heap, "_access", None)
+        if access is None:
+            return Ref._issue(heap, heap._handles.new(addr))
+        return access.issue(addr)
 
     # -- weak references ------------------------------------------------------------------------
     def weakref(self, ref: Ref) -> WeakRef:
