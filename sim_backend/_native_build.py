@@ -2,13 +2,18 @@
 
 The simulated kernel keeps page contents in one flat pool; translating a
 user address to a pool offset is a lookup in a per-page table that numpy
-builds (one entry per page of the span touched). These loops do the per-word
-or per-range part of load_words / store_words / copy_ranges from such
-tables. Portable C; without the extension ``sim_backend.native`` does the
-same in numpy.
+builds (one entry per page of the span touched). These loops
+(``sim_backend/csrc/sim_loops.c``) do the per-word or per-range part of
+load_words / store_words / copy_ranges from such tables. Portable C; without
+the extension ``sim_backend.native`` does the same in numpy.
 """
 
+import os
+
 from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(HERE, "csrc")
 
 CDEF = r"""
 int64_t rgc_sim_load_words(const uint64_t *pool, const int64_t *wbase, int64_t pmin, int64_t npages,
@@ -22,100 +27,19 @@ int64_t rgc_sim_copy_ranges(uint8_t *pool, const int64_t *s_base, int64_t s_pmin
                             uint8_t *tmp);
 """
 
-C_SOURCE = r"""
-#include <stdint.h>
-#include <string.h>
 
-#define SIM_PAGE_SHIFT 12
-#define SIM_PAGE_SIZE 4096
+def _source(name: str) -> str:
+    # setuptools wants sources relative to the project when it can have them
+    path = os.path.join(CSRC, name)
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else path
 
-/* out[i] = the word at addrs[i]; wbase[p - pmin] is the pool word index of page p
-   (< 0: not accessible). Returns the index of the first inaccessible address, or n. */
-int64_t rgc_sim_load_words(const uint64_t *pool, const int64_t *wbase, int64_t pmin, int64_t npages,
-                           const uint64_t *addrs, int64_t n, uint64_t *out)
-{
-    for (int64_t i = 0; i < n; i++) {
-        int64_t p = (int64_t)(addrs[i] >> SIM_PAGE_SHIFT) - pmin;
-        if (p < 0 || p >= npages || wbase[p] < 0)
-            return i;
-        out[i] = pool[wbase[p] + ((addrs[i] & (SIM_PAGE_SIZE - 1)) >> 3)];
-    }
-    return n;
-}
-
-/* The words, in order; stops at the first inaccessible address and returns its index (or n). */
-int64_t rgc_sim_store_words(uint64_t *pool, const int64_t *wbase, int64_t pmin, int64_t npages,
-                            const uint64_t *addrs, const uint64_t *vals, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) {
-        int64_t p = (int64_t)(addrs[i] >> SIM_PAGE_SHIFT) - pmin;
-        if (p < 0 || p >= npages || wbase[p] < 0)
-            return i;
-        pool[wbase[p] + ((addrs[i] & (SIM_PAGE_SIZE - 1)) >> 3)] = vals[i];
-    }
-    return n;
-}
-
-/* hit[p - pmin] = 1 for the page of each address; returns how many addresses fell outside. */
-int64_t rgc_sim_mark_pages(const uint64_t *addrs, int64_t n, int64_t pmin, int64_t npages, uint8_t *hit)
-{
-    int64_t outside = 0;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t p = (int64_t)(addrs[i] >> SIM_PAGE_SHIFT) - pmin;
-        if (p < 0 || p >= npages)
-            outside++;
-        else
-            hit[p] = 1;
-    }
-    return outside;
-}
-
-/* memmove(dsts[i], srcs[i], lens[i]) for each i in order, through the pool: s_base / d_base
-   give the pool byte offset of each page of the source / destination span (< 0: not
-   accessible). Each range goes through tmp (at least max(lens) bytes), so a range that
-   overlaps itself is copied as memmove does. Returns the index of the first range that
-   touches an inaccessible page (earlier ones are done), or n. */
-int64_t rgc_sim_copy_ranges(uint8_t *pool, const int64_t *s_base, int64_t s_pmin, int64_t s_npages,
-                            const int64_t *d_base, int64_t d_pmin, int64_t d_npages,
-                            const int64_t *dsts, const int64_t *srcs, const int64_t *lens, int64_t n,
-                            uint8_t *tmp)
-{
-    for (int64_t i = 0; i < n; i++) {
-        int64_t len = lens[i];
-        int64_t done = 0;
-        while (done < len) {
-            int64_t a = srcs[i] + done;
-            int64_t p = (a >> SIM_PAGE_SHIFT) - s_pmin;
-            int64_t off = a & (SIM_PAGE_SIZE - 1);
-            int64_t chunk = SIM_PAGE_SIZE - off;
-            if (chunk > len - done)
-                chunk = len - done;
-            if (p < 0 || p >= s_npages || s_base[p] < 0)
-                return i;
-            memcpy(tmp + done, pool + s_base[p] + off, (size_t)chunk);
-            done += chunk;
-        }
-        done = 0;
-        while (done < len) {
-            int64_t a = dsts[i] + done;
-            int64_t p = (a >> SIM_PAGE_SHIFT) - d_pmin;
-            int64_t off = a & (SIM_PAGE_SIZE - 1);
-            int64_t chunk = SIM_PAGE_SIZE - off;
-            if (chunk > len - done)
-                chunk = len - done;
-            if (p < 0 || p >= d_npages || d_base[p] < 0)
-                return i;
-            memcpy(pool + d_base[p] + off, tmp + done, (size_t)chunk);
-            done += chunk;
-        }
-    }
-    return n;
-}
-"""
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
-ffibuilder.set_source("sim_backend._native", C_SOURCE, extra_compile_args=["-O2"])
+# the prototypes, for the module cffi generates (the definitions are in sim_loops.c)
+ffibuilder.set_source("sim_backend._native", "#include <stdint.h>\n" + CDEF, sources=[_source("sim_loops.c")],
+                      extra_compile_args=["-O2"])
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

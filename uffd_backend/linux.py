@@ -26,7 +26,6 @@ import operator
 import os
 import threading
 import weakref
-from typing import NamedTuple
 
 import numpy as np
 import structlog
@@ -50,182 +49,16 @@ from heap.kernel import (
     UFFD_USER_MODE_ONLY,
     UFFDIO_REGISTER_MODE_MISSING,
     FaultEvent,
+    KernelBase,
     KernelUnsupported,
     PageInfo,
+    UffdBase,
     UffdError,
 )
 
 from . import owned
 from ._native import ffi, lib
-
-CHUNK_WALK_STATUS = ("done", "stopped", "refused", "faulted")
-
-
-def _check_shared(**arrays) -> None:
-    for name, (arr, dtype) in arrays.items():
-        if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.flags.c_contiguous):
-            raise ArgumentTypeError(f"{name} must be a contiguous {np.dtype(dtype).name} array shared with the caller")
-
-
-class NativeProgram:
-    """A concurrent cycle's install program as ``struct rgc_program``: where
-    every to-space page comes from (pieces), the slot fix-ups and the
-    evacuation copies, each sorted by to-space page. Keeps its arrays alive."""
-
-    ARRAYS = (("piece_dst", "int64_t"), ("piece_src", "int64_t"), ("piece_rebuilt", "uint8_t"),
-              ("slot_page", "int64_t"), ("slot_off", "int64_t"), ("slot_val", "uint64_t"), ("seg_page", "int64_t"),
-              ("seg_off", "int64_t"), ("seg_src", "int64_t"), ("seg_len", "int64_t"))
-
-    def __init__(self, program, arena: int, from_space: int):
-        ps = os.sysconf("SC_PAGE_SIZE")
-        self.npages = int(program.npages)
-        if self.npages and not owned.covers(from_space, self.npages * ps):
-            owned.check("UFFDIO_MOVE", from_space, self.npages * ps)  # the MOVE sources must be remapgc's
-        dtypes = {"int64_t": np.int64, "uint8_t": np.uint8, "uint64_t": np.uint64}
-        self._arrays = {n: np.ascontiguousarray(getattr(program, n), dtype=dtypes[t]) for n, t in self.ARRAYS}
-        g = self.struct = ffi.new("struct rgc_program *")
-        g.npages, g.arena, g.from_space, g.page_size = self.npages, arena, from_space, ps
-        g.npieces, g.nslots = self._arrays["piece_dst"].size, self._arrays["slot_page"].size
-        g.nsegs = self._arrays["seg_page"].size
-        self._ptrs = {n: ffi.from_buffer(f"{t}[]", self._arrays[n]) for n, t in self.ARRAYS}
-        for n, ptr in self._ptrs.items():
-            setattr(g, n, ptr)
-        sizes = {n: a.size for n, a in self._arrays.items()}
-        if len({sizes[n] for n in ("piece_dst", "piece_src", "piece_rebuilt")}) != 1 or \
-                len({sizes[n] for n in ("slot_page", "slot_off", "slot_val")}) != 1 or \
-                len({sizes[n] for n in ("seg_page", "seg_off", "seg_src", "seg_len")}) != 1:
-            raise ValueError("the install program's arrays disagree in length")
-
-
-class FaultServer:
-    """``LinuxUffd.fault_server``: the C fault-serving thread and the pipe of
-    faults it forwards. ``start``, then ``read_forwarded`` from the Python
-    handler's thread; ``request_stop``, and once that thread is done,
-    ``close`` (joins the C thread)."""
-
-    FORWARD_CLAIMED = 1  # the page is still claimed: a MOVE of it was refused (errno in bits 8..)
-
-    def __init__(self, uffd, program: NativeProgram, state, installed, max_latencies: int):
-        self._keep = (program, state, installed)
-        # see rgc_fault_server in _build.py: moved, forwarded, latencies, fresh zero pages, copied pages,
-        # bytes copied, faults resolved by ZEROPAGE or WAKE
-        self.counters = np.zeros(7, dtype=np.int64)
-        self.latencies = np.zeros(max_latencies, dtype=np.int64)
-        self._forward_r, self._forward_w = os.pipe2(os.O_CLOEXEC)
-        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
-        ps = os.sysconf("SC_PAGE_SIZE")
-        self._scratch = lib.rgc_mmap(0, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
-        if self._scratch < 0:
-            self._close_fds()
-            raise OSError(-self._scratch, "mapping the fault server's scratch page")
-        srv = self._srv = ffi.new("struct rgc_fault_server *")
-        srv.uffd, srv.forward_fd, srv.stop_fd = uffd._fd(), self._forward_w, self._stop_r
-        srv.g, srv.scratch = program.struct, self._scratch
-        self._ptrs = (ffi.from_buffer("int8_t[]", state), ffi.from_buffer("int64_t[]", installed),
-                      ffi.from_buffer("int64_t[]", self.counters), ffi.from_buffer("int64_t[]", self.latencies))
-        srv.state, srv.installed, srv.counters, srv.latencies = self._ptrs
-        srv.max_latencies = max_latencies
-        self._started = self._stopped = False
-        self._buf = b""
-
-    def start(self) -> None:
-        ret = lib.rgc_fault_server_start(self._srv)
-        if ret < 0:
-            self._close_fds()
-            raise OSError(-ret, f"starting the fault server thread: {os.strerror(-ret)}")
-        self._started = True
-
-    def read_forwarded(self, timeout: float) -> list[tuple[int, UffdError | None]]:
-        """Faults the C thread left to Python, waiting up to ``timeout`` s:
-        (address, None), or (address, the kernel's refusal of the server's
-        MOVE of that page, which the server still holds claimed)."""
-        import select
-
-        if self._stopped:
-            return []
-        ready, _, _ = select.select([self._forward_r], [], [], timeout)
-        if not ready:
-            return []
-        data = self._buf + os.read(self._forward_r, 24 * 256)
-        whole = len(data) - len(data) % 24
-        self._buf = data[whole:]
-        words = np.frombuffer(data[:whole], dtype=np.uint64).reshape(-1, 3)
-        return [(a, self._refusal(a, f, m) if f & self.FORWARD_CLAIMED else None)
-                for a, f, m in words.tolist() if a]
-
-    @staticmethod
-    def _refusal(addr: int, flags: int, moved: int) -> UffdError:
-        moved = moved - (1 << 64) if moved >> 63 else moved
-        return UffdError(flags >> 8, f"{os.strerror(flags >> 8)} (UFFDIO_MOVE of 0x{addr:x}, native fault server)",
-                         moved=max(moved, 0))
-
-    def request_stop(self) -> None:
-        """The C thread ends soon (it polls the stop pipe with the uffd), and a
-        reader waiting in ``read_forwarded`` returns now (an empty message)."""
-        if self._started and not self._stopped:
-            try:
-                os.write(self._stop_w, b"x")
-                os.write(self._forward_w, bytes(24))
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        """Joins the C thread and closes the pipes; call once nobody reads forwarded faults."""
-        if self._stopped:
-            return
-        self.request_stop()
-        self._stopped = True
-        if self._started:
-            lib.rgc_fault_server_join(self._srv)
-        self._close_fds()
-
-    def _close_fds(self) -> None:
-        if getattr(self, "_scratch", -1) > 0:
-            lib.rgc_munmap(self._scratch, os.sysconf("SC_PAGE_SIZE"))
-            self._scratch = -1
-        for fd in (self._forward_r, self._forward_w, self._stop_r, self._stop_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    @property
-    def served(self) -> int:
-        """Faults resolved here (installs, zero pages, wakes)."""
-        return int(self.counters[0] + self.counters[4] + self.counters[6])
-
-    @property
-    def pages_moved(self) -> int:
-        return int(self.counters[0])
-
-    @property
-    def pages_copied(self) -> int:
-        return int(self.counters[4])
-
-    @property
-    def bytes_copied(self) -> int:
-        return int(self.counters[5])
-
-    @property
-    def fresh_pages(self) -> int:
-        return int(self.counters[3])
-
-    def served_latencies(self) -> np.ndarray:
-        return self.latencies[: int(self.counters[2])].copy()
-
-
-class ChunkWalk(NamedTuple):
-    """Where ``LinuxUffd.chunk_walker``'s walk stopped, and what it did on the way."""
-
-    status: str  # done | stopped | refused | faulted
-    chunk: int  # the chunk it stopped at
-    run_page: int  # refused: the first page of the run the kernel refused (the pages before it are in,
-                   # the rest of the chunk still claimed)
-    errno: int  # refused, faulted: the error
-    moved: int  # refused: the MOVE's output field (bytes moved before it stopped, if > 0)
-    bytes_copied: int  # into rebuilt pages
-    pages: int  # installed
-    ioctls: int
+from .accelerator import LinuxAccelerator
 
 log = structlog.get_logger("remapgc.linux")
 
@@ -320,7 +153,7 @@ def _close_fd(fd: int) -> None:
     lib.rgc_close(fd)
 
 
-class LinuxUffd:
+class LinuxUffd(UffdBase):
     """One userfaultfd context: its descriptor and the ioctls on it."""
 
     def __init__(self, fd: int, features: int, ioctls: int, via: str, user_mode_only: bool):
@@ -377,12 +210,12 @@ class LinuxUffd:
         _check(lib.rgc_uffd_wake(self._fd(), addr, length), "UFFDIO_WAKE {:#x}+{:#x}", addr, length)
 
     @staticmethod
-    def _fail(ret: int, out, call: str):
+    def _fail(ret: int, out, call: str, index: int | None = None):
         # The kernel stores progress (> 0) or -errno in the struct's output
         # field; a positive value with a failed ioctl is a partial operation
         # (always EAGAIN), anything else means nothing was done.
         err, field = -ret, int(out[0])
-        raise UffdError(err, f"{os.strerror(err)} ({call})", moved=field if field > 0 else 0)
+        raise UffdError(err, f"{os.strerror(err)} ({call})", moved=field if field > 0 else 0, index=index)
 
     def move(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         # The per-page fault path calls this: plain ints in range skip the slow checks.
@@ -399,7 +232,7 @@ class LinuxUffd:
         self._fail(ret, out, f"UFFDIO_MOVE {src:#x} -> {dst:#x} +{length:#x}")
 
     def move_ranges(self, dsts, srcs, lengths, mode: int = 0) -> int:
-        """One UFFDIO_MOVE per range, in one call into C (not part of the Kernel protocol).
+        """One UFFDIO_MOVE per range, in one call into C.
 
         Returns the total bytes moved. On the first range that fails, raises
         UffdError as ``move`` would for it, with ``index`` set to that range's
@@ -421,58 +254,24 @@ class LinuxUffd:
         if ret == 0:
             return int(lengths.sum())
         i = int(done[0])
-        try:
-            self._fail(ret, moved,
-                       f"UFFDIO_MOVE range {i}: {int(srcs[i]):#x} -> {int(dsts[i]):#x} +{int(lengths[i]):#x}")
-        except UffdError as exc:
-            exc.index = i
-            raise
+        self._fail(ret, moved, f"UFFDIO_MOVE range {i}: {int(srcs[i]):#x} -> {int(dsts[i]):#x} +{int(lengths[i]):#x}",
+                   index=i)
 
-    # -- the concurrent cycle's native parts (not part of the Kernel protocol; heap/concurrent.py
-    # and heap/faults.py use them when the uffd offers them) ------------------------------------
-    def native_program(self, program, arena: int, from_space: int) -> "NativeProgram":
-        """A cycle's install program (heap.concurrent.InstallProgram, or any
-        object with its arrays) as the C side reads it."""
-        return NativeProgram(program, arena, from_space)
+    # -- what it does natively for a concurrent cycle (heap.kernel.Accelerator) -----------
+    @property
+    def accelerator(self) -> LinuxAccelerator:
+        return LinuxAccelerator(self)
 
-    def chunk_walker(self, program: "NativeProgram", *, state, installed, stop, chunk: int, scratch: int):
-        """The concurrent compactor's walk over chunks nobody touched, in C
-        without the GIL: ``walk(first_chunk) -> ChunkWalk``; see
-        ``rgc_install_chunks`` in _build.py. ``state`` (int8), ``installed``
-        (int64[1]) and ``stop`` (int32[1]) are shared with the caller, which
-        claims pages with the same compare-and-swap. ``scratch``: ``chunk``
-        pages where rebuilt pages are assembled."""
-        _check_shared(state=(state, np.int8), installed=(installed, np.int64), stop=(stop, np.int32))
-        if chunk <= 0 or state.size < program.npages:
-            raise ValueError("the page states do not cover the program's pages")
-        ptrs = (program.struct, ffi.from_buffer("int8_t[]", state), ffi.from_buffer("int32_t[]", stop),
-                ffi.from_buffer("int64_t[]", installed))
-        out = np.zeros(8, dtype=np.int64)
-        out_p = ffi.from_buffer("int64_t[]", out)
-        mine = np.zeros(chunk, dtype=np.uint8)  # the pages of the chunk it stopped in that it claimed
-        mine_p = ffi.from_buffer("uint8_t[]", mine)
+    # The accelerator's calls under their former names, until heap/concurrent.py and
+    # heap/faults.py reach them through ``accelerator``.
+    def native_program(self, program, arena: int, from_space: int):
+        return self.accelerator.load_program(program, arena, from_space)
 
-        def walk(first_chunk: int) -> ChunkWalk:
-            ret = lib.rgc_install_chunks(self._fd(), ptrs[0], ptrs[1], chunk, first_chunk, scratch, ptrs[2], ptrs[3],
-                                         mine_p, out_p)
-            if ret < 0:
-                raise OSError(-ret, f"the native chunk walk: {os.strerror(-ret)}")
-            o = out.tolist()
-            return ChunkWalk(CHUNK_WALK_STATUS[o[0]], *o[1:])
+    def chunk_walker(self, program, **kwargs):
+        return self.accelerator.chunk_walker(program, **kwargs)
 
-        walk.mine = mine
-        walk.keep = (program, state, installed, stop, out, ptrs)  # the pointers' buffers live as long as walk
-        return walk
-
-    def fault_server(self, program: "NativeProgram", *, state, installed,
-                     max_latencies: int = 1 << 16) -> "FaultServer":
-        """A C thread that serves a concurrent cycle's common userfaults
-        without the GIL (``rgc_fault_server_main`` in _build.py). What it does
-        not serve it forwards: ``FaultServer.read_forwarded``."""
-        _check_shared(state=(state, np.int8), installed=(installed, np.int64))
-        if state.size < program.npages:
-            raise ValueError("the page states do not cover the program's pages")
-        return FaultServer(self, program, state, installed, max_latencies)
+    def fault_server(self, program, **kwargs):
+        return self.accelerator.fault_server(program, **kwargs)
 
     def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src = _u64(dst, "dst"), _u64(src, "src")
@@ -641,10 +440,11 @@ def _api_refusal(err: int, features: int, flags: int, via: str) -> str:
 
 
 # --- the kernel ---------------------------------------------------------------
-class LinuxKernel:
+class LinuxKernel(KernelBase):
     """The Kernel protocol on this process's own address space."""
 
     name = "linux"
+    reopen_uffd_after_fork = True  # an inherited userfaultfd acts on the parent's address space
 
     def __init__(self):
         if os.uname().sysname != "Linux":
@@ -1017,7 +817,7 @@ class LinuxKernel:
     def userfaultfd(self, features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool = True) -> LinuxUffd:
         return open_userfaultfd(features, user_mode_only=user_mode_only)
 
-    # -- diagnostics (for `remapgc doctor`; not part of the Kernel protocol) ------------
+    # -- diagnostics (for `remapgc doctor`) ------------------------------------------------
     def diagnostics(self) -> dict:
         """What this process may do here: userfaultfd by each path, pagemap PFNs, PAGEMAP_SCAN."""
         paths = {}

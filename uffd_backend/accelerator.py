@@ -1,0 +1,246 @@
+"""The Linux backend's accelerator (heap.kernel.Accelerator): a concurrent
+cycle's install walk and fault server, in C without the GIL
+(csrc/install_walk.c, csrc/fault_server.c).
+
+It knows the heap only through what heap/kernel.py declares: the install
+program's arrays by name (PROGRAM_SCALARS, PROGRAM_ARRAYS), their layout as
+``struct rgc_program`` (heap/csrc/remapgc_program.h) and the page states.
+The compiled side reports the layout it was built with; importing this module
+checks it against the declaration (``check_program_layout``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from heap.kernel import (
+    CHUNK_WALK_STATUS,
+    PROGRAM_ARRAYS,
+    PROT_READ,
+    PROT_WRITE,
+    ArgumentTypeError,
+    ChunkWalk,
+    UffdError,
+    check_program_layout,
+    program_layout,
+)
+
+from . import owned
+from ._native import ffi, lib
+
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+_CTYPES = {"int64": "int64_t", "uint64": "uint64_t", "uint8": "uint8_t"}
+
+
+def compiled_program_layout() -> list[int]:
+    """What ``uffd_backend._native`` was built with (rgc_program_layout in remapgc_program.h)."""
+    out = ffi.new("int64_t[]", 2 * len(program_layout()) + 8)
+    n = lib.rgc_program_layout(out, len(out))
+    return list(out[0:n])
+
+
+def check_layout() -> None:
+    check_program_layout(compiled_program_layout(), "uffd_backend._native")
+
+
+check_layout()
+
+
+def _check_shared(**arrays) -> None:
+    for name, (arr, dtype) in arrays.items():
+        if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.flags.c_contiguous):
+            raise ArgumentTypeError(f"{name} must be a contiguous {np.dtype(dtype).name} array shared with the caller")
+
+
+class LinuxProgram:
+    """A concurrent cycle's install program as ``struct rgc_program``, filled
+    from the arrays heap.kernel.PROGRAM_ARRAYS names. Keeps its arrays alive."""
+
+    def __init__(self, program, arena: int, from_space: int):
+        ps = os.sysconf("SC_PAGE_SIZE")
+        self.npages = int(program.npages)
+        if self.npages and not owned.covers(from_space, self.npages * ps):
+            owned.check("UFFDIO_MOVE", from_space, self.npages * ps)  # the MOVE sources must be remapgc's
+        g = self.struct = ffi.new("struct rgc_program *")
+        g.npages, g.arena, g.from_space, g.page_size = self.npages, arena, from_space, ps
+        self._arrays, self._ptrs = {}, {}
+        for count, group in PROGRAM_ARRAYS.items():
+            for name, dtype in group:
+                arr = self._arrays[name] = np.ascontiguousarray(getattr(program, name), dtype=dtype)
+                ptr = self._ptrs[name] = ffi.from_buffer(f"{_CTYPES[dtype]}[]", arr)
+                setattr(g, name, ptr)
+            sizes = {self._arrays[name].size for name, _ in group}
+            if len(sizes) != 1:
+                raise ValueError(f"the install program's arrays counted by {count} disagree in length: "
+                                 + ", ".join(f"{n}={self._arrays[n].size}" for n, _ in group))
+            setattr(g, count, sizes.pop())
+
+
+class LinuxFaultServer:
+    """``LinuxAccelerator.fault_server``: the C fault-serving thread and the pipe of
+    faults it forwards. ``start``, then ``read_forwarded`` from the Python
+    handler's thread; ``request_stop``, and once that thread is done,
+    ``close`` (joins the C thread)."""
+
+    FORWARD_CLAIMED = 1  # the page is still claimed: a MOVE of it was refused (errno in bits 8..)
+
+    def __init__(self, uffd, program: LinuxProgram, state, installed, max_latencies: int):
+        self._keep = (program, state, installed)
+        # see struct rgc_fault_server in csrc/accelerator.h: moved, forwarded, latencies, fresh zero pages, copied pages,
+        # bytes copied, faults resolved by ZEROPAGE or WAKE
+        self.counters = np.zeros(7, dtype=np.int64)
+        self.latencies = np.zeros(max_latencies, dtype=np.int64)
+        self._forward_r, self._forward_w = os.pipe2(os.O_CLOEXEC)
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        ps = os.sysconf("SC_PAGE_SIZE")
+        self._scratch = lib.rgc_mmap(0, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+        if self._scratch < 0:
+            self._close_fds()
+            raise OSError(-self._scratch, "mapping the fault server's scratch page")
+        srv = self._srv = ffi.new("struct rgc_fault_server *")
+        srv.uffd, srv.forward_fd, srv.stop_fd = uffd._fd(), self._forward_w, self._stop_r
+        srv.g, srv.scratch = program.struct, self._scratch
+        self._ptrs = (ffi.from_buffer("int8_t[]", state), ffi.from_buffer("int64_t[]", installed),
+                      ffi.from_buffer("int64_t[]", self.counters), ffi.from_buffer("int64_t[]", self.latencies))
+        srv.state, srv.installed, srv.counters, srv.latencies = self._ptrs
+        srv.max_latencies = max_latencies
+        self._started = self._stopped = False
+        self._buf = b""
+
+    def start(self) -> None:
+        ret = lib.rgc_fault_server_start(self._srv)
+        if ret < 0:
+            self._close_fds()
+            raise OSError(-ret, f"starting the fault server thread: {os.strerror(-ret)}")
+        self._started = True
+
+    def read_forwarded(self, timeout: float) -> list[tuple[int, UffdError | None]]:
+        """Faults the C thread left to Python, waiting up to ``timeout`` s:
+        (address, None), or (address, the kernel's refusal of the server's
+        MOVE of that page, which the server still holds claimed)."""
+        import select
+
+        if self._stopped:
+            return []
+        ready, _, _ = select.select([self._forward_r], [], [], timeout)
+        if not ready:
+            return []
+        data = self._buf + os.read(self._forward_r, 24 * 256)
+        whole = len(data) - len(data) % 24
+        self._buf = data[whole:]
+        words = np.frombuffer(data[:whole], dtype=np.uint64).reshape(-1, 3)
+        return [(a, self._refusal(a, f, m) if f & self.FORWARD_CLAIMED else None)
+                for a, f, m in words.tolist() if a]
+
+    @staticmethod
+    def _refusal(addr: int, flags: int, moved: int) -> UffdError:
+        moved = moved - (1 << 64) if moved >> 63 else moved
+        return UffdError(flags >> 8, f"{os.strerror(flags >> 8)} (UFFDIO_MOVE of 0x{addr:x}, native fault server)",
+                         moved=max(moved, 0))
+
+    def request_stop(self) -> None:
+        """The C thread ends soon (it polls the stop pipe with the uffd), and a
+        reader waiting in ``read_forwarded`` returns now (an empty message)."""
+        if self._started and not self._stopped:
+            try:
+                os.write(self._stop_w, b"x")
+                os.write(self._forward_w, bytes(24))
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Joins the C thread and closes the pipes; call once nobody reads forwarded faults."""
+        if self._stopped:
+            return
+        self.request_stop()
+        self._stopped = True
+        if self._started:
+            lib.rgc_fault_server_join(self._srv)
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        if getattr(self, "_scratch", -1) > 0:
+            lib.rgc_munmap(self._scratch, os.sysconf("SC_PAGE_SIZE"))
+            self._scratch = -1
+        for fd in (self._forward_r, self._forward_w, self._stop_r, self._stop_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    @property
+    def served(self) -> int:
+        """Faults resolved here (installs, zero pages, wakes)."""
+        return int(self.counters[0] + self.counters[4] + self.counters[6])
+
+    @property
+    def pages_moved(self) -> int:
+        return int(self.counters[0])
+
+    @property
+    def pages_copied(self) -> int:
+        return int(self.counters[4])
+
+    @property
+    def bytes_copied(self) -> int:
+        return int(self.counters[5])
+
+    @property
+    def fresh_pages(self) -> int:
+        return int(self.counters[3])
+
+    def served_latencies(self) -> np.ndarray:
+        return self.latencies[: int(self.counters[2])].copy()
+
+
+class LinuxAccelerator:
+    """What a LinuxUffd does natively for a concurrent cycle (heap.kernel.Accelerator)."""
+
+    def __init__(self, uffd):
+        self._uffd = uffd
+
+    def load_program(self, program, arena: int, from_space: int) -> LinuxProgram:
+        return LinuxProgram(program, arena, from_space)
+
+    def chunk_walker(self, program: LinuxProgram, *, state, installed, stop, chunk: int, scratch: int):
+        """The concurrent compactor's walk over chunks nobody touched
+        (``rgc_install_chunks`` in csrc/install_walk.c): ``walk(first_chunk) ->
+        ChunkWalk``. ``state`` (int8), ``installed`` (int64[1]) and ``stop``
+        (int32[1]) are shared with the caller, which claims pages with the same
+        compare-and-swap. ``scratch``: ``chunk`` pages where rebuilt pages are
+        assembled."""
+        _check_shared(state=(state, np.int8), installed=(installed, np.int64), stop=(stop, np.int32))
+        if chunk <= 0 or state.size < program.npages:
+            raise ValueError("the page states do not cover the program's pages")
+        ptrs = (program.struct, ffi.from_buffer("int8_t[]", state), ffi.from_buffer("int32_t[]", stop),
+                ffi.from_buffer("int64_t[]", installed))
+        out = np.zeros(8, dtype=np.int64)
+        out_p = ffi.from_buffer("int64_t[]", out)
+        mine = np.zeros(chunk, dtype=np.uint8)  # the pages of the chunk it stopped in that it claimed
+        mine_p = ffi.from_buffer("uint8_t[]", mine)
+        uffd = self._uffd
+
+        def walk(first_chunk: int) -> ChunkWalk:
+            ret = lib.rgc_install_chunks(uffd._fd(), ptrs[0], ptrs[1], chunk, first_chunk, scratch, ptrs[2], ptrs[3],
+                                         mine_p, out_p)
+            if ret < 0:
+                raise OSError(-ret, f"the native chunk walk: {os.strerror(-ret)}")
+            o = out.tolist()
+            return ChunkWalk(CHUNK_WALK_STATUS[o[0]], *o[1:])
+
+        walk.mine = mine
+        walk.keep = (program, state, installed, stop, out, ptrs)  # the pointers' buffers live as long as walk
+        return walk
+
+    def fault_server(self, program: LinuxProgram, *, state, installed,
+                     max_latencies: int = 1 << 16) -> LinuxFaultServer:
+        """A C thread that serves a concurrent cycle's common userfaults without
+        the GIL (``rgc_fault_server_main`` in csrc/fault_server.c). What it does
+        not serve it forwards: ``LinuxFaultServer.read_forwarded``."""
+        _check_shared(state=(state, np.int8), installed=(installed, np.int64))
+        if state.size < program.npages:
+            raise ValueError("the page states do not cover the program's pages")
+        return LinuxFaultServer(self._uffd, program, state, installed, max_latencies)
