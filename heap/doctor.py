@@ -17,14 +17,8 @@ import os
 import platform
 import sys
 
-from heap.kernel import (
-    UFFD_FEATURE_MOVE,
-    KernelUnsupported,
-    choose_auto,
-    linux_disabled_reason,
-    open_kernel,
-    probe_move,
-)
+from heap.backends import choose_auto, linux_disabled_reason, open_kernel, probe_move
+from heap.kernel import UFFD_FEATURE_MOVE, KernelUnsupported
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 
@@ -74,9 +68,7 @@ def _linux_backend() -> dict:
         out["move_detail"] = str(exc)
         return out
     out["available"] = True
-    diagnose = getattr(kernel, "diagnostics", None)
-    if diagnose is not None:
-        out["diagnostics"] = diagnose()
+    out["diagnostics"] = kernel.diagnostics()
     try:
         probe_move(kernel)
     except KernelUnsupported as exc:
@@ -84,9 +76,7 @@ def _linux_backend() -> dict:
     else:
         out["move_works"] = True
         out["move_detail"] = "a one-page UFFDIO_MOVE kept its physical frame and contents"
-    close = getattr(kernel, "close", None)
-    if close is not None:
-        close()
+    kernel.close()
     return out
 
 

@@ -18,7 +18,8 @@ everything built on it, e.g. multiprocessing's "fork" start method):
 * after, in the parent: drop the locks.
 * after, in the child: drop the locks; give each heap a userfaultfd of its
   own (the child's address space), or, if that is refused, switch it to the
-  copying compactor; let a Linux kernel object re-open its /proc/self views.
+  copying compactor (when the kernel says ``reopen_uffd_after_fork``); let
+  each kernel redo what it cannot share (``after_fork_in_child``).
 
 A fork the hooks do not see (a C-level fork, ``kernel.fork()``) is still
 safe for the parent: pages shared with the child make UFFDIO_MOVE answer
@@ -103,11 +104,11 @@ def _after_in_child() -> None:
     kernels = set()
     for heap in heaps:
         k = heap._kernel
-        if id(k) not in kernels and hasattr(k, "after_fork_in_child"):
+        if id(k) not in kernels:
             kernels.add(id(k))
             k.after_fork_in_child()
-        if heap._closed or heap._uffd is None or k.name != "linux":
-            continue  # the sim's state is plain memory: the child's copy is its own
+        if heap._closed or heap._uffd is None or not k.reopen_uffd_after_fork:
+            continue  # e.g. the simulator: its state is copied with the process, the child's copy is its own
         _own_userfaultfd(heap)
 
 
