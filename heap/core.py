@@ -165,7 +165,9 @@ def mark(kernel, model, index, work, starts, nrefs, slot_base, roots, totals=Non
     marking = Marking(live=live, slot_base=objs.slot_base, slot_target=work.slot_target, levels=0,
                       slots_read=int(mk.slots_read))
     marking.live_objects = int(mk.marked)
-    marking.live_bytes = int(mk.live_bytes) if totals is not None else None
+    marking.live_bytes = None
+    if totals is not None:
+        marking.live_bytes = int(lib.rgc_core_live_bytes(_p("int64_t[]", objs.totals), mk.live, n))
     marking.faults = mem.faults
     return marking
 

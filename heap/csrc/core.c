@@ -69,8 +69,6 @@ static inline void mark_row(const struct rgc_objects *o, struct rgc_mark *mk, in
 {
     mk->live[r] = 1;
     mk->marked++;
-    if (o->total)
-        mk->live_bytes += o->total[r];
     mk->stack[mk->depth++] = r;
 }
 
@@ -329,4 +327,12 @@ int64_t rgc_core_check_slots(const struct rgc_objects *o, const struct rgc_mem *
         }
     }
     return RGC_DONE;
+}
+
+int64_t rgc_core_live_bytes(const int64_t *total, const uint8_t *live, int64_t n)
+{
+    int64_t sum = 0;
+    for (int64_t i = 0; i < n; i++)
+        sum += live[i] ? total[i] : 0;
+    return sum;
 }

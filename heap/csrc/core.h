@@ -40,7 +40,7 @@ struct rgc_objects {
     const int64_t *start;      /* per row, ascending */
     const int64_t *nrefs;      /* reference slots per row */
     const int64_t *slot_base;  /* first slot position per row (running sum of nrefs) */
-    const int64_t *total;      /* bytes per row (for live_bytes; may be NULL) */
+    const int64_t *total;      /* bytes per row (verify's header check; may be NULL for the rest) */
     int64_t n;                 /* rows */
     const int32_t *index;      /* AddressIndex: row of the object starting in each granule */
     int64_t index_len;         /* granules */
@@ -55,7 +55,6 @@ struct rgc_mark {
     int64_t *stack;         /* rows marked but not yet scanned; capacity n (a row is pushed once) */
     int64_t depth;          /* rows on the stack */
     int64_t marked;         /* rows marked live */
-    int64_t live_bytes;     /* their total bytes (when objects.total is given) */
     int64_t slots_read;     /* reference slots read */
     int64_t page;           /* RGC_NEED_PAGE: the page to bring in */
     int64_t at;             /* RGC_BAD_ADDRESS: index of the root, or row whose slot holds it */
@@ -96,6 +95,9 @@ int64_t rgc_core_forward(const struct rgc_objects *o, const int64_t *new_by_row,
 
 /* new_by_row[rows[i]] = new_start[i]; the rows not named keep what they hold. */
 void rgc_core_scatter(const int64_t *rows, const int64_t *new_start, int64_t n, int64_t *new_by_row);
+
+/* Bytes of the rows marked live (one pass in row order, not a random access per marked row). */
+int64_t rgc_core_live_bytes(const int64_t *total, const uint8_t *live, int64_t n);
 
 /* Verify: the two header words of objects [from, n) are (nbytes, nrefs | large_bit if total >= page
    | tag). RGC_DONE, RGC_NEED_PAGE or RGC_BAD_ADDRESS (out->at: the first object that differs). */
