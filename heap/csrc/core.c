@@ -5,8 +5,10 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define RGC_PREFETCH(p) __builtin_prefetch(p)
+#define RGC_PREFETCH_W(p) __builtin_prefetch(p, 1)
 #else
 #define RGC_PREFETCH(p) ((void)(p))
+#define RGC_PREFETCH_W(p) ((void)(p))
 #endif
 
 
@@ -229,7 +231,7 @@ bad:
 }
 
 /* How far ahead fixup prefetches the new addresses it will read. */
-#define RGC_FIXUP_AHEAD 8
+#define RGC_FIXUP_AHEAD 16
 
 int64_t rgc_core_fixup(const struct rgc_mem *m, const int64_t *rows, const int64_t *loc, int64_t from, int64_t n,
                        const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
@@ -242,6 +244,7 @@ int64_t rgc_core_fixup(const struct rgc_mem *m, const int64_t *rows, const int64
             for (int64_t j = 0; j < nrefs[a] && j < 4; j++)
                 if (t[j] >= 0)
                     RGC_PREFETCH(new_by_row + t[j]);
+            RGC_PREFETCH_W(host(m, loc[i + RGC_FIXUP_AHEAD] + slot_offset));
         }
         int64_t r = rows[i];
         int64_t k = nrefs[r];
