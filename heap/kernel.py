@@ -395,31 +395,17 @@ class Kernel(Protocol):
     # -- user-mode memory access: may fault, may block on a userfault -------
     def load(self, addr: int, length: int) -> bytes: ...
     def store(self, addr: int, data: bytes) -> None: ...
-
-    def load_words(self, addrs) -> np.ndarray:
-        """Read one native u64 at each address of ``addrs`` (a uint64 array)."""
-
-    def store_words(self, addrs, values) -> None:
-        """Write ``values[i]`` as a u64 at ``addrs[i]``, in order."""
-
-    def memmove(self, dst: int, src: int, length: int) -> None:
-        """Copy ``length`` bytes as a user-mode memmove would."""
-
-    def copy_ranges(self, dsts, srcs, lengths) -> None:
-        """``memmove(dsts[i], srcs[i], lengths[i])`` for each i, in order.
-
-        The batched form of ``memmove`` (uint64 arrays), so that evacuating a
-        million small objects is one call, not a million.
-        """
+    def load_words(self, addrs) -> np.ndarray: ...  # one native u64 at each address of ``addrs`` (uint64)
+    def store_words(self, addrs, values) -> None: ...  # ``values[i]`` as a u64 at ``addrs[i]``, in order
+    def memmove(self, dst: int, src: int, length: int) -> None: ...  # as a user-mode memmove would
+    # memmove(dsts[i], srcs[i], lengths[i]) for each i, in order (uint64 arrays): evacuating a
+    # million small objects is one call, not a million
+    def copy_ranges(self, dsts, srcs, lengths) -> None: ...
 
     # -- introspection --------------------------------------------------------
     def page_info(self, addr: int) -> PageInfo: ...
-
-    def page_frames(self, addr: int, npages: int) -> np.ndarray:
-        """Frame ids of ``npages`` pages from ``addr`` (int64; -1 = no frame)."""
-
-    def resident_bytes(self, addr: int, length: int) -> int:
-        """Bytes of ``[addr, addr+length)`` backed by a private frame (RSS)."""
+    def page_frames(self, addr: int, npages: int) -> np.ndarray: ...  # frame ids (int64; -1 = no frame)
+    def resident_bytes(self, addr: int, length: int) -> int: ...  # bytes backed by a private frame (RSS)
 
     # -- processes and userfaultfd -------------------------------------------
     def fork(self) -> Child: ...
@@ -437,6 +423,13 @@ class Kernel(Protocol):
 
     def diagnostics(self) -> dict:
         """What this backend may do here, for ``remapgc doctor`` (JSON-ready)."""
+
+    # Whether compiled code (heap.core) may read and write this backend's memory in
+    # place; frame_pointers then says where: None (the addresses are this process's
+    # own) or each page's host address as uint64, 0 where that access would fault.
+    memory_in_place: bool
+
+    def frame_pointers(self, addr: int, npages: int, write: bool = False) -> np.ndarray | None: ...
 
     def close(self) -> None:
         """Release what the backend holds (descriptors, children); idempotent."""
@@ -466,9 +459,13 @@ class KernelBase:
     """The optional parts of ``Kernel`` with their defaults."""
 
     reopen_uffd_after_fork = False
+    memory_in_place = False
 
     def after_fork_in_child(self) -> None:
         pass
+
+    def frame_pointers(self, addr: int, npages: int, write: bool = False) -> np.ndarray | None:
+        raise KernelUnsupported(f"{type(self).__name__} gives compiled code no access to its memory")
 
     def diagnostics(self) -> dict:
         return {}

@@ -445,6 +445,7 @@ class LinuxKernel(KernelBase):
 
     name = "linux"
     reopen_uffd_after_fork = True  # an inherited userfaultfd acts on the parent's address space
+    memory_in_place = True  # the heap's addresses are this process's own (frame_pointers: None)
 
     def __init__(self):
         if os.uname().sysname != "Linux":
