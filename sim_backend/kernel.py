@@ -152,6 +152,7 @@ class SimKernel(KernelBase):
     name = "sim"
     page_size = PAGE_SIZE
     hpage_size = PMD_SIZE
+    memory_in_place = True  # frame_pointers: the host address of each page's contents
 
     def __init__(self, seed: int = 0, thp: bool = True, fault_plan: FaultPlan | None = None,
                  compiled: bool | None = None):
