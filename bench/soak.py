@@ -45,7 +45,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
 
 from heap import Heap
 from heap.concurrent import begin_concurrent, end_concurrent
@@ -538,7 +537,7 @@ def main(argv=None) -> int:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.basicConfig(level=logging.ERROR)  # the heap's errors on stderr; its warnings and events not
     if args.seed is not None:
         t = run_seed(args.seed, args.cycles if args.cycles != 10000 else args.cycles_per_seed, modes=args.modes,
                      menu=args.menu, verbose=True)
