@@ -45,7 +45,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from heap import Heap
 from heap.concurrent import begin_concurrent, end_concurrent
 from heap.errors import CompactionAborted
