@@ -13,7 +13,8 @@ anywhere. Each step runs on the same heap with both implementations:
 * fixup: heap.native.slot_values + model.slot_addresses + kernel.store_words /
   heap.core.fixup (in place; the slots are restored, untimed, after each run);
 * roots: AddressIndex.rows + gather / heap.core.forward, over every live address;
-* verify: verify's header and reference-target checks in numpy / heap.core.verify_objects.
+* verify: verify's header and reference-target checks in numpy / heap.core.verify_objects;
+* mark of a singly linked chain (5000 links): numpy pays a level per link.
 
     nice -n 10 python -m bench.native_core [--objects 1000000] [--reps 5] [--backends linux,sim]
     nice -n 10 python -m bench.native_core --goals [--objects 1000000] [--backends linux,sim]
@@ -61,6 +62,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "native_core.json"
 GOALS = Path(__file__).resolve().parent / "results" / "native_core_goals.json"
 MiB = 1 << 20
 NREFS = 2
+CHAIN = 5000
 
 
 class Workload:
@@ -186,6 +188,17 @@ def measure(kernel_name: str, n: int, reps: int) -> dict:
     both("verify checks", n, lambda: numpy_verify(w),
          lambda: core.verify_objects(k, model, w.index, w.starts, w.nbytes, w.nrefs, w.totals, k.page_size))
     w.close()
+    # a singly linked chain: one numpy level per link, one dependent load chain in C
+    c = Workload(kernel, CHAIN)
+    c.values = np.where(np.arange(CHAIN * NREFS) % NREFS == 0, np.roll(c.starts, -1).repeat(NREFS), 0)
+    c.values[-NREFS] = 0
+    c.restore_slots()
+    c.roots = c.starts[:1].copy()
+    m_np, m_c = both(f"mark, a chain of {CHAIN} links", CHAIN,
+                     lambda: numpy_mark(k, model, c.index, Workspace(), c.starts, c.nrefs, c.slot_base, c.roots),
+                     lambda: core.mark(k, model, c.index, Workspace(), c.starts, c.nrefs, c.slot_base, c.roots))
+    assert m_np.live.all() and m_c.live.all()
+    c.close()
     return dict(backend=kernel_name, objects=n, live=int(nlive), setup_s=setup_s, steps=steps)
 
 
