@@ -19,23 +19,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .native import pack as native_pack
+from .pages import large_pages, round_up
+from .twins import pack_numpy
+
+__all__ = ["Allocator", "ObjectTable", "large_pages", "pack", "pack_numpy", "round_up",
+           "PAGE_FREE", "PAGE_SMALL", "PAGE_LARGE"]
+
 # page kinds, one int8 per arena page
 PAGE_FREE = 0
 PAGE_SMALL = 1  # holds small objects
 PAGE_LARGE = 2  # owned by one large object
-
-
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def large_pages(totals: np.ndarray, page_size: int, hpage_pages: int) -> np.ndarray:
-    """Pages a large object owns: whole pages, whole 2 MiB units when huge."""
-    pages = -(-totals // page_size)
-    if hpage_pages:
-        huge = totals >= hpage_pages * page_size
-        pages = np.where(huge, -(-pages // hpage_pages) * hpage_pages, pages)
-    return pages
 
 
 def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0) -> tuple[np.ndarray, int]:
@@ -45,63 +39,7 @@ def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0) -> tuple[np.n
     Returns each object's offset from the origin and the number of pages
     used. One pass in C (``heap.native``), else ``pack_numpy``.
     """
-    from .native import pack as native_pack
-
     return native_pack(totals, page_size, hpage_pages)
-
-
-def pack_numpy(totals: np.ndarray, page_size: int, hpage_pages: int = 0) -> tuple[np.ndarray, int]:
-    """``pack`` in numpy: the Python loop runs once per page (per small page,
-    or per large object), never once per object."""
-    totals = np.asarray(totals, dtype=np.int64)
-    n = totals.size
-    if n == 0:
-        return np.empty(0, dtype=np.int64), 0
-    large = totals >= page_size
-    ends = np.cumsum(totals)
-    starts = ends - totals
-    # first object that no longer fits in a page whose first object is j
-    overflow = np.searchsorted(ends, starts + page_size, side="right")
-    index = np.arange(n, dtype=np.int64)
-    next_large = np.minimum.accumulate(np.where(large, index, n)[::-1])[::-1]
-    stop = np.minimum(overflow, next_large)
-    npages = large_pages(totals, page_size, hpage_pages)
-    huge = (totals >= hpage_pages * page_size) if hpage_pages else np.zeros(n, dtype=bool)
-
-    run_first: list[int] = []
-    run_page: list[int] = []
-    j = 0
-    page = 0
-    if not large.any():
-        append, step = run_first.append, stop.item
-        while j < n:
-            append(j)
-            j = step(j)
-        run_page = range(len(run_first))
-    else:
-        stop_l, large_l, npages_l, huge_l = stop.tolist(), large.tolist(), npages.tolist(), huge.tolist()
-        while j < n:
-            if large_l[j]:
-                if huge_l[j] or (hpage_pages and page % hpage_pages + npages_l[j] > hpage_pages):
-                    page = round_up(page, hpage_pages)  # huge: aligned; medium: never straddles
-                run_first.append(j)
-                run_page.append(page)
-                page += npages_l[j]
-                j += 1
-            else:
-                run_first.append(j)
-                run_page.append(page)
-                page += 1
-                j = stop_l[j]
-    if not large.any():
-        page = len(run_first)
-    first = np.asarray(run_first, dtype=np.int64)
-    pages = np.asarray(run_page, dtype=np.int64)
-    run = np.zeros(n, dtype=np.int64)
-    run[first[1:]] = 1
-    run = np.cumsum(run)
-    offsets = pages[run] * page_size + starts - starts[first][run]
-    return offsets, page
 
 
 class ObjectTable:
@@ -186,12 +124,6 @@ class ObjectTable:
     def slot(self) -> np.ndarray:
         return self._cols["slot"][: self.n]
 
-    def find(self, addr: int) -> int:
-        """Row of the object starting at ``addr``, or -1."""
-        starts = self.start
-        i = int(np.searchsorted(starts, addr))
-        return i if i < self.n and int(starts[i]) == addr else -1
-
 
 class Allocator:
     """Bump placement in the arena ``[base, base + size)``."""
@@ -206,9 +138,6 @@ class Allocator:
         self.cursor = 0  # next free byte of the current small page (0: none)
         self.limit = 0  # end of the current small page
         self.page_kind = np.zeros(size // page_size, dtype=np.int8)
-
-    def is_large(self, total: int) -> bool:
-        return total >= self.page_size
 
     def place(self, total: int) -> int | None:
         """Address for one object of ``total`` bytes, or None if it does not fit."""

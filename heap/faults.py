@@ -1,8 +1,8 @@
 """The fault-handler thread of a concurrent cycle.
 
-When the uffd offers ``fault_server`` (the Linux backend), a C thread reads
-the faults first and resolves the common ones without the GIL, with the
-same rules as the table below: an unprocessed page (MOVE, or a rebuilt page
+When the uffd has an accelerator (heap.kernel.Accelerator: the Linux
+backend's), its fault server, a C thread, reads the faults first and
+resolves the common ones without the GIL, with the same rules as the table below: an unprocessed page (MOVE, or a rebuilt page
 assembled and COPYed), a page past the plan or an installed hole (ZEROPAGE
 or WAKE). It forwards the rest over a pipe -- a page someone holds, and any
 refusal (a refused MOVE arrives with the page still claimed) -- and this
@@ -47,13 +47,14 @@ import time
 from bisect import bisect_right
 
 import numpy as np
-import structlog
 
-from .concurrent import moved_unreported
-from .install import InstallCounters, InstallInterrupted, install_page_range
+from .events import get_logger
+from .install import InstallInterrupted, install_page_range
 from .kernel import UffdError
+from .program import PROCESSING, UNPROCESSED, moved_unreported
+from .stats import GCStats, InstallCounters
 
-log = structlog.get_logger("remapgc.heap")
+log = get_logger("remapgc.heap")
 
 IDLE_WAIT_S = 0.002  # read_events timeout with nothing deferred: how soon stop() is noticed
 DEFERRED_WAIT_S = 0.0002  # with deferred faults: how soon they are looked at again
@@ -63,10 +64,9 @@ _ONE = np.ones(1, dtype=bool)
 
 
 class FaultHandler:
-    def __init__(self, cycle):
-        from .concurrent import INSTALLED, PROCESSING, UNPROCESSED
+    """The fault-handler thread of one concurrent cycle (see the module doc)."""
 
-        self._states_names = (UNPROCESSED, PROCESSING, INSTALLED)
+    def __init__(self, cycle):
         k = cycle.kernel
         self.cycle = cycle
         self.kernel = k
@@ -80,13 +80,8 @@ class FaultHandler:
         self.builder = cycle.builder
         self.scratch = k.mmap(self.ps)
         self._zero = bytes(self.ps)
-        self.counters = InstallCounters()
-        self.faults_served = 0
-        self.pages_installed = 0
-        self.fresh_pages = 0
-        self.retries = 0
+        self.counters = InstallCounters()  # with faults_served, pages_installed_by_faults, fresh_pages, install_retries
         self.latencies: list[int] = []
-        self.error: BaseException | None = None
         self.broken = False  # a fault service found a broken invariant: faulters are only let go
         self._deferred: dict[int, int] = {}  # page -> when its fault was read (ns)
         self._stop = threading.Event()
@@ -97,7 +92,7 @@ class FaultHandler:
     def start(self) -> None:
         program = self.cycle.native_program()
         if program is not None:
-            self.server = self.uffd.fault_server(program, state=self.states.state,
+            self.server = self.cycle.accelerator.fault_server(program, state=self.states.state,
                                                  installed=self.states.installed_natively)
             self.server.start()
         self.thread.start()
@@ -114,26 +109,38 @@ class FaultHandler:
                 self.server.close()
             self.kernel.munmap(self.scratch, self.ps)
 
-    # -- what the native server did (it serves the common fault; this thread the rest) -------
+    # -- what it did (the native server serves the common fault; this thread the rest) -------
+    @property
+    def faults_served(self) -> int:
+        """Faults this thread resolved."""
+        return self.counters.faults_served
+
     def served_natively(self) -> int:
         """Faults the native server resolved (installs, zero pages, wakes)."""
         return self.server.served if self.server is not None else 0
 
-    def add_native_stats(self, st) -> None:
-        """What the native server did, into a cycle's GCStats."""
+    def native_counters(self) -> InstallCounters:
+        """What the native server did, as counters (empty without one)."""
         srv = self.server
         if srv is None:
-            return
-        st.pages_moved += srv.pages_moved
-        st.bytes_moved_zero_copy += srv.pages_moved * self.ps
-        st.bytes_copied += srv.bytes_copied
-        st.faults_served += srv.served
-        st.pages_installed_by_faults += srv.pages_moved + srv.pages_copied
-        st.fresh_pages += srv.fresh_pages
+            return InstallCounters()
+        return InstallCounters(pages_moved=srv.pages_moved, bytes_copied=srv.bytes_copied, faults_served=srv.served,
+                               pages_installed_by_faults=srv.pages_moved + srv.pages_copied,
+                               fresh_pages=srv.fresh_pages)
 
     def all_latencies(self) -> np.ndarray:
         lat = np.asarray(self.latencies, dtype=np.int64)
         return lat if self.server is None else np.concatenate([lat, self.server.served_latencies()])
+
+    def add_counts_into(self, st: GCStats) -> None:
+        """Everything the handler and its native server did, into a cycle's stats."""
+        self.counters.add_into(st, self.ps)
+        self.native_counters().add_into(st, self.ps)
+        lat = self.all_latencies()
+        if lat.size:
+            st.fault_p50_ns = int(np.percentile(lat, 50))
+            st.fault_p99_ns = int(np.percentile(lat, 99))
+            st.fault_max_ns = int(lat.max())
 
     # -- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -150,9 +157,9 @@ class FaultHandler:
                 else:
                     events = [(ev.address, None) for ev in self.uffd.read_events(timeout=wait)]
             except OSError as exc:  # the uffd was closed under us (Heap.close)
-                if not self._stop.is_set():
-                    self.error = exc
+                if not self._stop.is_set():  # nobody serves faults now: collect() must say so
                     log.error("gc_fault_handler_stopped", error=repr(exc))
+                    self.cycle.handler_stopped(exc)
                 return
             now = time.perf_counter_ns()
             backoff = False
@@ -163,9 +170,8 @@ class FaultHandler:
 
     def _retry_deferred(self) -> bool:
         ok = True
-        processing = self._states_names[1]
         for page, t_read in list(self._deferred.items()):
-            if self.states.state_of(page) == processing:
+            if self.states.state_of(page) == PROCESSING:
                 continue
             del self._deferred[page]
             ok &= self._serve(self.arena + page * self.ps, t_read)
@@ -174,7 +180,7 @@ class FaultHandler:
     def _serve(self, addr: int, t_read: int, refused: UffdError | None = None) -> bool:
         """Resolve one fault; False when it was deferred after a refusal (back off).
         ``refused``: the page is already claimed, and the kernel refused its MOVE so."""
-        unprocessed, processing, _ = self._states_names
+        c = self.counters
         page = (addr - self.arena) // self.ps
         in_plan = 0 <= page < self._npages
         wake = 0
@@ -183,35 +189,34 @@ class FaultHandler:
             return True
         try:
             if not in_plan:
-                self.fresh_pages += self._zero_or_wake(addr)
+                c.fresh_pages += self._zero_or_wake(addr)
             elif refused is not None:
                 wake = self._install(page, refused)
-                self.pages_installed += 1
+                c.pages_installed_by_faults += 1
             else:
                 before = self.states.claim(page)
-                if before == processing:
+                if before == PROCESSING:
                     self._deferred[page] = -1  # the compactor's MOVE wakes it; not timed as a service
                     return True
-                if before == unprocessed:
+                if before == UNPROCESSED:
                     wake = self._install(page)
-                    self.pages_installed += 1
+                    c.pages_installed_by_faults += 1
                 else:
                     self._zero_or_wake(addr)
         except Exception as exc:  # refused (ENOMEM, EINTR...): retry later, never drop the fault
             if not isinstance(exc, InstallInterrupted):  # a broken invariant, or a bug: retrying cannot help
-                self.error = exc
                 self.broken = True
                 log.error("gc_fault_service_failed", address=hex(addr), error=repr(exc))
                 self.cycle.corrupted(exc)
                 self._let_go(addr)
                 return True
-            self.retries += 1
+            c.install_retries += 1
             if in_plan:
                 self._deferred[page] = t_read
             else:
                 self._deferred_fresh(addr, t_read)
             return False
-        self.faults_served += 1
+        c.faults_served += 1
         if t_read >= 0 and len(self.latencies) < MAX_LATENCIES:
             self.latencies.append(time.perf_counter_ns() - t_read)
         if wake:  # last: the woken mutator wants the GIL, and the handler then only returns to read_events

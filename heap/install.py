@@ -3,7 +3,7 @@
 ``install_page_range`` is the one routine that installs pages; the
 stop-the-world compactor calls it once per run of the plan, the concurrent
 compactor and its fault handler call it per page. What the kernel can answer
-(uffdio_move_semantics.md sections 2.3-5) and what it does:
+(docs/design.md, "Installing a page") and what it does:
 
 ======================  ==============================================================
 EAGAIN, moved > 0       partial move: count it, resume at dst + moved
@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import errno
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import HeapCorrupted
-from .native import slot_values as native_slot_values
-from .kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError, move_ranges
+from .kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError
+from .stats import InstallCounters
 
 EAGAIN_RETRIES = 64  # back-off attempts before giving up on a pending event
 BACKOFF_FIRST_S = 1e-6
@@ -41,22 +40,13 @@ BACKOFF_MAX_S = 1e-3
 class InstallInterrupted(Exception):
     """The kernel refused with ``error``; ``done`` bytes of the range were installed."""
 
+    error: OSError
+    done: int
+
     def __init__(self, error: OSError, done: int):
         super().__init__(str(error))
         self.error = error
         self.done = done
-
-
-@dataclass
-class InstallCounters:
-    pages_moved: int = 0
-    bytes_copied: int = 0
-    eagain_retries: int = 0
-    partial_moves: int = 0
-    eexist_races: int = 0
-    ebusy_fallbacks: int = 0
-    zero_filled: int = 0
-    ioctls: int = 0
 
 
 def _already_installed(kernel, dst: int, src: int) -> bool:
@@ -176,7 +166,7 @@ class PageInstaller:
             lengths = (self.run_count[k:] * ps).astype(np.uint64)
             counters.ioctls += lengths.size
             try:
-                move_ranges(self.uffd, dsts, srcs, lengths, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
+                self.uffd.move_ranges(dsts, srcs, lengths, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)
             except UffdError as exc:
                 failed = k + exc.index
                 counters.pages_moved += int(self.run_count[k:failed].sum())
@@ -216,8 +206,3 @@ def evacuate(kernel, plan, totals_old, from_space: int) -> int:
     kernel.copy_ranges((from_space + plan.evac_to[moving]).astype(np.uint64),
                        (from_space + plan.evac_from[moving]).astype(np.uint64), lengths[moving].astype(np.uint64))
     return int(lengths[moving].sum())
-
-
-def slot_values(plan, marking, nrefs_old, new_by_row) -> np.ndarray:
-    """The new value of every slot of every live object (new order, object-major)."""
-    return native_slot_values(plan.live_rows, nrefs_old, marking.slot_base, marking.slot_target, new_by_row)

@@ -51,6 +51,11 @@ class AddressIndex:
         self._mapping = mmap.mmap(-1, (size >> self.shift) * 4)
         self.map = np.frombuffer(self._mapping, dtype=np.int32)
 
+    def close(self) -> None:
+        """Drop the index's memory (the heap closed): every lookup then misses."""
+        self.map = np.zeros(0, dtype=np.int32)
+        self._mapping = None
+
     def add(self, start: int, row: int) -> None:
         self.map[(start - self.base) >> self.shift] = row
 
@@ -90,6 +95,10 @@ class Workspace:
         self.live = np.zeros(0, dtype=bool)
         self.stamp = np.zeros(0, dtype=np.int64)
         self.slot_target = np.zeros(0, dtype=np.int64)
+
+    def close(self) -> None:
+        """Drop the arrays (the heap closed)."""
+        self.__init__()
 
     def reserve(self, objects: int, slots: int) -> None:
         if objects > self.live.size:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import HeapCorrupted
+from .kernel import PAGE_PROCESSING, PAGE_UNPROCESSED
+from .twins import pack_numpy, plan_order_numpy, plan_whole_numpy
 
 try:
     from ._native import ffi as _ffi
@@ -106,8 +108,6 @@ def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0, *, compiled: 
     """Greedy in-order placement (see ``heap.alloc.pack``): (offsets, pages used)."""
     totals = np.ascontiguousarray(totals, dtype=np.int64)
     if not compiled or totals.size == 0:
-        from .alloc import pack_numpy
-
         return pack_numpy(totals, page_size, hpage_pages)
     offsets = np.empty(totals.size, dtype=np.int64)
     pages = _lib.rgc_pack(_ptr("int64_t[]", totals), totals.size, page_size, hpage_pages, _ptr("int64_t[]", offsets))
@@ -122,8 +122,6 @@ def plan_whole(l_start: np.ndarray, l_total: np.ndarray, base: int, page_size: i
     l_start = np.ascontiguousarray(l_start, dtype=np.int64)
     l_total = np.ascontiguousarray(l_total, dtype=np.int64)
     if not compiled:
-        from .plan import plan_whole_numpy
-
         return plan_whole_numpy(l_start, l_total, base, page_size, unit_pages, hpage_pages, dense_bytes)
     n = l_start.size
     whole = np.empty(n, dtype=bool)
@@ -144,8 +142,6 @@ def plan_order(l_start, l_total, whole, new_whole, base: int, page_size: int, un
     objects, their new starts, evacuees' old and rebuilt offsets in the
     from-space, the units the evacuees come from, pages the evacuees fill)."""
     if not compiled:
-        from .plan import plan_order_numpy
-
         return plan_order_numpy(l_start, l_total, whole, new_whole, base, page_size, unit_pages, hpage_pages,
                                 whole_end)
     n = l_start.size
@@ -162,10 +158,9 @@ def plan_order(l_start, l_total, whole, new_whole, base: int, page_size: int, un
     return order, new_start, evac_from[:m], evac_to[:m], sources[: nsources[0]], int(ev_pages[0])
 
 
-
 class PageClaims:
-    """Claims over a concurrent cycle's page states (int8: 0 unprocessed,
-    1 processing, ...). Compiled, each claim is a compare-and-swap per page,
+    """Claims over a concurrent cycle's page states (int8, heap.kernel.PAGE_*:
+    unprocessed -> processing). Compiled, each claim is a compare-and-swap per page,
     safe against a compactor claiming in C without the GIL (``atomic``).
     The numpy twin is safe only among callers holding one lock."""
 
@@ -181,15 +176,15 @@ class PageClaims:
             _lib.rgc_claim_range(self._ptr, lo, hi, _ptr("uint8_t[]", mine))
             return mine
         seg = self.state[lo:hi]
-        mine = seg == 0
-        seg[mine] = 1
+        mine = seg == PAGE_UNPROCESSED
+        seg[mine] = PAGE_PROCESSING
         return mine
 
     def claim_page(self, page: int) -> int:
-        """Claim one page if unprocessed; its state before (0: it is now the caller's)."""
+        """Claim one page if unprocessed; its state before (PAGE_UNPROCESSED: it is now the caller's)."""
         if self.atomic:
             return _lib.rgc_claim_page(self._ptr, page)
         before = int(self.state[page])
-        if before == 0:
-            self.state[page] = 1
+        if before == PAGE_UNPROCESSED:
+            self.state[page] = PAGE_PROCESSING
         return before

@@ -1,7 +1,7 @@
 """Planning: the new address of every live object, and where every to-space
 page comes from.
 
-Remap plan (ARCHITECTURE.md step 2). The arena's used pages are classified:
+Remap plan (docs/design.md, "The pause": plan). The arena's used pages are classified:
 
 * a large live object's page run moves whole (zero-copy);
 * a small-object page whose live bytes are at least ``dense`` x page size
@@ -25,10 +25,9 @@ keep address order, so the new side tables are the concatenation of two
 ordered selections, never a sort.
 
 The plan is kept as pieces (a dense unit, an object's page run, a rebuilt
-unit), from which ``Plan.runs()`` gives the batched MOVEs and ``Plan.pages()``
-the per-page plan (to-space page -> its source page in the from-space, and
-whether it is a rebuilt one) that the concurrent installer and the fault
-handler index by page.
+unit), from which ``Plan.runs()`` gives the batched MOVEs, and from which the
+concurrent collector's install program (heap.program) finds each to-space
+page's source page in the from-space, and whether it is a rebuilt one.
 
 Copy plan (the sliding compactor): every live object packed in order from the
 arena base; a live object never moves up, so one ordered memmove pass works.
@@ -40,8 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .alloc import large_pages, pack
-from .native import plan_order, plan_whole
+from .native import pack, plan_order, plan_whole
 
 
 @dataclass
@@ -64,16 +62,6 @@ class Plan:
     rebuilt_pages: int = 0
     whole_pages: int = 0
     last_object_end: int = 0  # where small-object bumping may resume (0: start a new page)
-
-    def pages(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The per-page plan: for every to-space page in address order, its
-        arena page, its source page in the from-space, and whether it is a
-        rebuilt page. What the concurrent installer and the fault handler
-        index by page."""
-        n = self.piece_n
-        rank = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
-        return (np.repeat(self.piece_dst, n) + rank, np.repeat(self.piece_src, n) + rank,
-                np.repeat(self.piece_rebuilt, n))
 
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Maximal runs one MOVE can do (pieces contiguous on both sides merged):
@@ -132,20 +120,6 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     )
 
 
-def plan_order_numpy(l_start, l_total, whole, new_whole, base: int, ps: int, up: int, hpage_pages: int,
-                     whole_end: int):
-    """``heap.native.plan_order`` in numpy."""
-    unit_bytes = up * ps
-    w = np.flatnonzero(whole)
-    ev = np.flatnonzero(~whole)
-    ev_offsets, ev_pages = pack(l_total[ev], ps, hpage_pages)
-    ev_unit = (l_start[ev] - base) // unit_bytes
-    sources = ev_unit[np.flatnonzero(np.diff(ev_unit, prepend=-1))] if ev_unit.size else ev_unit
-    evac_to = sources[ev_offsets // unit_bytes] * unit_bytes + ev_offsets % unit_bytes
-    new_starts = np.concatenate([new_whole[w], base + whole_end * ps + ev_offsets])
-    return np.concatenate([w, ev]), new_starts, l_start[ev] - base, evac_to, sources, ev_pages
-
-
 def plan_slide(starts, totals, live, base: int, page_size: int, hpage_pages: int) -> Plan:
     rows = np.flatnonzero(live)
     l_total = totals[rows]
@@ -153,37 +127,3 @@ def plan_slide(starts, totals, live, base: int, page_size: int, hpage_pages: int
     new_starts = base + offsets
     last_end = int(new_starts[-1] + l_total[-1]) if rows.size and l_total[-1] < page_size else 0
     return Plan(live_rows=rows, new_starts=new_starts, end_pages=npages, last_object_end=last_end)
-
-
-def plan_whole_numpy(l_start, l_total, base: int, ps: int, up: int, hpage_pages: int, dense_bytes: int):
-    """``heap.native.plan_whole`` in numpy."""
-    page = (l_start - base) // ps
-    owner = l_total >= up * ps  # owns its units: always moves whole
-    unit = page // up  # non-decreasing: rows are in address order
-    # live bytes of each unit holding non-owner objects, by run-length (no
-    # array over all units: the arena may be much larger than what lives in it)
-    shared = ~owner
-    u_shared = unit[shared]
-    in_dense = np.zeros(unit.size, dtype=bool)
-    if u_shared.size:
-        first = np.flatnonzero(np.diff(u_shared, prepend=-1))
-        unit_bytes = np.add.reduceat(l_total[shared], first)
-        lengths = np.diff(np.append(first, u_shared.size))
-        in_dense[shared] = np.repeat(unit_bytes >= dense_bytes, lengths)
-    whole = owner | in_dense
-    # the pieces that move whole (an owner's run, a dense unit), in address
-    # order; consecutive whole objects of one piece are adjacent in row order
-    w = np.flatnonzero(whole)
-    w_owner, w_unit = owner[w], unit[w]
-    starts_piece = w_owner.copy()
-    if w.size:
-        starts_piece[0] = True
-        starts_piece[1:] |= (w_unit[1:] != w_unit[:-1]) | w_owner[:-1]
-    piece_of = np.cumsum(starts_piece) - 1
-    fw = w[starts_piece]
-    piece_src = np.where(owner[fw], page[fw], unit[fw] * up)
-    piece_n = np.where(owner[fw], large_pages(l_total[fw], ps, hpage_pages), up)
-    piece_dst = np.cumsum(piece_n) - piece_n
-    new_start = np.zeros(l_start.size, dtype=np.int64)
-    new_start[w] = base + (piece_dst[piece_of] + page[w] - piece_src[piece_of]) * ps + (l_start[w] - base) % ps
-    return whole, new_start, piece_src, piece_n, int(piece_n.sum())

@@ -51,6 +51,11 @@ class HandleTable:
     def drop_block(self, key: int) -> None:
         self._dropped_blocks.append(key)
 
+    @property
+    def reap_due(self) -> bool:
+        """Refs or RefArrays died since the last ``reap``."""
+        return bool(self._dropped or self._dropped_blocks)
+
     def reap(self) -> None:
         while self._dropped:
             h = self._dropped.pop()
@@ -76,9 +81,12 @@ class HandleTable:
 
 
 class Ref:
-    """A handle to one heap object; a live Ref keeps the object alive."""
+    """A handle to one heap object; a live Ref keeps the object alive.
 
-    __slots__ = ("_heap", "_handle", "__weakref__")
+    Its operations are its heap's ``Access`` (heap.access), named here
+    ``_access``: the Ref holds that and its handle number, nothing else."""
+
+    __slots__ = ("_access", "_handle", "__weakref__")
 
     def __init__(self, *args, **kwargs):
         # a handle number names a root; a Ref made by hand would share (and, when
@@ -86,50 +94,50 @@ class Ref:
         raise TypeError("a Ref is made by its heap (Heap.alloc, Ref.get_ref, RefArray[i]), not by hand")
 
     @classmethod
-    def _issue(cls, heap, handle: int) -> "Ref":
-        """The heap's constructor: ``handle`` was just taken from ``heap``'s handle table."""
+    def _issue(cls, access, handle: int) -> "Ref":
+        """The heap's constructor: ``handle`` was just taken from the handle table ``access`` serves."""
         ref = object.__new__(cls)
-        ref._heap = heap
+        ref._access = access
         ref._handle = handle
         return ref
 
     def __del__(self):
         try:
-            self._heap._handles.drop(self._handle)
+            self._access.drop(self._handle)
         except Exception:  # interpreter shutdown: nothing left to release
             pass
 
     @property
     def heap(self):
-        return self._heap
+        return self._access.heap
 
     @property
     def address(self) -> int:
         """The object's current address (it changes when the heap compacts)."""
-        return self._heap._ref_address(self)
+        return self._access.address(self)
 
     @property
     def nbytes(self) -> int:
-        return self._heap._ref_info(self)[1]
+        return self._access.info(self)[1]
 
     @property
     def nrefs(self) -> int:
-        return self._heap._ref_info(self)[2]
+        return self._access.info(self)[2]
 
     def set_ref(self, slot: int, target: "Ref | None") -> None:
-        self._heap._ref_set(self, slot, target)
+        self._access.set_ref(self, slot, target)
 
     def get_ref(self, slot: int) -> "Ref | None":
-        return self._heap._ref_get(self, slot)
+        return self._access.get_ref(self, slot)
 
     def read(self, length: int, offset: int = 0) -> bytes:
-        return self._heap._ref_read(self, length, offset)
+        return self._access.read(self, length, offset)
 
     def write(self, data: bytes, offset: int = 0) -> None:
-        self._heap._ref_write(self, data, offset)
+        self._access.write(self, data, offset)
 
     def same_object(self, other: "Ref") -> bool:
-        return isinstance(other, Ref) and other._heap is self._heap and other.address == self.address
+        return isinstance(other, Ref) and other._access is self._access and other.address == self.address
 
     def __eq__(self, other) -> bool:
         return self.same_object(other) if isinstance(other, Ref) else NotImplemented
@@ -138,10 +146,7 @@ class Ref:
 
     def __copy__(self) -> "Ref":
         # a root of its own: a copy sharing the handle would drop the original's root when it dies
-        heap = self._heap
-        with heap._lock:
-            heap._ready()
-            return Ref._issue(heap, heap._handles.new(heap._own(self)))
+        return self._access.copy(self)
 
     def __deepcopy__(self, memo) -> "Ref":
         return self.__copy__()
@@ -159,28 +164,28 @@ class Ref:
 class RefArray:
     """Handles to many objects as one root block (``Heap.alloc_many``)."""
 
-    def __init__(self, heap, key: int):
-        self._heap = heap
+    def __init__(self, access, key: int):
+        self._access = access
         self._key = key
 
     def __del__(self):
         try:
-            self._heap._handles.drop_block(self._key)
+            self._access.drop_block(self._key)
         except Exception:
             pass
 
     def __len__(self) -> int:
-        return self._heap._block(self).size
+        return self._access.block(self).size
 
     def __getitem__(self, i: int) -> Ref:
-        return self._heap._block_ref(self, i)
+        return self._access.block_ref(self, i)
 
     @property
     def addresses(self) -> np.ndarray:
         """The objects' current addresses (a copy)."""
-        return self._heap._block(self).copy()
+        return self._access.block(self).copy()
 
     def set_refs(self, slot: int, sources, targets: "RefArray", target_index) -> None:
         """For each k: ``self[sources[k]].set_ref(slot, targets[target_index[k]])``,
         with ``target_index[k] == -1`` meaning None; one vectorised store."""
-        self._heap._block_set_refs(self, slot, sources, targets, target_index)
+        self._access.block_set_refs(self, slot, sources, targets, target_index)

@@ -1,55 +1,50 @@
-"""The Heap: allocation, handles, and stop-the-world compaction.
+"""The Heap: configuration, life cycle, allocation, collection, stats and verify.
 
-Two compactors share marking and the object model:
+The heap owns its parts and wires them together (docs/design.md, "The parts
+of the heap"):
 
-* ``remap`` (ARCHITECTURE.md "Compaction"): mark; plan; register the arena
-  with the userfaultfd and flip it whole to the from-space with one
-  ``mremap(MREMAP_DONTUNMAP)`` (the arena stays mapped, empty and registered,
-  so a stray touch would fault instead of reading stale memory; measured
-  against one whole-range UFFDIO_MOVE as the flip: 1.2 ms against 5 ms for
-  512 MiB); slide the sparse pages' live objects down into the first sparse
-  pages and fix every reference slot, all inside the from-space where no
-  mutator can see it; update the roots; install every to-space page with one
-  UFFDIO_MOVE per contiguous run (all runs in one batched call); unregister.
-  The pause ends there. Releasing the from-space (MADV_DONTNEED: RSS drops)
-  happens after the heap lock is dropped; ``total_ns`` includes it.
-* ``copy``: mark; slide every live object down with one ordered batch of
-  memmoves; fix the slots; release the freed tail (inside the pause: it is
-  arena memory). Used when userfaultfd is unusable, and the baseline of
-  every benchmark.
+* ``Spaces`` (heap.spaces): the arena, the from-space, the userfaultfd;
+* ``Allocator``, ``ObjectTable``, ``AddressIndex`` (heap.alloc, heap.mark):
+  where objects are and the side tables that mirror them;
+* ``HandleTable`` (heap.roots): the roots Python code holds;
+* ``Access`` and ``AccessGate`` (heap.access): what ``Ref`` and
+  ``RefArray`` do, and the gate a pause drains;
+* ``Pause`` (heap.pause): the steps every compactor shares, and the end of
+  every collection; the compactors' own steps are in heap.compactors;
+* ``ConcurrentCycle`` (heap.concurrent): the running concurrent cycle, if any;
+* ``Health`` (heap.errors): whether an install found a broken invariant.
 
-Freed space is reused through compaction: allocation only bumps upwards, so
-the side tables stay sorted by address and a collection packs the live
-objects at the bottom and leaves the rest of the arena empty.
-
-Every public method takes the heap's lock; ``Ref`` methods go through here.
+Every public method takes the heap's lock; ``Ref`` methods go through the
+``Access``. Freed space is reused through compaction: allocation only bumps
+upwards, so the side tables stay sorted by address and a collection packs
+the live objects at the bottom and leaves the rest of the arena empty.
 """
 
 from __future__ import annotations
 
-import operator
-import sys
 import threading
-import time
 from typing import Iterable
 
 import numpy as np
-import structlog
 
 from . import forksafety, signals
+from .access import Access, AccessGate, as_index
 from .alloc import Allocator, ObjectTable, round_up
-from .concurrent import AccessGate, collect_concurrent, settle_cycle
-from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull, RemapRefused
-from .install import InstallCounters, InstallInterrupted, PageInstaller, evacuate, slot_values
-from .kernel import (MADV_DONTNEED, MADV_HUGEPAGE, UFFD_FEATURE_MOVE, Kernel, KernelUnsupported,
-                     UFFDIO_REGISTER_MODE_MISSING, open_kernel)
-from .mark import AddressIndex, Workspace, mark, rows_of
+from .compactors import copy_collect, remap_pause
+from .concurrent import CHUNK_PAGES, ConcurrentCycle, collect_concurrent, concurrent_pause
+from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull, Health, RemapRefused
+from .events import get_logger
+from .install import InstallInterrupted, PageInstaller
+from .kernel import Kernel, KernelUnsupported, open_kernel
+from .mark import AddressIndex, Workspace
 from .objects import DEFAULT_MODEL, ObjectModel, RootScanner
-from .plan import Plan, plan_remap, plan_slide
+from .pause import Collection, Pause
 from .roots import HandleTable, Ref, RefArray
-from .stats import GCStats, HeapStats, PhaseClock
+from .spaces import Spaces
+from .stats import ConcurrentGCStats, GCStats, HeapStats, InstallCounters
+from .verify import verify_heap
 
-log = structlog.get_logger("remapgc.heap")
+log = get_logger("remapgc.heap")
 
 COMPACTORS = ("auto", "remap", "copy")
 # A small-object page moves whole when at least this fraction of it is live.
@@ -66,16 +61,7 @@ DEFAULT_DENSE = 0.85
 # to a quarter full (the holes stay resident: memory traded for time).
 DEFAULT_DENSE_HUGE = 0.25
 MAX_NREFS = (1 << 32) - 1
-_BYTEORDER = sys.byteorder
-
-
-def _index(value, name: str) -> int:
-    if type(value) is int:
-        return value
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+CLOSE_DRAIN_S = 10.0  # close() waits this long for accesses in flight
 
 
 class Heap:
@@ -95,9 +81,11 @@ class Heap:
     def __init__(self, kernel: str | Kernel = "auto", size: int = 256 << 20, *, compactor: str = "auto",
                  thp: bool = False, dense: float | None = None, collect_every: int | None = None,
                  object_model: ObjectModel | None = None, root_scanners: Iterable[RootScanner] = ()):
+        self._spaces: Spaces | None = None
+        self._closed = True  # until the arena exists
         if compactor not in COMPACTORS:
             raise ValueError(f"compactor must be one of {COMPACTORS}, not {compactor!r}")
-        size = _index(size, "size")
+        size = as_index(size, "size")
         if size <= 0:
             raise ValueError(f"size must be positive, not {size}")
         if dense is None:
@@ -105,67 +93,47 @@ class Heap:
         if not 0.0 < dense <= 1.0:
             raise ValueError(f"dense must be in (0, 1], not {dense}")
         self._lock = threading.RLock()
-        self._release_lock = threading.Lock()  # the from-space release runs outside the heap lock
-        self._owed_release: object | None = None
-        self._closed = True  # until the arena exists
         self._owns_kernel = isinstance(kernel, str)
-        self._kernel = open_kernel(kernel) if isinstance(kernel, str) else kernel
-        k = self._kernel
-        self._model = object_model or DEFAULT_MODEL
-        # a model may offer slot_offset(nrefs, slot) for one slot as plain arithmetic (DefaultObjectModel does)
-        self._slot_offset = getattr(self._model, "slot_offset", None)
-        self._object_bytes = getattr(self._model, "object_bytes", None)
-        self._scalar_header = getattr(self._model, "header", None)
-        self._thp = bool(thp)
-        self._dense = float(dense)
+        self._kernel = k = open_kernel(kernel) if isinstance(kernel, str) else kernel
+        self._model = model = object_model or DEFAULT_MODEL
+        # a model may offer one object's total_bytes and header as plain arithmetic (DefaultObjectModel does)
+        self._object_bytes = getattr(model, "object_bytes", None)
+        self._scalar_header = getattr(model, "header", None)
         self._collect_every = collect_every
         self._scanners: list[RootScanner] = list(root_scanners)
-        ps = k.page_size
-        self._ps = ps
-        unit = k.hpage_size if thp else ps
-        self._size = round_up(size, unit)
-        # 2 MiB-aligned even without THP: the flip's mremap then moves whole
-        # page tables instead of one PTE at a time
-        self._base = k.mmap(self._size, align=k.hpage_size)
-        if thp:
-            k.madvise(self._base, self._size, MADV_HUGEPAGE)
-        self._alloc = Allocator(self._base, self._size, ps, k.hpage_size // ps if thp else 0)
+        self._ps = ps = k.page_size
+        self._size = round_up(size, k.hpage_size if thp else ps)
+        self._spaces = spaces = Spaces(k, self._size, thp=bool(thp))
+        self._alloc = Allocator(spaces.base, self._size, ps, k.hpage_size // ps if thp else 0)
         self._table = ObjectTable()
-        self._addr_index = AddressIndex(self._base, self._size)
+        self._index = AddressIndex(spaces.base, self._size)
         self._work = Workspace()
         self._handles = HandleTable()
-        self._uffd = None
-        self._from_space = 0
-        self._pending: PageInstaller | None = None
-        self._gate = AccessGate()  # mutator memory accesses in flight outside the lock (heap.concurrent)
-        self._cycle = None  # the running concurrent cycle (heap.concurrent.ConcurrentCycle)
-        self._broken: HeapCorrupted | None = None  # set once an install finds a broken invariant
+        self._gate = AccessGate()  # mutator memory accesses in flight outside the lock
+        self._health = Health()
+        self._pause = Pause(k, model, spaces, self._alloc, self._table, self._index, self._work, self._handles,
+                            self._scanners, float(dense))
+        self._access = Access(self, self._lock, self._ready, self._gate, self._health, k, model, self._handles,
+                              self._table, self._index, self._pause)
+        self._pending: PageInstaller | None = None  # a stop-the-world install the kernel interrupted
+        self._cycle: ConcurrentCycle | None = None  # the running concurrent cycle
         self._since_collect = 0
-        self.last_phase_ns: dict[str, int] = {}  # phase -> ns of the last collection
-        self.last_events: list[dict] = []  # the phase events of the last collection, as logged
-        self.collections = 0
         self._closed = False
         self._auto = compactor == "auto"
         self._compactor = self._choose_compactor(compactor)
         forksafety.track(self)  # os.fork waits for a quiet heap (heap.forksafety)
 
-    # -- set-up -------------------------------------------------------------------
     def _choose_compactor(self, wanted: str) -> str:
         if wanted == "copy":
             return "copy"
         try:
-            uffd = self._kernel.userfaultfd(UFFD_FEATURE_MOVE)
-            if not uffd.features & UFFD_FEATURE_MOVE:
-                uffd.close()
-                raise KernelUnsupported(f"the kernel does not offer UFFD_FEATURE_MOVE (features {uffd.features:#x})")
+            self._spaces.open_uffd()
         except (KernelUnsupported, OSError) as exc:
             if wanted == "remap":
                 self.close()
                 raise KernelUnsupported(f"compactor='remap' needs userfaultfd with UFFDIO_MOVE: {exc}") from exc
             log.warning("compactor_fallback", compactor="copy", reason=str(exc))
             return "copy"
-        self._uffd = uffd
-        self._from_space = self._kernel.mmap(self._size, align=self._kernel.hpage_size)
         return "remap"
 
     # -- properties -------------------------------------------------------------------
@@ -183,11 +151,46 @@ class Heap:
 
     @property
     def base(self) -> int:
-        return self._base
+        return self._alloc.base
 
     @property
     def object_model(self) -> ObjectModel:
         return self._model
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def collections(self) -> int:
+        """Collections so far (counted when their pause is over)."""
+        return self._pause.collections
+
+    @property
+    def last_phase_ns(self) -> dict[str, int]:
+        """Phase name -> nanoseconds, of the last collection."""
+        return self._pause.last_phase_ns
+
+    @property
+    def last_events(self) -> list[dict]:
+        """The phase events of the last collection, as logged."""
+        return self._pause.last_events
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The heap's lock. Held, no collection and no access can start
+        (heap.forksafety holds it across os.fork)."""
+        return self._lock
+
+    @property
+    def _uffd(self):
+        """The userfaultfd (None: copying compactor); kept for the tests and
+        benchmarks that reach for it (they may swap it between collections)."""
+        return self._spaces.uffd
+
+    @_uffd.setter
+    def _uffd(self, uffd) -> None:
+        self._spaces.uffd = uffd
 
     def add_root_scanner(self, scanner: RootScanner) -> None:
         with self._lock:
@@ -207,56 +210,60 @@ class Heap:
 
     def close(self) -> None:
         with self._lock:
-            if self._closed and not getattr(self, "_base", 0):
+            if self._closed and (self._spaces is None or self._spaces.closed):
                 return
             if self._cycle is not None:
                 self._cycle.shutdown()
-            self._gate.drain(10.0)
-            self._closed = True
-            with self._release_lock:
-                self._owed_release = None
-            k = self._kernel
-            if self._uffd is not None:
-                self._uffd.close()
-                self._uffd = None
-            for addr, length in ((self._base, self._size), (self._from_space, self._size)):
-                if addr:
-                    k.munmap(addr, length)
-            self._base = self._from_space = 0
+                self._cycle = None
+            self._gate.drain(CLOSE_DRAIN_S)
+            self._closed = self._access.closed = True
+            self._spaces.close()
             self._pending = None
-            self._addr_index = self._work = None  # their memory goes with them
-            if self._owns_kernel and hasattr(k, "close"):
+            self._index.close()  # its memory goes with the heap
+            self._work.close()
+            k = self._kernel
+            if self._owns_kernel:
                 k.close()
 
     def _ready(self) -> None:
-        """Entry check of every operation: open, handles reaped, no install pending."""
+        """Entry check of every operation: open, sound, handles reaped, no install pending."""
         if self._closed:
             raise HeapClosed("the heap is closed")
-        if self._broken is not None:
-            self._refuse_broken()
-        handles = self._handles
-        if handles._dropped or handles._dropped_blocks:
-            handles.reap()
+        self._health.check()
+        if self._handles.reap_due:
+            self._handles.reap()
         if self._cycle is not None:
             self._cycle.on_heap_operation()
         if self._pending is not None:
             self._install_pending(InstallCounters())
-            self._uffd.unregister(self._base, self._size)
-            self._release_from_space()
+            self._spaces.unregister()
+            self._spaces.release_from_space()
 
-    def _mark_broken(self, exc: HeapCorrupted) -> None:
-        """An install found a broken invariant (a to-space page filled from
-        outside, ...): from now on every operation refuses with HeapCorrupted
-        rather than hand out or keep bytes that may not be an object's.
-        Only close() still works."""
-        if self._broken is None:
-            self._broken = exc
-            log.error("heap_corrupted", invariant=exc.invariant, error=str(exc))
+    def quiesce(self) -> None:
+        """Bring the heap to rest: a running concurrent cycle ends, an
+        interrupted install is finished, the from-space is released, no access
+        is in flight. Before os.fork (heap.forksafety), with ``lock`` held."""
+        with self._lock:
+            if self._closed:
+                return
+            self._ready()
+            self._settle_cycle()
+            self._spaces.settle_release()
 
-    def _refuse_broken(self) -> None:
-        b = self._broken
-        raise HeapCorrupted(b.invariant, f"{str(b).split(': ', 1)[-1]} (found earlier: the heap refuses every "
-                            "operation but close())") from b
+    def _settle_release(self) -> None:  # heap.forksafety's name for part of quiesce()
+        self._spaces.settle_release()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: the inherited userfaultfd acts on the parent's
+        address space; open one of the child's own, or fall back to copying."""
+        if self._closed or self._spaces.uffd is None:
+            return
+        self._spaces.drop_uffd()
+        try:
+            self._spaces.open_uffd()
+        except Exception as exc:
+            self._compactor = "copy"
+            log.warning("compactor_fallback", compactor="copy", reason=f"after fork: {exc}")
 
     # -- allocation -------------------------------------------------------------------
     def alloc(self, nbytes: int, nrefs: int = 0) -> Ref:
@@ -267,8 +274,8 @@ class Heap:
             addr = self._place(lambda: self._alloc.place(total), total)
             self._kernel.store(addr, self._header(nbytes, nrefs, total >= self._ps))
             row = self._table.append(addr, nbytes, nrefs, total)
-            self._addr_index.add(addr, row)
-            return Ref._issue(self, self._handles.new(addr))
+            self._index.add(addr, row)
+            return self._access.issue(addr)
 
     def alloc_many(self, nbytes, nrefs) -> RefArray:
         """Many objects at once (arrays, or scalars broadcast): one root block
@@ -291,14 +298,10 @@ class Heap:
             hw = words.shape[1]
             where = (addrs[:, None] + 8 * np.arange(hw)[None, :]).ravel()
             self._kernel.store_words(where.astype(np.uint64), words.ravel().astype(np.uint64))
-            self._addr_index.add_many(addrs, self._table.n)
+            self._index.add_many(addrs, self._table.n)
             self._table.extend(addrs, nbytes, nrefs, totals)
             self._work.reserve(self._table.n, self._table.nslots)
-            key = id(addrs) ^ time.perf_counter_ns()
-            while key in self._handles.blocks:
-                key += 1
-            self._handles.blocks[key] = np.asarray(addrs, dtype=np.int64)
-            return RefArray(self, key)
+            return self._access.new_block(addrs)
 
     def _header(self, nbytes: int, nrefs: int, large: bool) -> bytes:
         if self._scalar_header is not None:
@@ -308,7 +311,7 @@ class Heap:
 
     def _check_shape(self, nbytes, nrefs) -> tuple[int, int, int]:
         """(nbytes, nrefs, total bytes) of an object that can be allocated, or a clear error."""
-        nbytes, nrefs = _index(nbytes, "nbytes"), _index(nrefs, "nrefs")
+        nbytes, nrefs = as_index(nbytes, "nbytes"), as_index(nrefs, "nrefs")
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, not {nbytes}")
         if not 0 <= nrefs <= MAX_NREFS:
@@ -337,201 +340,15 @@ class Heap:
         self._since_collect += total
         return where
 
-    # -- Ref operations (called by Ref) ----------------------------------------------------
-    def _own(self, ref) -> int:
-        if not isinstance(ref, Ref):
-            raise TypeError(f"expected a Ref, not {type(ref).__name__}")
-        if ref._heap is not self:
-            raise ValueError("this Ref belongs to another heap")
-        return self._handles.addr.item(ref._handle)
-
-    def _find(self, addr: int) -> int:
-        """Row of the object starting at ``addr``, or -1: one gather in the
-        address index (scalar numpy reads, ~10x cheaper than a searchsorted call)."""
-        ix, t = self._addr_index, self._table
-        granule = (addr - ix.base) >> ix.shift
-        if not 0 <= granule < ix.map.size:
-            return -1
-        row = ix.map.item(granule)
-        return row if 0 <= row < t.n and t.start.item(row) == addr else -1
-
-    def _row(self, addr: int) -> int:
-        row = self._find(addr)
-        if row < 0:
-            raise HeapCorrupted("roots", f"a handle holds 0x{addr:x}, which is no object start")
-        return row
-
-    def _shape_of_row(self, row: int) -> tuple[int, int, int]:
-        """(nbytes, nrefs, payload offset) of the object in ``row``."""
-        t = self._table
-        nrefs = t.nrefs.item(row)
-        return t.nbytes.item(row), nrefs, self._model.payload_offset(nrefs)
-
-    def _locate(self, ref) -> tuple[int, tuple[int, int, int]]:
-        """(address, (nbytes, nrefs, payload offset)) of a Ref's object; the
-        shape is looked up (and the address checked) once per handle, then
-        cached in the handle table (heap.roots.HandleTable.shape)."""
-        addr = self._own(ref)
-        handles = self._handles
-        shape = handles.shape[ref._handle]
-        if shape is None:
-            shape = handles.shape[ref._handle] = self._shape_of_row(self._row(addr))
-        return addr, shape
-
-    def _ref_address(self, ref) -> int:
-        with self._lock:
-            self._ready()
-            return self._own(ref)
-
-    def _ref_info(self, ref) -> tuple[int, int, int]:
-        with self._lock:
-            self._ready()
-            addr, (nbytes, nrefs, _) = self._locate(ref)
-            return addr, nbytes, nrefs
-
-    def _slot_address(self, ref, slot) -> int:
-        if type(slot) is not int:
-            slot = _index(slot, "slot")
-        addr, (_, nrefs, _) = self._locate(ref)
-        if not 0 <= slot < nrefs:
-            raise IndexError(f"slot {slot} out of range: the object has {nrefs} reference slots")
-        if self._slot_offset is not None:  # a scalar: one object's slot is arithmetic, not an array call
-            return addr + self._slot_offset(nrefs, slot)
-        return int(self._model.slot_addresses(np.array([addr]), np.array([nrefs]))[slot])
-
-    # Ref accesses touch memory outside the heap lock, inside the access gate
-    # (heap.concurrent): during a concurrent cycle they may fault, and other
-    # mutators go on meanwhile; a pause waits for them to leave the gate.
-    def _ref_set(self, ref, slot, target) -> None:
-        with self._lock:
-            self._ready()
-            where = self._slot_address(ref, slot)
-            value = 0 if target is None else self._own(target)
-            self._gate.enter()
-        try:
-            self._kernel.store(where, value.to_bytes(8, _BYTEORDER))
-        finally:
-            self._gate.leave()
-        if self._broken is not None:  # found while this access waited on its fault
-            self._refuse_broken()
-
-    def _ref_get(self, ref, slot):
-        while True:
-            with self._lock:
-                self._ready()
-                where = self._slot_address(ref, slot)
-                epoch = self.collections
-                self._gate.enter()
-            try:
-                value = int.from_bytes(self._kernel.load(where, 8), _BYTEORDER)
-            finally:
-                self._gate.leave()
-            if self._broken is not None:  # the bytes loaded may not be the object's
-                self._refuse_broken()
-            if value == 0:
-                return None
-            with self._lock:
-                if self._closed:  # closed by another thread since the load
-                    raise HeapClosed("the heap is closed")
-                if self.collections != epoch:
-                    continue  # a collection moved the target since the load: load again
-                return self._ref_target(ref, slot, value)
-
-    def _ref_target(self, ref, slot, value: int):
-        row = self._find(value)
-        if row < 0:
-            raise HeapCorrupted("reference targets", f"slot {slot} of 0x{self._own(ref):x} holds 0x{value:x}, "
-                                "which is no object start")
-        return Ref._issue(self, self._handles.new(value, self._shape_of_row(row)))
-
-    def _payload_range(self, ref, length, offset) -> int:
-        if type(length) is not int:
-            length = _index(length, "length")
-        if type(offset) is not int:
-            offset = _index(offset, "offset")
-        addr, (nbytes, _, payload) = self._locate(ref)
-        if offset < 0 or length < 0 or offset + length > nbytes:
-            raise ValueError(f"bytes [{offset}, {offset + length}) are outside the object's {nbytes}-byte payload")
-        return addr + payload + offset
-
-    def _ref_read(self, ref, length, offset) -> bytes:
-        with self._lock:
-            self._ready()
-            where = self._payload_range(ref, length, offset)
-            if not length:
-                return b""
-            self._gate.enter()
-        try:
-            data = self._kernel.load(where, length)
-        finally:
-            self._gate.leave()
-        if self._broken is not None:  # the bytes loaded may not be the object's
-            self._refuse_broken()
-        return data
-
-    def _ref_write(self, ref, data, offset) -> None:
-        try:
-            data = memoryview(data).cast("B")
-        except TypeError:
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
-        with self._lock:
-            self._ready()
-            where = self._payload_range(ref, len(data), offset)
-            if not len(data):
-                return
-            self._gate.enter()
-        try:
-            self._kernel.store(where, data)
-        finally:
-            self._gate.leave()
-        if self._broken is not None:
-            self._refuse_broken()
-
-    # -- RefArray operations ----------------------------------------------------------------
-    def _block(self, arr: RefArray) -> np.ndarray:
-        if arr._heap is not self:
-            raise ValueError("this RefArray belongs to another heap")
-        with self._lock:
-            self._ready()
-            return self._handles.blocks[arr._key]
-
-    def _block_ref(self, arr: RefArray, i) -> Ref:
-        i = _index(i, "index")
-        with self._lock:
-            block = self._block(arr)
-            if not -block.size <= i < block.size:
-                raise IndexError(f"index {i} out of range for {block.size} objects")
-            return Ref._issue(self, self._handles.new(int(block[i])))
-
-    def _block_set_refs(self, arr: RefArray, slot, sources, targets: RefArray, target_index) -> None:
-        slot = _index(slot, "slot")
-        with self._lock:
-            block = self._block(arr)
-            tblock = self._block(targets)
-            sources = np.asarray(sources, dtype=np.int64)
-            tidx = np.asarray(target_index, dtype=np.int64)
-            if sources.shape != tidx.shape:
-                raise ValueError("sources and target_index must have the same shape")
-            if sources.size == 0:
-                return
-            if sources.min() < 0 or sources.max() >= block.size or tidx.max() >= tblock.size or tidx.min() < -1:
-                raise IndexError("an index is out of range")
-            starts = block[sources]
-            nrefs = self._table.nrefs[rows_of(self._table.start, starts, "roots")]
-            if slot < 0 or (nrefs <= slot).any():
-                raise IndexError(f"slot {slot} out of range for some of the objects")
-            every = self._model.slot_addresses(starts, nrefs)
-            where = every[np.cumsum(nrefs) - nrefs + slot]
-            values = np.where(tidx >= 0, tblock[np.maximum(tidx, 0)], 0)
-            self._kernel.store_words(where.astype(np.uint64), values.astype(np.uint64))
-
     # -- collection ----------------------------------------------------------------------
     def collect(self, concurrent: bool = False) -> GCStats:
-        """Compact the heap, stop-the-world; returns what it did.
+        """Compact the heap; returns what it did (``concurrent=True``: a
+        ``ConcurrentGCStats``; mutators run while pages are installed).
 
-        The pause (``pause_ns``) ends when every live page is installed and
-        the heap lock is dropped; releasing the from-space (remap) happens
-        after that, outside the lock, and ``total_ns`` includes it.
+        The pause (``pause_ns``) ends when every live page is installed (or,
+        concurrent, when the install program is ready) and the heap lock is
+        dropped; releasing the from-space happens after that, outside the
+        lock, and ``total_ns`` includes it.
         """
         with signals.deferred():  # SIGINT/SIGTERM reach the caller once the heap is consistent
             if concurrent:
@@ -550,146 +367,45 @@ class Heap:
             return stats
 
     def _collect_pause(self):
-        settle_cycle(self)  # a concurrent cycle ends and no mutator access is in flight
-        self._settle_release()
-        stats = GCStats(rss_before=self._rss())
-        t0 = time.perf_counter_ns()
-        clock = PhaseClock(self._compactor)
+        """A stop-the-world collection up to the end of its pause: (its stats,
+        the rest of it to call once the heap lock is dropped)."""
+        self._settle_cycle()  # a concurrent cycle ends and no mutator access is in flight
+        self._spaces.settle_release()
+        col = Collection(GCStats(rss_before=self._rss()), self._compactor)
         if self._compactor == "remap":
             try:
-                self._collect_remap(stats, clock)
+                self._collect_remap(col)
             except RemapRefused as exc:
                 if not self._auto:
                     raise exc.error
                 # nothing was changed yet: compact by copying, now and from now on
                 log.warning("compactor_fallback", compactor="copy", reason=f"registering the arena failed: {exc.error}")
-                self._compactor = clock.compactor = "copy"
-                self._collect_copy(stats, clock)
+                self._compactor = col.clock.compactor = "copy"
+                copy_collect(self._pause, col)
         else:
-            self._collect_copy(stats, clock)
-        stats.pause_ns = time.perf_counter_ns() - t0
+            copy_collect(self._pause, col)
+        col.pause_over()
         self._since_collect = 0
-        self.collections += 1
-        token = self._owed_release = object() if self._compactor == "remap" else None
+        token = self._spaces.owe_release() if self._compactor == "remap" else None
+        return col.stats, lambda: self._pause.end(col, token)
 
-        def finish() -> None:
-            if token is not None:
-                with self._release_lock:
-                    if self._owed_release is token:
-                        with clock.phase("release") as ev:
-                            ev.update(**self._release_from_space())
-                        self._owed_release = None
-            stats.total_ns = time.perf_counter_ns() - t0
-            with self._release_lock:  # close() takes it before unmapping: the heap is still there
-                stats.rss_after = 0 if self._closed else self._rss()
-            self.last_phase_ns = dict(clock.ns)
-            self.last_events = list(clock.events)
-            log.info("gc_done", compactor=self._compactor, **stats.as_dict())
-
-        return stats, finish
-
-    def _settle_release(self) -> None:
-        """Release the last from-space now if the collecting thread has not yet."""
-        with self._release_lock:
-            if self._owed_release is not None:
-                self._release_from_space()
-                self._owed_release = None
-
-    def _roots(self) -> np.ndarray:
-        parts = [self._handles.roots()]
-        parts.extend(np.asarray(s.scan_roots(), dtype=np.int64) for s in self._scanners)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-    def _mark(self, stats: GCStats, clock: PhaseClock):
-        t = self._table
-        old = {c: t.column(c) for c in ObjectTable.COLUMNS}  # views: valid until _commit_tables rewrites them
-        with clock.phase("mark") as ev:
-            marking = mark(self._kernel, self._model, self._addr_index, self._work, old["start"], old["nrefs"],
-                           old["slot"], self._roots())
-            live = marking.live
-            stats.live_objects = int(live.sum())
-            stats.live_bytes = int(old["total"][live].sum())
-            stats.freed_objects = t.n - stats.live_objects
-            ev.update(objects=t.n, live=stats.live_objects, levels=marking.levels, slots=marking.slots_read)
-        return old, marking
-
-    def _forward_roots(self, old_starts: np.ndarray, new_by_row: np.ndarray) -> None:
-        def forward(addrs):
-            addrs = np.asarray(addrs, dtype=np.int64)
-            out = np.zeros(addrs.shape, dtype=np.int64)
-            held = addrs != 0
-            out[held] = new_by_row[self._addr_index.rows(old_starts, addrs[held], "root")]
-            return out
-
-        self._handles.forward(forward)
-        for scanner in self._scanners:
-            scanner.update_roots(forward)
-
-    def _commit_tables(self, old, plan: Plan, top: int) -> None:
-        """The new layout becomes the heap's; ``old`` is stale afterwards."""
-        rows = plan.live_rows
-        nbytes, nrefs, totals = old["nbytes"][rows], old["nrefs"][rows], old["total"][rows]  # copies first
-        self._table.replace(plan.new_starts, nbytes, nrefs, totals)
-        self._addr_index.add_many(plan.new_starts, 0)
-        self._alloc.reset(plan.new_starts, totals, top, plan.last_object_end)
-
-    def _collect_remap(self, stats: GCStats, clock: PhaseClock) -> None:
-        k, uffd, ps = self._kernel, self._uffd, self._ps
-        base, size, fs = self._base, self._size, self._from_space
-        old, marking = self._mark(stats, clock)
-        plan, new_by_row = self._plan_remap(old, marking, clock)
-        with clock.phase("flip") as ev:
-            self._flip(register_first=True)
-            ev.update(bytes=self._alloc.used_pages * ps)
-        with clock.phase("fixup") as ev:
-            try:
-                stats.bytes_copied += evacuate(k, plan, old["total"], fs)
-            except OSError:
-                self._unflip()
-                raise
-            rows = plan.live_rows
-            locations = fs + (old["start"][rows] - base)
-            locations[plan.evacuated] = fs + plan.evac_to
-            if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
-                end = int(locations[-1] + old["total"][rows[-1]])
-                k.store(end, bytes(round_up(end - fs, ps) + fs - end))
-            slots = self._model.slot_addresses(locations, old["nrefs"][rows])
-            values = slot_values(plan, marking, old["nrefs"], new_by_row)
-            k.store_words(slots.view(np.uint64), values.view(np.uint64))
-            t_roots = time.perf_counter_ns()
-            self._forward_roots(old["start"], new_by_row)
-            self._commit_tables(old, plan, base + plan.end_pages * ps)
-            ev.update(slots=int(slots.size), evacuated_bytes=stats.bytes_copied,
-                      roots_ns=time.perf_counter_ns() - t_roots)
-        self._pending = PageInstaller(k, uffd, plan, base, fs)
+    def _collect_remap(self, col: Collection) -> None:
+        inst = self._pending = remap_pause(self._pause, col)
         counters = InstallCounters()
-        with clock.phase("install") as ev:
+        with col.clock.phase("install") as ev:
             try:
                 self._install_pending(counters)
             finally:
-                self._count(stats, counters)
-                ev.update(runs=int(self._pending_runs), pages=counters.pages_moved, ioctls=counters.ioctls,
+                counters.add_into(col.stats, self._ps)
+                ev.update(runs=int(inst.run_count.size), pages=counters.pages_moved, ioctls=counters.ioctls,
                           ebusy=counters.ebusy_fallbacks)
-        self._uffd.unregister(base, size)  # fresh pages fault normally again
-
-    def _count(self, stats: GCStats, c: InstallCounters) -> None:
-        stats.pages_moved += c.pages_moved
-        stats.bytes_moved_zero_copy += c.pages_moved * self._ps
-        stats.bytes_copied += c.bytes_copied
-        stats.eagain_retries += c.eagain_retries
-        stats.partial_moves += c.partial_moves
-        stats.eexist_races += c.eexist_races
-        stats.ebusy_fallbacks += c.ebusy_fallbacks
-
-    _pending_runs = 0
+        self._spaces.unregister()  # fresh pages fault normally again
 
     def _install_pending(self, counters: InstallCounters) -> None:
-        inst = self._pending
-        self._pending_runs = inst.run_count.size
         try:
-            inst.install(counters)
+            self._pending.install(counters)
         except HeapCorrupted as exc:
-            self._mark_broken(exc)
+            self._health.mark_broken(exc)
             raise
         except InstallInterrupted as exc:
             err = exc.error
@@ -697,118 +413,68 @@ class Heap:
                                     "pending and is installed by the next heap operation") from err
         self._pending = None
 
-    def _release_from_space(self) -> dict:
-        """After an install: drop what the from-space still holds (the dead pages)."""
-        self._kernel.madvise(self._from_space, self._size, MADV_DONTNEED)
-        return dict(from_space_bytes=self._size)
-
-    def _plan_remap(self, old, marking, clock: PhaseClock):
-        """The remap plan (both compactors that move pages) and every old row's new address."""
-        with clock.phase("plan") as ev:
-            plan = plan_remap(old["start"], old["total"], marking.live, self._base, self._ps,
-                              self._alloc.hpage_pages, self._alloc.used_pages, self._dense)
-            new_by_row = np.zeros(old["start"].size, dtype=np.int64)
-            new_by_row[plan.live_rows] = plan.new_starts
-            ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
-                      evacuated=int(plan.evacuated.sum()))
-        return plan, new_by_row
-
-    def _flip(self, *, register_first: bool) -> None:
-        """Move every arena page to the from-space with one mremap(MREMAP_DONTUNMAP):
-        the arena stays mapped, empty and registered with the userfaultfd, so
-        a touch of a page not yet installed is a userfault.
-
-        The order is a trade measured on Linux 6.18 (1 GiB of 4 KiB pages):
-        registering first makes mremap move the pages one PTE at a time
-        (2-8 ms) but the install then reuses the arena's page tables;
-        registering after moves whole page tables (0.1 ms) and the install
-        rebuilds them. A stop-the-world cycle wants the smaller sum, a
-        concurrent one the shorter pause. Mutators cannot touch the arena in
-        between: the pause holds the heap lock and the access gate.
-
-        Raises RemapRefused, with the pages back in place, when registering
-        is refused.
-        """
-        k, uffd, base, size = self._kernel, self._uffd, self._base, self._size
-        if register_first:
+    # -- concurrent collection --------------------------------------------------------------
+    def begin_concurrent(self, *, chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True):
+        """The first half of ``collect(concurrent=True)``, for benchmarks and
+        tests that act during the install: the pause. Returns (the running
+        cycle, its stats, None), or (None, stats, finish) when the heap has no
+        userfaultfd and collected stop-the-world (call ``finish()``).
+        ``run_compactor=False`` leaves every page to the fault handler."""
+        # RSS before, read outside the lock: reading the page tables of a large arena
+        # takes milliseconds (15 ms for 1 GiB here) that mutators need not wait for
+        rss_before = self._rss() if self._cycle is None and not self._closed else None
+        with self._lock:
+            self._ready()
+            self._settle_cycle()
+            if self._compactor != "remap":  # no userfaultfd: the copying compactor, stop-the-world
+                stats, finish = self._collect_pause()
+                return None, stats, finish
+            self._spaces.settle_release()
+            col = Collection(ConcurrentGCStats(rss_before=self._rss() if rss_before is None else rss_before),
+                             "concurrent")
             try:
-                uffd.register(base, size, UFFDIO_REGISTER_MODE_MISSING)
-            except OSError as exc:
-                raise RemapRefused(exc) from exc
-            try:
-                k.mremap(base, size, self._from_space, dontunmap=True)
-            except OSError:
-                uffd.unregister(base, size)
-                raise
-            return
-        k.mremap(base, size, self._from_space, dontunmap=True)
-        try:
-            uffd.register(base, size, UFFDIO_REGISTER_MODE_MISSING)
-        except OSError as exc:
-            self._unflip()
-            raise RemapRefused(exc) from exc
+                program = concurrent_pause(self._pause, col)
+            except RemapRefused as exc:
+                raise exc.error
+            self._since_collect = 0
+            cycle = self._cycle = ConcurrentCycle(self._kernel, self._spaces, self._gate, self._health, self._pause,
+                                                  self._end_cycle, program, col, chunk_pages=chunk_pages,
+                                                  run_compactor=run_compactor)
+            col.pause_over()
+        # the threads start once the pause is over: a fault taken meanwhile just waits in the uffd
+        # queue, and a starting thread that takes the GIL cannot stretch the pause
+        cycle.start()
+        return cycle, cycle.stats, None
 
-    def _unflip(self) -> None:
-        """Undo a flip whose plan could not be carried out: the pages go back."""
-        k = self._kernel
-        k.mremap(self._from_space, self._size, self._base)
-        try:
-            self._uffd.unregister(self._base, self._size)
-        except OSError:
-            pass
-        self._from_space = k.mmap(self._size, align=k.hpage_size)
+    def end_concurrent(self, cycle: ConcurrentCycle) -> None:
+        """The second half: once the compactor stopped, raise its error or
+        install what is left; then end the collection."""
+        if cycle.error is not None or not cycle.states.all_installed():
+            with self._lock:
+                if self._cycle is not cycle:
+                    return
+                cycle.raise_error()
+                cycle.complete()
+        cycle.finish()
 
-    def _collect_copy(self, stats: GCStats, clock: PhaseClock) -> None:
-        k, ps, base = self._kernel, self._ps, self._base
-        old_top = self._alloc.top
-        old, marking = self._mark(stats, clock)
-        with clock.phase("plan") as ev:
-            plan = plan_slide(old["start"], old["total"], marking.live, base, ps, self._alloc.hpage_pages)
-            new_by_row = np.zeros(old["start"].size, dtype=np.int64)
-            new_by_row[plan.live_rows] = plan.new_starts
-            ev.update(pages=plan.end_pages)
-        rows = plan.live_rows
-        with clock.phase("install") as ev:
-            srcs = old["start"][rows]
-            moving = srcs != plan.new_starts
-            lengths = old["total"][rows][moving]
-            k.copy_ranges(plan.new_starts[moving].astype(np.uint64), srcs[moving].astype(np.uint64),
-                          lengths.astype(np.uint64))
-            stats.bytes_copied += int(lengths.sum())
-            ev.update(objects_moved=int(moving.sum()), bytes=int(lengths.sum()))
-        with clock.phase("fixup") as ev:
-            slots = self._model.slot_addresses(plan.new_starts, old["nrefs"][rows])
-            values = slot_values(plan, marking, old["nrefs"], new_by_row)
-            k.store_words(slots.astype(np.uint64), values.astype(np.uint64))
-            self._forward_roots(old["start"], new_by_row)
-            new_top = base + plan.end_pages * ps
-            self._commit_tables(old, plan, new_top)
-            ev.update(slots=int(slots.size))
-        with clock.phase("release") as ev:
-            if plan.last_object_end:
-                tail = round_up(plan.last_object_end - base, ps) + base - plan.last_object_end
-                k.store(plan.last_object_end, bytes(tail))
-            # with THP, the huge page under the old top may reach past it
-            unit = self._alloc.hpage_pages * ps if self._thp else ps
-            old_end = min(base + round_up(old_top - base, unit), self._alloc.end)
-            if old_end > new_top:
-                k.madvise(new_top, old_end - new_top, MADV_DONTNEED)
-            ev.update(released_bytes=max(old_end - new_top, 0))
+    def _end_cycle(self, cycle: ConcurrentCycle) -> object | None:
+        """``cycle`` is over: forget it, and owe its from-space release (the
+        token), unless another thread ended it first (None)."""
+        with self._lock:
+            if self._cycle is not cycle:
+                return None
+            self._cycle = None
+            return self._spaces.owe_release()
+
+    def _settle_cycle(self) -> None:
+        """Before a pause or an inspection: the running cycle ends, and no access is in flight."""
+        if self._cycle is not None:
+            self._cycle.settle()
+        self._gate.drain()
 
     # -- inspection ----------------------------------------------------------------------
     def _rss(self) -> int:
-        """Resident bytes of the heap's mappings. Only the arena below its top
-        (rounded up to a huge page, which may reach past it) can hold pages,
-        and the from-space only while a collection is under way (verify()
-        checks both), so only those ranges are read: reading the page tables
-        of a whole large arena costs milliseconds."""
-        k, a = self._kernel, self._alloc
-        unit = a.hpage_pages * a.page_size if a.hpage_pages else a.page_size
-        used = min(round_up(a.top - a.base, unit), a.size)
-        rss = k.resident_bytes(a.base, used) if used else 0
-        if self._from_space and (self._pending is not None or self._owed_release is not None):
-            rss += k.resident_bytes(self._from_space, self._size)
-        return rss
+        return self._pause.rss(from_space_too=self._pending is not None)
 
     def stats(self) -> HeapStats:
         with self._lock:
@@ -822,8 +488,6 @@ class Heap:
         """Check every invariant; raise HeapCorrupted naming the first broken one."""
         with self._lock:
             self._ready()
-            settle_cycle(self)
-            self._settle_release()
-            from .verify import verify_heap
-
-            verify_heap(self)
+            self._settle_cycle()
+            self._spaces.settle_release()
+            verify_heap(self._pause)

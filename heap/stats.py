@@ -1,14 +1,15 @@
-"""What a collection reports: ``GCStats`` and one structlog event per phase."""
+"""What a collection reports: ``GCStats``, the counters installers keep, and
+one event per phase (``PhaseClock``)."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
-import structlog
+from .events import get_logger
 
-log = structlog.get_logger("remapgc.heap")
+log = get_logger("remapgc.heap")
 
 
 @dataclass
@@ -36,6 +37,68 @@ class GCStats:
 
 
 @dataclass
+class ConcurrentGCStats(GCStats):
+    """``GCStats`` of a concurrent collection (``collect(concurrent=True)``), with what only it has."""
+
+    zero_filled: int = 0  # pages installed as zero pages (a source hole met without ALLOW_SRC_HOLES: ENOENT)
+    fresh_pages: int = 0  # zero pages put under faults past the to-space top (allocation during install)
+    install_aborts: int = 0  # installs the kernel refused (ENOMEM, EINTR ...): CompactionAborted raised
+    install_retries: int = 0  # fault services refused and retried after a back-off
+    pages_installed_by_faults: int = 0  # to-space pages the fault handler installed (the rest: the compactor)
+    fault_p50_ns: int = 0  # service time of the faults the handler resolved itself, from reading the event to the wake
+    fault_p99_ns: int = 0
+    fault_max_ns: int = 0
+    install_ns: int = 0  # from the end of the pause to the last page installed
+    # the pause split into its parts (also in heap.last_phase_ns)
+    mark_ns: int = 0
+    plan_ns: int = 0
+    flip_ns: int = 0
+    precompute_ns: int = 0
+    roots_ns: int = 0
+
+
+@dataclass
+class InstallCounters:
+    """What one installer did (the stop-the-world install, the concurrent
+    compactor, the fault handler, a native walk or fault server). Each
+    installer keeps its own; at the end of a collection each adds itself into
+    the collection's stats (``add_into``)."""
+
+    pages_moved: int = 0
+    bytes_copied: int = 0
+    eagain_retries: int = 0
+    partial_moves: int = 0
+    eexist_races: int = 0
+    ebusy_fallbacks: int = 0
+    zero_filled: int = 0
+    ioctls: int = 0
+    faults_served: int = 0
+    pages_installed_by_faults: int = 0
+    fresh_pages: int = 0
+    install_retries: int = 0
+
+    def add_into(self, stats: GCStats, page_size: int) -> None:
+        """Add every count into the stats field of the same name (those the
+        stats have: a stop-the-world GCStats has no fault counts), and the
+        moved pages as ``bytes_moved_zero_copy``."""
+        names = _field_names(type(stats))
+        for name in _field_names(InstallCounters):
+            if name in names:
+                setattr(stats, name, getattr(stats, name) + getattr(self, name))
+        stats.bytes_moved_zero_copy += self.pages_moved * page_size
+
+
+_FIELDS: dict[type, frozenset] = {}
+
+
+def _field_names(cls: type) -> frozenset:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
+    return names
+
+
+@dataclass
 class HeapStats:
     """``Heap.stats()``: the heap's state without collecting."""
 
@@ -47,7 +110,9 @@ class HeapStats:
 
 
 class PhaseClock:
-    """Times the phases of one collection and logs one event per phase."""
+    """Times the phases of one collection; keeps one event per phase (the
+    heap's ``last_events``) and logs it at DEBUG. Nothing is formatted when
+    DEBUG is off."""
 
     def __init__(self, compactor: str):
         self.compactor = compactor
@@ -63,4 +128,5 @@ class PhaseClock:
         self.ns[name] = self.ns.get(name, 0) + ns
         event = dict(phase=name, compactor=self.compactor, ns=ns, **fields, **extra)
         self.events.append(event)
-        log.info(f"gc_{name}", **event)
+        if log.enabled():
+            log.debug("gc_" + name, **event)

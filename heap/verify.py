@@ -14,8 +14,9 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def verify_heap(heap) -> None:
-    k, model, a, t = heap._kernel, heap._model, heap._alloc, heap._table
+def verify_heap(pause) -> None:
+    """Check the heap whose parts ``pause`` (heap.pause.Pause) holds."""
+    k, model, a, t = pause.kernel, pause.model, pause.alloc, pause.table
     ps, base = a.page_size, a.base
     starts, nbytes, nrefs, totals = t.start, t.nbytes, t.nrefs, t.total
 
@@ -39,7 +40,7 @@ def verify_heap(heap) -> None:
     # the address index and the slot numbering agree with the start column
     if starts.size:
         try:
-            indexed = heap._addr_index.rows(starts, starts, "address index")
+            indexed = pause.index.rows(starts, starts, "address index")
         except HeapCorrupted:
             indexed = None
         if indexed is None or (indexed != np.arange(starts.size)).any():
@@ -88,7 +89,7 @@ def verify_heap(heap) -> None:
         rows_of(starts, values[held], "reference targets")
 
     # roots are object starts
-    rows_of(starts, heap._handles.roots(), "roots")
+    rows_of(starts, pause.handles.roots(), "roots")
 
     # nothing lives above top, the bump remainder reads zero, the from-space is empty
     hp_bytes = a.hpage_pages * ps if a.hpage_pages else ps
@@ -97,5 +98,6 @@ def verify_heap(heap) -> None:
         raise HeapCorrupted("page states", f"pages above the heap top 0x{a.top:x} are resident")
     if a.cursor and k.load(a.cursor, a.limit - a.cursor).count(0) != a.limit - a.cursor:
         raise HeapCorrupted("free space", f"the free rest of the current page at 0x{a.cursor:x} is not zero")
-    if heap._from_space and k.resident_bytes(heap._from_space, a.size):
+    fs = pause.spaces.from_space
+    if fs and k.resident_bytes(fs, a.size):
         raise HeapCorrupted("page states", "the from-space still holds pages after the install")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
+from tests.heap.logs import capture_events
 
 from heap import DEFAULT_MODEL, GCStats, Heap, HeapFull
 
@@ -74,7 +74,7 @@ def test_stats_and_one_event_per_phase(kernel_name):
         heap.alloc(5000)
         before = heap.stats()
         assert before.objects == 3 and before.free_bytes < heap.size
-        with capture_logs() as logs:
+        with capture_events() as logs:
             stats = heap.collect()
         assert isinstance(stats, GCStats)
         assert stats.live_objects == 2 and stats.freed_objects == 1

@@ -6,7 +6,7 @@ import errno
 
 import numpy as np
 import pytest
-from structlog.testing import capture_logs
+from tests.heap.logs import capture_events
 
 from heap import CompactionAborted, Heap
 from heap.kernel import KernelUnsupported, UffdError
@@ -88,7 +88,7 @@ def chain_length(ref):
 
 @pytest.mark.timeout(30)
 def test_auto_falls_back_to_copy_and_says_why(kernel_name):
-    with capture_logs() as logs:
+    with capture_events() as logs:
         heap = Heap(kernel=NoUserfaultfd(make_kernel(kernel_name)), size=8 << 20, compactor="auto")
     with heap:
         assert heap.compactor == "copy"
@@ -210,7 +210,7 @@ def test_auto_switches_to_copy_when_registering_is_refused(kernel_name):
     with Heap(kernel=RefusingRegister(make_kernel(kernel_name)), size=8 << 20) as heap:
         assert heap.compactor == "remap"
         keep, more = scattered_heap(heap)
-        with capture_logs() as logs:
+        with capture_events() as logs:
             stats = heap.collect()
         assert heap.compactor == "copy" and stats.live_objects == 301
         assert any(e["event"] == "compactor_fallback" and "registering the arena failed" in e["reason"]

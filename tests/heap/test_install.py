@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heap import HeapCorrupted, install_page_range
-from heap.install import InstallCounters
+from heap import HeapCorrupted
+from heap.install import InstallCounters, install_page_range
 
 PAGES = 8
 

@@ -71,11 +71,11 @@ def test_collection_without_the_compiled_loops(kernel_name, monkeypatch):
     for name in ("expand", "mark_targets", "slot_values"):
         fn = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _fn=fn, **k: _fn(*a, **{**k, "compiled": False}))
-    import heap.mark, heap.objects, heap.install  # their imported names too
+    import heap.mark, heap.objects, heap.pause  # their imported names too
     monkeypatch.setattr(heap.mark, "expand", native.expand)
     monkeypatch.setattr(heap.mark, "mark_targets", native.mark_targets)
     monkeypatch.setattr(heap.objects, "expand", native.expand)
-    monkeypatch.setattr(heap.install, "native_slot_values", native.slot_values)
+    monkeypatch.setattr(heap.pause, "slot_values", native.slot_values)
     with Heap(kernel=kernel_name, size=16 << 20) as h:
         arr = h.alloc_many(np.arange(2000) % 50 + 8, np.arange(2000) % 3)
         has = np.flatnonzero(np.arange(2000) % 3 > 0)

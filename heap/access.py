@@ -1,0 +1,313 @@
+"""The mutator's way into heap memory: the access gate and the operations
+behind ``Ref`` and ``RefArray``.
+
+Every access computes its address under the heap lock, enters the
+``AccessGate``, drops the lock and touches memory through the kernel's
+accessors. During a concurrent cycle that touch may fault on a page not yet
+installed; on Linux the accessor is a cffi call that releases the GIL, so
+the fault handler can run while the mutator waits in the kernel
+(docs/design.md, "The GIL"). A pause takes the heap lock and drains the
+gate: no new access can enter, and the ones in flight finish without the
+heap lock (their faults are served meanwhile). The compactor and the fault
+handler never take the heap lock or the gate.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from .errors import HeapClosed, HeapCorrupted, Health
+from .mark import rows_of
+from .roots import Ref, RefArray
+
+_BYTEORDER = sys.byteorder
+
+
+def as_index(value, name: str) -> int:
+    """``value`` as an int (anything with ``__index__``), or a TypeError naming ``name``."""
+    if type(value) is int:
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+
+
+class AccessGate:
+    """Mutator memory accesses in flight, so that a pause starts only when none is.
+
+    ``enter`` is called with the heap lock held (so no pause can be waiting
+    for the gate at that moment), ``leave`` without it; ``drain`` is called by
+    the pause with the heap lock held: no new access can enter, and the ones
+    in flight finish without needing the heap lock (the fault handler serves
+    their faults).
+    """
+
+    def __init__(self) -> None:
+        # enter/leave take the bare lock (a C-level context manager: the
+        # Condition's Python-level __enter__ doubled their cost) and notify
+        # only when a drain waits
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._inflight = 0
+        self._draining = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self._inflight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if self._draining and not self._inflight:
+                self._cond.notify_all()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def drain(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            self._draining += 1
+            try:
+                return self._cond.wait_for(lambda: not self._inflight, timeout)
+            finally:
+                self._draining -= 1
+
+
+class Access:
+    """The operations of ``Ref`` and ``RefArray`` on one heap.
+
+    ``heap`` is the owner (a Ref names it); ``lock`` its lock; ``ready`` the
+    entry check every operation makes under the lock (open, not broken,
+    nothing pending); ``pause`` gives the collection epoch
+    (``pause.collections``) and the heap's side tables.
+    """
+
+    def __init__(self, heap, lock, ready: Callable[[], None], gate: AccessGate, health: Health, kernel, model,
+                 handles, table, index, pause):
+        self.heap = heap
+        self.lock = lock
+        self.ready = ready
+        self.gate = gate
+        self.health = health
+        self.kernel = kernel
+        self.model = model
+        self.handles = handles
+        self.table = table
+        self.index = index
+        self.pause = pause
+        self.closed = False
+        # a model may offer slot_offset(nrefs, slot) for one slot as plain arithmetic (DefaultObjectModel does)
+        self._slot_offset = getattr(model, "slot_offset", None)
+
+    # -- handles ------------------------------------------------------------------------
+    def issue(self, addr: int, shape: tuple[int, int, int] | None = None) -> Ref:
+        """A new Ref (a new root) to the object at ``addr``; the heap lock is held."""
+        return Ref._issue(self, self.handles.new(addr, shape))
+
+    def new_block(self, addrs: np.ndarray) -> RefArray:
+        """A RefArray rooting the objects at ``addrs``; the heap lock is held."""
+        blocks = self.handles.blocks
+        key = id(addrs) ^ time.perf_counter_ns()
+        while key in blocks:
+            key += 1
+        blocks[key] = np.asarray(addrs, dtype=np.int64)
+        return RefArray(self, key)
+
+    def drop(self, handle: int) -> None:
+        """A Ref died (its ``__del__``, any thread, any moment): its root goes at the next reap."""
+        self.handles.drop(handle)
+
+    def drop_block(self, key: int) -> None:
+        self.handles.drop_block(key)
+
+    def copy(self, ref: Ref) -> Ref:
+        with self.lock:
+            self.ready()
+            return self.issue(self.own(ref))
+
+    # -- where things are ------------------------------------------------------------------
+    def own(self, ref) -> int:
+        """The address a Ref of this heap holds."""
+        if not isinstance(ref, Ref):
+            raise TypeError(f"expected a Ref, not {type(ref).__name__}")
+        if ref._access is not self:
+            raise ValueError("this Ref belongs to another heap")
+        return self.handles.addr.item(ref._handle)
+
+    def find(self, addr: int) -> int:
+        """Row of the object starting at ``addr``, or -1: one gather in the
+        address index (scalar numpy reads, ~10x cheaper than a searchsorted call)."""
+        ix, t = self.index, self.table
+        granule = (addr - ix.base) >> ix.shift
+        if not 0 <= granule < ix.map.size:
+            return -1
+        row = ix.map.item(granule)
+        return row if 0 <= row < t.n and t.start.item(row) == addr else -1
+
+    def _shape_of_row(self, row: int) -> tuple[int, int, int]:
+        """(nbytes, nrefs, payload offset) of the object in ``row``."""
+        t = self.table
+        nrefs = t.nrefs.item(row)
+        return t.nbytes.item(row), nrefs, self.model.payload_offset(nrefs)
+
+    def _locate(self, ref) -> tuple[int, tuple[int, int, int]]:
+        """(address, (nbytes, nrefs, payload offset)) of a Ref's object; the
+        shape is looked up (and the address checked) once per handle, then
+        cached in the handle table (heap.roots.HandleTable.shape)."""
+        addr = self.own(ref)
+        handles = self.handles
+        shape = handles.shape[ref._handle]
+        if shape is None:
+            row = self.find(addr)
+            if row < 0:
+                raise HeapCorrupted("roots", f"a handle holds 0x{addr:x}, which is no object start")
+            shape = handles.shape[ref._handle] = self._shape_of_row(row)
+        return addr, shape
+
+    def _slot_address(self, ref, slot) -> int:
+        if type(slot) is not int:
+            slot = as_index(slot, "slot")
+        addr, (_, nrefs, _) = self._locate(ref)
+        if not 0 <= slot < nrefs:
+            raise IndexError(f"slot {slot} out of range: the object has {nrefs} reference slots")
+        if self._slot_offset is not None:  # a scalar: one object's slot is arithmetic, not an array call
+            return addr + self._slot_offset(nrefs, slot)
+        return int(self.model.slot_addresses(np.array([addr]), np.array([nrefs]))[slot])
+
+    def _payload_range(self, ref, length, offset) -> int:
+        if type(length) is not int:
+            length = as_index(length, "length")
+        if type(offset) is not int:
+            offset = as_index(offset, "offset")
+        addr, (nbytes, _, payload) = self._locate(ref)
+        if offset < 0 or length < 0 or offset + length > nbytes:
+            raise ValueError(f"bytes [{offset}, {offset + length}) are outside the object's {nbytes}-byte payload")
+        return addr + payload + offset
+
+    # -- Ref operations ----------------------------------------------------------------------
+    def address(self, ref) -> int:
+        with self.lock:
+            self.ready()
+            return self.own(ref)
+
+    def info(self, ref) -> tuple[int, int, int]:
+        """(address, nbytes, nrefs)."""
+        with self.lock:
+            self.ready()
+            addr, (nbytes, nrefs, _) = self._locate(ref)
+            return addr, nbytes, nrefs
+
+    # The memory touch itself runs outside the heap lock, inside the gate: it may fault
+    # during a concurrent cycle, and other mutators go on meanwhile.
+    def _load(self, where: int, length: int) -> bytes:
+        """With the heap lock held and the gate entered: load, leave, check the heap is still sound."""
+        try:
+            data = self.kernel.load(where, length)
+        finally:
+            self.gate.leave()
+        self.health.check()  # a broken invariant found while this access waited: the bytes may not be the object's
+        return data
+
+    def _store(self, where: int, data) -> None:
+        try:
+            self.kernel.store(where, data)
+        finally:
+            self.gate.leave()
+        self.health.check()
+
+    def set_ref(self, ref, slot, target) -> None:
+        with self.lock:
+            self.ready()
+            where = self._slot_address(ref, slot)
+            value = 0 if target is None else self.own(target)
+            self.gate.enter()
+        self._store(where, value.to_bytes(8, _BYTEORDER))
+
+    def get_ref(self, ref, slot):
+        while True:
+            with self.lock:
+                self.ready()
+                where = self._slot_address(ref, slot)
+                epoch = self.pause.collections
+                self.gate.enter()
+            value = int.from_bytes(self._load(where, 8), _BYTEORDER)
+            if value == 0:
+                return None
+            with self.lock:
+                if self.closed:  # closed by another thread since the load
+                    raise HeapClosed("the heap is closed")
+                if self.pause.collections != epoch:
+                    continue  # a collection moved the target since the load: load again
+                row = self.find(value)
+                if row < 0:
+                    raise HeapCorrupted("reference targets", f"slot {slot} of 0x{self.own(ref):x} holds "
+                                        f"0x{value:x}, which is no object start")
+                return self.issue(value, self._shape_of_row(row))
+
+    def read(self, ref, length, offset) -> bytes:
+        with self.lock:
+            self.ready()
+            where = self._payload_range(ref, length, offset)
+            if not length:
+                return b""
+            self.gate.enter()
+        return self._load(where, length)
+
+    def write(self, ref, data, offset) -> None:
+        try:
+            data = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
+        with self.lock:
+            self.ready()
+            where = self._payload_range(ref, len(data), offset)
+            if not len(data):
+                return
+            self.gate.enter()
+        self._store(where, data)
+
+    # -- RefArray operations ------------------------------------------------------------------
+    def block(self, arr: RefArray) -> np.ndarray:
+        if arr._access is not self:
+            raise ValueError("this RefArray belongs to another heap")
+        with self.lock:
+            self.ready()
+            return self.handles.blocks[arr._key]
+
+    def block_ref(self, arr: RefArray, i) -> Ref:
+        i = as_index(i, "index")
+        with self.lock:
+            block = self.block(arr)
+            if not -block.size <= i < block.size:
+                raise IndexError(f"index {i} out of range for {block.size} objects")
+            return self.issue(int(block[i]))
+
+    def block_set_refs(self, arr: RefArray, slot, sources, targets: RefArray, target_index) -> None:
+        slot = as_index(slot, "slot")
+        with self.lock:
+            block = self.block(arr)
+            tblock = self.block(targets)
+            sources = np.asarray(sources, dtype=np.int64)
+            tidx = np.asarray(target_index, dtype=np.int64)
+            if sources.shape != tidx.shape:
+                raise ValueError("sources and target_index must have the same shape")
+            if sources.size == 0:
+                return
+            if sources.min() < 0 or sources.max() >= block.size or tidx.max() >= tblock.size or tidx.min() < -1:
+                raise IndexError("an index is out of range")
+            starts = block[sources]
+            nrefs = self.table.nrefs[rows_of(self.table.start, starts, "roots")]
+            if slot < 0 or (nrefs <= slot).any():
+                raise IndexError(f"slot {slot} out of range for some of the objects")
+            every = self.model.slot_addresses(starts, nrefs)
+            where = every[np.cumsum(nrefs) - nrefs + slot]
+            values = np.where(tidx >= 0, tblock[np.maximum(tidx, 0)], 0)
+            self.kernel.store_words(where.astype(np.uint64), values.astype(np.uint64))

@@ -1,0 +1,86 @@
+"""What each compactor does around the shared pause (heap.pause).
+
+* ``remap`` (stop-the-world): the pause with the arena registered first
+  (docs/design.md, "The pause"); in the from-space, where no mutator can see
+  it, slide the sparse pages' live objects down into the first sparse pages
+  and fix every reference slot; then the heap installs every to-space page
+  (``PageInstaller``: one UFFDIO_MOVE per contiguous run, all runs in one
+  batched call) before the pause ends.
+* ``concurrent``: in heap.concurrent (``concurrent_pause``).
+* ``copy``: mark; slide every live object down with one ordered batch of
+  memmoves; fix the slots; release the freed tail (inside the pause: it is
+  arena memory). Used when userfaultfd is unusable, and the baseline of
+  every benchmark.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .alloc import round_up
+from .install import PageInstaller, evacuate
+from .kernel import MADV_DONTNEED
+from .pause import Collection, Pause
+
+
+def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
+    """The stop-the-world remap compactor's pause up to the install: returns
+    the installer of the to-space pages. RemapRefused: nothing changed."""
+    k, spaces, model, stats = pause.kernel, pause.spaces, pause.model, col.stats
+    base, fs, ps = spaces.base, spaces.from_space, k.page_size
+
+    def fixup(plan, marking, old, new_by_row, ev):
+        try:
+            stats.bytes_copied += evacuate(k, plan, old["total"], fs)
+        except OSError:
+            spaces.unflip()
+            raise
+        rows = plan.live_rows
+        locations = fs + (old["start"][rows] - base)
+        locations[plan.evacuated] = fs + plan.evac_to
+        if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
+            end = int(locations[-1] + old["total"][rows[-1]])
+            k.store(end, bytes(round_up(end - fs, ps) + fs - end))
+        slots = model.slot_addresses(locations, old["nrefs"][rows])
+        values = pause.slot_values(plan, marking, old, new_by_row)
+        k.store_words(slots.view(np.uint64), values.view(np.uint64))
+        ev.update(slots=int(slots.size), evacuated_bytes=stats.bytes_copied)
+
+    # the roots are forwarded inside "fixup" too: the phase is everything between the flip and the install
+    plan, _ = pause.remap(col, register_first=True, prepare_phase="fixup", prepare=fixup, roots_phase="fixup")
+    return PageInstaller(k, spaces.uffd, plan, base, fs)
+
+
+def copy_collect(pause: Pause, col: Collection) -> None:
+    """The copying compactor, whole (it has no install after its pause)."""
+    k, a, model, stats, clock = pause.kernel, pause.alloc, pause.model, col.stats, col.clock
+    ps, base = a.page_size, a.base
+    old_top = a.top
+    old, marking = pause.mark(col)
+    plan, new_by_row = pause.plan_slide(old, marking, col)
+    rows = plan.live_rows
+    with clock.phase("install") as ev:
+        srcs = old["start"][rows]
+        moving = srcs != plan.new_starts
+        lengths = old["total"][rows][moving]
+        k.copy_ranges(plan.new_starts[moving].astype(np.uint64), srcs[moving].astype(np.uint64),
+                      lengths.astype(np.uint64))
+        stats.bytes_copied += int(lengths.sum())
+        ev.update(objects_moved=int(moving.sum()), bytes=int(lengths.sum()))
+    with clock.phase("fixup") as ev:
+        slots = model.slot_addresses(plan.new_starts, old["nrefs"][rows])
+        values = pause.slot_values(plan, marking, old, new_by_row)
+        k.store_words(slots.astype(np.uint64), values.astype(np.uint64))
+        pause.forward_and_commit(old, plan, new_by_row)
+        ev.update(slots=int(slots.size))
+    new_top = base + plan.end_pages * ps
+    with clock.phase("release") as ev:
+        if plan.last_object_end:
+            tail = round_up(plan.last_object_end - base, ps) + base - plan.last_object_end
+            k.store(plan.last_object_end, bytes(tail))
+        # with THP, the huge page under the old top may reach past it
+        unit = a.hpage_pages * ps if a.hpage_pages else ps
+        old_end = min(base + round_up(old_top - base, unit), a.end)
+        if old_end > new_top:
+            k.madvise(new_top, old_end - new_top, MADV_DONTNEED)
+        ev.update(released_bytes=max(old_end - new_top, 0))

@@ -1,0 +1,190 @@
+"""The pause every compactor shares, and the end of every collection.
+
+A collection (docs/design.md, "The pause") runs with the heap lock held and
+no mutator access in flight. Every compactor goes through the same steps,
+which live here once: read the **roots** (the handle table and the root
+scanners), **mark** from them, **plan** the new addresses (``plan_remap``
+for the compactors that move pages, ``plan_slide`` for the copying one),
+**forward** the roots to the new addresses, and **commit** the new layout to
+the side tables. ``remap`` is the whole pause of both page-moving compactors
+(stop-the-world and concurrent): mark, plan, flip, the compactor's own
+preparation, forward and commit. ``end`` closes every collection the same
+way: release the from-space if owed, total time, RSS after, the phase
+events, ``gc_done``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from .alloc import Allocator, ObjectTable
+from .events import get_logger
+from .mark import AddressIndex, Workspace, mark
+from .native import slot_values
+from .objects import ObjectModel
+from .plan import Plan, plan_remap, plan_slide
+from .roots import HandleTable
+from .spaces import Spaces
+from .stats import GCStats, PhaseClock
+
+log = get_logger("remapgc.heap")
+
+
+class Collection:
+    """One collection, from the start of its pause to its end: its stats and its phase clock."""
+
+    __slots__ = ("stats", "clock", "t0")
+
+    def __init__(self, stats: GCStats, compactor: str):
+        self.stats = stats
+        self.clock = PhaseClock(compactor)
+        self.t0 = time.perf_counter_ns()
+
+    def pause_over(self) -> None:
+        self.stats.pause_ns = time.perf_counter_ns() - self.t0
+
+
+class Pause:
+    """The heap's collection steps over its parts (which the heap owns and
+    passes in): roots, mark, plan, forward, commit; and the record of past
+    collections (``collections``, ``last_phase_ns``, ``last_events``)."""
+
+    def __init__(self, kernel, model: ObjectModel, spaces: Spaces, alloc: Allocator, table: ObjectTable,
+                 index: AddressIndex, work: Workspace, handles: HandleTable, scanners: list, dense: float):
+        self.kernel = kernel
+        self.model = model
+        self.spaces = spaces
+        self.alloc = alloc
+        self.table = table
+        self.index = index
+        self.work = work
+        self.handles = handles
+        self.scanners = scanners  # the heap's list: scanners added later take part
+        self.dense = dense
+        self.collections = 0  # collections whose pause is over (an epoch: addresses may have changed)
+        self.last_phase_ns: dict[str, int] = {}
+        self.last_events: list[dict] = []
+
+    # -- the steps -------------------------------------------------------------------------
+    def roots(self) -> np.ndarray:
+        parts = [self.handles.roots()]
+        parts.extend(np.asarray(s.scan_roots(), dtype=np.int64) for s in self.scanners)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def mark(self, col: Collection):
+        """Mark from the roots: (the old side-table columns, the marking).
+        The columns are views, valid until ``commit`` rewrites them."""
+        t, stats = self.table, col.stats
+        old = {c: t.column(c) for c in ObjectTable.COLUMNS}
+        with col.clock.phase("mark") as ev:
+            marking = mark(self.kernel, self.model, self.index, self.work, old["start"], old["nrefs"],
+                           old["slot"], self.roots())
+            live = marking.live
+            stats.live_objects = int(live.sum())
+            stats.live_bytes = int(old["total"][live].sum())
+            stats.freed_objects = t.n - stats.live_objects
+            ev.update(objects=t.n, live=stats.live_objects, levels=marking.levels, slots=marking.slots_read)
+        return old, marking
+
+    def plan_remap(self, old, marking, col: Collection) -> tuple[Plan, np.ndarray]:
+        """The plan of the compactors that move pages, and every old row's new address."""
+        a = self.alloc
+        with col.clock.phase("plan") as ev:
+            plan = plan_remap(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages,
+                              a.used_pages, self.dense)
+            ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
+                      evacuated=int(plan.evacuated.sum()))
+        return plan, self._new_by_row(old, plan)
+
+    def plan_slide(self, old, marking, col: Collection) -> tuple[Plan, np.ndarray]:
+        """The copying compactor's plan (every live object slid down), and every old row's new address."""
+        a = self.alloc
+        with col.clock.phase("plan") as ev:
+            plan = plan_slide(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages)
+            ev.update(pages=plan.end_pages)
+        return plan, self._new_by_row(old, plan)
+
+    @staticmethod
+    def _new_by_row(old, plan: Plan) -> np.ndarray:
+        new_by_row = np.zeros(old["start"].size, dtype=np.int64)
+        new_by_row[plan.live_rows] = plan.new_starts
+        return new_by_row
+
+    @staticmethod
+    def slot_values(plan: Plan, marking, old, new_by_row) -> np.ndarray:
+        """The new value of every slot of every live object (new order, object-major)."""
+        return slot_values(plan.live_rows, old["nrefs"], marking.slot_base, marking.slot_target, new_by_row)
+
+    def forward(self, old_starts: np.ndarray, new_by_row: np.ndarray) -> None:
+        """Rewrite every root (handles, root scanners) to its object's new address."""
+        index = self.index
+
+        def forward(addrs):
+            addrs = np.asarray(addrs, dtype=np.int64)
+            out = np.zeros(addrs.shape, dtype=np.int64)
+            held = addrs != 0
+            out[held] = new_by_row[index.rows(old_starts, addrs[held], "root")]
+            return out
+
+        self.handles.forward(forward)
+        for scanner in self.scanners:
+            scanner.update_roots(forward)
+
+    def commit(self, old, plan: Plan) -> None:
+        """The new layout becomes the heap's; ``old`` is stale afterwards."""
+        rows = plan.live_rows
+        nbytes, nrefs, totals = old["nbytes"][rows], old["nrefs"][rows], old["total"][rows]  # copies first
+        self.table.replace(plan.new_starts, nbytes, nrefs, totals)
+        self.index.add_many(plan.new_starts, 0)
+        a = self.alloc
+        self.alloc.reset(plan.new_starts, totals, a.base + plan.end_pages * a.page_size, plan.last_object_end)
+
+    def forward_and_commit(self, old, plan: Plan, new_by_row: np.ndarray) -> None:
+        self.forward(old["start"], new_by_row)
+        self.commit(old, plan)
+        self.collections += 1
+
+    # -- the pause of the page-moving compactors ---------------------------------------------
+    def remap(self, col: Collection, *, register_first: bool, prepare_phase: str,
+              prepare: Callable, roots_phase: str = "roots"):
+        """Mark, plan, flip the arena to the from-space, ``prepare(plan,
+        marking, old, new_by_row, ev)`` (the compactor's own step, timed as
+        ``prepare_phase``; it undoes the flip itself if it fails before
+        changing anything), then forward the roots and commit the tables.
+        Returns (plan, what ``prepare`` returned). RemapRefused (from the
+        flip): nothing was changed."""
+        old, marking = self.mark(col)
+        plan, new_by_row = self.plan_remap(old, marking, col)
+        with col.clock.phase("flip") as ev:
+            self.spaces.flip(register_first=register_first)
+            ev.update(bytes=self.alloc.used_pages * self.alloc.page_size)
+        with col.clock.phase(prepare_phase) as ev:
+            prepared = prepare(plan, marking, old, new_by_row, ev)
+        with col.clock.phase(roots_phase):
+            self.forward_and_commit(old, plan, new_by_row)
+        return plan, prepared
+
+    # -- inspection and the end of a collection ------------------------------------------------
+    def rss(self, *, from_space_too: bool = False) -> int:
+        """Resident bytes of the heap's mappings (see ``Spaces.rss``)."""
+        a = self.alloc
+        return self.spaces.rss(a.top, a.hpage_pages * a.page_size if a.hpage_pages else a.page_size,
+                               from_space_too=from_space_too)
+
+    def end(self, col: Collection, release: object | None) -> None:
+        """Close a collection once its pause is over and every page is in:
+        pay the from-space release it owes (``release``: its token, or None),
+        then its total time, RSS after, phase record and ``gc_done``."""
+        stats, clock = col.stats, col.clock
+        if release is not None:
+            with clock.phase("release") as ev:
+                ev.update(self.spaces.release_owed(release) or {})
+        stats.total_ns = time.perf_counter_ns() - col.t0
+        stats.rss_after = self.rss()
+        self.last_phase_ns = dict(clock.ns)
+        self.last_events = list(clock.events)
+        if log.enabled():
+            log.debug("gc_done", compactor=clock.compactor, **stats.as_dict())
