@@ -57,13 +57,7 @@ def set_enabled(on: bool) -> bool:
 
 def quiesce(heap) -> None:
     """With the heap lock held: no cycle running, nothing pending, nothing in flight."""
-    from .concurrent import settle_cycle
-
-    if heap._closed:
-        return
-    heap._ready()  # installs what an aborted stop-the-world install left pending
-    settle_cycle(heap)
-    heap._settle_release()
+    heap.quiesce()
 
 
 def _before() -> None:
@@ -72,7 +66,7 @@ def _before() -> None:
     with _registry_lock:
         heaps = sorted(_heaps, key=id)  # one global order: two forking threads cannot deadlock
     for heap in heaps:
-        heap._lock.acquire()
+        heap.lock.acquire()
         _held.append(heap)
         try:
             quiesce(heap)
@@ -85,7 +79,7 @@ def _release_all() -> list:
     _held.clear()
     for heap in reversed(heaps):
         try:
-            heap._lock.release()
+            heap.lock.release()
         except RuntimeError:
             pass
     return heaps
@@ -103,33 +97,11 @@ def _after_in_child() -> None:
     heaps = _release_all()
     kernels = set()
     for heap in heaps:
-        k = heap._kernel
+        k = heap.kernel
         if id(k) not in kernels:
             kernels.add(id(k))
             k.after_fork_in_child()
-        if heap._closed or heap._uffd is None or not k.reopen_uffd_after_fork:
-            continue  # e.g. the simulator: its state is copied with the process, the child's copy is its own
-        _own_userfaultfd(heap)
-
-
-def _own_userfaultfd(heap) -> None:
-    from .kernel import UFFD_FEATURE_MOVE
-
-    inherited, heap._uffd = heap._uffd, None
-    try:
-        inherited.close()  # the child's copy of the descriptor; the parent keeps its own
-    except OSError:
-        pass
-    try:
-        uffd = heap._kernel.userfaultfd(UFFD_FEATURE_MOVE)
-        if not uffd.features & UFFD_FEATURE_MOVE:
-            uffd.close()
-            raise OSError("no UFFD_FEATURE_MOVE")
-    except Exception as exc:
-        heap._compactor = "copy"
-        log.warning("compactor_fallback", compactor="copy", reason=f"after fork: {exc}")
-        return
-    heap._uffd = uffd
+        heap.after_fork_in_child()  # a userfaultfd of the child's own, where the kernel needs one
 
 
 os.register_at_fork(before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child)
