@@ -250,15 +250,14 @@ class Heap:
             self._settle_cycle()
             self._spaces.settle_release()
 
-    def _settle_release(self) -> None:  # heap.forksafety's name for part of quiesce()
-        self._spaces.settle_release()
-
     def after_fork_in_child(self) -> None:
-        """In a forked child: the inherited userfaultfd acts on the parent's
-        address space; open one of the child's own, or fall back to copying."""
-        if self._closed or self._spaces.uffd is None:
+        """In a forked child (heap.forksafety): on a kernel whose userfaultfd is
+        a descriptor (``reopen_uffd_after_fork``), the inherited one acts on the
+        parent's address space; open one of the child's own, or fall back to
+        copying. (The simulator's state is copied with the process: nothing to do.)"""
+        if self._closed or self._spaces.uffd is None or not self._kernel.reopen_uffd_after_fork:
             return
-        self._spaces.drop_uffd()
+        self._spaces.drop_uffd()  # the child's copy of the descriptor; the parent keeps its own
         try:
             self._spaces.open_uffd()
         except Exception as exc:
