@@ -53,7 +53,11 @@ LIBRARY = """
 (define (fib n) (if (< n 2) n (+ (fib (- n 1)) (fib (- n 2)))))
 (define (tree depth) (if (= depth 0) 'leaf (cons (tree (- depth 1)) (tree (- depth 1)))))
 (define (leaves t) (if (pair? t) (+ (leaves (car t)) (leaves (cdr t))) 1))
-(define (label n) (string-append "round-" (number->string n)))
+(define (label n)
+  (let ((port (open-output-port)))
+    (write-port port "round-")
+    (write-port port n)
+    (port-contents port)))
 (define (round i n)
   (let ((xs (reverse (range 0 n))))
     (list (label i)
@@ -64,7 +68,10 @@ LIBRARY = """
 (define results '())
 """
 
-ROUND = "(define results (cons (round {i} {length}) results))"
+ROUND = """
+(define results (cons (round {i} {length}) results))
+(define last-tag (string->symbol (label {i})))
+"""
 
 SUMMARY = """
 (list (length results)
@@ -129,7 +136,9 @@ def run(ctx: DemoContext) -> DemoReport:
         elapsed = time.perf_counter_ns() - started
         collections = total_collections(heap, log)
         final = heap.collect()
+        lisp.close_dead_ports()
         report.check_raises_nothing("heap.verify() after the program", heap.verify)
+        embedding = embedding_checks(report, lisp, size)
 
     expected = expected_answer(size)
     report.check("the program printed the known answer", answer == expected, answer)
@@ -158,6 +167,7 @@ def run(ctx: DemoContext) -> DemoReport:
         "explicit_pause_ns_max": max(pauses, default=0),
         "explicit_pause_ns_mean": sum(pauses) // len(pauses) if pauses else 0,
         "elapsed_ns": elapsed,
+        **embedding,
     }
     report.tables.append(summary_table(report.metrics))
     if ctx.plot is not None:
@@ -168,6 +178,23 @@ def run(ctx: DemoContext) -> DemoReport:
                             f"runs\n{collections['total']} collections, answer {answer}")
         report.plot = str(ctx.plot)
     return report
+
+
+def embedding_checks(report: DemoReport, lisp: Interpreter, size: LispSize) -> dict:
+    """What the runtime gets from the heap besides memory (docs/embedding.md), checked after the
+    final collection: ports closed by finalization, a weak symbol table."""
+    report.check("every port was closed by finalization, once",
+                 lisp.ports_opened > 0 and lisp.ports_closed == lisp.ports_opened and not lisp.ports,
+                 f"{lisp.ports_opened} opened, {lisp.ports_closed} closed after their port died")
+    interned = len(lisp.symbols)
+    left = lisp.prune_symbols()
+    last = f"round-{size.rounds}"
+    again = lisp.run(f'(eq? last-tag (string->symbol "{last}"))')
+    report.check("the weak symbol table let unused symbols go and kept the used one",
+                 "round-1" not in lisp.symbols and last in lisp.symbols and again is not None,
+                 f"{interned} names before pruning, {left} after; {last!r} still interned and eq?")
+    return {"ports_opened": lisp.ports_opened, "ports_closed_by_finalization": lisp.ports_closed,
+            "symbols_interned_at_end": interned, "symbols_alive_at_end": left}
 
 
 def run_program(ctx: DemoContext, lisp: Interpreter, size: LispSize) -> str:

@@ -8,8 +8,15 @@ which are the heap's roots:
 * the environment of each call in progress (a FRAME object, its parent chain
   reached through reference slots) and the argument lists being built — the
   Python locals of the closures below, i.e. the interpreter's stack;
-* the global table (one TABLE object) and the symbol table;
+* the global table (one TABLE object);
 * the constants of the compiled code (quoted data, numeric literals).
+
+The symbol table holds its symbols *weakly* (``heap.weak``): a symbol lives
+as long as something in the program or its code reaches it, and interning
+the same name again while it lives gives the same object (``eq?``). Ports
+(``open-output-port``) stand for resources outside the heap; each is
+registered for finalization and its resource is closed once a collection
+found the port dead.
 
 Calls in tail position return a ``TailCall`` to the caller's ``apply`` loop,
 so loops written as tail recursion run in constant Python stack.
@@ -22,6 +29,7 @@ Supported: numbers, strings, symbols, ``quote``, ``if``, ``cond``, ``and``,
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -29,6 +37,7 @@ from typing import Callable
 from demos.lisp.layout import LispMemory, Tag
 from demos.lisp.printer import to_text
 from demos.lisp.reader import String, Symbol, Syntax, read_all
+from heap import weak
 
 Value = object  # a heap Ref, or None for the empty list
 Compiled = Callable[[Value], Value]  # env -> value (or TailCall in tail position)
@@ -140,6 +149,10 @@ BUILTINS: tuple[Builtin, ...] = (
         len(_text_of(lisp, s, Tag.STRING, "string-length"))), 1),
     Builtin("number->string", lambda lisp, n: lisp.memory.string(str(_numbers(lisp, "number->string", (n,))[0])), 1),
     Builtin("symbol->string", lambda lisp, s: lisp.memory.string(_text_of(lisp, s, Tag.SYMBOL, "symbol->string")), 1),
+    Builtin("string->symbol", lambda lisp, s: lisp.intern(_text_of(lisp, s, Tag.STRING, "string->symbol")), 1),
+    Builtin("open-output-port", lambda lisp: lisp.open_port(), 0),
+    Builtin("write-port", lambda lisp, p, v: lisp.write_port(p, v), 2),
+    Builtin("port-contents", lambda lisp, p: lisp.memory.string(lisp.port_buffer(p).getvalue()), 1),
     Builtin("gc", lambda lisp: lisp.collect(), 0),
 )
 
@@ -167,7 +180,11 @@ class Interpreter:
         self.memory = memory or LispMemory(heap)
         self.on_collect = on_collect
         self.codes: list[Code] = []
-        self.symbols: dict[str, Value] = {}  # the symbol table: interned symbols are roots
+        self.symbols: dict[str, weak.WeakRef] = {}  # the symbol table: weak, a symbol lives while it is used
+        self._symbols_pruned_at = 0
+        self.ports: dict[int, io.StringIO] = {}  # open ports' resources, by port number
+        self.ports_opened = 0
+        self.ports_closed = 0  # by finalization
         self.global_index: dict[str, int] = {}
         self.defined: list[bool] = []
         self.globals = self.memory.table(self.GLOBALS_CAPACITY)  # a root: every global is reached from it
@@ -177,10 +194,49 @@ class Interpreter:
 
     # -- values ---------------------------------------------------------------------------
     def intern(self, name: str) -> Value:
-        symbol = self.symbols.get(name)
+        held = self.symbols.get(name)
+        symbol = held.get() if held is not None else None
         if symbol is None:
-            symbol = self.symbols[name] = self.memory.symbol(name)
+            symbol = self.memory.symbol(name)
+            self.symbols[name] = weak.weakref(self.heap, symbol)
+            if len(self.symbols) > 2 * self._symbols_pruned_at + 64:
+                self.prune_symbols()
         return symbol
+
+    def prune_symbols(self) -> int:
+        """Forget the names whose symbols died; how many are left."""
+        for name in [n for n, w in self.symbols.items() if not w.alive]:
+            del self.symbols[name]
+        self._symbols_pruned_at = len(self.symbols)
+        return len(self.symbols)
+
+    # -- ports: resources outside the heap, closed by finalization ---------------------------
+    def open_port(self) -> Value:
+        self.close_dead_ports()
+        number = self.ports_opened
+        self.ports_opened += 1
+        port = self.memory.port(number)
+        self.ports[number] = io.StringIO()
+        weak.finalize(self.heap, port, number)  # the token is the number, never the port itself
+        return port
+
+    def port_buffer(self, port: Value) -> io.StringIO:
+        if self.memory.tag(port) is not Tag.PORT:
+            raise LispError(f"not a port: {self.show(port)}")
+        return self.ports[self.memory.tag_and_word(port)[1]]
+
+    def write_port(self, port: Value, value: Value) -> Value:
+        buffer = self.port_buffer(port)
+        buffer.write(self.memory.text(value) if self.memory.tag(value) is Tag.STRING else self.show(value))
+        return port
+
+    def close_dead_ports(self) -> int:
+        """Close the resources of the ports collections found dead; how many."""
+        numbers = weak.finalized(self.heap)
+        for number in numbers:
+            self.ports.pop(number).close()
+        self.ports_closed += len(numbers)
+        return len(numbers)
 
     def boolean(self, holds: bool) -> Value:
         return self.true if holds else None
@@ -190,6 +246,7 @@ class Interpreter:
 
     def collect(self) -> Value:
         stats = self.heap.collect()
+        self.close_dead_ports()
         if self.on_collect is not None:
             self.on_collect(stats)
         return None

@@ -15,6 +15,12 @@ fetches the tag and, for closures and builtins, the code number too.
     BUILTIN   tag, 3 pad, u32 builtin number           —
     FRAME     tag                                      parent frame, then one per variable
     TABLE     tag                                      one per entry (the globals)
+    PORT      tag, 3 pad, u32 port number              —
+
+A PORT stands for a resource outside the heap (an output buffer in Python,
+as a file descriptor would be): the interpreter registers it for
+finalization, and closes the resource once a collection found the PORT dead
+(``Heap.finalize`` / ``Heap.finalized``, docs/embedding.md).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class Tag(IntEnum):
     BUILTIN = 6
     FRAME = 7
     TABLE = 8
+    PORT = 9
 
 
 WORD = struct.Struct("<BxxxI")  # tag, u32
@@ -108,6 +115,9 @@ class LispMemory:
 
     def table(self, capacity: int):
         return self._new(Tag.TABLE, HEADER_BYTES, nrefs=capacity)
+
+    def port(self, number: int):
+        return self._new(Tag.PORT, HEADER_BYTES, word=number)
 
     # -- readers ----------------------------------------------------------------
     @staticmethod
