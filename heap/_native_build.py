@@ -36,6 +36,7 @@ int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, in
 int64_t rgc_claim_range(int8_t *state, int64_t lo, int64_t hi, uint8_t *mine);
 int64_t rgc_claim_page(int8_t *state, int64_t page);
 int64_t rgc_program_layout(int64_t *out, int64_t max);
+const char *rgc_program_field_names(void);
 """
 
 

@@ -240,27 +240,27 @@ PROGRAM_ARRAYS = {
 }
 
 
-def program_layout() -> list[tuple[str, int]]:
-    """What a compiled module built from remapgc_program.h must report, labelled:
+def program_layout() -> dict[str, int]:
+    """What a compiled module built from remapgc_program.h must report, by label:
     the version, sizeof(struct rgc_program), each field's offset, the page states."""
     fields = list(PROGRAM_SCALARS) + [name for group in PROGRAM_ARRAYS.values() for name, _ in group]
-    return ([("PROGRAM_LAYOUT_VERSION", PROGRAM_LAYOUT_VERSION), ("sizeof(struct rgc_program)", 8 * len(fields))]
-            + [(f"offsetof(struct rgc_program, {name})", 8 * i) for i, name in enumerate(fields)]
-            + list(PAGE_STATES))
+    return {"PROGRAM_LAYOUT_VERSION": PROGRAM_LAYOUT_VERSION, "sizeof(struct rgc_program)": 8 * len(fields),
+            **{f"offsetof(struct rgc_program, {name})": 8 * i for i, name in enumerate(fields)}, **dict(PAGE_STATES)}
 
 
-def check_program_layout(compiled: list[int], module: str) -> None:
-    """Raise ImportError naming the first value in which ``module`` (built from
-    remapgc_program.h, reporting ``compiled``) disagrees with this declaration."""
-    expected = program_layout()
-    for (label, want), got in zip(expected, compiled):
-        if got != want:
+def check_program_layout(values: list[int], field_names: str, module: str) -> None:
+    """Raise ImportError naming the first value in which ``module`` disagrees with this
+    declaration. ``values`` and ``field_names``: what its rgc_program_layout and
+    rgc_program_field_names (remapgc_program.h) report."""
+    labels = (["PROGRAM_LAYOUT_VERSION", "sizeof(struct rgc_program)"]
+              + [f"offsetof(struct rgc_program, {name})" for name in field_names.split()] + [n for n, _ in PAGE_STATES])
+    compiled, expected = dict(zip(labels, values)), program_layout()
+    for label in {**expected, **compiled}:
+        there, here = compiled.get(label, "missing"), expected.get(label, "missing")
+        if there != here:
             raise ImportError(f"{module} was built with another install-program layout than heap.kernel declares: "
-                              f"{label} is {got} there, {want} here (rebuild with pip install, or update "
+                              f"{label} is {there} there, {here} here (rebuild with pip install, or update "
                               f"heap/kernel.py and heap/csrc/remapgc_program.h together)")
-    if len(compiled) != len(expected):
-        raise ImportError(f"{module} reports {len(compiled)} install-program layout values where heap.kernel "
-                          f"declares {len(expected)}: a field was added or removed on one side only")
 
 
 # --- the accelerator protocol: what a backend may do natively ----------------------

@@ -42,6 +42,7 @@ struct rgc_fault_server {
 
 CDEF = r"""
 int64_t rgc_program_layout(int64_t *out, int64_t max);
+const char *rgc_program_field_names(void);
 int64_t rgc_guard_install(void);
 
 int64_t rgc_mmap(uint64_t addr, uint64_t length, int prot, int flags);

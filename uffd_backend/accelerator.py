@@ -35,15 +35,15 @@ MAP_ANONYMOUS = 0x20
 _CTYPES = {"int64": "int64_t", "uint64": "uint64_t", "uint8": "uint8_t"}
 
 
-def compiled_program_layout() -> list[int]:
-    """What ``uffd_backend._native`` was built with (rgc_program_layout in remapgc_program.h)."""
-    out = ffi.new("int64_t[]", 2 * len(program_layout()) + 8)
+def compiled_program_layout() -> tuple[list[int], str]:
+    """What ``uffd_backend._native`` was built with (remapgc_program.h's stamp): values and field names."""
+    out = ffi.new("int64_t[]", 2 * len(program_layout()))
     n = lib.rgc_program_layout(out, len(out))
-    return list(out[0:n])
+    return list(out[0:n]), ffi.string(lib.rgc_program_field_names()).decode()
 
 
 def check_layout() -> None:
-    check_program_layout(compiled_program_layout(), "uffd_backend._native")
+    check_program_layout(*compiled_program_layout(), "uffd_backend._native")
 
 
 check_layout()

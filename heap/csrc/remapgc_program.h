@@ -36,39 +36,39 @@ struct rgc_program {
 };
 /* cffi:end */
 
-/* The layout this module was built with, in heap.kernel.program_layout()'s
-   order: version, size, every field's offset, the page states. Returns the
-   count written (at most max). */
+/* Every field of struct rgc_program, for the stamp below. */
+#define RGC_PROGRAM_FIELDS(X) X(npages) X(npieces) X(nslots) X(nsegs) X(arena) X(from_space) X(page_size) \
+    X(piece_dst) X(piece_src) X(piece_rebuilt) X(slot_page) X(slot_off) X(slot_val) \
+    X(seg_page) X(seg_off) X(seg_src) X(seg_len)
+
+/* The layout this module was built with, for heap.kernel.check_program_layout:
+   the version, the struct's size, each field's offset (in the order
+   rgc_program_field_names gives), the page states. Returns the count
+   written (at most max). */
 static inline int64_t rgc_program_layout(int64_t *out, int64_t max)
 {
+#define RGC_OFFSET(field) (int64_t)offsetof(struct rgc_program, field),
     const int64_t stamp[] = {
         RGC_PROGRAM_LAYOUT_VERSION,
         (int64_t)sizeof(struct rgc_program),
-        (int64_t)offsetof(struct rgc_program, npages),
-        (int64_t)offsetof(struct rgc_program, npieces),
-        (int64_t)offsetof(struct rgc_program, nslots),
-        (int64_t)offsetof(struct rgc_program, nsegs),
-        (int64_t)offsetof(struct rgc_program, arena),
-        (int64_t)offsetof(struct rgc_program, from_space),
-        (int64_t)offsetof(struct rgc_program, page_size),
-        (int64_t)offsetof(struct rgc_program, piece_dst),
-        (int64_t)offsetof(struct rgc_program, piece_src),
-        (int64_t)offsetof(struct rgc_program, piece_rebuilt),
-        (int64_t)offsetof(struct rgc_program, slot_page),
-        (int64_t)offsetof(struct rgc_program, slot_off),
-        (int64_t)offsetof(struct rgc_program, slot_val),
-        (int64_t)offsetof(struct rgc_program, seg_page),
-        (int64_t)offsetof(struct rgc_program, seg_off),
-        (int64_t)offsetof(struct rgc_program, seg_src),
-        (int64_t)offsetof(struct rgc_program, seg_len),
+        RGC_PROGRAM_FIELDS(RGC_OFFSET)
         RGC_PAGE_UNPROCESSED,
         RGC_PAGE_PROCESSING,
         RGC_PAGE_INSTALLED,
     };
+#undef RGC_OFFSET
     int64_t n = (int64_t)(sizeof stamp / sizeof stamp[0]);
     if (n > max) n = max;
     for (int64_t i = 0; i < n; i++) out[i] = stamp[i];
     return n;
+}
+
+/* The fields whose offsets rgc_program_layout gives, space-separated, in its order. */
+static inline const char *rgc_program_field_names(void)
+{
+#define RGC_NAME(field) #field " "
+    return RGC_PROGRAM_FIELDS(RGC_NAME);
+#undef RGC_NAME
 }
 
 #endif
