@@ -56,7 +56,7 @@ from heap.kernel import (
     UffdError,
 )
 
-from . import owned
+from . import kernel_args, owned
 from ._native import ffi, lib
 from .accelerator import LinuxAccelerator
 
@@ -190,7 +190,8 @@ class LinuxUffd(UffdBase):
 
     def register(self, addr: int, length: int, mode: int = UFFDIO_REGISTER_MODE_MISSING) -> int:
         addr, length, mode = _u64(addr, "addr"), _u64(length, "length"), _u64(mode, "mode")
-        owned.check("UFFDIO_REGISTER", addr, length)  # a registered interpreter page would hang us
+        if not kernel_args.uffdio_register(addr, length, mode):  # else the kernel refuses the arguments themselves
+            owned.check("UFFDIO_REGISTER", addr, length)  # a registered interpreter page would hang us
         out = self._cell("uint64_t")
         _check(lib.rgc_uffd_register(self._fd(), addr, length, mode, out),
                "UFFDIO_REGISTER {:#x}+{:#x}", addr, length)
@@ -223,7 +224,7 @@ class LinuxUffd(UffdBase):
                 and 0 <= dst <= U64_MAX and 0 <= src <= U64_MAX and 0 <= length <= U64_MAX and 0 <= mode <= U64_MAX):
             dst, src = _u64(dst, "dst"), _u64(src, "src")
             length, mode = _u64(length, "length"), _u64(mode, "mode")
-        if not owned.covers(src, length):
+        if not owned.covers(src, length) and not kernel_args.uffdio_move(dst, src, length, mode):
             owned.check("UFFDIO_MOVE", src, length)  # moving the interpreter's pages away would crash it
         out = self._cell("int64_t")
         ret = lib.rgc_uffd_move(self._fd(), dst, src, length, mode, out)
@@ -245,8 +246,10 @@ class LinuxUffd(UffdBase):
         for i in range(0, dsts.size, 4096):  # the ownership check, in slices of ranges
             lo, hi = int(srcs[i:i + 4096].min()), int((srcs[i:i + 4096] + lengths[i:i + 4096]).max())
             if not owned.covers(lo, hi - lo):
-                for s, n in zip(srcs[i:i + 4096].tolist(), lengths[i:i + 4096].tolist()):
-                    owned.check("UFFDIO_MOVE", s, n)
+                for d, s, n in zip(dsts[i:i + 4096].tolist(), srcs[i:i + 4096].tolist(),
+                                   lengths[i:i + 4096].tolist()):
+                    if not kernel_args.uffdio_move(d, s, n, mode):
+                        owned.check("UFFDIO_MOVE", s, n)
         done, moved = ffi.new("uint64_t *"), ffi.new("int64_t *")
         as_ptr = lambda arr: ffi.from_buffer("uint64_t[]", arr)  # noqa: E731
         ret = lib.rgc_uffd_move_ranges(self._fd(), as_ptr(dsts), as_ptr(srcs), as_ptr(lengths), dsts.size, mode,
@@ -520,18 +523,21 @@ class LinuxKernel(KernelBase):
     def munmap(self, addr: int, length: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
         with owned.changing:  # unmapped and forgotten in one step (owned.py)
-            owned.check("munmap", addr, length)
+            if not kernel_args.munmap(addr, length):
+                owned.check("munmap", addr, length)
             _check(lib.rgc_munmap(addr, length), "munmap {:#x}+{:#x}", addr, length)
             owned.remove(addr, length)
 
     def mremap(self, old_addr: int, length: int, new_addr: int, *, dontunmap: bool = False) -> int:
         old_addr, length, new_addr = _u64(old_addr, "old_addr"), _u64(length, "length"), _u64(new_addr, "new_addr")
         flags = MREMAP_MAYMOVE | MREMAP_FIXED | (MREMAP_DONTUNMAP if dontunmap else 0)
+        refused = kernel_args.mremap(old_addr, length, new_addr, flags)  # by the kernel, from the arguments alone
         with owned.changing:  # moved and recorded in one step (owned.py)
-            owned.check("mremap", old_addr, length)
-            owned.check("mremap (target)", new_addr, length)  # MREMAP_FIXED unmaps whatever is there
+            if not refused:
+                owned.check("mremap", old_addr, length)
+                owned.check("mremap (target)", new_addr, length)  # MREMAP_FIXED unmaps whatever is there
             ret = lib.rgc_mremap(old_addr, length, length, flags, new_addr)
-            if ret < 0:
+            if ret < 0 and not refused:
                 # Since 6.17 a move spanning several VMAs can fail (EFAULT) after
                 # moving the first ones: what now lies at the target is ours.
                 owned.add(new_addr, length)
@@ -543,13 +549,20 @@ class LinuxKernel(KernelBase):
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         addr, length, prot = _u64(addr, "addr"), _u64(length, "length"), _int32(prot, "prot")
-        owned.check("mprotect", addr, length)
+        if not kernel_args.mprotect(addr, length, prot):
+            owned.check("mprotect", addr, length)
         _check(lib.rgc_mprotect(addr, length, prot), "mprotect {:#x}+{:#x} {:#x}", addr, length, prot)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
         addr, length, advice = _u64(addr, "addr"), _u64(length, "length"), _int32(advice, "advice")
-        owned.check("madvise", addr, length)
+        if not owned.covers(addr, length) and not kernel_args.madvise(addr, length, self._advice_known(advice)):
+            owned.check("madvise", addr, length)
         _check(lib.rgc_madvise(addr, length, advice), "madvise {:#x}+{:#x} {}", addr, length, advice)
+
+    @staticmethod
+    def _advice_known(advice: int) -> bool:
+        """Whether this kernel knows ``advice``: an empty madvise checks the advice and touches nothing."""
+        return lib.rgc_madvise(0, 0, advice) == 0
 
     def mlock(self, addr: int, length: int, *, onfault: bool = False) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")

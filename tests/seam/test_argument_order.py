@@ -1,0 +1,157 @@
+"""The Linux backend checks a call's arguments in the kernel's order, with the
+kernel's errno (issue 15): alignment, zero and wrapping lengths, ranges past
+the address space and unknown flags are answered from the arguments alone,
+before the backend's own refusal to touch memory remapgc did not map (EPERM,
+uffd_backend/owned.py) -- as the kernel itself answers them before it looks
+at any mapping.
+
+Each case is run on both backends and, in a child process with plain
+syscalls, on the raw kernel (tests/seam/raw_kernel.py); all three must give
+the errno in the table. "foreign" is a page of the interpreter's own memory
+(on the simulator: an address nothing is mapped at); the table holds only
+calls the kernel refuses or ignores without touching it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heap.kernel import MADV_DONTNEED, UFFDIO_REGISTER_MODE_MISSING, UffdError
+from tests.backends import make_kernel, skip_linux_if_unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+PS = 4096
+WRAP = 1 << 64  # a length of WRAP - x wraps past 2**64 from any start above x
+PAST = 1 << 48  # longer than the x86-64 user address space
+MISSING = UFFDIO_REGISTER_MODE_MISSING
+OWN, FOREIGN, ABS = "own", "foreign", ""
+
+# id, call, arguments as (base, offset) -- addresses are base + offset --, errno (0: success, nothing done)
+CASES = [
+    ("munmap_length_wraps", "munmap", [(OWN, 0), (ABS, WRAP - PS)], errno.EINVAL),
+    ("munmap_foreign_length_wraps", "munmap", [(FOREIGN, 0), (ABS, WRAP - PS)], errno.EINVAL),
+    ("munmap_foreign_zero_length", "munmap", [(FOREIGN, 0), (ABS, 0)], errno.EINVAL),
+    ("munmap_foreign_past_task_size", "munmap", [(FOREIGN, 0), (ABS, PAST)], errno.EINVAL),
+    ("munmap_foreign_unaligned", "munmap", [(FOREIGN, 1), (ABS, PS)], errno.EINVAL),
+    ("mprotect_length_wraps", "mprotect", [(OWN, 0), (ABS, WRAP - PS), (ABS, 3)], errno.ENOMEM),
+    ("mprotect_foreign_length_wraps", "mprotect", [(FOREIGN, 0), (ABS, WRAP - PS), (ABS, 3)], errno.ENOMEM),
+    ("mprotect_foreign_zero_length", "mprotect", [(FOREIGN, 0), (ABS, 0), (ABS, 0)], 0),
+    ("mprotect_foreign_unknown_prot", "mprotect", [(FOREIGN, 0), (ABS, PS), (ABS, 0x10)], errno.EINVAL),
+    ("madvise_length_wraps", "madvise", [(OWN, 0), (ABS, WRAP - PS), (ABS, MADV_DONTNEED)], errno.EINVAL),
+    ("madvise_foreign_length_wraps_when_aligned", "madvise", [(FOREIGN, 0), (ABS, WRAP - 1), (ABS, MADV_DONTNEED)],
+     errno.EINVAL),
+    ("madvise_foreign_unknown_advice", "madvise", [(FOREIGN, 0), (ABS, PS), (ABS, 9999)], errno.EINVAL),
+    ("madvise_foreign_zero_length", "madvise", [(FOREIGN, 0), (ABS, 0), (ABS, MADV_DONTNEED)], 0),
+    ("mremap_length_wraps", "mremap", [(OWN, 0), (ABS, WRAP - 1), (OWN, 2 * PS)], errno.EINVAL),
+    ("mremap_foreign_past_task_size", "mremap", [(FOREIGN, 0), (ABS, PAST), (OWN, 0)], errno.EINVAL),
+    ("mremap_foreign_target_unaligned", "mremap", [(FOREIGN, 0), (ABS, PS), (OWN, 1)], errno.EINVAL),
+    ("mremap_foreign_target_overlaps", "mremap", [(FOREIGN, 0), (ABS, 2 * PS), (FOREIGN, PS)], errno.EINVAL),
+    ("register_length_wraps", "register", [(OWN, 0), (ABS, WRAP - PS), (ABS, MISSING)], errno.EINVAL),
+    ("register_foreign_length_wraps", "register", [(FOREIGN, 0), (ABS, WRAP - PS), (ABS, MISSING)], errno.EINVAL),
+    ("register_foreign_zero_length", "register", [(FOREIGN, 0), (ABS, 0), (ABS, MISSING)], errno.EINVAL),
+    ("register_foreign_empty_mode", "register", [(FOREIGN, 0), (ABS, PS), (ABS, 0)], errno.EINVAL),
+    ("register_foreign_unknown_mode", "register", [(FOREIGN, 0), (ABS, PS), (ABS, 0x100)], errno.EINVAL),
+    ("move_length_wraps", "move", [(OWN, 0), (FOREIGN, 0), (ABS, WRAP - PS), (ABS, 0)], errno.EINVAL),
+    ("move_foreign_src_past_task_size", "move", [(OWN, 0), (FOREIGN, 0), (ABS, PAST), (ABS, 0)], errno.EINVAL),
+    ("move_foreign_src_unaligned", "move", [(OWN, 0), (FOREIGN, 1), (ABS, PS), (ABS, 0)], errno.EINVAL),
+    ("move_foreign_src_unknown_mode", "move", [(OWN, 0), (FOREIGN, 0), (ABS, PS), (ABS, 0x80)], errno.EINVAL),
+]
+IDS = [c[0] for c in CASES]
+SIM_FOREIGN = 0x10000000  # nothing is mapped there in the simulator
+
+
+def answer(kernel, uffd, call: str, args: list[int]) -> int:
+    """The errno the backend raises for the call (0: it returned)."""
+    method = getattr(uffd, call) if call in ("register", "move") else getattr(kernel, call)
+    try:
+        method(*args)
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+@pytest.fixture(scope="module")
+def raw_kernel() -> dict[str, int]:
+    """Every case's answer from the raw kernel."""
+    skip_linux_if_unavailable()
+    cases = [{"id": c[0], "call": c[1], "args": c[2]} for c in CASES]
+    child = subprocess.run([sys.executable, "-m", "tests.seam.raw_kernel"], cwd=ROOT, input=json.dumps(cases),
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr[-3000:]
+    return json.loads(child.stdout)
+
+
+@pytest.fixture(params=["sim", "linux"])
+def backend(request):
+    kernel = make_kernel(request.param)
+    uffd = kernel.userfaultfd()
+    own = kernel.mmap(4 * PS)
+    keep = np.zeros(4 * PS, dtype=np.uint8)  # interpreter memory, on Linux the "foreign" page
+    foreign = SIM_FOREIGN if request.param == "sim" else (keep.ctypes.data + PS) & ~(PS - 1)
+    yield kernel, uffd, {OWN: own, FOREIGN: foreign, ABS: 0}
+    kernel.munmap(own, 4 * PS)
+    uffd.close()
+    kernel.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call,args,err", [c[1:] for c in CASES], ids=IDS)
+def test_the_backends_answer_argument_errors_as_the_kernel_does(backend, call, args, err):
+    kernel, uffd, bases = backend
+    assert answer(kernel, uffd, call, [bases[b] + off for b, off in args]) == err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case_id,err", [(c[0], c[3]) for c in CASES], ids=IDS)
+def test_the_raw_kernel_gives_the_tables_errno(raw_kernel, case_id, err):
+    assert raw_kernel[case_id] == err, f"the raw kernel says {raw_kernel[case_id]}: the table (and the backends) are wrong"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call,args", [
+    ("munmap", [(FOREIGN, 0), (ABS, PS)]),
+    ("mprotect", [(FOREIGN, 0), (ABS, PS), (ABS, 1)]),
+    ("madvise", [(FOREIGN, 0), (ABS, PS), (ABS, MADV_DONTNEED)]),
+    ("mremap", [(FOREIGN, 0), (ABS, PS), (OWN, 0)]),
+    ("register", [(FOREIGN, 0), (ABS, PS), (ABS, MISSING)]),
+    ("move", [(OWN, 0), (FOREIGN, 0), (ABS, PS), (ABS, 0)]),
+], ids=["munmap", "mprotect", "madvise", "mremap", "register", "move"])
+def test_valid_arguments_on_foreign_memory_are_still_refused(call, args):
+    """The control: once the arguments pass the kernel's checks, the Linux
+    backend's ownership check stands between the call and the interpreter."""
+    kernel = make_kernel("linux")
+    uffd = kernel.userfaultfd()
+    own = kernel.mmap(4 * PS)
+    keep = np.zeros(4 * PS, dtype=np.uint8)
+    bases = {OWN: own, FOREIGN: (keep.ctypes.data + PS) & ~(PS - 1), ABS: 0}
+    try:
+        assert answer(kernel, uffd, call, [bases[b] + off for b, off in args]) == errno.EPERM
+        assert keep.sum() == 0 and kernel.load(own, 8) == bytes(8)  # nothing moved, nothing unmapped
+    finally:
+        kernel.munmap(own, 4 * PS)
+        uffd.close()
+        kernel.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_batched_move_answers_a_wrapping_range_at_its_index(backend):
+    """move_ranges: the ranges before the bad one are moved, the bad one gets
+    the kernel's EINVAL (not the ownership check's EPERM) and its index."""
+    kernel, uffd, bases = backend
+    src, dst = kernel.mmap(PS), kernel.mmap(2 * PS)
+    kernel.store(src, b"moved")
+    uffd.register(dst, 2 * PS)
+    with pytest.raises(UffdError) as exc:
+        uffd.move_ranges(np.array([dst, dst + PS], dtype=np.uint64), np.array([src, bases[FOREIGN]], dtype=np.uint64),
+                         np.array([PS, WRAP - PS], dtype=np.uint64))
+    assert (exc.value.errno, exc.value.index, exc.value.moved) == (errno.EINVAL, 1, 0)
+    assert kernel.load(dst, 5) == b"moved"
+    uffd.unregister(dst, 2 * PS)
+    kernel.munmap(dst, 2 * PS)
