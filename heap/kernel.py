@@ -248,6 +248,12 @@ def program_layout() -> dict[str, int]:
             **{f"offsetof(struct rgc_program, {name})": 8 * i for i, name in enumerate(fields)}, **dict(PAGE_STATES)}
 
 
+def compiled_program_layout(ffi, lib) -> tuple[list[int], str]:
+    """What a cffi module built from remapgc_program.h reports: its stamp and field names."""
+    out = ffi.new("int64_t[]", 64)
+    return list(out[0:lib.rgc_program_layout(out, 64)]), ffi.string(lib.rgc_program_field_names()).decode()
+
+
 def check_program_layout(values: list[int], field_names: str, module: str) -> None:
     """Raise ImportError naming the first value in which ``module`` disagrees with this
     declaration. ``values`` and ``field_names``: what its rgc_program_layout and
@@ -472,11 +478,6 @@ class KernelBase:
 
     def close(self) -> None:
         pass
-
-
-def move_ranges(uffd: Uffd, dsts, srcs, lengths, mode: int = 0) -> int:
-    """``uffd.move_ranges(...)`` (kept for callers of the function form)."""
-    return uffd.move_ranges(dsts, srcs, lengths, mode)
 
 
 # --- choosing a backend: heap.backends, re-exported without importing it here --------

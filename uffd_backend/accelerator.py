@@ -24,7 +24,7 @@ from heap.kernel import (
     ChunkWalk,
     UffdError,
     check_program_layout,
-    program_layout,
+    compiled_program_layout,
 )
 
 from . import owned
@@ -35,18 +35,7 @@ MAP_ANONYMOUS = 0x20
 _CTYPES = {"int64": "int64_t", "uint64": "uint64_t", "uint8": "uint8_t"}
 
 
-def compiled_program_layout() -> tuple[list[int], str]:
-    """What ``uffd_backend._native`` was built with (remapgc_program.h's stamp): values and field names."""
-    out = ffi.new("int64_t[]", 2 * len(program_layout()))
-    n = lib.rgc_program_layout(out, len(out))
-    return list(out[0:n]), ffi.string(lib.rgc_program_field_names()).decode()
-
-
-def check_layout() -> None:
-    check_program_layout(*compiled_program_layout(), "uffd_backend._native")
-
-
-check_layout()
+check_program_layout(*compiled_program_layout(ffi, lib), "uffd_backend._native")
 
 
 def _check_shared(**arrays) -> None:

@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from heap.kernel import check_program_layout, program_layout
+from heap.kernel import check_program_layout, compiled_program_layout, program_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = ROOT / "heap" / "csrc" / "remapgc_program.h"
 
 
 def _stamp_of(module) -> tuple[list[int], str]:
-    out = module.ffi.new("int64_t[]", 64)
-    return list(out[0:module.lib.rgc_program_layout(out, 64)]), module.ffi.string(
-        module.lib.rgc_program_field_names()).decode()
+    return compiled_program_layout(module.ffi, module.lib)
 
 
 def test_the_heaps_compiled_side_tables_were_built_with_the_declared_layout():
@@ -34,10 +32,10 @@ def test_the_heaps_compiled_side_tables_were_built_with_the_declared_layout():
 
 def test_the_linux_accelerator_was_built_with_the_declared_layout(linux_kernel):
     from uffd_backend import _native
-    from uffd_backend.accelerator import compiled_program_layout
 
-    assert compiled_program_layout() == _stamp_of(_native)
-    check_program_layout(*compiled_program_layout(), "uffd_backend._native")
+    values, names = _stamp_of(_native)
+    check_program_layout(values, names, "uffd_backend._native")  # raises on any difference
+    assert len(values) == len(program_layout()) and names.split()[0] == "npages"
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -94,11 +92,9 @@ def test_a_module_compiled_from_an_edited_header_is_refused(tmp_path):
         sys.path.insert(0, {str(tmp_path)!r})
         import edited_layout
         from heap.kernel import check_program_layout
-        out = edited_layout.ffi.new("int64_t[]", 64)
-        stamp = list(out[0:edited_layout.lib.rgc_program_layout(out, 64)])
-        names = edited_layout.ffi.string(edited_layout.lib.rgc_program_field_names()).decode()
+        from heap.kernel import compiled_program_layout
         try:
-            check_program_layout(stamp, names, "edited_layout")
+            check_program_layout(*compiled_program_layout(edited_layout.ffi, edited_layout.lib), "edited_layout")
         except ImportError as exc:
             print(exc)
     """)], cwd=ROOT, capture_output=True, text=True, timeout=170)
