@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import HeapCorrupted
-from .kernel import PAGE_PROCESSING, PAGE_UNPROCESSED
+from .kernel import PAGE_PROCESSING, PAGE_UNPROCESSED, check_program_layout, compiled_program_layout
 from .twins import pack_numpy, plan_order_numpy, plan_whole_numpy
 
 try:
@@ -21,6 +21,8 @@ except ImportError:  # no compiler at install time: numpy does it, slower
     _ffi = _lib = None
 
 COMPILED = _lib is not None
+if COMPILED:  # its claims use remapgc_program.h's page states: built from the header heap.kernel declares?
+    check_program_layout(*compiled_program_layout(_ffi, _lib), "heap._native")
 
 
 def _ptr(ctype: str, arr: np.ndarray):
