@@ -174,11 +174,6 @@ def main(json_output: bool = False) -> int:
 if __name__ == "__main__":
     import logging
 
-    import structlog
-
     # Run as a script: keep stdout for the report; events go to stderr, warnings and up.
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     sys.exit(main(json_output="--json" in sys.argv[1:]))

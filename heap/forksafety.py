@@ -32,9 +32,9 @@ import os
 import threading
 import weakref
 
-import structlog
+from .events import get_logger
 
-log = structlog.get_logger("remapgc.heap")
+log = get_logger("remapgc.heap")
 
 _heaps: "weakref.WeakSet" = weakref.WeakSet()
 _registry_lock = threading.Lock()

@@ -22,13 +22,13 @@ what the caller sees):
 from __future__ import annotations
 
 import errno
+import logging
 import operator
 import os
 import threading
 import weakref
 
 import numpy as np
-import structlog
 
 from heap.kernel import U64_MAX, ArgumentTypeError, as_ranges
 from heap.kernel import as_u64 as _u64
@@ -60,7 +60,7 @@ from . import kernel_args, owned
 from ._native import ffi, lib
 from .accelerator import LinuxAccelerator
 
-log = structlog.get_logger("remapgc.linux")
+log = logging.getLogger("remapgc.linux")  # stdlib logging only: the library prints nothing (heap/events.py)
 
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
@@ -265,17 +265,6 @@ class LinuxUffd(UffdBase):
     def accelerator(self) -> LinuxAccelerator:
         return LinuxAccelerator(self)
 
-    # The accelerator's calls under their former names, until heap/concurrent.py and
-    # heap/faults.py reach them through ``accelerator``.
-    def native_program(self, program, arena: int, from_space: int):
-        return self.accelerator.load_program(program, arena, from_space)
-
-    def chunk_walker(self, program, **kwargs):
-        return self.accelerator.chunk_walker(program, **kwargs)
-
-    def fault_server(self, program, **kwargs):
-        return self.accelerator.fault_server(program, **kwargs)
-
     def copy(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         dst, src = _u64(dst, "dst"), _u64(src, "src")
         length, mode = _u64(length, "length"), _u64(mode, "mode")
@@ -352,7 +341,7 @@ class LinuxUffd(UffdBase):
         out = []
         for kind, flags, address in raw.tolist():
             if kind != UFFD_EVENT_PAGEFAULT:
-                log.debug("uffd_event_ignored", uffd_event=kind)
+                log.debug("uffd_event_ignored uffd_event=%s", kind)
                 continue
             out.append(FaultEvent(address=address & ~(PAGE_SIZE - 1), write=bool(flags & UFFD_PAGEFAULT_FLAG_WRITE)))
         return out
