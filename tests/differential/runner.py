@@ -387,7 +387,16 @@ class Runner:
 
     def do_Mprotect(self, st: S.Mprotect):
         start = self.addr(st.at)
-        self.k.mprotect(start, st.pages * PS, st.prot)
+        try:
+            self.k.mprotect(start, st.pages * PS, st.prot)
+        except OSError as exc:
+            if exc.errno == errno_mod.ENOMEM:
+                # the VMAs before the first hole were changed already
+                for a in self.page_addrs(start, st.pages):
+                    if a not in self.mapped:
+                        break
+                    self.mapped[a] = st.prot
+            raise
         for a in self.page_addrs(start, st.pages):
             if a in self.mapped:
                 self.mapped[a] = st.prot
@@ -447,10 +456,14 @@ class Runner:
                 done.append("would-block")
                 break
             self.writes += 1
-            label = st.at if isinstance(st.at, str) else hex(start)
-            region, _, page = label.partition("+")
-            self.k.store(a, pattern(f"{region}+{int(page or 0) + i}/{self.writes}"))
+            self.k.store(a, self.page_pattern(st.at, start, i))
         return None if not done else done[0]
+
+    def page_pattern(self, at: S.Addr, start: int, i: int) -> bytes:
+        """The contents the current write puts into page ``i`` from ``at``: its name and the write's number."""
+        label = at if isinstance(at, str) else hex(start)
+        region, _, page = label.partition("+")
+        return pattern(f"{region}+{int(page or 0) + i}/{self.writes}")
 
     def blocked_before_fault(self, start: int, pages: int, need: int) -> bool:
         """Would a one-call access of ``pages`` pages from ``start`` block in a
@@ -469,10 +482,7 @@ class Runner:
         if self.blocked_before_fault(start, st.pages, PROT_WRITE):
             return "would-block"
         self.writes += 1
-        label = st.at if isinstance(st.at, str) else hex(start)
-        region, _, page = label.partition("+")
-        self.k.store(start, b"".join(pattern(f"{region}+{int(page or 0) + i}/{self.writes}")
-                                     for i in range(st.pages)))
+        self.k.store(start, b"".join(self.page_pattern(st.at, start, i) for i in range(st.pages)))
 
     def do_Load(self, st: S.Load):
         start = self.addr(st.at)
@@ -661,7 +671,10 @@ class Runner:
             origin = self.origin.get(info.frame, "?unnamed")
         content = "-"
         if info.state != "none" and prot & PROT_READ:
-            content = content_tag(self.k.load(a, PS))
+            try:
+                content = content_tag(self.k.load(a, PS))
+            except OSError as exc:  # the runner's view of the protection was wrong
+                content = f"load {describe_exception(exc)}"
         return PageRec(info.state, bool(info.huge), bool(info.exclusive), origin, content)
 
     def snapshot(self, edges_only: bool = False) -> dict:

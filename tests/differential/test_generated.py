@@ -29,6 +29,7 @@ from tests.backends import make_kernel
 
 from heap.kernel import UffdError
 
+from .agreement import compare
 from .generator import scenarios
 from .runner import differences, run_scenario
 
@@ -54,10 +55,10 @@ def reproducer(scenario, problems, what: str = "the simulator differs from Linux
 @given(scenario=scenarios())
 def test_generated_sequences_match_linux(linux_kernel, scenario):
     note(scenario.as_data())
-    linux = run_scenario(linux_kernel, scenario, snapshot_every_step=True)
-    sim = run_scenario(make_kernel("sim"), scenario, snapshot_every_step=True)
-    problems = differences(linux, sim)
-    assert not problems, reproducer(scenario, problems)
+    result = compare(scenario, lambda: linux_kernel, lambda: make_kernel("sim"))
+    if result.reruns:
+        note(f"rerun {result.reruns} time(s), khugepaged suspected: {result.signs}")
+    assert result.agreed, reproducer(scenario, result.problems)
 
 
 UFFD_CALL = re.compile(r"^(Move|Copy|Zeropage)\(")
