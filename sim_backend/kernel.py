@@ -10,6 +10,7 @@ import errno
 import itertools
 import operator
 import os
+import signal
 import threading
 import weakref
 from dataclasses import asdict, dataclass
@@ -35,7 +36,6 @@ from heap.kernel import (
     UFFD_FEATURE_EVENT_UNMAP,
     UFFD_FEATURE_MOVE,
     UFFDIO_REGISTER_MODE_MISSING,
-    KernelBase,
     KernelUnsupported,
     PageInfo,
 )
@@ -101,6 +101,65 @@ class Counters:
         return getattr(self, name)
 
 
+try:  # the C functions behind signal.signal/getsignal, without the enum conversions
+    import _signal as _raw_signal
+except ImportError:
+    _raw_signal = signal
+# the asynchronous signals a Python program may handle
+_HELD_SIGNALS = tuple(getattr(signal, name) for name in
+                      ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD")
+                      if hasattr(signal, name))
+
+
+class _SignalsHeld:
+    """While the main thread sleeps in the kernel (a simulated userfault, or
+    waiting for a monitor to read an event), its Python signal handlers only
+    record; they run once it wakes. On Linux the access is one C call: the
+    signal interrupts the fault, the C-level handler runs, the fault is retried,
+    and the Python handler runs only after the call returns. Here the sleep is
+    Python code, and a handler raising inside Condition.wait could leave the
+    kernel lock released under the caller's ``with`` ("release unlocked lock"
+    in another thread, then a broken simulator). Handlers that are not Python
+    callables (SIG_DFL, SIG_IGN) stay: a default SIGTERM still ends the process.
+
+    Handlers run between bytecodes of the main thread, so a signal can land
+    while the handlers are being swapped: the recorder then passes it straight
+    to the program's handler, as if nothing were held."""
+
+    __slots__ = ("_old", "_pending", "_holding")
+
+    def __enter__(self) -> "_SignalsHeld":
+        self._old = {}
+        self._pending = []
+        self._holding = False
+        if threading.current_thread() is not threading.main_thread():
+            return self  # handlers run only in the main thread
+        self._holding = True
+        try:
+            for signum in _HELD_SIGNALS:
+                handler = _raw_signal.getsignal(signum)
+                if callable(handler):
+                    self._old[signum] = handler
+                    _raw_signal.signal(signum, self._record)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _record(self, signum, frame) -> None:
+        if self._holding:
+            self._pending.append(signum)
+        else:
+            self._old[signum](signum, frame)
+
+    def __exit__(self, *exc) -> None:
+        self._holding = False
+        for signum, handler in self._old.items():
+            _raw_signal.signal(signum, handler)
+        for signum in dict.fromkeys(self._pending):  # once per kind, in arrival order
+            self._old[signum](signum, None)  # KeyboardInterrupt and the like reach the caller here
+
+
 class Waiter:
     """A thread blocked in a userfault."""
 
@@ -146,7 +205,7 @@ class SimChild:
         return f"SimChild(pid={self.pid}, {'alive' if self.alive else 'reaped'})"
 
 
-class SimKernel(KernelBase):
+class SimKernel:
     """A simulated Linux 6.18 kernel (x86-64, 4 KiB pages, 2 MiB THP)."""
 
     name = "sim"
@@ -775,16 +834,17 @@ class SimKernel(KernelBase):
         if not user and uffd.user_mode_only:
             # handle_userfault refuses kernel-mode faults for UFFD_USER_MODE_ONLY contexts (SIGBUS).
             raise _err(errno.EFAULT, f"kernel-mode fault at {addr:#x} in a user-mode-only userfaultfd range")
-        waiter = Waiter(uffd, addr & PAGE_MASK, write)
-        self._waiters.append(waiter)
-        self.counters.faults_raised += 1
-        self._cond.notify_all()
-        try:
-            while not waiter.woken:
-                self._cond.wait()
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+        with _SignalsHeld():  # before the waiter is queued: a signal while holding them ends nothing half done
+            waiter = Waiter(uffd, addr & PAGE_MASK, write)
+            self._waiters.append(waiter)
+            self.counters.faults_raised += 1
+            self._cond.notify_all()
+            try:
+                while not waiter.woken:
+                    self._cond.wait()
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
         return True
 
     def _queue_event(self, uffd, kind: str, start: int, end: int) -> NonCoopEvent:
@@ -797,11 +857,12 @@ class SimKernel(KernelBase):
 
     def _await_event(self, uffd, event: NonCoopEvent) -> None:
         """userfaultfd_event_wait_completion: sleep (lock released) until the event is read or the uffd closed."""
-        try:
-            while not event.read and not uffd.closed:
-                self._cond.wait()
-        finally:
-            uffd.mmap_changing -= 1
+        with _SignalsHeld():
+            try:
+                while not event.read and not uffd.closed:
+                    self._cond.wait()
+            finally:
+                uffd.mmap_changing -= 1
 
     def _wake(self, uffd, start: int, length: int, served: bool = True) -> None:
         end = start + length
@@ -901,6 +962,9 @@ class SimKernel(KernelBase):
         self.frames.content.ensure()
 
     def load(self, addr: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``addr``, page by page in address order: a fault that
+        cannot be resolved raises EFAULT, with the pages before it faulted in (a read fault
+        maps the zero page) and none after it touched, as LinuxKernel.load does."""
         addr, length = _u64(addr, "addr"), _u64(length, "length")
         if addr + length > U64_MAX + 1:
             raise _err(errno.EFAULT, f"load {addr:#x}+{length:#x} wraps around")
@@ -921,6 +985,9 @@ class SimKernel(KernelBase):
         return data[off:off + length].tobytes()
 
     def store(self, addr: int, data) -> None:
+        """Write ``data`` at ``addr``, page by page in address order: a fault that cannot be
+        resolved raises EFAULT with exactly the pages before the faulting one written and
+        none after it touched, as LinuxKernel.store does."""
         try:
             view = memoryview(data).cast("B")
         except TypeError:
@@ -1043,14 +1110,8 @@ class SimKernel(KernelBase):
             return self._load_words_compiled(np.ascontiguousarray(addrs), out)
         words = (addrs >> np.uint64(3)).view(np.int64)
         with self._lock:
-            i = 0
-            while i < addrs.size:
-                idx, stop, bad = self._word_index(words[i:], False)
-                if stop:
-                    out[i:i + stop] = self.frames.content.flat_words[idx]
-                    i += stop
-                if i < addrs.size:
-                    self._resolve(bad, False)
+            for i, idx in self._word_runs(words, False):
+                out[i:i + idx.size] = self.frames.content.flat_words[idx]
         return out
 
     def store_words(self, addrs, values) -> None:
@@ -1068,14 +1129,20 @@ class SimKernel(KernelBase):
             return self._store_words_compiled(np.ascontiguousarray(addrs), np.ascontiguousarray(values))
         words = (addrs >> np.uint64(3)).view(np.int64)
         with self._lock:
-            i = 0
-            while i < addrs.size:
-                idx, stop, bad = self._word_index(words[i:], True)
-                if stop:
-                    self.frames.content.flat_words[idx] = values[i:i + stop]
-                    i += stop
-                if i < addrs.size:
-                    self._resolve(bad, True)
+            for i, idx in self._word_runs(words, True):
+                self.frames.content.flat_words[idx] = values[i:i + idx.size]
+
+    def _word_runs(self, words: np.ndarray, write: bool):
+        """(offset, pool word index) of each run of ``words`` reachable without a fault, in
+        order; the fault before the next run is taken once the caller has used this one."""
+        i = 0
+        while i < words.size:
+            idx, stop, bad = self._word_index(words[i:], write)
+            if stop:
+                yield i, idx
+                i += stop
+            if i < words.size:
+                self._resolve(bad, write)
 
     def _span_of(self, addrs: np.ndarray) -> tuple[int, int] | None:
         """(first page, last page) of ``addrs`` when a per-page table over them is small enough."""
