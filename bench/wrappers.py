@@ -139,8 +139,12 @@ class KernelWrapper(KernelBase):
     def resident_bytes(self, addr, length):
         return self.inner.resident_bytes(addr, length)
 
-    # heap.core reads and writes objects through it where the backend has it
-    # (both do); not in the Kernel protocol yet, so written out by name
+    # heap.core reads and writes objects in place where the backend allows it
+    # (Kernel.memory_in_place, frame_pointers): the inner backend's answer
+    @property
+    def memory_in_place(self) -> bool:
+        return self.inner.memory_in_place
+
     def frame_pointers(self, addr, npages, write=False):
         return self.inner.frame_pointers(addr, npages, write)
 
