@@ -141,7 +141,7 @@ class ConcurrentCycle:
             if isinstance(exc, HeapCorrupted):
                 self.corrupted(exc)
             self.error = exc
-            log.warning("gc_concurrent_compactor_stopped", error=repr(exc))
+            log.error("gc_concurrent_compactor_stopped", error=repr(exc))
         finally:
             self.compactor_done.set()
 
