@@ -30,7 +30,8 @@ def k(linux_kernel):
 
 CASES = [
     ("munmap_foreign_memory", lambda k, m, u: k.munmap(FOREIGN, PS)),
-    ("munmap_everything", lambda k, m, u: k.munmap(0, 1 << 47)),
+    # every page a process may map (TASK_SIZE is 2**47 - one page): arguments the kernel would take
+    ("munmap_everything", lambda k, m, u: k.munmap(PS, (1 << 47) - 2 * PS)),
     ("mremap_foreign_source", lambda k, m, u: k.mremap(FOREIGN, PS, m.hole())),
     ("mremap_onto_foreign_memory", lambda k, m, u: k.mremap(m(1), PS, FOREIGN)),
     ("mprotect_foreign_memory", lambda k, m, u: k.mprotect(FOREIGN, PS, 0)),
