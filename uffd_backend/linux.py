@@ -621,15 +621,23 @@ class LinuxKernel(KernelBase):
         """memmove ``length`` bytes in pieces that end at the page boundaries of
         ``user_addr`` (the user-memory side), in address order, in one C call
         without the GIL; stops at the first piece that faults (EFAULT)."""
+        end = user_addr + length
         first = user_addr & ~(PAGE_SIZE - 1)
-        cuts = np.arange(first + PAGE_SIZE, user_addr + length, PAGE_SIZE, dtype=np.uint64)
-        starts = np.concatenate([np.array([user_addr], dtype=np.uint64), cuts])
-        lengths = np.diff(np.append(starts, np.uint64(user_addr + length)))
-        offsets = starts - np.uint64(user_addr)
-        dsts, srcs = np.uint64(dst) + offsets, np.uint64(src) + offsets
+        if end - first <= 8 * PAGE_SIZE:  # a few pages: plain ints are quicker than numpy
+            starts = [user_addr, *range(first + PAGE_SIZE, end, PAGE_SIZE)]
+            lengths = [b - a for a, b in zip(starts, [*starts[1:], end])]
+            dsts = ffi.new("uint64_t[]", [dst - user_addr + a for a in starts])
+            srcs = ffi.new("uint64_t[]", [src - user_addr + a for a in starts])
+            lens = ffi.new("uint64_t[]", lengths)
+        else:
+            cuts = np.arange(first + PAGE_SIZE, end, PAGE_SIZE, dtype=np.uint64)
+            starts = np.concatenate([np.array([user_addr], dtype=np.uint64), cuts])
+            offsets = starts - np.uint64(user_addr)
+            dsts = ffi.from_buffer("uint64_t[]", np.uint64(dst) + offsets)
+            srcs = ffi.from_buffer("uint64_t[]", np.uint64(src) + offsets)
+            lens = ffi.from_buffer("uint64_t[]", np.diff(np.append(starts, np.uint64(end))))
         done = ffi.new("uint64_t *")
-        ret = lib.rgc_copy_ranges(ffi.from_buffer("uint64_t[]", dsts), ffi.from_buffer("uint64_t[]", srcs),
-                                  ffi.from_buffer("uint64_t[]", lengths), dsts.size, done)
+        ret = lib.rgc_copy_ranges(dsts, srcs, lens, len(starts), done)
         if ret < 0:
             _raise_os(ret, f"{what} {user_addr:#x}+{length:#x}: page {int(starts[done[0]]):#x} faulted, "
                            f"the {done[0]} page(s) before it done")
