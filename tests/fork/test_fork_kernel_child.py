@@ -18,9 +18,6 @@ import time
 
 import pytest
 
-from heap.kernel import PAGE_SIZE
-PS = PAGE_SIZE
-
 
 def process_state(pid: int) -> str | None:
     """The /proc state letter of ``pid`` (S, Z, ...), or None once it is gone."""
