@@ -229,7 +229,8 @@ class Heap:
         """Entry check of every operation: open, sound, handles reaped, no install pending."""
         if self._closed:
             raise HeapClosed("the heap is closed")
-        self._health.check()
+        if self._health.broken is not None:
+            self._health.check()
         if self._handles.reap_due:
             self._handles.reap()
         if self._cycle is not None:
