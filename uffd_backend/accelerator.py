@@ -68,6 +68,14 @@ class LinuxProgram:
             setattr(g, count, sizes.pop())
 
 
+# The fault server's counters, as csrc/accelerator.h numbers them (enum rgc_server_counter).
+MOVED, FORWARDED, LATENCIES, FRESH, COPIED, BYTES_COPIED, RESOLVED, NCOUNTERS = range(8)
+
+
+def _counter(index: int) -> property:
+    return property(lambda self: int(self.counters[index]), doc=f"counters[{index}]")
+
+
 class LinuxFaultServer:
     """``LinuxAccelerator.fault_server``: the C fault-serving thread and the pipe of
     faults it forwards. ``start``, then ``read_forwarded`` from the Python
@@ -78,9 +86,7 @@ class LinuxFaultServer:
 
     def __init__(self, uffd, program: LinuxProgram, state, installed, max_latencies: int):
         self._keep = (program, state, installed)
-        # see struct rgc_fault_server in csrc/accelerator.h: moved, forwarded, latencies, fresh zero pages, copied pages,
-        # bytes copied, faults resolved by ZEROPAGE or WAKE
-        self.counters = np.zeros(7, dtype=np.int64)
+        self.counters = np.zeros(NCOUNTERS, dtype=np.int64)
         self.latencies = np.zeros(max_latencies, dtype=np.int64)
         self._forward_r, self._forward_w = os.pipe2(os.O_CLOEXEC)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
@@ -160,29 +166,18 @@ class LinuxFaultServer:
             except OSError:
                 pass
 
+    pages_moved = _counter(MOVED)
+    pages_copied = _counter(COPIED)
+    bytes_copied = _counter(BYTES_COPIED)
+    fresh_pages = _counter(FRESH)
+
     @property
     def served(self) -> int:
         """Faults resolved here (installs, zero pages, wakes)."""
-        return int(self.counters[0] + self.counters[4] + self.counters[6])
-
-    @property
-    def pages_moved(self) -> int:
-        return int(self.counters[0])
-
-    @property
-    def pages_copied(self) -> int:
-        return int(self.counters[4])
-
-    @property
-    def bytes_copied(self) -> int:
-        return int(self.counters[5])
-
-    @property
-    def fresh_pages(self) -> int:
-        return int(self.counters[3])
+        return int(self.counters[MOVED] + self.counters[COPIED] + self.counters[RESOLVED])
 
     def served_latencies(self) -> np.ndarray:
-        return self.latencies[: int(self.counters[2])].copy()
+        return self.latencies[: int(self.counters[LATENCIES])].copy()
 
 
 class LinuxAccelerator:

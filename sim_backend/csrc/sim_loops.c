@@ -48,6 +48,30 @@ int64_t rgc_sim_mark_pages(const uint64_t *addrs, int64_t n, int64_t pmin, int64
     return outside;
 }
 
+/* Copy len bytes between the user range at addr (pages through base[p - pmin],
+   < 0: not accessible) and buf, into the pool if to_pool, else out of it.
+   Returns 0, or -1 at the first inaccessible page (the pages before it are done). */
+static int sim_copy_user(uint8_t *pool, const int64_t *base, int64_t pmin, int64_t npages, int64_t addr,
+                         uint8_t *buf, int64_t len, int to_pool)
+{
+    for (int64_t done = 0; done < len;) {
+        int64_t a = addr + done;
+        int64_t p = (a >> SIM_PAGE_SHIFT) - pmin;
+        int64_t off = a & (SIM_PAGE_SIZE - 1);
+        int64_t chunk = SIM_PAGE_SIZE - off;
+        if (chunk > len - done)
+            chunk = len - done;
+        if (p < 0 || p >= npages || base[p] < 0)
+            return -1;
+        if (to_pool)
+            memcpy(pool + base[p] + off, buf + done, (size_t)chunk);
+        else
+            memcpy(buf + done, pool + base[p] + off, (size_t)chunk);
+        done += chunk;
+    }
+    return 0;
+}
+
 /* memmove(dsts[i], srcs[i], lens[i]) for each i in order, through the pool: s_base / d_base
    give the pool byte offset of each page of the source / destination span (< 0: not
    accessible). Each range goes through tmp (at least max(lens) bytes), so a range that
@@ -59,33 +83,9 @@ int64_t rgc_sim_copy_ranges(uint8_t *pool, const int64_t *s_base, int64_t s_pmin
                             uint8_t *tmp)
 {
     for (int64_t i = 0; i < n; i++) {
-        int64_t len = lens[i];
-        int64_t done = 0;
-        while (done < len) {
-            int64_t a = srcs[i] + done;
-            int64_t p = (a >> SIM_PAGE_SHIFT) - s_pmin;
-            int64_t off = a & (SIM_PAGE_SIZE - 1);
-            int64_t chunk = SIM_PAGE_SIZE - off;
-            if (chunk > len - done)
-                chunk = len - done;
-            if (p < 0 || p >= s_npages || s_base[p] < 0)
-                return i;
-            memcpy(tmp + done, pool + s_base[p] + off, (size_t)chunk);
-            done += chunk;
-        }
-        done = 0;
-        while (done < len) {
-            int64_t a = dsts[i] + done;
-            int64_t p = (a >> SIM_PAGE_SHIFT) - d_pmin;
-            int64_t off = a & (SIM_PAGE_SIZE - 1);
-            int64_t chunk = SIM_PAGE_SIZE - off;
-            if (chunk > len - done)
-                chunk = len - done;
-            if (p < 0 || p >= d_npages || d_base[p] < 0)
-                return i;
-            memcpy(pool + d_base[p] + off, tmp + done, (size_t)chunk);
-            done += chunk;
-        }
+        if (sim_copy_user(pool, s_base, s_pmin, s_npages, srcs[i], tmp, lens[i], 0) < 0
+            || sim_copy_user(pool, d_base, d_pmin, d_npages, dsts[i], tmp, lens[i], 1) < 0)
+            return i;
     }
     return n;
 }

@@ -7,14 +7,25 @@
 #include "linux_abi.h"
 #include "remapgc_program.h"
 
+/* The fault server's counters (uffd_backend/accelerator.py reads them by these numbers). */
+enum rgc_server_counter {
+    RGC_SRV_MOVED,         /* faults served by a MOVE */
+    RGC_SRV_FORWARDED,     /* faults forwarded to Python */
+    RGC_SRV_LATENCIES,     /* latencies recorded */
+    RGC_SRV_FRESH,         /* zero pages past the program (fresh allocations) */
+    RGC_SRV_COPIED,        /* rebuilt pages COPYed */
+    RGC_SRV_BYTES_COPIED,  /* bytes copied into rebuilt pages, and by the COPYs */
+    RGC_SRV_RESOLVED,      /* faults resolved by ZEROPAGE or WAKE */
+    RGC_SRV_NCOUNTERS
+};
+
 struct rgc_fault_server {
     int uffd, forward_fd, stop_fd;
     int8_t *state;         /* the heap's page states */
     const struct rgc_program *g;
     uint64_t scratch;      /* one page: rebuilt pages are assembled here */
     int64_t *installed;    /* pages installed here, added without the GIL */
-    int64_t *counters;     /* moved, forwarded, latencies, fresh zero pages, copied pages, bytes copied,
-                              faults resolved by ZEROPAGE or WAKE */
+    int64_t *counters;     /* RGC_SRV_NCOUNTERS of them, by enum rgc_server_counter */
     int64_t *latencies;    /* ns from reading the event to the ioctl's return */
     int64_t max_latencies;
     pthread_t thread;

@@ -24,7 +24,7 @@ static void rgc_forward(struct rgc_fault_server *s, uint64_t addr, uint64_t flag
         if (w < 0) { if (errno == EINTR) continue; return; }
         p += w; left -= (size_t)w;
     }
-    s->counters[1]++;
+    s->counters[RGC_SRV_FORWARDED]++;
 }
 
 static void rgc_installed(struct rgc_fault_server *s, int64_t page)
@@ -47,12 +47,12 @@ static int rgc_serve_fault(struct rgc_fault_server *s, uint64_t addr)
         /* past the plan (a fresh allocation), or installed as a hole: a zero page */
         struct rgc_uffdio_zeropage zp = { { addr, g->page_size }, 0, 0 };
         if (ioctl(s->uffd, RGC_UFFDIO_ZEROPAGE, &zp) == 0) {
-            if (page >= g->npages) s->counters[3]++;
+            if (page >= g->npages) s->counters[RGC_SRV_FRESH]++;
         } else {
             struct rgc_uffdio_range range = { addr, g->page_size };
             if (errno != EEXIST || ioctl(s->uffd, RGC_UFFDIO_WAKE, &range) < 0) return 0;
         }
-        s->counters[6]++;
+        s->counters[RGC_SRV_RESOLVED]++;
         return 1;
     }
     if (expected != RGC_PAGE_UNPROCESSED) return 0;  /* someone holds it: Python waits for them */
@@ -70,8 +70,8 @@ static int rgc_serve_fault(struct rgc_fault_server *s, uint64_t addr)
             return 0;
         }
         rgc_installed(s, page);
-        s->counters[4]++;
-        s->counters[5] += copied + (int64_t)g->page_size;
+        s->counters[RGC_SRV_COPIED]++;
+        s->counters[RGC_SRV_BYTES_COPIED] += copied + (int64_t)g->page_size;
         return 1;
     }
     struct rgc_uffdio_move mv = { addr, src, g->page_size, 0, 0 };
@@ -81,7 +81,7 @@ static int rgc_serve_fault(struct rgc_fault_server *s, uint64_t addr)
         return 2;
     }
     rgc_installed(s, page);
-    s->counters[0]++;
+    s->counters[RGC_SRV_MOVED]++;
     return 1;
 }
 
@@ -108,8 +108,8 @@ static void *rgc_fault_server_main(void *arg)
             int served = rgc_serve_fault(s, addr);
             if (served == 0)
                 rgc_forward(s, addr, 0, 0);
-            else if (served == 1 && s->counters[2] < s->max_latencies)
-                s->latencies[s->counters[2]++] = rgc_now_ns() - t0;
+            else if (served == 1 && s->counters[RGC_SRV_LATENCIES] < s->max_latencies)
+                s->latencies[s->counters[RGC_SRV_LATENCIES]++] = rgc_now_ns() - t0;
         }
     }
     return NULL;

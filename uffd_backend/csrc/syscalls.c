@@ -121,13 +121,20 @@ int64_t rgc_uffd_wake(int fd, uint64_t start, uint64_t length)
     return rgc_result(ioctl(fd, RGC_UFFDIO_WAKE, &range));
 }
 
-/* The output field starts at 0 so that "not written by the kernel" reads as no progress. */
+/* MOVE, COPY, ZEROPAGE: the ioctl on a struct whose last field the kernel
+   sets to the bytes done (or -errno). That field starts at 0, so that "not
+   written by the kernel" reads as no progress; *out receives it. */
+static int64_t rgc_uffd_op(int fd, unsigned long request, void *arg, const int64_t *field, int64_t *out)
+{
+    int r = ioctl(fd, request, arg);
+    *out = *field;
+    return rgc_result(r);
+}
+
 int64_t rgc_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *moved)
 {
     struct rgc_uffdio_move mv = { dst, src, length, mode, 0 };
-    int r = ioctl(fd, RGC_UFFDIO_MOVE, &mv);
-    *moved = mv.move;
-    return rgc_result(r);
+    return rgc_uffd_op(fd, RGC_UFFDIO_MOVE, &mv, &mv.move, moved);
 }
 
 /* One UFFDIO_MOVE per range, all in one call: stops at the first range that
@@ -152,17 +159,13 @@ int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs,
 int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *copied)
 {
     struct rgc_uffdio_copy cp = { dst, src, length, mode, 0 };
-    int r = ioctl(fd, RGC_UFFDIO_COPY, &cp);
-    *copied = cp.copy;
-    return rgc_result(r);
+    return rgc_uffd_op(fd, RGC_UFFDIO_COPY, &cp, &cp.copy, copied);
 }
 
 int64_t rgc_uffd_zeropage(int fd, uint64_t dst, uint64_t length, uint64_t mode, int64_t *zeroed)
 {
     struct rgc_uffdio_zeropage zp = { { dst, length }, mode, 0 };
-    int r = ioctl(fd, RGC_UFFDIO_ZEROPAGE, &zp);
-    *zeroed = zp.zeropage;
-    return rgc_result(r);
+    return rgc_uffd_op(fd, RGC_UFFDIO_ZEROPAGE, &zp, &zp.zeropage, zeroed);
 }
 
 /* Waits up to timeout_ms (-1: forever) for the fd to become readable, then
