@@ -306,3 +306,25 @@ def test_mremap_to_an_unaligned_address_splits_the_pmd(k):
     k.mremap(a, HP, target + PS)
     assert state(k, target + PS) == ("thp", False)
     assert k.load(target + PS, 1) == b"a"
+
+
+# --- the lifetime of a partly unmapped folio (Linux frees a folio whole, or its pages once split) ---
+def test_a_partly_unmapped_thp_keeps_every_frame_until_its_last_page_goes(k):
+    a = huge_map(k, regions=1)
+    k.store(a, b"x" * HP)
+    k.munmap(a, PS)  # its first page: the folio stays large and allocated whole
+    assert k.frames.allocated == 512
+    assert state(k, a + PS) == ("thp", False)
+    k.munmap(a + PS, HP - PS)
+    assert k.frames.allocated == 0
+
+
+def test_splitting_a_partly_unmapped_thp_frees_its_unmapped_and_zero_filled_pages(k, uffd):
+    a = huge_map(k, regions=1)
+    k.store(a, b"x" * (4 * PS))  # pages 4..511 stay zero-filled
+    k.munmap(a, PS)
+    dst = k.mmap(8 * PS)
+    uffd.register(dst, 8 * PS)
+    assert uffd.move(dst, a + PS, PS) == PS  # splits the folio first
+    assert k.frames.allocated == 3  # a+1 (now at dst), a+2, a+3; the rest freed or the zero page
+    assert [state(k, a + i * PS) for i in (2, 4)] == [("present", False), ("zero", False)]
