@@ -19,6 +19,10 @@ the call resumes. A backend without ``frame_pointers``, or an object model
 other than the default layout, has no core: ``supports`` says so and the
 caller keeps the numpy path.
 
+Immediates (docs/embedding.md section 5): a slot word with its low bit set
+is not a reference. Marking records it as ``IMMEDIATE`` in ``slot_target``
+and never follows it, the fixup leaves its slot as it is, verify accepts it.
+
 Marking is depth-first on an explicit stack (a row is pushed once, so the
 stack needs one entry per object and never overflows): a chain of a million
 links costs what a million separate objects cost.
@@ -38,6 +42,7 @@ except ImportError:  # no compiler at install time: the numpy paths serve
     ffi = lib = None
 
 COMPILED = lib is not None
+IMMEDIATE = -2  # Marking.slot_target of a slot holding an immediate (core.h RGC_IMMEDIATE)
 
 _LARGE_BIT = FLAG_LARGE << 32  # DefaultObjectModel's header word 1: nrefs | flags << 32 | magic << 48
 _TAG = MAGIC << 48
@@ -61,8 +66,10 @@ def slot_offset_of(model) -> int | None:
 
 
 def supports(kernel, model) -> bool:
-    """Whether the C core can do this heap's per-object work."""
-    return COMPILED and hasattr(kernel, "frame_pointers") and slot_offset_of(model) is not None
+    """Whether the C core can do this heap's per-object work: it is built, the
+    backend lets compiled code reach its memory (``memory_in_place``, declared
+    in heap.kernel) and the objects have the default layout."""
+    return COMPILED and bool(getattr(kernel, "memory_in_place", False)) and slot_offset_of(model) is not None
 
 
 class Memory:
@@ -210,7 +217,8 @@ def fixup(kernel, model, rows, locations, nrefs, slot_base, slot_target, new_by_
         targets = slot_target[slot_base[r]:slot_base[r] + k]
         values = np.where(targets >= 0, new_by_row[np.maximum(targets, 0)], 0)
         addrs = int(locations[i]) + off + 8 * np.arange(k, dtype=np.int64)
-        kernel.store_words(addrs.astype(np.uint64), values.astype(np.uint64))
+        refs = targets != IMMEDIATE  # an immediate stays as it is
+        kernel.store_words(addrs[refs].astype(np.uint64), values[refs].astype(np.uint64))
         for page in np.unique(addrs >> mem.shift).tolist():
             j = page - mem.page_lo
             mem.table[j] = kernel.frame_pointers(page << mem.shift, 1, True)[0]

@@ -156,6 +156,8 @@ static void gather(const struct rgc_objects *o, const struct rgc_mem *m, struct 
         int64_t w = (int64_t)load_word(m, lo + 8 * j);
         if (w == 0) {
             mk->slot_target[pos + j] = -1;
+        } else if (w & 1) {
+            mk->slot_target[pos + j] = RGC_IMMEDIATE;  /* not a reference: never followed */
         } else {
             b->word[b->n] = w;
             b->position[b->n] = pos + j;
@@ -256,7 +258,8 @@ int64_t rgc_core_fixup(const struct rgc_mem *m, const int64_t *rows, const int64
         const int64_t *target = slot_target + slot_base[r];
         for (int64_t j = 0; j < k; j++) {
             int64_t t = target[j];
-            store_word(m, lo + 8 * j, t >= 0 ? (uint64_t)new_by_row[t] : 0);
+            if (t >= -1)  /* an immediate stays as it was */
+                store_word(m, lo + 8 * j, t >= 0 ? (uint64_t)new_by_row[t] : 0);
         }
     }
     return n;
@@ -321,7 +324,7 @@ int64_t rgc_core_check_slots(const struct rgc_objects *o, const struct rgc_mem *
         }
         for (int64_t j = 0; j < k; j++) {
             int64_t w = (int64_t)load_word(m, lo + 8 * j);
-            if (w != 0 && rgc_core_row_of(o, w) < 0) {
+            if (w != 0 && !(w & 1) && rgc_core_row_of(o, w) < 0) {
                 out->at = i;
                 out->slot = j;
                 out->bad = w;

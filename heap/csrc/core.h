@@ -25,7 +25,8 @@
 enum {
     RGC_DONE = 0,        /* the call finished its work */
     RGC_NEED_PAGE = 1,   /* stopped: page `page` is not accessible here; resume after bringing it in */
-    RGC_BAD_ADDRESS = 2  /* a root, slot or header is wrong: see `at` / `bad` */
+    RGC_BAD_ADDRESS = 2, /* a root, slot or header is wrong: see `at` / `bad` */
+    RGC_IMMEDIATE = -2   /* slot_target of a slot holding an immediate (low bit set: not a reference) */
 };
 
 struct rgc_mem {
@@ -51,7 +52,8 @@ struct rgc_objects {
 
 struct rgc_mark {
     uint8_t *live;          /* per row: reached */
-    int64_t *slot_target;   /* per slot position of a live row: the row it references, -1 for None */
+    int64_t *slot_target;   /* per slot position of a live row: the row it references, -1 for None,
+                               RGC_IMMEDIATE for a word with its low bit set (not a reference) */
     int64_t *stack;         /* rows marked but not yet scanned; capacity n (a row is pushed once) */
     int64_t depth;          /* rows on the stack */
     int64_t marked;         /* rows marked live */
@@ -82,7 +84,7 @@ int64_t rgc_core_mark_roots(const struct rgc_objects *o, struct rgc_mark *mk, co
 int64_t rgc_core_mark(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk);
 
 /* Write the new value of every slot of the objects rows[from..n) lying at loc[i]: the new address
-   (new_by_row) of the row its slot_target names, or 0. Returns the index of the first object whose
+   (new_by_row) of the row its slot_target names, or 0; an immediate's slot is left as it is. Returns the index of the first object whose
    slots are not writable through m (its slots untouched), or n. */
 int64_t rgc_core_fixup(const struct rgc_mem *m, const int64_t *rows, const int64_t *loc, int64_t from, int64_t n,
                        const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
@@ -105,7 +107,7 @@ int64_t rgc_core_check_headers(const struct rgc_objects *o, const struct rgc_mem
                                int64_t page_size, uint64_t large_bit, uint64_t tag, int64_t from,
                                struct rgc_check *out);
 
-/* Verify: every slot of objects [from, n) holds 0 or an object start. RGC_DONE, RGC_NEED_PAGE or
+/* Verify: every slot of objects [from, n) holds 0, an immediate (low bit set) or an object start. RGC_DONE, RGC_NEED_PAGE or
    RGC_BAD_ADDRESS (out->at, out->slot: the first slot that does not; out->bad its value). */
 int64_t rgc_core_check_slots(const struct rgc_objects *o, const struct rgc_mem *m, int64_t from,
                              struct rgc_check *out);

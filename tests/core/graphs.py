@@ -21,10 +21,21 @@ from heap.mark import AddressIndex
 from heap.objects import DEFAULT_MODEL
 
 
+@dataclass(frozen=True)
+class Imm:
+    """A slot holding the immediate ``n`` (stored as ``n << 1 | 1``: not a reference)."""
+
+    n: int
+
+    @property
+    def word(self) -> int:
+        return (self.n << 1) | 1
+
+
 @dataclass
 class Graph:
     nbytes: list[int]
-    targets: list[list[int | None]]  # per object, per slot: the row it points at, or None
+    targets: list[list]  # per object, per slot: the row it points at, None, or an Imm
     roots: list[int | None]
 
     @property
@@ -73,13 +84,25 @@ def lay_out(kernel, graph: Graph, *, write_none_slots: bool = True, spare_pages:
         flat = [t for ts in graph.targets for t in ts]
         if flat:
             slots = DEFAULT_MODEL.slot_addresses(starts, nrefs)
-            values = np.array([0 if t is None else int(starts[t]) for t in flat], dtype=np.int64)
+            values = np.array([_word(t, starts) for t in flat], dtype=np.int64)
             keep = np.ones(slots.size, dtype=bool) if write_none_slots else values != 0
             kernel.store_words(slots[keep].astype(np.uint64), values[keep].astype(np.uint64))
     index = AddressIndex(base, size)
     index.add_many(starts, 0)
     roots = np.array([0 if r is None else int(starts[r]) for r in graph.roots], dtype=np.int64)
     return Laid(kernel, base, size, starts, nbytes, nrefs, totals, np.cumsum(nrefs) - nrefs, index, roots)
+
+
+def has_immediates(graph: Graph) -> bool:
+    return any(isinstance(t, Imm) for ts in graph.targets for t in ts)
+
+
+def _word(target, starts) -> int:
+    if target is None:
+        return 0
+    if isinstance(target, Imm):
+        return target.word
+    return int(starts[target])
 
 
 def chain(n: int) -> Graph:
@@ -89,21 +112,37 @@ def chain(n: int) -> Graph:
 
 
 # --- the reference: what marking and forwarding mean, in plain Python ---------------------
+IMMEDIATE = -2  # what marking records for an immediate's slot
+
+
+def _is_ref(t) -> bool:
+    return t is not None and not isinstance(t, Imm)
+
+
 def reference_mark(graph: Graph) -> tuple[list[bool], dict[int, list[int]]]:
-    """(live per row, {live row: the row each slot points at, -1 for None})."""
+    """(live per row, {live row: the row each slot points at, -1 for None, IMMEDIATE})."""
     live = [False] * graph.n
-    todo = [r for r in graph.roots if r is not None]
+    todo = list(dict.fromkeys(r for r in graph.roots if r is not None))
     for r in todo:
         live[r] = True
     while todo:
         r = todo.pop()
         for t in graph.targets[r]:
-            if t is not None and not live[t]:
+            if _is_ref(t) and not live[t]:
                 live[t] = True
                 todo.append(t)
-    return live, {r: [-1 if t is None else t for t in graph.targets[r]] for r in range(graph.n) if live[r]}
+
+    def recorded(t):
+        return -1 if t is None else IMMEDIATE if isinstance(t, Imm) else t
+
+    return live, {r: [recorded(t) for t in graph.targets[r]] for r in range(graph.n) if live[r]}
 
 
 def reference_forward(graph: Graph, live: list[bool], new_address: dict[int, int]) -> dict[int, list[int]]:
-    """{live row: the value each of its slots must hold after the move}."""
-    return {r: [0 if t is None else new_address[t] for t in graph.targets[r]] for r in range(graph.n) if live[r]}
+    """{live row: the value each of its slots must hold after the move}: an
+    immediate stays what it was."""
+
+    def moved(t):
+        return 0 if t is None else t.word if isinstance(t, Imm) else new_address[t]
+
+    return {r: [moved(t) for t in graph.targets[r]] for r in range(graph.n) if live[r]}

@@ -15,7 +15,7 @@ from heap.mark import Workspace
 from heap.native import slot_values
 from heap.objects import DEFAULT_MODEL
 
-from .graphs import Graph, chain, lay_out, reference_forward, reference_mark
+from .graphs import Graph, Imm, chain, has_immediates, lay_out, reference_forward, reference_mark
 from .strategies import graphs
 
 pytestmark = pytest.mark.skipif(not core.COMPILED, reason="heap._core not built")
@@ -57,8 +57,9 @@ def check_fixup(kernel, graph: Graph, seed: int, **layout) -> None:
         live, _ = reference_mark(graph)
         new_address = {int(r): int(a) for r, a in zip(rows, new_starts)}
         assert slots_now(laid, rows) == reference_forward(graph, live, new_address)
-        got = kernel.load_words(laid.slot_addresses(rows).astype(np.uint64)).view(np.int64)
-        assert (got == numpy_values).all()
+        if not has_immediates(graph):  # numpy's slot_values has no immediates (yet)
+            got = kernel.load_words(laid.slot_addresses(rows).astype(np.uint64)).view(np.int64)
+            assert (got == numpy_values).all()
         assert written == int(laid.nrefs[rows].sum())
         assert new_by_row.tolist() == [new_address.get(r, 0) for r in range(graph.n)]
     finally:
@@ -75,6 +76,12 @@ def test_random_graphs_fix_up_as_the_model_does(kernel, graph, seed):
 @given(graph=graphs(), seed=st.integers(0, 1000))
 def test_random_graphs_fix_up_onto_untouched_pages(kernel, graph, seed):
     check_fixup(kernel, graph, seed, write_none_slots=False)
+
+
+def test_fixup_leaves_immediates_as_they_were(kernel):
+    graph = Graph(nbytes=[8, 8], targets=[[Imm(-3), 1, Imm((1 << 62) - 1)], [Imm(7), None]], roots=[0])
+    check_fixup(kernel, graph, seed=1)
+    check_fixup(kernel, graph, seed=1, write_none_slots=False)
 
 
 def test_fixup_of_a_long_chain(kernel):
