@@ -3,7 +3,9 @@
 ``test_generated_sequences_match_linux``: each generated sequence runs on
 LinuxKernel and on a fresh SimKernel, with a snapshot of every page after
 every step; any difference fails with the shrunk sequence printed as
-scenario data, ready to paste into scenarios.py as a named scenario.
+scenario data, ready to paste into scenarios.py as a named scenario. A
+difference khugepaged may have caused (tests/differential/agreement.py) is
+rerun first, not counted. Thousands more, longer ones: soak.py.
 
 ``test_generated_sequences_sim_consistent``: the checks left when Linux is
 unavailable: the simulator is deterministic (same sequence, same record) and
