@@ -44,7 +44,15 @@ def skip_linux_if_unavailable() -> None:
     pytest.skip(f"Linux backend unavailable: {reason}")
 
 
+# the simulator's numpy paths (its compiled per-word loops off): a second
+# implementation of the same behaviour, run by the Kernel protocol tests too
+SIM_VARIANTS = {"sim-numpy": {"compiled": False}}
+KERNEL_MATRIX = ("sim", "sim-numpy", "linux")  # what tests of the Kernel protocol itself run on
+
+
 def make_kernel(name: str, **options):
     if name == "linux":
         skip_linux_if_unavailable()
+    if name in SIM_VARIANTS:
+        return open_kernel("sim", **SIM_VARIANTS[name], **options)
     return open_kernel(name, **options)

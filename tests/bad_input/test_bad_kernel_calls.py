@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from heap.kernel import PAGE_SIZE, KernelUnsupported, UffdError
-from tests.backends import BACKENDS
+from tests.backends import KERNEL_MATRIX
 
 PS = PAGE_SIZE
 EINVAL, ENOMEM, EFAULT, EEXIST, ENOENT, EBADF = (
@@ -133,8 +133,8 @@ def sim_mark(name: str):
 def on_each_backend(cases):
     """(backend, case...) params, ids "<backend>-<case>"; known sim differences marked on the sim side."""
     return [pytest.param(backend, *case[1:], id=f"{backend}-{case[0]}",
-                         marks=sim_mark(case[0]) if backend == "sim" else [])
-            for case in cases for backend in BACKENDS]
+                         marks=sim_mark(case[0]) if backend.startswith("sim") else [])
+            for case in cases for backend in KERNEL_MATRIX]
 
 
 @pytest.mark.timeout(30)
@@ -147,6 +147,7 @@ def test_bad_input_raises_a_clear_error(k, mem, uffd, call, exc_type, err):
     assert str(exc.value)  # says what went wrong
 
 
+@pytest.mark.parametrize("kernel_name", KERNEL_MATRIX)
 def test_type_errors_are_also_value_errors(k):
     with pytest.raises(TypeError):
         k.mmap("4096")
