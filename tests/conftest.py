@@ -7,7 +7,8 @@ Tests that drive the Kernel protocol directly use ``k`` (a kernel of each
 backend, closed at teardown), ``mem`` (mappings through ``k``, unmapped at
 teardown) and ``uffd`` (a userfaultfd of ``k``). A folder whose tests hold
 for one backend only overrides ``k`` in its conftest (tests/linux: the real
-kernel), and ``mem`` and ``uffd`` follow it.
+kernel), and ``mem`` and ``uffd`` follow it; tests/kernel widens
+``kernel_name`` to the simulator's numpy paths too (tests.backends.KERNEL_MATRIX).
 """
 
 from __future__ import annotations
