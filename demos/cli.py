@@ -40,9 +40,9 @@ def configure_logging(json_output: bool, verbose: bool = False) -> None:
     """Show the library's events on stderr: pretty lines, or JSON lines with ``--json``.
 
     Only the ``remapgc`` loggers are configured (not the root logger), so the
-    libraries the demos use (matplotlib...) keep their own settings. Events
-    sent through structlog by code that still uses it are routed to the same
-    handler and level.
+    libraries the demos use (matplotlib...) keep their own settings. structlog
+    only renders here (its stdlib ``ProcessorFormatter``); nothing is
+    configured in structlog itself.
     """
     import structlog
 
@@ -65,13 +65,6 @@ def configure_logging(json_output: bool, verbose: bool = False) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False  # the CLI is the host here: one line per event, whatever the root logger has
-    structlog.configure(
-        processors=[structlog.stdlib.filter_by_level, *shared,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,7 +206,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-DEMO_EXTRA = ("rich", "matplotlib")  # what `pip install .` leaves out and `pip install 'remapgc[demo]'` adds
+# what `pip install .` leaves out and `pip install 'remapgc[demo]'` adds
+DEMO_EXTRA = ("rich", "matplotlib", "structlog")
 
 
 def lacks_demo_extra(exc: BaseException) -> bool:

@@ -9,19 +9,15 @@ import subprocess
 import sys
 
 import pytest
-import structlog
 
 
 @pytest.fixture(autouse=True)
 def restore_logging():
     """``remapgc`` configures logging (the CLI's job: a handler and a level on the
-    ``remapgc`` logger, structlog routed to it); undo it for the tests that follow."""
-    saved = structlog.get_config()
+    ``remapgc`` logger); undo it for the tests that follow."""
     events = logging.getLogger("remapgc")
     handlers, level, propagate = list(events.handlers), events.level, events.propagate
     yield
-    structlog.reset_defaults()
-    structlog.configure(**saved)
     events.handlers[:] = handlers
     events.setLevel(level)
     events.propagate = propagate

@@ -103,10 +103,11 @@ def test_demo_shows_the_heaps_events_on_stderr_only_with_v(capsys, verbose_args)
 @pytest.mark.parametrize("missing, argv", [
     ("rich", ["demo", "--list"]),
     ("rich", ["doctor"]),
+    ("structlog", ["doctor"]),
     ("matplotlib", ["demo", "lisp", "--size", "small", "--backend", "sim", "--plot", "{tmp}/lisp.png"]),
-], ids=["rich-list", "rich-doctor", "matplotlib-plot"])
+], ids=["rich-list", "rich-doctor", "structlog-doctor", "matplotlib-plot"])
 def test_without_the_demo_extra_the_cli_says_how_to_install_it(missing, argv, tmp_path):
-    """``pip install .`` leaves rich and matplotlib out: the command says which extra brings them."""
+    """``pip install .`` leaves rich, matplotlib and structlog out: the command says which extra brings them."""
     argv = [arg.format(tmp=tmp_path) for arg in argv]
     code = (f"import sys; sys.modules[{missing!r}] = None  # as if it were not installed\n"
             f"from demos.cli import main; sys.exit(main({argv!r}))")
