@@ -8,60 +8,44 @@ import numpy as np
 import pytest
 from tests.heap.logs import capture_events
 
+from bench.wrappers import KernelWrapper, UffdWrapper
 from heap import CompactionAborted, Heap
 from heap.kernel import KernelUnsupported, UffdError
 from tests.conftest import make_kernel
 
 
-class NoUserfaultfd:
+class NoUserfaultfd(KernelWrapper):
     """A kernel where userfaultfd is refused (as without permission)."""
-
-    def __init__(self, inner):
-        self._inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
 
     def userfaultfd(self, *args, **kwargs):
         raise KernelUnsupported("userfaultfd is refused: EPERM (test)")
 
 
-class FlakyUffd:
-    """A userfaultfd whose MOVE fails with ``err`` ``times`` times, from the ``after``-th call."""
+class FlakyUffd(UffdWrapper):
+    """A userfaultfd whose MOVE fails with ``err`` ``times`` times, from the ``after``-th call
+    (batched MOVEs too: UffdWrapper's move_ranges is one ``self.move`` per range)."""
 
     def __init__(self, inner, err: int, after: int, times: int):
-        self._inner, self.err, self.after, self.times = inner, err, after, times
+        super().__init__(inner)
+        self.err, self.after, self.times = err, after, times
         self.calls = 0
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
 
     def move(self, dst, src, length, mode=0):
         self.calls += 1
         if self.calls >= self.after and self.times > 0:
             self.times -= 1
             raise UffdError(self.err, "injected by the test", 0)
-        return self._inner.move(dst, src, length, mode)
-
-    def move_ranges(self, dsts, srcs, lengths, mode=0):
-        done = 0
-        for i, (d, s, n) in enumerate(zip(dsts.tolist(), srcs.tolist(), lengths.tolist())):
-            try:
-                done += self.move(d, s, n, mode)
-            except UffdError as exc:
-                exc.index = i
-                raise
-        return done
+        return self.inner.move(dst, src, length, mode)
 
 
-class FlakyKernel(NoUserfaultfd):
+class FlakyKernel(KernelWrapper):
     def __init__(self, inner, **flaky):
         super().__init__(inner)
         self.flaky = flaky
         self.uffd = None
 
-    def userfaultfd(self, *args, **kwargs):
-        self.uffd = FlakyUffd(self._inner.userfaultfd(*args, **kwargs), **self.flaky)
+    def wrap_uffd(self, uffd):
+        self.uffd = FlakyUffd(uffd, **self.flaky)
         return self.uffd
 
 
@@ -151,21 +135,21 @@ def test_both_compactors_give_the_same_heap(kernel_name, compactor):
         heap.verify()
 
 
-class FailingCopy(NoUserfaultfd):
+class FailingCopy(KernelWrapper):
     """A kernel whose next copy_ranges fails (as a memmove into memory that could not be allocated)."""
 
     def __init__(self, inner):
         super().__init__(inner)
         self.fail = False
 
-    def userfaultfd(self, *args, **kwargs):
-        return self._inner.userfaultfd(*args, **kwargs)
+    def wrap_uffd(self, uffd):
+        return uffd  # only copy_ranges is injected: the backend's own userfaultfd
 
     def copy_ranges(self, *args):
         if self.fail:
             self.fail = False
             raise OSError(errno.ENOMEM, "injected by the test")
-        return self._inner.copy_ranges(*args)
+        return self.inner.copy_ranges(*args)
 
 
 @pytest.mark.timeout(30)
@@ -187,20 +171,14 @@ def test_failed_evacuation_puts_every_page_back(kernel_name):
         heap.verify()
 
 
-class RefusingRegister(NoUserfaultfd):
+class RefusingRegister(KernelWrapper):
     """userfaultfd opens, but registering memory is refused (as under a seccomp or LSM policy)."""
 
-    def userfaultfd(self, *args, **kwargs):
-        return RefuseRegisterUffd(self._inner.userfaultfd(*args, **kwargs))
+    def wrap_uffd(self, uffd):
+        return RefuseRegisterUffd(uffd)
 
 
-class RefuseRegisterUffd:
-    def __init__(self, inner):
-        self._inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
+class RefuseRegisterUffd(UffdWrapper):
     def register(self, *args, **kwargs):
         raise OSError(errno.EPERM, "injected by the test")
 
