@@ -84,15 +84,36 @@ def run_venv(bin_dir: Path, *argv: str, cwd: Path, timeout: float = 300) -> subp
                           timeout=timeout)
 
 
+# a collection on the library alone; prints the live objects and which demo-extra packages are importable
+LIBRARY_ONLY = """
+import importlib.util
+from heap import Heap
+with Heap(kernel="auto", size=4 << 20) as h:
+    a = h.alloc(64, 1)
+    a.set_ref(0, h.alloc(4096))
+    live = h.collect().live_objects
+print(live, [m for m in ("rich", "matplotlib", "structlog") if importlib.util.find_spec(m)])
+"""
+
+
 @pytest.mark.timeout(900)  # about 70 s here: most of it pip installing numpy, matplotlib and rich into the venv
 def test_the_wheel_installed_in_a_fresh_venv_runs_the_cli_away_from_the_checkout(wheel, tmp_path):
     """The issue's acceptance: ``pip install remapgc-*.whl[demo]`` (not editable) in a new venv, then
-    ``remapgc doctor`` and ``remapgc demo lisp --size small`` from a directory outside the checkout."""
+    ``remapgc doctor`` and ``remapgc demo lisp --size small`` from a directory outside the checkout;
+    before the extra, the library alone works (silently) and the command says what to install."""
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / "bin"
     away = tmp_path / "elsewhere"
     away.mkdir()
+    # the library alone (`pip install .`): a heap works, silently, and the command names the missing extra
+    install = run_venv(bin_dir, "python", "-m", "pip", "install", str(wheel), cwd=away, timeout=600)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    library = run_venv(bin_dir, "python", "-c", LIBRARY_ONLY, cwd=away)
+    assert (library.returncode, library.stdout, library.stderr) == (0, "2 []\n", "")
+    doctor = run_venv(bin_dir, "remapgc", "doctor", cwd=away)
+    assert doctor.returncode == 2 and "pip install 'remapgc[demo]'" in doctor.stderr, doctor.stderr[-3000:]
+
     install = run_venv(bin_dir, "python", "-m", "pip", "install", f"{wheel}[demo]", cwd=away, timeout=600)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
 
