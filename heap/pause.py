@@ -36,12 +36,13 @@ log = get_logger("remapgc.heap")
 class Collection:
     """One collection, from the start of its pause to its end: its stats and its phase clock."""
 
-    __slots__ = ("stats", "clock", "t0")
+    __slots__ = ("stats", "clock", "t0", "info")
 
     def __init__(self, stats: GCStats, compactor: str):
         self.stats = stats
         self.clock = PhaseClock(compactor)
         self.t0 = time.perf_counter_ns()
+        self.info = None  # heap.hooks.CollectionInfo when the host registered hooks or callbacks
 
     def pause_over(self) -> None:
         self.stats.pause_ns = time.perf_counter_ns() - self.t0
@@ -188,3 +189,5 @@ class Pause:
         self.last_events = list(clock.events)
         if log.enabled():
             log.debug("gc_done", compactor=clock.compactor, **stats.as_dict())
+        if col.info is not None:  # the host's "stop" callbacks (heap.hooks), once the collection is whole
+            col.info.ended(stats)

@@ -22,7 +22,6 @@ the live objects at the bottom and leaves the rest of the arena empty.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import Iterable
 
@@ -35,7 +34,8 @@ from .compactors import copy_collect, remap_pause
 from .concurrent import CHUNK_PAGES, ConcurrentCycle, collect_concurrent, concurrent_pause
 from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull, Health, RemapRefused
 from .events import get_logger
-from .hooks import Callback, Hooks, MutatorHooks
+from .embedding import EmbeddingAPI
+from .hooks import Hooks
 from .install import InstallInterrupted, PageInstaller
 from .kernel import Kernel, KernelUnsupported, open_kernel
 from .mark import AddressIndex, Workspace
@@ -66,7 +66,7 @@ MAX_NREFS = (1 << 32) - 1
 CLOSE_DRAIN_S = 10.0  # close() waits this long for accesses in flight
 
 
-class Heap:
+class Heap(EmbeddingAPI):
     """A compacting heap in one arena of ``size`` bytes.
 
     kernel: "auto" | "linux" | "sim" | a Kernel instance.
@@ -77,12 +77,8 @@ class Heap:
     2 MiB region) moves whole instead of having its objects evacuated
     (default 0.85, with THP 0.25; see DEFAULT_DENSE).
     collect_every: collect before an allocation once this many bytes were
-    allocated since the last collection (None: only when the heap is full);
-    settable later (``heap.collect_every = n``).
-
-    A runtime embedding the heap (docs/embedding.md): ``add_mutator_hooks``
-    and ``add_callback`` (called around every collection, heap.hooks),
-    ``disable``/``enable``/``disabled()`` (no automatic collection).
+    allocated since the last collection (None: only when the heap is full).
+    What a runtime embedding the heap adds: heap.embedding, docs/embedding.md.
     """
 
     def __init__(self, kernel: str | Kernel = "auto", size: int = 256 << 20, *, compactor: str = "auto",
@@ -195,79 +191,6 @@ class Heap:
     def _uffd(self):
         """The userfaultfd (None: copying compactor), for tests that check its options."""
         return self._spaces.uffd
-
-    def add_root_scanner(self, scanner: RootScanner) -> None:
-        with self._lock:
-            self._ready()
-            self._scanners.append(scanner)
-
-    def remove_root_scanner(self, scanner: RootScanner) -> None:
-        with self._lock:
-            self._scanners.remove(scanner)
-
-    # -- the host's hooks (heap.hooks, docs/embedding.md "The mutator protocol") ----------
-    def add_mutator_hooks(self, hooks: MutatorHooks) -> None:
-        """``hooks.stop_mutators(info)`` / ``resume_mutators(info)`` around every pause."""
-        with self._lock:
-            self._ready()
-            self._hooks.add_mutators(hooks)
-
-    def remove_mutator_hooks(self, hooks: MutatorHooks) -> None:
-        with self._lock:
-            self._hooks.remove_mutators(hooks)
-
-    def add_callback(self, callback: Callback) -> None:
-        """``callback("start", info)`` before and ``callback("stop", info)``
-        after every collection (``info.stats``: its stats), automatic ones included."""
-        with self._lock:
-            self._ready()
-            self._hooks.add_callback(callback)
-
-    def remove_callback(self, callback: Callback) -> None:
-        with self._lock:
-            self._hooks.remove_callback(callback)
-
-    # -- when collections run ------------------------------------------------------------
-    @property
-    def collect_every(self) -> int | None:
-        """Bytes allocated after which ``alloc`` collects first (None: only when full)."""
-        return self._collect_every
-
-    @collect_every.setter
-    def collect_every(self, value: int | None) -> None:
-        if value is not None:
-            value = as_index(value, "collect_every")
-            if value <= 0:
-                raise ValueError(f"collect_every must be positive or None, not {value}")
-        with self._lock:
-            self._collect_every = value
-
-    def disable(self) -> None:
-        """No automatic collection until the matching ``enable()`` (calls nest,
-        as Boehm's GC_disable). ``collect()`` still collects when asked; an
-        allocation that does not fit raises HeapFull instead of collecting."""
-        with self._lock:
-            self._disabled += 1
-
-    def enable(self) -> None:
-        with self._lock:
-            if not self._disabled:
-                raise ValueError("enable() without a matching disable()")
-            self._disabled -= 1
-
-    @property
-    def enabled(self) -> bool:
-        """Whether allocation may collect by itself."""
-        return not self._disabled
-
-    @contextlib.contextmanager
-    def disabled(self):
-        """``with heap.disabled():`` no automatic collection inside."""
-        self.disable()
-        try:
-            yield self
-        finally:
-            self.enable()
 
     # -- life cycle -------------------------------------------------------------------
     def __enter__(self) -> "Heap":
@@ -398,11 +321,7 @@ class Heap:
 
     def _place(self, place, total: int):
         if self._disabled:
-            where = place()
-            if where is None:
-                raise HeapFull(f"no room for {total} bytes, and collection is disabled (Heap.disable)")
-            self._since_collect += total
-            return where
+            return self._place_disabled(place, total)
         if self._collect_every is not None and self._since_collect + total > self._collect_every:
             self._collect_locked()
         where = place()
@@ -418,27 +337,17 @@ class Heap:
 
     # -- collection ----------------------------------------------------------------------
     def collect(self, concurrent: bool = False) -> GCStats:
-        """Compact the heap, in either mode, and return what it did.
+        """Compact the heap; returns what it did. Stop-the-world: every step in
+        the pause, a ``GCStats``. ``concurrent=True``: the pages are installed
+        while mutators run (a touch of one not yet installed is served on
+        demand), a ``ConcurrentGCStats``; with the copying compactor, which
+        cannot run concurrently, it collects stop-the-world and says so
+        (``stop_the_world == 1``, and an INFO event). docs/embedding.md, "collect".
 
-        ``concurrent=False`` (stop-the-world): every step runs inside the
-        pause, with the heap lock held and no access in flight; returns a
-        ``GCStats`` once the collection is whole. The pause (``pause_ns``)
-        ends when every live page is installed and the heap lock is dropped;
-        releasing the from-space happens after that, outside the lock, and
-        ``total_ns`` includes it.
-
-        ``concurrent=True``: the pause only marks, plans, flips and forwards
-        the roots; then pages are installed by a compactor thread while
-        mutators run (a touch of a page not yet installed is a userfault,
-        served on demand). Returns a ``ConcurrentGCStats`` when the install
-        is done. With a compactor that cannot run concurrently (the copying
-        one, when userfaultfd is unusable) it collects stop-the-world and
-        still returns a ``ConcurrentGCStats``, with ``stop_the_world == 1``
-        (and logs ``collect_stop_the_world`` at INFO): code written for the
-        concurrent mode runs everywhere and can tell what happened.
-
-        Either way the host's mutator hooks and callbacks run around it
-        (heap.hooks).
+        The pause (``pause_ns``) ends when every live page is installed (or,
+        concurrent, when the install program is ready) and the heap lock is
+        dropped; releasing the from-space happens after that, outside the
+        lock, and ``total_ns`` includes it.
         """
         with signals.deferred():  # SIGINT/SIGTERM reach the caller once the heap is consistent
             if concurrent:
@@ -461,41 +370,27 @@ class Heap:
         the rest of it to call once the heap lock is dropped)."""
         self._settle_cycle()  # a concurrent cycle ends and no mutator access is in flight
         self._spaces.settle_release()
-        stats = ConcurrentGCStats(stop_the_world=1) if asked_concurrent else GCStats()
-        stats.rss_before = self._rss()
-        col = Collection(stats, self._compactor)
-        info = col.info = self._hooks.begin(self._pause.collections + 1, concurrent=False, automatic=automatic,
-                                            compactor=self._compactor)
-        try:
-            self._collect_stop_the_world(col)
-        except BaseException as exc:
-            self._hooks.failed(info, exc)
-            raise
-        self._hooks.resumed(info)
+        col = Collection(ConcurrentGCStats(stop_the_world=1) if asked_concurrent else GCStats(), self._compactor)
+        col.stats.rss_before = self._rss()
+        with self._hooks.pause(col, self._pause.collections + 1, concurrent=False, automatic=automatic,
+                               compactor=self._compactor):
+            if self._compactor == "remap":
+                try:
+                    self._collect_remap(col)
+                except RemapRefused as exc:
+                    if not self._auto:
+                        raise exc.error
+                    # nothing was changed yet: compact by copying, now and from now on
+                    log.warning("compactor_fallback", compactor="copy",
+                                reason=f"registering the arena failed: {exc.error}")
+                    self._compactor = col.clock.compactor = "copy"
+                    copy_collect(self._pause, col)
+            else:
+                copy_collect(self._pause, col)
+            col.pause_over()
         self._since_collect = 0
         token = self._spaces.owe_release() if self._compactor == "remap" else None
-
-        def finish():
-            self._pause.end(col, token)
-            self._hooks.raise_resume_error(info)
-
-        return col.stats, finish
-
-    def _collect_stop_the_world(self, col: Collection) -> None:
-        """The pause of the heap's compactor, whole."""
-        if self._compactor == "remap":
-            try:
-                self._collect_remap(col)
-            except RemapRefused as exc:
-                if not self._auto:
-                    raise exc.error
-                # nothing was changed yet: compact by copying, now and from now on
-                log.warning("compactor_fallback", compactor="copy", reason=f"registering the arena failed: {exc.error}")
-                self._compactor = col.clock.compactor = "copy"
-                copy_collect(self._pause, col)
-        else:
-            copy_collect(self._pause, col)
-        col.pause_over()
+        return col.stats, lambda: self._hooks.after(col.info, self._pause.end, col, token)
 
     def _collect_remap(self, col: Collection) -> None:
         inst = self._pending = remap_pause(self._pause, col)
@@ -535,33 +430,27 @@ class Heap:
             self._ready()
             self._settle_cycle()
             if self._compactor != "remap":  # no userfaultfd: the copying compactor, stop-the-world
-                log.info("collect_stop_the_world", compactor=self._compactor,
-                         reason="the copying compactor cannot run concurrently")
+                log.info("collect_stop_the_world", reason="the copying compactor cannot run concurrently")
                 stats, finish = self._collect_pause(asked_concurrent=True)
                 return None, stats, finish
             self._spaces.settle_release()
             col = Collection(ConcurrentGCStats(rss_before=self._rss() if rss_before is None else rss_before),
                              "concurrent")
-            info = col.info = self._hooks.begin(self._pause.collections + 1, concurrent=True, automatic=False,
-                                                compactor=self._compactor)
-            try:
+            with self._hooks.pause(col, self._pause.collections + 1, concurrent=True, automatic=False,
+                                   compactor=self._compactor):
                 try:
                     program = concurrent_pause(self._pause, col)
                 except RemapRefused as exc:
                     raise exc.error
-            except BaseException as exc:
-                self._hooks.failed(info, exc)
-                raise
-            self._since_collect = 0
-            cycle = self._cycle = ConcurrentCycle(self._kernel, self._spaces, self._gate, self._health, self._pause,
-                                                  self._end_cycle, program, col, chunk_pages=chunk_pages,
-                                                  run_compactor=run_compactor)
-            col.pause_over()
-            self._hooks.resumed(info)
+                self._since_collect = 0
+                cycle = self._cycle = ConcurrentCycle(self._kernel, self._spaces, self._gate, self._health,
+                                                      self._pause, self._end_cycle, program, col,
+                                                      chunk_pages=chunk_pages, run_compactor=run_compactor)
+                col.pause_over()
         # the threads start once the pause is over: a fault taken meanwhile just waits in the uffd
         # queue, and a starting thread that takes the GIL cannot stretch the pause
         cycle.start()
-        self._hooks.raise_resume_error(info)
+        self._hooks.raise_resume_error(col.info)
         return cycle, cycle.stats, None
 
     def end_concurrent(self, cycle: ConcurrentCycle) -> None:

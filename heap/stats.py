@@ -55,6 +55,9 @@ class ConcurrentGCStats(GCStats):
     flip_ns: int = 0
     precompute_ns: int = 0
     roots_ns: int = 0
+    # 1: asked for concurrently, but the heap's compactor cannot run concurrently (the copying
+    # one): it collected stop-the-world (everything above then happened inside the pause)
+    stop_the_world: int = 0
 
 
 @dataclass

@@ -187,18 +187,10 @@ class EmbeddingState:
         self.heap._ready()
 
     def _address(self, ref: Ref) -> int:
-        heap = self.heap
-        access = getattr(heap, "_access", None)
-        if access is None:  # the heap before its Access part (heap-core's restructure, issue 11)
-            return heap._ref_address(ref)
-        return access.own(ref)
+        return self.heap._access.own(ref)
 
     def _new_ref(self, addr: int) -> Ref:
-        heap = self.heap
-        access = getattr(heap, "_access", None)
-        if access is None:
-            return Ref._issue(heap, heap._handles.new(addr))
-        return access.issue(addr)
+        return self.heap._access.issue(addr)
 
     # -- weak references ------------------------------------------------------------------------
     def weakref(self, ref: Ref) -> WeakRef:
@@ -305,8 +297,10 @@ def finalize(heap, ref: Ref, token: Any) -> None:
 
 
 def finalized(heap) -> list[Any]:
-    """Tokens of registered objects that died since the last call (``Heap.finalized``)."""
-    return state_of(heap).finalized()
+    """Tokens of registered objects that died since the last call (``Heap.finalized``).
+    Makes nothing and takes no entry check: callable from a hook or callback."""
+    st = _STATES.get(heap)
+    return st.finalized() if st is not None else []
 
 
 def identity_hash(heap, ref: Ref) -> int:

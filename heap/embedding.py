@@ -1,0 +1,127 @@
+"""The part of ``Heap``'s API that a language runtime embedding the heap uses
+beyond alloc/collect (docs/embedding.md): the mutator protocol and the
+collection callbacks (heap.hooks), when collections run (``collect_every``,
+``disable``/``enable``), weak references, finalization and the identity
+hash (heap.weak).
+
+``EmbeddingAPI`` is a base class of ``Heap`` (heap.runtime), kept apart so
+that the heap's own module stays about the heap's own work. It uses the
+heap's lock, its entry check (``_ready``) and its ``Hooks``; nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from . import weak
+from .access import as_index
+from .errors import HeapFull
+from .hooks import Callback, MutatorHooks
+from .objects import RootScanner
+from .roots import Ref
+from .weak import WeakRef
+
+
+class EmbeddingAPI:
+    """Methods ``Heap`` has for runtimes (see the module doc)."""
+
+    # -- roots the runtime holds itself (heap.objects.RootScanner) ---------------------------
+    def add_root_scanner(self, scanner: RootScanner) -> None:
+        with self._lock:
+            self._ready()
+            self._scanners.append(scanner)
+
+    def remove_root_scanner(self, scanner: RootScanner) -> None:
+        with self._lock:
+            self._scanners.remove(scanner)
+
+    # -- the host's hooks (heap.hooks, docs/embedding.md "The mutator protocol") ----------
+    def add_mutator_hooks(self, hooks: MutatorHooks) -> None:
+        """``hooks.stop_mutators(info)`` / ``resume_mutators(info)`` around every pause."""
+        with self._lock:
+            self._ready()
+            self._hooks.add_mutators(hooks)
+
+    def remove_mutator_hooks(self, hooks: MutatorHooks) -> None:
+        with self._lock:
+            self._hooks.remove_mutators(hooks)
+
+    def add_callback(self, callback: Callback) -> None:
+        """``callback("start", info)`` before and ``callback("stop", info)``
+        after every collection (``info.stats``: its stats), automatic ones included."""
+        with self._lock:
+            self._ready()
+            self._hooks.add_callback(callback)
+
+    def remove_callback(self, callback: Callback) -> None:
+        with self._lock:
+            self._hooks.remove_callback(callback)
+
+    # -- when collections run ------------------------------------------------------------
+    @property
+    def collect_every(self) -> int | None:
+        """Bytes allocated after which ``alloc`` collects first (None: only when full)."""
+        return self._collect_every
+
+    @collect_every.setter
+    def collect_every(self, value: int | None) -> None:
+        if value is not None:
+            value = as_index(value, "collect_every")
+            if value <= 0:
+                raise ValueError(f"collect_every must be positive or None, not {value}")
+        with self._lock:
+            self._collect_every = value
+
+    def disable(self) -> None:
+        """No automatic collection until the matching ``enable()`` (calls nest,
+        as Boehm's GC_disable). ``collect()`` still collects when asked; an
+        allocation that does not fit raises HeapFull instead of collecting."""
+        with self._lock:
+            self._disabled += 1
+
+    def enable(self) -> None:
+        with self._lock:
+            if not self._disabled:
+                raise ValueError("enable() without a matching disable()")
+            self._disabled -= 1
+
+    def _place_disabled(self, place, total: int):
+        """``Heap._place`` while collection is disabled: no collection, HeapFull when it does not fit."""
+        where = place()
+        if where is None:
+            raise HeapFull(f"no room for {total} bytes, and collection is disabled (Heap.disable)")
+        self._since_collect += total
+        return where
+
+    @property
+    def enabled(self) -> bool:
+        """Whether allocation may collect by itself."""
+        return not self._disabled
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """``with heap.disabled():`` no automatic collection inside."""
+        self.disable()
+        try:
+            yield self
+        finally:
+            self.enable()
+
+    # -- references the collector does not follow (heap.weak) -----------------------------
+    def weakref(self, ref: Ref) -> WeakRef:
+        """A weak reference to ``ref``'s object: ``get()`` gives a new Ref while
+        it lives, None after the collection that freed it."""
+        return weak.weakref(self, ref)
+
+    def finalize(self, ref: Ref, token) -> None:
+        """Report ``token`` through ``finalized()`` once ``ref``'s object has died (once)."""
+        weak.finalize(self, ref, token)
+
+    def finalized(self) -> list:
+        """The tokens of registered objects that died since the last call, in
+        the order collections found them (also callable from a hook or callback)."""
+        return weak.finalized(self)
+
+    def identity_hash(self, ref: Ref) -> int:
+        """A hash of ``ref``'s object, the same for its whole life however it moves."""
+        return weak.identity_hash(self, ref)
