@@ -26,7 +26,7 @@ from .pause import Collection, Pause
 def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
     """The stop-the-world remap compactor's pause up to the install: returns
     the installer of the to-space pages. RemapRefused: nothing changed."""
-    k, spaces, model, stats = pause.kernel, pause.spaces, pause.model, col.stats
+    k, spaces, stats = pause.kernel, pause.spaces, col.stats
     base, fs, ps = spaces.base, spaces.from_space, k.page_size
 
     def fixup(plan, marking, old, new_by_row, ev):
@@ -41,10 +41,8 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
         if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
             end = int(locations[-1] + old["total"][rows[-1]])
             k.store(end, bytes(round_up(end - fs, ps) + fs - end))
-        slots = model.slot_addresses(locations, old["nrefs"][rows])
-        values = pause.slot_values(plan, marking, old, new_by_row)
-        k.store_words(slots.view(np.uint64), values.view(np.uint64))
-        ev.update(slots=int(slots.size), evacuated_bytes=stats.bytes_copied)
+        slots = pause.fixup(plan, marking, old, new_by_row, locations)
+        ev.update(slots=slots, evacuated_bytes=stats.bytes_copied)
 
     # the roots are forwarded inside "fixup" too: the phase is everything between the flip and the install
     plan, _ = pause.remap(col, register_first=True, prepare_phase="fixup", prepare=fixup, roots_phase="fixup")
@@ -53,7 +51,7 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
 
 def copy_collect(pause: Pause, col: Collection) -> None:
     """The copying compactor, whole (it has no install after its pause)."""
-    k, a, model, stats, clock = pause.kernel, pause.alloc, pause.model, col.stats, col.clock
+    k, a, stats, clock = pause.kernel, pause.alloc, col.stats, col.clock
     ps, base = a.page_size, a.base
     old_top = a.top
     old, marking = pause.mark(col)
@@ -68,11 +66,9 @@ def copy_collect(pause: Pause, col: Collection) -> None:
         stats.bytes_copied += int(lengths.sum())
         ev.update(objects_moved=int(moving.sum()), bytes=int(lengths.sum()))
     with clock.phase("fixup") as ev:
-        slots = model.slot_addresses(plan.new_starts, old["nrefs"][rows])
-        values = pause.slot_values(plan, marking, old, new_by_row)
-        k.store_words(slots.astype(np.uint64), values.astype(np.uint64))
+        slots = pause.fixup(plan, marking, old, new_by_row, plan.new_starts)
         pause.forward_and_commit(old, plan, new_by_row)
-        ev.update(slots=int(slots.size))
+        ev.update(slots=slots)
     new_top = base + plan.end_pages * ps
     with clock.phase("release") as ev:
         if plan.last_object_end:

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import core
 from .alloc import Allocator, ObjectTable
 from .events import get_logger
 from .mark import AddressIndex, Workspace, mark
@@ -65,6 +66,10 @@ class Pause:
         self.handles = handles
         self.scanners = scanners  # the heap's list: scanners added later take part
         self.dense = dense
+        # the per-object work (mark, forwarding, fixup, root forwarding) in C (heap.core)
+        # where the backend and the object model allow it; else the numpy paths
+        self.core = core.supports(kernel, model)
+        self._forwarding = np.zeros(0, dtype=np.int64)  # new_by_row, kept between collections
         self.collections = 0  # collections whose pause is over (an epoch: addresses may have changed)
         self.last_phase_ns: dict[str, int] = {}
         self.last_events: list[dict] = []
@@ -81,11 +86,15 @@ class Pause:
         t, stats = self.table, col.stats
         old = {c: t.column(c) for c in ObjectTable.COLUMNS}
         with col.clock.phase("mark") as ev:
-            marking = mark(self.kernel, self.model, self.index, self.work, old["start"], old["nrefs"],
-                           old["slot"], self.roots())
-            live = marking.live
-            stats.live_objects = int(live.sum())
-            stats.live_bytes = int(old["total"][live].sum())
+            if self.core:
+                marking = core.mark(self.kernel, self.model, self.index, self.work, old["start"], old["nrefs"],
+                                    old["slot"], self.roots(), old["total"])
+                stats.live_objects, stats.live_bytes = marking.live_objects, marking.live_bytes
+            else:
+                marking = mark(self.kernel, self.model, self.index, self.work, old["start"], old["nrefs"],
+                               old["slot"], self.roots())
+                stats.live_objects = int(marking.live.sum())
+                stats.live_bytes = int(old["total"][marking.live].sum())
             stats.freed_objects = t.n - stats.live_objects
             ev.update(objects=t.n, live=stats.live_objects, levels=marking.levels, slots=marking.slots_read)
         return old, marking
@@ -108,9 +117,15 @@ class Pause:
             ev.update(pages=plan.end_pages)
         return plan, self._new_by_row(old, plan)
 
-    @staticmethod
-    def _new_by_row(old, plan: Plan) -> np.ndarray:
-        new_by_row = np.zeros(old["start"].size, dtype=np.int64)
+    def _new_by_row(self, old, plan: Plan) -> np.ndarray:
+        """Every old row's new address (0: dead), in a table kept between
+        collections (valid until the next collection's plan)."""
+        n = old["start"].size
+        if self.core:
+            if self._forwarding.size < n:
+                self._forwarding = np.zeros(max(n, 2 * self._forwarding.size), dtype=np.int64)
+            return core.new_addresses(n, plan.live_rows, plan.new_starts, self._forwarding)
+        new_by_row = np.zeros(n, dtype=np.int64)
         new_by_row[plan.live_rows] = plan.new_starts
         return new_by_row
 
@@ -119,11 +134,25 @@ class Pause:
         """The new value of every slot of every live object (new order, object-major)."""
         return slot_values(plan.live_rows, old["nrefs"], marking.slot_base, marking.slot_target, new_by_row)
 
+    def fixup(self, plan: Plan, marking, old, new_by_row: np.ndarray, locations: np.ndarray) -> int:
+        """Write the new value of every slot of every live object, the objects
+        (``plan.live_rows`` order) lying at ``locations``; returns the slots written."""
+        rows = plan.live_rows
+        if self.core:
+            return core.fixup(self.kernel, self.model, rows, locations, old["nrefs"], marking.slot_base,
+                              marking.slot_target, new_by_row)
+        slots = self.model.slot_addresses(locations, old["nrefs"][rows])
+        values = self.slot_values(plan, marking, old, new_by_row)
+        self.kernel.store_words(slots.astype(np.uint64), values.astype(np.uint64))
+        return int(slots.size)
+
     def forward(self, old_starts: np.ndarray, new_by_row: np.ndarray) -> None:
         """Rewrite every root (handles, root scanners) to its object's new address."""
         index = self.index
 
         def forward(addrs):
+            if self.core:
+                return core.forward(index, old_starts, new_by_row, addrs)
             addrs = np.asarray(addrs, dtype=np.int64)
             out = np.zeros(addrs.shape, dtype=np.int64)
             held = addrs != 0

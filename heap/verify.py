@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import core
 from .alloc import Allocator, round_up
 from .errors import HeapCorrupted
 from .mark import rows_of
@@ -70,8 +71,11 @@ def verify_heap(pause) -> None:
         raise HeapCorrupted("page states", f"page {p} (0x{base + p * ps:x}) is recorded as kind "
                             f"{int(a.page_kind[p])}, its objects make it {int(probe.page_kind[p])}")
 
-    # headers in the arena match the side tables
-    if starts.size:
+    # headers in the arena match the side tables, then every reference slot holds
+    # None or an object start: in C where the heap's pause does its work there
+    if starts.size and pause.core:
+        core.verify_objects(k, model, pause.index, starts, nbytes, nrefs, totals, ps)
+    elif starts.size:
         hw = model.header_bytes // 8
         where = (starts[:, None] + 8 * np.arange(hw)[None, :]).ravel()
         words = k.load_words(where.astype(np.uint64)).reshape(-1, hw)
