@@ -58,22 +58,31 @@ class EventLogger:
         building costly fields on a hot path."""
         return self._logger.isEnabledFor(level)
 
+    # Each level method checks the level itself before anything else: a disabled event
+    # costs that check and the call (the fields dict is built once, by the call).
     def log(self, level: int, event: str, **fields) -> None:
         if self._logger.isEnabledFor(level):
-            self._logger.log(level, _Message(event, fields), extra={"event": event, "fields": fields},
-                             stacklevel=3)
+            self._emit(level, event, fields)
 
     def debug(self, event: str, **fields) -> None:
-        self.log(logging.DEBUG, event, **fields)
+        if self._logger.isEnabledFor(logging.DEBUG):
+            self._emit(logging.DEBUG, event, fields)
 
     def info(self, event: str, **fields) -> None:
-        self.log(logging.INFO, event, **fields)
+        if self._logger.isEnabledFor(logging.INFO):
+            self._emit(logging.INFO, event, fields)
 
     def warning(self, event: str, **fields) -> None:
-        self.log(logging.WARNING, event, **fields)
+        if self._logger.isEnabledFor(logging.WARNING):
+            self._emit(logging.WARNING, event, fields)
 
     def error(self, event: str, **fields) -> None:
-        self.log(logging.ERROR, event, **fields)
+        if self._logger.isEnabledFor(logging.ERROR):
+            self._emit(logging.ERROR, event, fields)
+
+    def _emit(self, level: int, event: str, fields: dict) -> None:
+        # stacklevel 3: the record names the library's line that logged, not this module
+        self._logger.log(level, _Message(event, fields), extra={"event": event, "fields": fields}, stacklevel=3)
 
 
 def get_logger(name: str) -> EventLogger:
