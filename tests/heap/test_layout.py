@@ -19,6 +19,10 @@ MAX_LINES = 500
 ALLOWED_CYCLE_EDGES = {("kernel", "backends")}
 # Modules allowed to name a backend: heap.backends maps a requested name to a backend (its job).
 MAY_NAME_BACKENDS = {"backends"}
+# Modules that still reach into a Heap's privates (the list may only shrink):
+# heap.weak calls heap._ready() and heap._access.
+MAY_TOUCH_HEAP_PRIVATES = {"weak"}
+HEAP_PRIVATE = re.compile(r"\b(heap|h)\._(?!(native|core)\b)[a-z]\w*")
 BACKEND_BRANCH = re.compile(r"""\.name\s*[!=]=|[!=]=\s*["'](linux|sim)["']|["'](linux|sim)["']\s*[!=]=|"""
                             r"""isinstance\([^)]*(SimKernel|LinuxKernel|SimUffd|LinuxUffd)""")
 
@@ -105,6 +109,18 @@ def test_nothing_in_heap_branches_on_a_backend():
                  for name, path in modules().items() if name not in MAY_NAME_BACKENDS
                  for i, line in enumerate(path.read_text().splitlines(), 1) if BACKEND_BRANCH.search(line)]
     assert offenders == []
+
+
+def test_no_module_but_runtime_touches_a_heap_private():
+    offenders = [f"heap/{name}.py:{i}: {line.strip()}"
+                 for name, path in modules().items() if name not in MAY_TOUCH_HEAP_PRIVATES | {"runtime"}
+                 for i, line in enumerate(path.read_text().splitlines(), 1) if HEAP_PRIVATE.search(line)]
+    assert offenders == []
+
+
+def test_the_private_pattern_spares_the_compiled_modules():
+    assert HEAP_PRIVATE.search("self.heap._ready()") and HEAP_PRIVATE.search("h._lock.acquire()")
+    assert not HEAP_PRIVATE.search("import heap._native") and not HEAP_PRIVATE.search("heap._core is not built")
 
 
 def test_the_backend_branch_pattern_catches_the_usual_spellings():
