@@ -18,6 +18,7 @@ from .access import as_index
 from .errors import HeapFull
 from .hooks import Callback, MutatorHooks
 from .objects import RootScanner
+from .pinning import PinTable
 from .roots import Ref
 from .weak import WeakRef
 
@@ -106,6 +107,33 @@ class EmbeddingAPI:
             yield self
         finally:
             self.enable()
+
+    # -- pinning (heap.pinning) -------------------------------------------------------------
+    def pin(self, ref: Ref) -> None:
+        """Keep ``ref``'s object at its address, with its bytes, until the
+        matching ``unpin`` (pins nest); a pinned object is a root."""
+        with self._lock:
+            self._ready()
+            pins = self._pause.pins
+            if pins is None:
+                pins = self._pause.pins = PinTable()
+                self._scanners.append(pins)  # pinned objects are roots
+            pins.pin(self._access.own(ref))
+
+    def unpin(self, ref: Ref) -> None:
+        with self._lock:
+            self._ready()
+            pins = self._pause.pins
+            addr = self._access.own(ref)
+            if pins is None or not pins.pinned(addr):
+                raise ValueError(f"the object at 0x{addr:x} is not pinned")
+            pins.unpin(addr)
+
+    def is_pinned(self, ref: Ref) -> bool:
+        with self._lock:
+            self._ready()
+            pins = self._pause.pins
+            return pins is not None and pins.pinned(self._access.own(ref))
 
     # -- references the collector does not follow (heap.weak) -----------------------------
     def weakref(self, ref: Ref) -> WeakRef:

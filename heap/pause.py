@@ -26,6 +26,7 @@ from .events import get_logger
 from .mark import AddressIndex, Workspace, mark
 from .native import slot_values
 from .objects import ObjectModel
+from .pinning import plan_around_pins, prefix_pages
 from .plan import Plan, plan_remap, plan_slide
 from .roots import HandleTable
 from .spaces import Spaces
@@ -66,6 +67,7 @@ class Pause:
         self.handles = handles
         self.scanners = scanners  # the heap's list: scanners added later take part
         self.dense = dense
+        self.pins = None  # heap.pinning.PinTable once the host pinned something
         # the per-object work (mark, forwarding, fixup, root forwarding) in C (heap.core)
         # where the backend and the object model allow it; else the numpy paths
         self.core = core.supports(kernel, model)
@@ -103,8 +105,13 @@ class Pause:
         """The plan of the compactors that move pages, and every old row's new address."""
         a = self.alloc
         with col.clock.phase("plan") as ev:
-            plan = plan_remap(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages,
-                              a.used_pages, self.dense)
+            prefix = self._pinned_prefix(old, ev)
+            if prefix:  # heap.pinning: the prefix stays, the rest is planned from its end
+                plan = plan_around_pins(plan_remap, old["start"], old["total"], marking.live, a.base, a.page_size,
+                                        a.hpage_pages, a.used_pages, prefix, self.dense)
+            else:
+                plan = plan_remap(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages,
+                                  a.used_pages, self.dense)
             ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
                       evacuated=int(plan.evacuated.sum()))
         return plan, self._new_by_row(old, plan)
@@ -113,9 +120,27 @@ class Pause:
         """The copying compactor's plan (every live object slid down), and every old row's new address."""
         a = self.alloc
         with col.clock.phase("plan") as ev:
-            plan = plan_slide(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages)
+            prefix = self._pinned_prefix(old, ev)
+            if prefix:
+                plan = plan_around_pins(plan_slide, old["start"], old["total"], marking.live, a.base, a.page_size,
+                                        a.hpage_pages, a.used_pages, prefix)
+            else:
+                plan = plan_slide(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages)
             ev.update(pages=plan.end_pages)
         return plan, self._new_by_row(old, plan)
+
+    def _pinned_prefix(self, old, ev) -> int:
+        """Pages at the arena base that stay in place because of pinned objects
+        (heap.pinning; 0 when none is pinned); the plan event reports them."""
+        pins = self.pins
+        if pins is None or not pins.count:
+            return 0
+        a = self.alloc
+        addrs = pins.addresses()
+        ends = addrs + old["total"][self.index.rows(old["start"], addrs, "pinned object")]
+        prefix = prefix_pages(ends, old["start"], old["total"], a.base, a.page_size, a.hpage_pages or 1)
+        ev.update(pinned_objects=int(addrs.size), pinned_pages=prefix)
+        return prefix
 
     def _new_by_row(self, old, plan: Plan) -> np.ndarray:
         """Every old row's new address (0: dead), in a table kept between
