@@ -16,7 +16,13 @@ what the caller sees):
   in C: touching unmapped or protected memory raises EFAULT instead of
   crashing, while a registered missing page still blocks in a real userfault;
 * calls that would unmap, protect, register or move memory that remapgc did
-  not map (the interpreter's) are refused with EPERM (``owned.py``).
+  not map (the interpreter's) are refused with EPERM (``owned.py``) -- once
+  the kernel would have accepted their arguments: alignment, zero and
+  wrapping lengths and unknown flags get the kernel's own answer, in its
+  order (``kernel_args.py``).
+
+What it does natively for a concurrent cycle is its uffd's ``accelerator``
+(``accelerator.py``; docs/design.md, "The accelerator protocol").
 """
 
 from __future__ import annotations
