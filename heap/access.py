@@ -39,6 +39,29 @@ def as_index(value, name: str) -> int:
         raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
 
 
+def as_counts(values, name: str, limit: int) -> np.ndarray:
+    """``values`` (an integer, or an array-like of them) as an int64 array
+    with every element in ``[0, limit]``, without copying it: TypeError for
+    anything that is not an integer (floats, strings), ValueError for a value
+    out of range, however large (never OverflowError). The one check of the
+    sizes and counts ``alloc_many`` takes (``as_index`` is the scalar one)."""
+    try:
+        arr = np.asarray(values)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{name} must be in [0, {limit}]") from None
+    if arr.dtype.kind == "O":  # Python ints beyond 64 bits, or objects that are not integers
+        flat = arr.ravel()
+        if all(isinstance(v, int) for v in flat.tolist()):
+            raise ValueError(f"{name} must be in [0, {limit}]")
+        bad = next(v for v in flat.tolist() if not isinstance(v, int))
+        raise TypeError(f"{name} must be integers, not {type(bad).__name__}")
+    if arr.dtype.kind not in "iub":
+        raise TypeError(f"{name} must be integers, not {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > limit):
+        raise ValueError(f"{name} must be in [0, {limit}]")
+    return arr.astype(np.int64, copy=False)
+
+
 class AccessGate:
     """Mutator memory accesses in flight, so that a pause starts only when none is.
 
@@ -119,7 +142,7 @@ class Access:
         while key in blocks:
             key += 1
         blocks[key] = np.asarray(addrs, dtype=np.int64)
-        return RefArray(self, key)
+        return RefArray._issue(self, key)
 
     def drop(self, handle: int) -> None:
         """A Ref died (its ``__del__``, any thread, any moment): its root goes at the next reap."""
@@ -283,6 +306,8 @@ class Access:
 
     # -- RefArray operations ------------------------------------------------------------------
     def block(self, arr: RefArray) -> np.ndarray:
+        if not isinstance(arr, RefArray):
+            raise TypeError(f"expected a RefArray, not {type(arr).__name__}")
         if arr._access is not self:
             raise ValueError("this RefArray belongs to another heap")
         with self.lock:

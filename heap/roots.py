@@ -164,9 +164,17 @@ class Ref:
 class RefArray:
     """Handles to many objects as one root block (``Heap.alloc_many``)."""
 
-    def __init__(self, access, key: int):
-        self._access = access
-        self._key = key
+    def __init__(self, *args, **kwargs):
+        # a block key names a root block: one made by hand would share (and, when it dies, drop) another's
+        raise TypeError("a RefArray is made by its heap (Heap.alloc_many), not by hand")
+
+    @classmethod
+    def _issue(cls, access, key: int) -> "RefArray":
+        """The heap's constructor: ``key`` was just given a block in ``access``'s handle table."""
+        arr = object.__new__(cls)
+        arr._access = access
+        arr._key = key
+        return arr
 
     def __del__(self):
         try:

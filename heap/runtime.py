@@ -28,7 +28,7 @@ from typing import Iterable
 import numpy as np
 
 from . import forksafety, signals
-from .access import Access, AccessGate, as_index
+from .access import Access, AccessGate, as_counts, as_index
 from .alloc import Allocator, ObjectTable, round_up
 from .compactors import copy_collect, remap_pause
 from .concurrent import CHUNK_PAGES, ConcurrentCycle, collect_concurrent, concurrent_pause
@@ -102,7 +102,7 @@ class Heap(EmbeddingAPI):
         # a model may offer one object's total_bytes and header as plain arithmetic (DefaultObjectModel does)
         self._object_bytes = getattr(model, "object_bytes", None)
         self._scalar_header = getattr(model, "header", None)
-        self._collect_every = collect_every
+        self.collect_every = collect_every  # checked by the setter (heap.embedding)
         self._scanners: list[RootScanner] = list(root_scanners)
         self._ps = ps = k.page_size
         self._size = round_up(size, k.hpage_size if thp else ps)
@@ -273,14 +273,16 @@ class Heap(EmbeddingAPI):
     def alloc_many(self, nbytes, nrefs) -> RefArray:
         """Many objects at once (arrays, or scalars broadcast): one root block
         holding all of them, headers written in one vectorised store."""
-        nbytes = np.asarray(nbytes, dtype=np.int64)
-        nrefs = np.asarray(nrefs, dtype=np.int64)
+        # checked before anything is materialised (a broadcast may stand for billions of objects),
+        # and sizes against the heap before any sum (int64 totals must not wrap)
+        nbytes = as_counts(nbytes, "nbytes", self._size)
+        nrefs = as_counts(nrefs, "nrefs", MAX_NREFS)
+        count = int(np.prod(np.broadcast_shapes(nbytes.shape, nrefs.shape), dtype=object))
+        smallest = max(int(self._model.total_bytes(np.zeros(1, np.int64), np.zeros(1, np.int64))[0]), 1)
+        if count * smallest > self._size:
+            raise ValueError(f"{count} objects of at least {smallest} bytes cannot fit a heap of {self._size} bytes")
         nbytes, nrefs = np.broadcast_arrays(nbytes, nrefs)
         nbytes, nrefs = nbytes.ravel().copy(), nrefs.ravel().copy()
-        if nbytes.size and (nbytes.min() < 0 or nrefs.min() < 0 or nrefs.max() > MAX_NREFS):
-            raise ValueError("nbytes and nrefs must be >= 0 (and nrefs < 2**32)")
-        if nbytes.size and nbytes.max() > self._size:  # before any sum: int64 totals must not wrap
-            raise ValueError(f"an object of {int(nbytes.max())} bytes cannot fit a heap of {self._size} bytes")
         totals = self._model.total_bytes(nbytes, nrefs)
         if int(totals.sum()) > self._size:
             raise ValueError(f"{int(totals.sum())} bytes cannot fit a heap of {self._size} bytes")
