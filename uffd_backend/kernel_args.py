@@ -83,7 +83,7 @@ def madvise(addr: int, length: int, advice_known: bool) -> bool:
     if not advice_known or addr % PAGE:
         return True
     aligned = page_align(length)
-    return (length and not aligned) or addr + aligned > U64_MASK or aligned == 0
+    return aligned == 0 or addr + aligned > U64_MASK  # 0: an empty range, or a length that wrapped
 
 
 def mremap(old_addr: int, length: int, new_addr: int, flags: int) -> bool:
