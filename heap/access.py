@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import HeapClosed, HeapCorrupted, Health
 from .mark import rows_of
-from .roots import Ref, RefArray
+from .roots import FINALIZED, Ref, RefArray
 
 _BYTEORDER = sys.byteorder
 
@@ -156,12 +156,18 @@ class Access:
             self.ready()
             return self.issue(self.own(ref))
 
+    def copy_block(self, arr: RefArray) -> RefArray:
+        with self.lock:
+            return self.new_block(self.block(arr).copy())
+
     # -- where things are ------------------------------------------------------------------
     def own(self, ref) -> int:
         """The address a Ref of this heap holds."""
         if not isinstance(ref, Ref):
             raise TypeError(f"expected a Ref, not {type(ref).__name__}")
         if ref._access is not self:
+            if ref._access is FINALIZED:
+                raise ReferenceError("this Ref was finalized and resurrected: it no longer names an object")
             raise ValueError("this Ref belongs to another heap")
         return self.handles.addr.item(ref._handle)
 

@@ -80,6 +80,20 @@ class HandleTable:
             block[:] = forward(block)
 
 
+class _Finalized:
+    """What a Ref or RefArray whose ``__del__`` ran holds instead of its heap's
+    Access. A finalizer can resurrect it (PEP 442: an object of the same
+    garbage cycle stores it somewhere), but its root is gone and the handle
+    number may already name another object: every use refuses."""
+
+    def __getattr__(self, name):
+        raise ReferenceError("this Ref (or RefArray) was finalized and then resurrected by a finalizer: "
+                             "its root is gone, it no longer names an object")
+
+
+FINALIZED = _Finalized()
+
+
 class Ref:
     """A handle to one heap object; a live Ref keeps the object alive.
 
@@ -102,9 +116,10 @@ class Ref:
         return ref
 
     def __del__(self):
+        access, self._access = self._access, FINALIZED  # resurrected, it must not reach the handle's next object
         try:
-            self._access.drop(self._handle)
-        except Exception:  # interpreter shutdown: nothing left to release
+            access.drop(self._handle)
+        except Exception:  # interpreter shutdown, or finalized before: nothing left to release
             pass
 
     @property
@@ -177,10 +192,21 @@ class RefArray:
         return arr
 
     def __del__(self):
+        access, self._access = self._access, FINALIZED
         try:
-            self._access.drop_block(self._key)
+            access.drop_block(self._key)
         except Exception:
             pass
+
+    def __copy__(self) -> "RefArray":
+        # a root block of its own: a copy sharing the key would drop the original's roots when it dies
+        return self._access.copy_block(self)
+
+    def __deepcopy__(self, memo) -> "RefArray":
+        return self.__copy__()
+
+    def __reduce__(self):
+        raise TypeError("a RefArray cannot be pickled: it holds handles into one process's heap")
 
     def __len__(self) -> int:
         return self._access.block(self).size

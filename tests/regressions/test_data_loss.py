@@ -37,7 +37,6 @@ def test_alloc_many_on_a_thp_heap_after_an_allocation_places_huge_objects_aligne
                 assert arr[i].read(n) == pattern(i + 1, n), f"object {i} ({n} bytes) lost"
 
 
-@unfixed(2, "a copied RefArray shares the original's root block")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("make_copy", [copy.copy, copy.deepcopy], ids=["copy", "deepcopy"])
 def test_a_copied_ref_array_is_a_root_of_its_own(kernel_name, make_copy):
@@ -68,7 +67,6 @@ class _Resurrector:
         _Resurrector.saved.append(self.ref)
 
 
-@unfixed(2, "a resurrected Ref keeps a handle number the heap reuses")
 @pytest.mark.timeout(60)
 def test_a_ref_resurrected_by_a_finalizer_never_reaches_another_object(kernel_name):
     """#2, same class: the resurrected Ref kept a handle number the heap had
