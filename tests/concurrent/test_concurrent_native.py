@@ -161,7 +161,8 @@ def test_an_allocation_during_the_cycle_gets_a_zero_page_from_the_server(faultin
     heap, refs, cycle, stats, _ = faulting_cycle
     fresh = heap.alloc(5000)
     fresh.write(b"new" * 100)
-    assert cycle.handler.server.fresh_pages >= 1
+    # the server counts a zero page after the ZEROPAGE that woke the writer:
+    # read its counters once end_concurrent has stopped it (1 run in 6 raced)
     end_concurrent(heap, cycle)
     assert stats.fresh_pages >= 1
     assert fresh.read(300) == b"new" * 100
