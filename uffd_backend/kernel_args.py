@@ -12,7 +12,7 @@ or success doing nothing). The backend then makes the call without the
 ownership check: the kernel touches no memory, and its errno is what the
 caller sees. Every predicate errs on the side of "no" (the ownership check
 then applies): ``TASK_SIZE`` is taken at its largest when 5-level paging may
-be on, and ``mmap_min_addr`` at 0 when it cannot be read.
+be on.
 
 tests/seam/test_argument_order.py compares the answers with the raw kernel's
 and the simulator's.
@@ -42,16 +42,7 @@ def _task_size() -> int:
     return (1 << (56 if la57 else 47)) - PAGE
 
 
-def _mmap_min_addr() -> int:
-    try:
-        with open("/proc/sys/vm/mmap_min_addr") as fh:
-            return int(fh.read())
-    except (OSError, ValueError):
-        return 0
-
-
 TASK_SIZE = _task_size()
-MMAP_MIN_ADDR = _mmap_min_addr()
 
 
 def page_align(length: int) -> int:
@@ -103,9 +94,9 @@ def mremap(old_addr: int, length: int, new_addr: int, flags: int) -> bool:
 
 def uffd_range(start: int, length: int) -> bool:
     """validate_range (fs/userfaultfd.c): EINVAL for an unaligned start or length, length
-    0, a start below mmap_min_addr or at TASK_SIZE and above, or a range past TASK_SIZE."""
-    return bool(start % PAGE or length % PAGE or length == 0 or start < MMAP_MIN_ADDR or start >= TASK_SIZE
-                or length > TASK_SIZE - start)
+    0, a start at TASK_SIZE and above, or a range past TASK_SIZE. (No mmap_min_addr check:
+    6.18 answers a MOVE to address 0 with ENOENT, from the VMA lookup.)"""
+    return bool(start % PAGE or length % PAGE or length == 0 or start >= TASK_SIZE or length > TASK_SIZE - start)
 
 
 def uffdio_register(start: int, length: int, mode: int) -> bool:
