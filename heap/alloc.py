@@ -175,8 +175,17 @@ class Allocator:
 
     def place_many(self, totals: np.ndarray) -> np.ndarray | None:
         """Addresses for many objects at once (from a fresh page), or None."""
-        offsets, npages = pack(totals, self.page_size, self.hpage_pages)
+        ps, hp = self.page_size, self.hpage_pages
         origin = self.top
+        # pack() places from a 2 MiB-aligned origin; the top is one only after a whole number of
+        # huge units. A placeholder object filling the pages since the last boundary (fewer than a
+        # unit: it neither moves nor straddles) makes the packing start where the top is.
+        lead = (origin - self.base) // ps % hp if hp else 0
+        if lead:
+            offsets, npages = pack(np.concatenate((np.array([lead * ps], dtype=np.int64), totals)), ps, hp)
+            offsets, npages = offsets[1:] - lead * ps, npages - lead
+        else:
+            offsets, npages = pack(totals, ps, hp)
         if origin + npages * self.page_size > self.end:
             return None
         addrs = origin + offsets

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from heap import Heap
-from tests.regressions.support import pattern, unfixed
+from tests.regressions.support import pattern
 
 MiB = 1 << 20
 
 
-@unfixed(1, "alloc_many packs from the origin, not from the current top")
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("compactor", ["remap", "copy"])
 def test_alloc_many_on_a_thp_heap_after_an_allocation_places_huge_objects_aligned_and_keeps_them(kernel_name,
