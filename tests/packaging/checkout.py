@@ -17,8 +17,8 @@ NOT_IN_A_CLONE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "
 
 
 def run_python(code: str, *args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter (no logging configured, no modules imported): its exit code and
-    both streams, as bytes are written."""
+    """``code`` in a fresh interpreter (no logging configured, nothing imported yet): its exit code
+    and both output streams."""
     return subprocess.run([sys.executable, *args, "-c", code], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
