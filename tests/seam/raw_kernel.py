@@ -2,7 +2,8 @@
 to each call of a table, made with plain syscalls (ctypes), no remapgc.
 
 Run as ``python -m tests.seam.raw_kernel`` with the cases as JSON on stdin;
-prints ``{case id: errno (0 = success)}`` as JSON. Only calls the kernel
+prints ``{case id: errno (0 = success)}`` as JSON. ``python -m
+tests.seam.raw_kernel fuzz SEED ROUNDS``: ``fuzz`` below. Only calls the kernel
 refuses (or ignores) from their arguments alone belong in the table: the
 "foreign" address is a page of this interpreter's own memory. A separate
 process, so that a wrong entry cannot hurt the test run.
@@ -75,5 +76,71 @@ def main() -> None:
     print(json.dumps(out))
 
 
+
+
+def _maps_line(addr: int) -> str | None:
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return line
+    return None
+
+
+def fuzz(seed: int, rounds: int) -> None:
+    """Safety of uffd_backend.kernel_args: whenever a predicate says the kernel
+    answers from the arguments alone, the raw call must leave this process's
+    memory as it was. Each call aims at a fresh mapping (offsets and lengths
+    from the edges: 0, 1, a page, TASK_SIZE, 2**64); afterwards the mapping
+    must still be there, whole, read-write, with its bytes. A wrong predicate
+    shows as a changed mapping or a crash of this process."""
+    import random
+
+    from uffd_backend import kernel_args as ka
+
+    rnd = random.Random(seed)
+    top = 1 << 64
+    edges = [0, 1, PAGE - 1, PAGE, 2 * PAGE, 4 * PAGE, ka.TASK_SIZE - PAGE, ka.TASK_SIZE, ka.TASK_SIZE + PAGE,
+             1 << 56, top - 2 * PAGE, top - PAGE, top - 1]
+    uffd = _uffd()
+    checked = 0
+    for _ in range(rounds):
+        own = libc.mmap(None, 4 * PAGE, 3, 0x22, -1, 0)
+        ctypes.memset(own, 0x5A, 4 * PAGE)
+        addr = rnd.choice([own, own + PAGE, own + 1, rnd.choice(edges)])
+        other = rnd.choice([own + 2 * PAGE, own, own + 1, rnd.choice(edges)])
+        length = rnd.choice(edges + [rnd.randrange(top)])
+        flag = rnd.choice([0, 1, 2, 3, 4, 0x10, 0x80, 0x100, 9999, 0x01000000, 0x03000000])
+        call = rnd.choice(["munmap", "mprotect", "madvise", "mremap", "register", "move"])
+        if call == "munmap" and ka.munmap(addr, length):
+            _syscall(SYS_MUNMAP, addr, length)
+        elif call == "mprotect" and ka.mprotect(addr, length, flag):
+            _syscall(SYS_MPROTECT, addr, length, flag)
+        elif call == "madvise" and ka.madvise(addr, length, _syscall(SYS_MADVISE, 0, 0, flag) == 0):
+            _syscall(SYS_MADVISE, addr, length, flag)
+        elif call == "mremap" and ka.mremap(addr, length, other, MREMAP_MAYMOVE_FIXED):
+            _syscall(SYS_MREMAP, addr, length, length, MREMAP_MAYMOVE_FIXED, other)
+        elif call == "register" and ka.uffdio_register(addr, length, flag):
+            _ioctl(uffd, UFFDIO_REGISTER, addr, length, flag, 0)
+        elif call == "move" and ka.uffdio_move(other, addr, length, flag):
+            _ioctl(uffd, UFFDIO_MOVE, other, addr, length, flag, 0)
+        else:
+            libc.munmap(ctypes.c_void_p(own), 4 * PAGE)
+            continue
+        checked += 1
+        line = _maps_line(own)
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-")) if line else (0, 0)
+        if not (lo <= own and own + 4 * PAGE <= hi and line.split()[1].startswith("rw")):
+            sys.exit(f"{call} addr={addr:#x} other={other:#x} length={length:#x} flag={flag:#x}: "
+                     f"the kernel changed the mapping ({line!r})")
+        if ctypes.string_at(own, 4 * PAGE) != b"\x5a" * (4 * PAGE):
+            sys.exit(f"{call} addr={addr:#x} length={length:#x} flag={flag:#x}: the kernel changed the bytes")
+        libc.munmap(ctypes.c_void_p(own), 4 * PAGE)
+    print(json.dumps({"checked": checked}))
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["fuzz"]:
+        fuzz(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        main()

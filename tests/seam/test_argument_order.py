@@ -155,3 +155,17 @@ def test_a_batched_move_answers_a_wrapping_range_at_its_index(backend):
     assert kernel.load(dst, 5) == b"moved"
     uffd.unregister(dst, 2 * PS)
     kernel.munmap(dst, 2 * PS)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_arguments_said_to_be_refused_never_reach_memory_on_the_raw_kernel(seed):
+    """The safety of skipping the ownership check: thousands of edge-valued
+    calls that uffd_backend.kernel_args says the kernel answers from the
+    arguments alone, made raw on a fresh mapping in a child; the mapping must
+    come out whole, read-write and unchanged every time."""
+    skip_linux_if_unavailable()
+    child = subprocess.run([sys.executable, "-m", "tests.seam.raw_kernel", "fuzz", str(seed), "3000"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=110)
+    assert child.returncode == 0, child.stdout[-2000:] + child.stderr[-2000:]
+    assert json.loads(child.stdout)["checked"] > 1000  # most edge-valued calls are refused from their arguments
