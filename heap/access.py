@@ -62,6 +62,20 @@ def as_counts(values, name: str, limit: int) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def as_shapes(nbytes, nrefs, model, heap_size: int, max_nrefs: int) -> tuple[np.ndarray, np.ndarray]:
+    """``alloc_many``'s arguments as two flat int64 arrays of one length,
+    checked before anything is materialised (a broadcast may stand for
+    billions of objects) and the sizes against the heap before any sum (int64
+    totals must not wrap)."""
+    nbytes, nrefs = as_counts(nbytes, "nbytes", heap_size), as_counts(nrefs, "nrefs", max_nrefs)
+    count = int(np.prod(np.broadcast_shapes(nbytes.shape, nrefs.shape), dtype=object))
+    smallest = max(int(model.total_bytes(np.zeros(1, np.int64), np.zeros(1, np.int64))[0]), 1)
+    if count * smallest > heap_size:
+        raise ValueError(f"{count} objects of at least {smallest} bytes cannot fit a heap of {heap_size} bytes")
+    nbytes, nrefs = np.broadcast_arrays(nbytes, nrefs)
+    return nbytes.ravel().copy(), nrefs.ravel().copy()
+
+
 class AccessGate:
     """Mutator memory accesses in flight, so that a pause starts only when none is.
 

@@ -28,7 +28,7 @@ from typing import Iterable
 import numpy as np
 
 from . import forksafety, signals
-from .access import Access, AccessGate, as_counts, as_index
+from .access import Access, AccessGate, as_index, as_shapes
 from .alloc import Allocator, ObjectTable, round_up
 from .compactors import copy_collect, remap_pause
 from .concurrent import CHUNK_PAGES, ConcurrentCycle, collect_concurrent, concurrent_pause
@@ -273,16 +273,7 @@ class Heap(EmbeddingAPI):
     def alloc_many(self, nbytes, nrefs) -> RefArray:
         """Many objects at once (arrays, or scalars broadcast): one root block
         holding all of them, headers written in one vectorised store."""
-        # checked before anything is materialised (a broadcast may stand for billions of objects),
-        # and sizes against the heap before any sum (int64 totals must not wrap)
-        nbytes = as_counts(nbytes, "nbytes", self._size)
-        nrefs = as_counts(nrefs, "nrefs", MAX_NREFS)
-        count = int(np.prod(np.broadcast_shapes(nbytes.shape, nrefs.shape), dtype=object))
-        smallest = max(int(self._model.total_bytes(np.zeros(1, np.int64), np.zeros(1, np.int64))[0]), 1)
-        if count * smallest > self._size:
-            raise ValueError(f"{count} objects of at least {smallest} bytes cannot fit a heap of {self._size} bytes")
-        nbytes, nrefs = np.broadcast_arrays(nbytes, nrefs)
-        nbytes, nrefs = nbytes.ravel().copy(), nrefs.ravel().copy()
+        nbytes, nrefs = as_shapes(nbytes, nrefs, self._model, self._size, MAX_NREFS)
         totals = self._model.total_bytes(nbytes, nrefs)
         if int(totals.sum()) > self._size:
             raise ValueError(f"{int(totals.sum())} bytes cannot fit a heap of {self._size} bytes")
