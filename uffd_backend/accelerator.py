@@ -36,6 +36,10 @@ _CTYPES = {"int64": "int64_t", "uint64": "uint64_t", "uint8": "uint8_t"}
 
 
 check_program_layout(*compiled_program_layout(ffi, lib), "uffd_backend._native")
+if tuple(ffi.string(lib.rgc_chunk_walk_statuses()).decode().split()) != CHUNK_WALK_STATUS:
+    raise ImportError(f"uffd_backend._native numbers its chunk walk's outcomes "
+                      f"{ffi.string(lib.rgc_chunk_walk_statuses()).decode().split()}, heap.kernel "
+                      f"{list(CHUNK_WALK_STATUS)} (rebuild with pip install, or update both together)")
 
 
 def _check_shared(**arrays) -> None:

@@ -110,3 +110,22 @@ def test_a_stamp_without_a_page_state_is_refused():
     values, names = _stamp_of(native)
     with pytest.raises(ImportError, match=r"PAGE_INSTALLED is missing there, 2 here"):
         check_program_layout(values[:-1], names, "old_module")
+
+
+@pytest.mark.timeout(120)
+def test_chunk_walk_outcomes_numbered_otherwise_fail_at_import(linux_kernel):
+    """The walk reports how it ended as a number; heap.kernel.CHUNK_WALK_STATUS
+    names the numbers. Two of them swapped on one side: the import says so."""
+    child = run_python("""
+        import heap.kernel as k
+        k.CHUNK_WALK_STATUS = ("done", "stopped", "faulted", "refused")
+        try:
+            import uffd_backend
+        except ImportError as exc:
+            print(exc)
+        else:
+            print("imported")
+    """)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert ("numbers its chunk walk's outcomes ['done', 'stopped', 'refused', 'faulted'], heap.kernel "
+            "['done', 'stopped', 'faulted', 'refused']") in child.stdout

@@ -18,8 +18,19 @@
    installed, MOVE ioctls. */
 #include "accelerator.h"
 
-/* heap.kernel.CHUNK_WALK_STATUS, in order */
-enum { RGC_CHUNKS_DONE = 0, RGC_CHUNKS_STOPPED = 1, RGC_CHUNK_REFUSED = 2, RGC_CHUNK_FAULTED = 3 };
+/* How a walk ends: out[0]. heap.kernel.CHUNK_WALK_STATUS names them in this
+   order, and accelerator.py checks it at import (rgc_chunk_walk_statuses). */
+#define RGC_WALK_STATUSES(X) X(DONE, done) X(STOPPED, stopped) X(REFUSED, refused) X(FAULTED, faulted)
+#define RGC_WALK_ENUM(name, text) RGC_WALK_##name,
+enum rgc_walk_status { RGC_WALK_STATUSES(RGC_WALK_ENUM) };
+#undef RGC_WALK_ENUM
+
+const char *rgc_chunk_walk_statuses(void)
+{
+#define RGC_WALK_TEXT(name, text) #text " "
+    return RGC_WALK_STATUSES(RGC_WALK_TEXT);
+#undef RGC_WALK_TEXT
+}
 
 static int64_t rgc_upper_bound(const int64_t *a, int64_t n, int64_t key)
 {
@@ -90,11 +101,11 @@ int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, i
     uint64_t *src = malloc((size_t)chunk * sizeof *src);
     if (!src) return -ENOMEM;
     for (int i = 0; i < 8; i++) out[i] = 0;
-    out[0] = RGC_CHUNKS_DONE;
+    out[0] = RGC_WALK_DONE;
     for (int64_t c = first_chunk; c < nchunks; c++) {
         int64_t lo = c * chunk, hi = lo + chunk < g->npages ? lo + chunk : g->npages, held = 0;
         out[1] = c;
-        if (__atomic_load_n(stop, __ATOMIC_ACQUIRE)) { out[0] = RGC_CHUNKS_STOPPED; break; }
+        if (__atomic_load_n(stop, __ATOMIC_ACQUIRE)) { out[0] = RGC_WALK_STOPPED; break; }
         for (int64_t p = lo; p < hi; p++) {  /* claim what nobody holds; a held page is its claimer's */
             int8_t expected = RGC_PAGE_UNPROCESSED;
             mine[p - lo] = __atomic_compare_exchange_n(&state[p], &expected, RGC_PAGE_PROCESSING, 0, __ATOMIC_ACQ_REL,
@@ -106,7 +117,7 @@ int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, i
         int64_t err = rgc_build_chunk(g, lo, hi, scratch, src, any_rebuilt, mine, &out[5]);
         if (err < 0) {
             rgc_settle_mine(state, lo, lo, hi, mine, RGC_PAGE_UNPROCESSED);
-            out[0] = RGC_CHUNK_FAULTED;
+            out[0] = RGC_WALK_FAULTED;
             out[3] = -err;
             break;
         }
@@ -120,7 +131,7 @@ int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, i
                                               RGC_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, 0 };
                 out[7] += 1;
                 if (ioctl(fd, RGC_UFFDIO_MOVE, &mv) < 0) {
-                    out[0] = RGC_CHUNK_REFUSED;
+                    out[0] = RGC_WALK_REFUSED;
                     out[2] = first;
                     out[3] = errno;
                     out[4] = mv.move;
@@ -132,7 +143,7 @@ int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, i
             }
             first = p < hi && mine[p - lo] ? p : -1;
         }
-        if (out[0] == RGC_CHUNK_REFUSED) break;
+        if (out[0] == RGC_WALK_REFUSED) break;
         rgc_settle_mine(state, lo, lo, hi, mine, RGC_PAGE_INSTALLED);
         __atomic_add_fetch(installed, held, __ATOMIC_ACQ_REL);
         out[6] += held;
