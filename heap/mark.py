@@ -42,13 +42,15 @@ class AddressIndex:
     costs ~400 ns per random query on a million objects, a cache miss per
     bisection step; this is one gather.) The array lives in its own anonymous
     mapping without huge pages: only the granules of touched pages become
-    resident, about 4 bytes per object.
+    resident, about 4 bytes per object. The mapping is private: ``mmap.mmap(-1,
+    n)`` alone is MAP_SHARED, and a forked child's allocations then rewrote
+    the parent's index.
     """
 
     def __init__(self, base: int, size: int, granule: int = 16):
         self.base = base
         self.shift = granule.bit_length() - 1
-        self._mapping = mmap.mmap(-1, (size >> self.shift) * 4)
+        self._mapping = mmap.mmap(-1, (size >> self.shift) * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.map = np.frombuffer(self._mapping, dtype=np.int32)
 
     def close(self) -> None:

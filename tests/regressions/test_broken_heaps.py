@@ -18,7 +18,6 @@ from tests.regressions.support import pattern, run_child, unfixed
 MiB = 1 << 20
 
 
-@unfixed(7, "the address index is a MAP_SHARED mapping")
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("action", ["alloc", "collect"])
 def test_a_forked_child_using_the_heap_leaves_the_parents_heap_whole(kernel_name, action):
@@ -35,7 +34,6 @@ def _shared_mappings() -> set[str]:
         return {line.split()[0] for line in fh if line.split()[1][3] == "s"}
 
 
-@unfixed(7, "the address index is a MAP_SHARED mapping")
 @pytest.mark.timeout(120)
 def test_no_heap_or_backend_state_lives_in_a_shared_mapping(kernel_name):
     """#7, the class: a shared mapping is shared with every forked child, so
