@@ -32,10 +32,20 @@ class Marking:
     slots_read: int
 
 
+def index_granule(model) -> int:
+    """The address index's granule for an object model: its alignment, so no
+    two objects ever start in one granule. ValueError for an alignment it
+    cannot be (not a power of two, or less than a word: slots are words)."""
+    align = getattr(model, "alignment", None)
+    if type(align) is not int or align < 8 or align & (align - 1):
+        raise ValueError(f"the object model's alignment must be a power of two >= 8, not {align!r}")
+    return align
+
+
 class AddressIndex:
     """Object start address -> row, by direct lookup.
 
-    One int32 per 16-byte granule of the arena holds the row of the object
+    One int32 per granule (the object model's alignment) of the arena holds the row of the object
     starting there. It is kept up to date as objects are allocated and
     rewritten after each compaction, and never cleared: a stale entry is
     caught because ``starts[row]`` must equal the address. (``searchsorted``

@@ -38,7 +38,7 @@ from .embedding import EmbeddingAPI
 from .hooks import Hooks
 from .install import InstallInterrupted, PageInstaller
 from .kernel import Kernel, KernelUnsupported, open_kernel
-from .mark import AddressIndex, Workspace
+from .mark import AddressIndex, Workspace, index_granule
 from .objects import DEFAULT_MODEL, ObjectModel, RootScanner
 from .pause import Collection, Pause
 from .roots import HandleTable, Ref, RefArray
@@ -99,6 +99,7 @@ class Heap(EmbeddingAPI):
         self._owns_kernel = isinstance(kernel, str)
         self._kernel = k = open_kernel(kernel) if isinstance(kernel, str) else kernel
         self._model = model = object_model or DEFAULT_MODEL
+        granule = index_granule(model)  # before anything is mapped
         # a model may offer one object's total_bytes and header as plain arithmetic (DefaultObjectModel does)
         self._object_bytes = getattr(model, "object_bytes", None)
         self._scalar_header = getattr(model, "header", None)
@@ -109,7 +110,7 @@ class Heap(EmbeddingAPI):
         self._spaces = spaces = Spaces(k, self._size, thp=bool(thp))
         self._alloc = Allocator(spaces.base, self._size, ps, k.hpage_size // ps if thp else 0)
         self._table = ObjectTable()
-        self._index = AddressIndex(spaces.base, self._size)
+        self._index = AddressIndex(spaces.base, self._size, granule)
         self._work = Workspace()
         self._handles = HandleTable()
         self._gate = AccessGate()  # mutator memory accesses in flight outside the lock

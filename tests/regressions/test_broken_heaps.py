@@ -131,7 +131,6 @@ class PackedModel(DefaultObjectModel):
         return (nbytes | nrefs << 32).to_bytes(8, sys.byteorder)
 
 
-@unfixed(10, "the address index has fixed 16-byte granules")
 @pytest.mark.timeout(120)
 def test_a_model_with_8_byte_alignment_keeps_every_object_findable(kernel_name):
     """#10: the address index had fixed 16-byte slots; two 8-byte-aligned
@@ -153,7 +152,6 @@ def test_a_model_with_8_byte_alignment_keeps_every_object_findable(kernel_name):
                 assert o.get_ref(0) is not None
 
 
-@unfixed(10, "a model's alignment is not validated")
 @pytest.mark.parametrize("alignment", [0, 4, 12, 24], ids=lambda a: f"alignment={a}")
 def test_a_model_alignment_the_heap_cannot_represent_is_refused(kernel_name, alignment):
     class Odd(PackedModel):
