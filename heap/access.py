@@ -29,6 +29,24 @@ from .roots import FINALIZED, Ref, RefArray
 _BYTEORDER = sys.byteorder
 
 
+IMMEDIATE_LIMIT = 1 << 62  # an immediate is a 63-bit signed integer
+_WORD_MASK = (1 << 64) - 1
+
+
+def encode_immediate(value) -> int:
+    """The slot word of the immediate ``value``: ``value << 1 | 1`` (two's complement, 64 bits)."""
+    if type(value) is not int:
+        value = as_index(value, "an immediate")
+    if not -IMMEDIATE_LIMIT <= value < IMMEDIATE_LIMIT:
+        raise OverflowError(f"an immediate is a 63-bit signed integer; {value} does not fit")
+    return ((value << 1) | 1) & _WORD_MASK
+
+
+def decode_immediate(word: int) -> int:
+    """The integer a slot word with its low bit set holds."""
+    return (word - (1 << 64) if word >> 63 else word) >> 1
+
+
 def as_index(value, name: str) -> int:
     """``value`` as an int (anything with ``__index__``), or a TypeError naming ``name``."""
     if type(value) is int:
@@ -265,7 +283,32 @@ class Access:
         if self.health.broken is not None:
             self.health.check()
 
+    def set_immediate(self, ref, slot, value) -> None:
+        """Store the integer ``value`` in a slot as an immediate (``value << 1 | 1``)."""
+        word = encode_immediate(value)
+        with self.lock:
+            self.ready()
+            where = self._slot_address(ref, slot)
+            self.gate.enter()
+        try:
+            self.kernel.store(where, word.to_bytes(8, _BYTEORDER))
+        finally:
+            self.gate.leave()
+        if self.health.broken is not None:
+            self.health.check()
+
+    def get_immediate(self, ref, slot) -> int:
+        value = self.get_slot(ref, slot)
+        if type(value) is int:
+            return value
+        raise TypeError(f"slot {slot} holds {'None' if value is None else 'a reference'}, not an immediate")
+
     def get_ref(self, ref, slot):
+        return self.get_slot(ref, slot, immediates=False)
+
+    def get_slot(self, ref, slot, immediates: bool = True):
+        """What a slot holds: None, a new Ref, or (``immediates``) the integer
+        of an immediate; with ``immediates=False`` an immediate is a TypeError."""
         while True:
             with self.lock:
                 self.ready()
@@ -280,6 +323,11 @@ class Access:
                 self.health.check()
             if value == 0:
                 return None
+            if value & 1:  # an immediate (heap.objects): not a reference
+                if immediates:
+                    return decode_immediate(value)
+                raise TypeError(f"slot {slot} holds an immediate ({decode_immediate(value)}), not a reference "
+                                "(Ref.get_slot or Ref.get_immediate read it)")
             with self.lock:
                 if self.closed:  # closed by another thread since the load
                     raise HeapClosed("the heap is closed")

@@ -382,7 +382,8 @@ def concurrent_pause(pause: Pause, col: Collection) -> InstallProgram:
     def precompute(plan, marking, old, new_by_row, ev):
         try:
             values = pause.slot_values(plan, marking, old, new_by_row)
-            program = make_program(plan, pause.model, old, values, spaces.base, spaces.from_space, ps)
+            program = make_program(plan, pause.model, old, values, spaces.base, spaces.from_space, ps,
+                                   refs=pause.reference_slots(plan, marking, old))
         except BaseException:
             spaces.unflip()  # nothing else changed yet: the pages go back
             raise

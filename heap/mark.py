@@ -22,12 +22,16 @@ import numpy as np
 from .errors import HeapCorrupted
 from .native import expand, first_visits, mark_targets
 
+# Marking.slot_target of a slot holding an immediate: a word with its low bit set is no
+# reference (heap.objects); never followed, left as it is by the fixup (= heap.core.IMMEDIATE)
+IMMEDIATE = -2
+
 
 @dataclass
 class Marking:
     live: np.ndarray  # bool per row
     slot_base: np.ndarray  # first slot position of each row (prefix sum of nrefs)
-    slot_target: np.ndarray  # per slot position: row it references, -1 for None/unvisited
+    slot_target: np.ndarray  # per slot position: row it references, -1 for None/unvisited, IMMEDIATE
     levels: int
     slots_read: int
 
@@ -159,6 +163,10 @@ def mark(kernel, model, index: AddressIndex, work: Workspace, starts: np.ndarray
         words = kernel.load_words(addrs.view(np.uint64)).view(np.int64)
         slots_read += words.size
         positions = expand(slot_base[frontier], counts, 1)
+        imm = (words & 1) != 0
+        if imm.any():  # immediates: recorded, never followed
+            slot_target[positions[imm]] = IMMEDIATE
+            words, positions = words[~imm], positions[~imm]
         frontier = mark_targets(words, positions, index, starts, slot_target, live, stamp)
     return Marking(live=live, slot_base=slot_base, slot_target=slot_target, levels=levels,
                    slots_read=slots_read)

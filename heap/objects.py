@@ -11,8 +11,11 @@ Default layout (``DefaultObjectModel``), every object 16-byte aligned::
     +16 + 8*nrefs   payload (nbytes bytes)
     total = round_up(16 + 8*nrefs + nbytes, 16)
 
-A reference is the address of the referenced object's header (its start);
-nothing else may be stored in a slot. Placement rules (the allocator and both
+A slot holds 0 (None), a reference -- the address of the referenced
+object's header (its start) -- or an *immediate*: a word with its low bit
+set, which no reference has (objects are 16-byte aligned) and which the
+collector never follows and never changes (``Ref.set_immediate`` stores a
+63-bit integer ``n`` as ``n << 1 | 1``; docs/embedding.md). Placement rules (the allocator and both
 compactors follow them, so a page can always move whole):
 
 * a *small* object (total < page size) never crosses a page boundary;

@@ -23,8 +23,8 @@ import numpy as np
 from . import core
 from .alloc import Allocator, ObjectTable
 from .events import get_logger
-from .mark import AddressIndex, Workspace, mark
-from .native import slot_values
+from .mark import IMMEDIATE, AddressIndex, Workspace, mark
+from .native import expand, slot_values
 from .objects import ObjectModel
 from .pinning import plan_around_pins, prefix_pages
 from .plan import Plan, plan_remap, plan_slide
@@ -156,8 +156,20 @@ class Pause:
 
     @staticmethod
     def slot_values(plan: Plan, marking, old, new_by_row) -> np.ndarray:
-        """The new value of every slot of every live object (new order, object-major)."""
+        """The new value of every slot of every live object (new order, object-major);
+        an immediate's is meaningless: ``reference_slots`` says which to leave."""
         return slot_values(plan.live_rows, old["nrefs"], marking.slot_base, marking.slot_target, new_by_row)
+
+    @staticmethod
+    def reference_slots(plan: Plan, marking, old) -> np.ndarray | None:
+        """Over ``slot_values``' slots: False for an immediate (its word stays as
+        it is); None when no slot holds one (one pass over the marking's record)."""
+        n = old["nrefs"].size
+        nslots = int(marking.slot_base[n - 1] + old["nrefs"][n - 1]) if n else 0
+        if not (marking.slot_target[:nslots] == IMMEDIATE).any():
+            return None
+        rows = plan.live_rows
+        return marking.slot_target[expand(marking.slot_base[rows], old["nrefs"][rows], 1)] != IMMEDIATE
 
     def fixup(self, plan: Plan, marking, old, new_by_row: np.ndarray, locations: np.ndarray) -> int:
         """Write the new value of every slot of every live object, the objects
@@ -168,6 +180,9 @@ class Pause:
                               marking.slot_target, new_by_row)
         slots = self.model.slot_addresses(locations, old["nrefs"][rows])
         values = self.slot_values(plan, marking, old, new_by_row)
+        refs = self.reference_slots(plan, marking, old)
+        if refs is not None:
+            slots, values = slots[refs], values[refs]
         self.kernel.store_words(slots.astype(np.uint64), values.astype(np.uint64))
         return int(slots.size)
 

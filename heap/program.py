@@ -54,11 +54,16 @@ class InstallProgram:
         return self.piece_src[piece] + pages - self.piece_dst[piece], self.piece_rebuilt[piece]
 
 
-def make_program(plan, model, old, values: np.ndarray, base: int, from_space: int, ps: int) -> InstallProgram:
+def make_program(plan, model, old, values: np.ndarray, base: int, from_space: int, ps: int,
+                 refs: np.ndarray | None = None) -> InstallProgram:
     """The install program of a remap plan (vectorised: a few passes over slots and
-    evacuees); ``values``: the new value of every live slot (``Pause.slot_values``)."""
+    evacuees); ``values``: the new value of every live slot (``Pause.slot_values``);
+    ``refs``: which of them to write (``Pause.reference_slots``: an immediate's
+    word arrives with its page and stays; None: all)."""
     rows = plan.live_rows
     slot_rel = model.slot_addresses(plan.new_starts, old["nrefs"][rows]) - base
+    if refs is not None:
+        slot_rel, values = slot_rel[refs], np.asarray(values)[refs]
     ev = plan.evacuated
     dst = plan.new_starts[ev] - base
     src = from_space + plan.evac_from

@@ -143,7 +143,28 @@ class Ref:
         self._access.set_ref(self, slot, target)
 
     def get_ref(self, slot: int) -> "Ref | None":
+        """A new Ref to the object slot ``slot`` references, or None; TypeError for an immediate."""
         return self._access.get_ref(self, slot)
+
+    # Immediates (heap.objects): a slot word with its low bit set is an integer, not a reference.
+    def set_immediate(self, slot: int, value: int) -> None:
+        """Store a 63-bit signed integer in slot ``slot`` (as ``value << 1 | 1``)."""
+        self._access.set_immediate(self, slot, value)
+
+    def get_immediate(self, slot: int) -> int:
+        """The integer slot ``slot`` holds; TypeError if it holds None or a reference."""
+        return self._access.get_immediate(self, slot)
+
+    def get_slot(self, slot: int) -> "Ref | int | None":
+        """What slot ``slot`` holds: a new Ref, an immediate's integer, or None."""
+        return self._access.get_slot(self, slot)
+
+    def set_slot(self, slot: int, value: "Ref | int | None") -> None:
+        """``set_ref`` for a Ref or None, ``set_immediate`` for an integer."""
+        if value is None or isinstance(value, Ref):
+            self._access.set_ref(self, slot, value)
+        else:
+            self._access.set_immediate(self, slot, value)
 
     def read(self, length: int, offset: int = 0) -> bytes:
         return self._access.read(self, length, offset)
@@ -157,7 +178,10 @@ class Ref:
     def __eq__(self, other) -> bool:
         return self.same_object(other) if isinstance(other, Ref) else NotImplemented
 
-    __hash__ = None  # equality follows the object, whose address moves
+    def __hash__(self) -> int:
+        # equality follows the object, whose address moves: the hash is the object's
+        # identity hash (heap.weak), drawn once and kept however often it moves
+        return self._access.heap.identity_hash(self)
 
     def __copy__(self) -> "Ref":
         # a root of its own: a copy sharing the handle would drop the original's root when it dies

@@ -86,10 +86,10 @@ def verify_heap(pause) -> None:
             raise HeapCorrupted("headers", f"object {i} at 0x{int(starts[i]):x} has header "
                                 f"{[hex(int(w)) for w in words[i]]}, expected {[hex(int(w)) for w in expect[i]]}")
 
-        # every reference slot holds None or an object start
+        # every reference slot holds None, an immediate (low bit set) or an object start
         slots = model.slot_addresses(starts, nrefs)
         values = k.load_words(slots.astype(np.uint64)).view(np.int64)
-        held = values != 0
+        held = (values != 0) & ((values & 1) == 0)
         rows_of(starts, values[held], "reference targets")
 
     # roots are object starts
