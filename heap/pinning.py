@@ -114,7 +114,9 @@ def plan_around_pins(planner, starts, totals, live, base: int, page_size: int, h
         live_rows=np.concatenate([kept, sub.live_rows + k]),
         new_starts=np.concatenate([starts[kept], sub.new_starts]),
         end_pages=prefix + sub.end_pages,
-        last_object_end=sub.last_object_end if sub.live_rows.size else 0,
+        # bump allocation resumes on a fresh page after a collection around pins: no page's
+        # tail (in the prefix, or the sub-plan's last one) has to be cleared for it
+        last_object_end=0,
     )
     if remap:
         off = prefix * page_size
