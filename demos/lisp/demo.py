@@ -182,7 +182,14 @@ def run(ctx: DemoContext) -> DemoReport:
 
 def embedding_checks(report: DemoReport, lisp: Interpreter, size: LispSize) -> dict:
     """What the runtime gets from the heap besides memory (docs/embedding.md), checked after the
-    final collection: ports closed by finalization, a weak symbol table."""
+    final collection: ports closed by finalization, a weak symbol table, a pinned global table,
+    fixnums as immediates."""
+    report.check("the pinned global table kept its address through every collection",
+                 lisp.globals.address == lisp.globals_address and lisp.heap.is_pinned(lisp.globals),
+                 f"0x{lisp.globals_address:x} through {lisp.heap.collections} collections")
+    number = lisp.run("(+ 40 2)")
+    report.check("numbers are tagged immediates, not heap objects", type(number) is int and number == 42,
+                 f"(+ 40 2) is {number!r}")
     report.check("every port was closed by finalization, once",
                  lisp.ports_opened > 0 and lisp.ports_closed == lisp.ports_opened and not lisp.ports,
                  f"{lisp.ports_opened} opened, {lisp.ports_closed} closed after their port died")
@@ -193,7 +200,7 @@ def embedding_checks(report: DemoReport, lisp: Interpreter, size: LispSize) -> d
     report.check("the weak symbol table let unused symbols go and kept the used one",
                  "round-1" not in lisp.symbols and last in lisp.symbols and again is not None,
                  f"{interned} names before pruning, {left} after; {last!r} still interned and eq?")
-    return {"ports_opened": lisp.ports_opened, "ports_closed_by_finalization": lisp.ports_closed,
+    return {"globals_address": lisp.globals_address, "ports_opened": lisp.ports_opened, "ports_closed_by_finalization": lisp.ports_closed,
             "symbols_interned_at_end": interned, "symbols_alive_at_end": left}
 
 

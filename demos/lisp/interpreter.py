@@ -8,7 +8,7 @@ which are the heap's roots:
 * the environment of each call in progress (a FRAME object, its parent chain
   reached through reference slots) and the argument lists being built — the
   Python locals of the closures below, i.e. the interpreter's stack;
-* the global table (one TABLE object);
+* the global table (one TABLE object, pinned: its address never changes);
 * the constants of the compiled code (quoted data, numeric literals).
 
 The symbol table holds its symbols *weakly* (``heap.weak``): a symbol lives
@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from demos.lisp.layout import LispMemory, Tag
+from demos.lisp.layout import LispMemory, LispOverflow, Tag
 from demos.lisp.printer import to_text
 from demos.lisp.reader import String, Symbol, Syntax, read_all
 from heap import weak
@@ -76,7 +76,13 @@ def _numbers(lisp: "Interpreter", name: str, args) -> list[int]:
 
 
 def _arithmetic(name: str, fold: Callable[[list[int]], int]) -> Builtin:
-    return Builtin(name, lambda lisp, *args: lisp.memory.fixnum(fold(_numbers(lisp, name, args))), None)
+    def arithmetic(lisp, *args):
+        try:
+            return lisp.memory.fixnum(fold(_numbers(lisp, name, args)))
+        except LispOverflow as exc:
+            raise LispError(f"{name}: {exc}") from None
+
+    return Builtin(name, arithmetic, None)
 
 
 def _comparison(name: str, holds: Callable[[int, int], bool]) -> Builtin:
@@ -101,7 +107,7 @@ def _product(numbers: list[int]) -> int:
 def _field(lisp, value, slot: int, name: str):
     if lisp.memory.tag(value) is not Tag.CONS:
         raise LispError(f"{name}: not a pair: {lisp.show(value)}")
-    return value.get_ref(slot)
+    return value.get_slot(slot)
 
 
 def _list(lisp, *args):
@@ -118,10 +124,8 @@ def _text_of(lisp, value, tag: Tag, name: str) -> str:
 
 
 def _same(lisp, a, b) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a.address == b.address or (
-        lisp.memory.tag(a) is Tag.FIXNUM and lisp.memory.fixnum_value(a) == lisp.memory.fixnum_value(b))
+    # fixnums are immediates (eq? when equal), Refs compare by object identity, None is None
+    return a == b
 
 
 BUILTINS: tuple[Builtin, ...] = (
@@ -188,9 +192,17 @@ class Interpreter:
         self.global_index: dict[str, int] = {}
         self.defined: list[bool] = []
         self.globals = self.memory.table(self.GLOBALS_CAPACITY)  # a root: every global is reached from it
+        self._pin_globals()
         self.true = self.intern("t")
         for number, builtin in enumerate(BUILTINS):
             self._define_global(builtin.name, self.memory.builtin(number))
+
+    def _pin_globals(self) -> None:
+        """The global table is pinned (Heap.pin): its address, handed out once, stays
+        valid however often the heap compacts -- what a runtime does for a table
+        native code reads directly. Allocated early, it sits low in the arena."""
+        self.heap.pin(self.globals)
+        self.globals_address = self.globals.address
 
     # -- values ---------------------------------------------------------------------------
     def intern(self, name: str) -> Value:
@@ -281,12 +293,14 @@ class Interpreter:
             return
         bigger = self.memory.table(capacity * 2)
         for slot in range(capacity):
-            bigger.set_ref(slot, self.globals.get_ref(slot))
+            bigger.set_slot(slot, self.globals.get_slot(slot))
+        self.heap.unpin(self.globals)
         self.globals = bigger
+        self._pin_globals()
 
     def _define_global(self, name: str, value: Value) -> None:
         slot = self._global_slot(name)
-        self.globals.set_ref(slot, value)
+        self.globals.set_slot(slot, value)
         self.defined[slot] = True
 
     # -- running ---------------------------------------------------------------------------
@@ -349,7 +363,7 @@ class Interpreter:
                 def local(env, depth=depth, slot=slot):
                     for _ in range(depth):
                         env = env.get_ref(0)
-                    return env.get_ref(slot)
+                    return env.get_slot(slot)
 
                 return local
         index = self._global_slot(name)
@@ -357,7 +371,7 @@ class Interpreter:
         def global_variable(env):
             if not self.defined[index]:
                 raise LispError(f"unbound variable: {name}")
-            return self.globals.get_ref(index)
+            return self.globals.get_slot(index)
 
         return global_variable
 

@@ -1,13 +1,19 @@
 """How Lisp values are laid out as heap objects.
 
-Every Lisp value except the empty list is a heap object reached through a
-``Ref``; the empty list (also "false") is ``None``, which is exactly what an
-empty reference slot reads as. The first payload byte of every object is its
-type tag; every object has at least 8 payload bytes, so ``read(8)`` always
-fetches the tag and, for closures and builtins, the code number too.
+A Lisp value is one of three things, as in a real runtime:
+
+* a *fixnum*: a Python ``int``, stored in a reference slot as a tagged
+  immediate (``Ref.set_slot``: a word with its low bit set, which the
+  collector never follows); no heap object, no allocation;
+* the empty list (also "false"): ``None``, which is exactly what an empty
+  reference slot reads as;
+* anything else: a heap object reached through a ``Ref``. The first payload
+  byte of every object is its type tag; every object has at least 8 payload
+  bytes, so ``read(8)`` always fetches the tag and, for closures and
+  builtins, the code number too.
 
     tag       payload (little endian)                  reference slots
-    FIXNUM    tag, 7 pad, i64 value                    —
+    FIXNUM    (an immediate: no object)                —
     CONS      tag                                      car, cdr
     SYMBOL    tag, 3 pad, u32 length, utf-8 name       —
     STRING    tag, 3 pad, u32 length, utf-8 text       —
@@ -43,9 +49,12 @@ class Tag(IntEnum):
 
 
 WORD = struct.Struct("<BxxxI")  # tag, u32
-FIXNUM = struct.Struct("<Bxxxxxxxq")  # tag, i64
-INT64 = struct.Struct("<q")
 HEADER_BYTES = 8
+FIXNUM_LIMIT = 1 << 62  # a fixnum is a 63-bit signed integer (the heap's immediates)
+
+
+class LispOverflow(ArithmeticError):
+    """A result too large for a fixnum (this Lisp has no bignums)."""
 
 
 class LispMemory:
@@ -73,16 +82,17 @@ class LispMemory:
         return obj
 
     # -- constructors -----------------------------------------------------------
-    def fixnum(self, value: int):
-        self._counted()
-        obj = self.heap.alloc(nbytes=FIXNUM.size, nrefs=0)
-        obj.write(FIXNUM.pack(Tag.FIXNUM, value))
-        return obj
+    @staticmethod
+    def fixnum(value: int) -> int:
+        """A fixnum is its integer: stored in slots as an immediate, never allocated."""
+        if not -FIXNUM_LIMIT <= value < FIXNUM_LIMIT:
+            raise LispOverflow(f"{value} does not fit a 63-bit fixnum")
+        return value
 
     def cons(self, car, cdr):
         obj = self._new(Tag.CONS, HEADER_BYTES, nrefs=2)
-        obj.set_ref(0, car)
-        obj.set_ref(1, cdr)
+        obj.set_slot(0, car)
+        obj.set_slot(1, cdr)
         return obj
 
     def _text(self, tag: Tag, text: str):
@@ -110,7 +120,7 @@ class LispMemory:
         obj = self._new(Tag.FRAME, HEADER_BYTES, nrefs=1 + len(values))
         obj.set_ref(0, parent)
         for slot, value in enumerate(values, start=1):
-            obj.set_ref(slot, value)
+            obj.set_slot(slot, value)
         return obj
 
     def table(self, capacity: int):
@@ -122,18 +132,18 @@ class LispMemory:
     # -- readers ----------------------------------------------------------------
     @staticmethod
     def tag(value) -> Tag | None:
-        return None if value is None else Tag(value.read(1)[0])
+        if value is None:
+            return None
+        return Tag.FIXNUM if type(value) is int else Tag(value.read(1)[0])
 
     @staticmethod
     def tag_and_word(value) -> tuple[int, int]:
-        return WORD.unpack(value.read(HEADER_BYTES))
+        return (Tag.FIXNUM, 0) if type(value) is int else WORD.unpack(value.read(HEADER_BYTES))
 
     @staticmethod
     def fixnum_value(value) -> int | None:
         """The integer a value holds, or None when it is not a number."""
-        if value is None or value.read(1)[0] != Tag.FIXNUM:
-            return None
-        return INT64.unpack(value.read(INT64.size, offset=HEADER_BYTES))[0]
+        return value if type(value) is int else None
 
     @staticmethod
     def text(value) -> str:

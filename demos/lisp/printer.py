@@ -29,7 +29,7 @@ def to_text(memory: LispMemory, value) -> str:
 def list_text(memory: LispMemory, pair) -> str:
     items = []
     while memory.tag(pair) is Tag.CONS:
-        items.append(to_text(memory, pair.get_ref(0)))
-        pair = pair.get_ref(1)
+        items.append(to_text(memory, pair.get_slot(0)))
+        pair = pair.get_slot(1)
     tail = "" if pair is None else f" . {to_text(memory, pair)}"
     return f"({' '.join(items)}{tail})"
