@@ -56,6 +56,7 @@ def copy_collect(pause: Pause, col: Collection) -> None:
     old_top = a.top
     old, marking = pause.mark(col)
     plan, new_by_row = pause.plan_slide(old, marking, col)
+    pause.update_scanners(old, plan, new_by_row)  # before anything moves: a failure leaves nothing to undo
     rows = plan.live_rows
     with clock.phase("install") as ev:
         srcs = old["start"][rows]

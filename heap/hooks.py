@@ -44,7 +44,7 @@ log = get_logger("remapgc.heap")
 
 
 class HookReentry(HeapError, RuntimeError):
-    """A heap call from inside a mutator hook or a collection callback."""
+    """A heap call from inside a root scanner, a mutator hook or a collection callback."""
 
 
 @dataclass
@@ -116,8 +116,13 @@ class Hooks:
     def check(self) -> None:
         """Every heap entry point: no call from inside a hook or callback."""
         if self.inside and threading.get_ident() in self.inside:
-            raise HookReentry("the heap cannot be used from inside a mutator hook or a collection callback "
-                              "(a collection is in progress on this thread); only Heap.finalized() may be called")
+            raise HookReentry("the heap cannot be used from inside a root scanner, a mutator hook or a collection "
+                              "callback (a collection is in progress on this thread); only Heap.finalized() may be "
+                              "called")
+
+    def run_host(self, fn, *args):
+        """Run host code the collection calls (a root scanner) under the same guard."""
+        return self._run(fn, *args)
 
     def _run(self, fn, *args):
         me = threading.get_ident()

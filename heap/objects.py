@@ -83,9 +83,14 @@ class RootScanner(Protocol):
     """References a runtime holds outside the heap (its stacks, globals...).
 
     ``scan_roots`` returns the object addresses it holds (0 entries are
-    ignored); after a compaction the heap calls ``update_roots`` once with
-    ``forward``, which maps an array of old addresses to new ones (0 -> 0),
-    and the scanner rewrites what it holds.
+    ignored); once a compaction has planned the new addresses, before any
+    object moves, the heap calls ``update_roots`` once with ``forward``, which
+    maps an array of old addresses to new ones (0 -> 0), and the scanner
+    rewrites what it holds: all of it, or raise before rewriting anything.
+    If it raises, the collection stops with that exception and nothing moves
+    (scanners already updated get their old addresses back). Both run with a
+    collection in progress on the calling thread: a heap call from inside
+    them is refused (``heap.hooks.HookReentry``).
     """
 
     def scan_roots(self) -> np.ndarray: ...

@@ -56,7 +56,8 @@ class Pause:
     collections (``collections``, ``last_phase_ns``, ``last_events``)."""
 
     def __init__(self, kernel, model: ObjectModel, spaces: Spaces, alloc: Allocator, table: ObjectTable,
-                 index: AddressIndex, work: Workspace, handles: HandleTable, scanners: list, dense: float):
+                 index: AddressIndex, work: Workspace, handles: HandleTable, scanners: list, dense: float,
+                 host: Callable = lambda fn, *args: fn(*args)):
         self.kernel = kernel
         self.model = model
         self.spaces = spaces
@@ -66,6 +67,8 @@ class Pause:
         self.work = work
         self.handles = handles
         self.scanners = scanners  # the heap's list: scanners added later take part
+        # runs host code (a root scanner) so that it cannot call the heap back (heap.hooks.Hooks.run_host)
+        self.host = host
         self.dense = dense
         self.pins = None  # heap.pinning.PinTable once the host pinned something
         # the per-object work (mark, forwarding, fixup, root forwarding) in C (heap.core)
@@ -79,7 +82,8 @@ class Pause:
     # -- the steps -------------------------------------------------------------------------
     def roots(self) -> np.ndarray:
         parts = [self.handles.roots()]
-        parts.extend(np.asarray(s.scan_roots(), dtype=np.int64) for s in self.scanners)
+        # before the flip: a scanner that fails here leaves nothing to undo
+        parts.extend(np.asarray(self.host(s.scan_roots), dtype=np.int64) for s in self.scanners)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def mark(self, col: Collection):
@@ -186,8 +190,8 @@ class Pause:
         self.kernel.store_words(slots.astype(np.uint64), values.astype(np.uint64))
         return int(slots.size)
 
-    def forward(self, old_starts: np.ndarray, new_by_row: np.ndarray) -> None:
-        """Rewrite every root (handles, root scanners) to its object's new address."""
+    def forwarding(self, old_starts: np.ndarray, new_by_row: np.ndarray):
+        """The function that maps old object addresses to new ones (0 -> 0)."""
         index = self.index
 
         def forward(addrs):
@@ -199,9 +203,32 @@ class Pause:
             out[held] = new_by_row[index.rows(old_starts, addrs[held], "root")]
             return out
 
-        self.handles.forward(forward)
+        return forward
+
+    def update_scanners(self, old, plan: Plan, new_by_row: np.ndarray) -> None:
+        """The root scanners rewrite what they hold to the new addresses. This
+        runs once the plan is known and before anything moves (the flip, the
+        copies), where a failure can still be undone: if a scanner raises (or
+        calls the heap back: HookReentry), the scanners already updated are
+        given their old addresses back and the collection stops, nothing
+        changed. A scanner must rewrite all it holds or raise before rewriting."""
+        if not self.scanners:
+            return
+        forward = self.forwarding(old["start"], new_by_row)
+        done = []
         for scanner in self.scanners:
-            scanner.update_roots(forward)
+            try:
+                self.host(scanner.update_roots, forward)
+            except BaseException:
+                back = _backward(old["start"], plan)
+                for s in reversed(done):
+                    self.host(s.update_roots, back)
+                raise
+            done.append(scanner)
+
+    def forward(self, old_starts: np.ndarray, new_by_row: np.ndarray) -> None:
+        """Rewrite every handle to its object's new address (the scanners were updated before the move)."""
+        self.handles.forward(self.forwarding(old_starts, new_by_row))
 
     def commit(self, old, plan: Plan) -> None:
         """The new layout becomes the heap's; ``old`` is stale afterwards."""
@@ -228,6 +255,7 @@ class Pause:
         flip): nothing was changed."""
         old, marking = self.mark(col)
         plan, new_by_row = self.plan_remap(old, marking, col)
+        self.update_scanners(old, plan, new_by_row)
         with col.clock.phase("flip") as ev:
             self.spaces.flip(register_first=register_first)
             ev.update(bytes=self.alloc.used_pages * self.alloc.page_size)
@@ -260,3 +288,16 @@ class Pause:
             log.debug("gc_done", compactor=clock.compactor, **stats.as_dict())
         if col.info is not None:  # the host's "stop" callbacks (heap.hooks), once the collection is whole
             col.info.ended(stats)
+
+
+def _backward(old_starts: np.ndarray, plan: Plan):
+    """The inverse of a plan's forwarding: new addresses back to old ones (0 -> 0)."""
+    def back(addrs):
+        addrs = np.asarray(addrs, dtype=np.int64)
+        out = np.zeros(addrs.shape, dtype=np.int64)
+        held = addrs != 0
+        if plan.new_starts.size:
+            k = np.minimum(np.searchsorted(plan.new_starts, addrs[held]), plan.new_starts.size - 1)
+            out[held] = old_starts[plan.live_rows[k]]
+        return out
+    return back

@@ -115,14 +115,14 @@ class Heap(EmbeddingAPI):
         self._handles = HandleTable()
         self._gate = AccessGate()  # mutator memory accesses in flight outside the lock
         self._health = Health()
+        self._hooks = Hooks()  # the host's mutator hooks and collection callbacks (heap.hooks)
         self._pause = Pause(k, model, spaces, self._alloc, self._table, self._index, self._work, self._handles,
-                            self._scanners, float(dense))
+                            self._scanners, float(dense), host=self._hooks.run_host)
         self._access = Access(self, self._lock, self._ready, self._gate, self._health, k, model, self._handles,
                               self._table, self._index, self._pause)
         self._pending: PageInstaller | None = None  # a stop-the-world install the kernel interrupted
         self._cycle: ConcurrentCycle | None = None  # the running concurrent cycle
         self._since_collect = 0
-        self._hooks = Hooks()  # the host's mutator hooks and collection callbacks (heap.hooks)
         self._disabled = 0  # disable() calls not yet matched by enable(): no automatic collection
         self._closed = False
         self._auto = compactor == "auto"
@@ -201,6 +201,8 @@ class Heap(EmbeddingAPI):
         self.close()
 
     def close(self) -> None:
+        if self._hooks.inside:
+            self._hooks.check()  # from a root scanner, hook or callback: the collection needs the heap
         with self._lock:
             if self._closed and (self._spaces is None or self._spaces.closed):
                 return

@@ -22,7 +22,6 @@ SCANNER_FAULTS = [
 ]
 
 
-@unfixed(3, "update_roots runs after the flip; re-entrant heap calls are not refused")
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("mode, fault", SCANNER_FAULTS)
 def test_a_failing_or_reentrant_root_scanner_leaves_a_whole_heap(kernel_name, mode, fault):
@@ -35,7 +34,6 @@ def test_a_failing_or_reentrant_root_scanner_leaves_a_whole_heap(kernel_name, mo
     assert out["checked"] > 0
 
 
-@unfixed(15, "close() inside a root scanner is not refused")
 @pytest.mark.timeout(200)
 def test_close_inside_a_root_scanner_gives_a_clear_heap_error(kernel_name):
     """#15 (last item): not EFAULT or AttributeError from a heap closed under the collection."""
