@@ -259,6 +259,12 @@ class Access:
             self.ready()
             return self.own(ref)
 
+    def same(self, ref, other) -> bool:
+        """Do two Refs of this heap name one object? (One lock acquisition: no collection in between.)"""
+        with self.lock:
+            self.ready()
+            return self.own(ref) == self.own(other)
+
     def info(self, ref) -> tuple[int, int, int]:
         """(address, nbytes, nrefs)."""
         with self.lock:

@@ -173,7 +173,9 @@ class Ref:
         self._access.write(self, data, offset)
 
     def same_object(self, other: "Ref") -> bool:
-        return isinstance(other, Ref) and other._access is self._access and other.address == self.address
+        # both addresses read under one acquisition of the heap lock: a collection between two reads
+        # would move the object and make two Refs to it differ
+        return isinstance(other, Ref) and other._access is self._access and self._access.same(self, other)
 
     def __eq__(self, other) -> bool:
         return self.same_object(other) if isinstance(other, Ref) else NotImplemented

@@ -171,7 +171,6 @@ def test_close_racing_a_concurrent_collection_gives_heap_closed_or_success(kerne
     assert set(out["outcomes"]) <= {"done", "HeapClosed"}, out["outcomes"]
 
 
-@unfixed(12, "same_object reads the two addresses under separate lock acquisitions")
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("compare", ["same_object", "=="])
 def test_two_refs_to_one_object_stay_equal_while_collections_move_it(kernel_name, compare):
