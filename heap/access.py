@@ -42,6 +42,15 @@ def encode_immediate(value) -> int:
     return ((value << 1) | 1) & _WORD_MASK
 
 
+def host_word_value(value) -> int:
+    """``value`` as a host header word: an integer in [0, 2**64)."""
+    if type(value) is not int:
+        value = as_index(value, "a host word")
+    if not 0 <= value <= _WORD_MASK:
+        raise OverflowError(f"a host word is an unsigned 64-bit integer; {value} does not fit")
+    return value
+
+
 def decode_immediate(word: int) -> int:
     """The integer a slot word with its low bit set holds."""
     return (word - (1 << 64) if word >> 63 else word) >> 1
@@ -298,6 +307,39 @@ class Access:
             self.gate.enter()
         try:
             self.kernel.store(where, word.to_bytes(8, _BYTEORDER))
+        finally:
+            self.gate.leave()
+        if self.health.broken is not None:
+            self.health.check()
+
+    # -- the host's header word (heap.objects.DefaultObjectModel(host_word=True)) ------------------
+    def _host_word_address(self, ref) -> int:
+        offset = getattr(self.model, "host_word_offset", None)
+        if offset is None:
+            raise ValueError("this heap has no host_word (make it with Heap(host_word=True))")
+        return self.own(ref) + offset
+
+    def host_word(self, ref) -> int:
+        with self.lock:
+            self.ready()
+            where = self._host_word_address(ref)
+            self.gate.enter()
+        try:
+            data = self.kernel.load(where, 8)
+        finally:
+            self.gate.leave()
+        if self.health.broken is not None:
+            self.health.check()
+        return int.from_bytes(data, _BYTEORDER)
+
+    def set_host_word(self, ref, value) -> None:
+        data = host_word_value(value).to_bytes(8, _BYTEORDER)
+        with self.lock:
+            self.ready()
+            where = self._host_word_address(ref)
+            self.gate.enter()
+        try:
+            self.kernel.store(where, data)
         finally:
             self.gate.leave()
         if self.health.broken is not None:

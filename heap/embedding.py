@@ -12,19 +12,67 @@ heap's lock, its entry check (``_ready``) and its ``Hooks``; nothing else.
 from __future__ import annotations
 
 import contextlib
+import sys
 
-from . import weak
-from .access import as_index
+import numpy as np
+
+from . import signals, weak
+from .access import as_index, host_word_value
 from .errors import HeapFull
 from .hooks import Callback, MutatorHooks
-from .objects import RootScanner
+from .objects import DEFAULT_MODEL, DefaultObjectModel, ObjectModel, RootScanner
 from .pinning import PinTable
 from .roots import Ref
 from .weak import WeakRef
 
 
+def model_for(object_model: ObjectModel | None, host_word: bool) -> ObjectModel:
+    """The heap's object model: the given one, or the default layout, with the
+    host's header word when ``host_word`` (heap.objects.DefaultObjectModel)."""
+    if not host_word:
+        return object_model or DEFAULT_MODEL
+    if object_model is not None:
+        raise ValueError("host_word=True gives the default layout a host word; a custom object_model "
+                         "keeps its own header words (give it host_words and host_word_offset)")
+    return DefaultObjectModel(host_word=True)
+
+
 class EmbeddingAPI:
     """Methods ``Heap`` has for runtimes (see the module doc)."""
+
+    # -- objects without a handle, and the host's header word ---------------------------------
+    def alloc_raw(self, nbytes: int, nrefs: int = 0, *, host: int | None = None) -> int:
+        """A new object, as ``alloc`` makes it, but no Ref: its address, valid
+        until the next collection. Nothing roots it: a runtime that keeps it
+        reports the address from a RootScanner (or stores it in a slot of a
+        live object) before the next collection, or it is freed then."""
+        shape = self._check_shape(nbytes, nrefs)
+        with signals.deferred(), self._lock:
+            return self._new_object(*shape, host)
+
+    def ref_at(self, addr: int) -> Ref:
+        """A new Ref (a root) to the object starting at ``addr``; ValueError if none does."""
+        addr = as_index(addr, "addr")
+        with self._lock:
+            self._ready()
+            if self._access.find(addr) < 0:
+                raise ValueError(f"no object starts at 0x{addr:x}")
+            return self._access.issue(addr)
+
+    def _header(self, nbytes: int, nrefs: int, large: bool, host: int | None = None) -> bytes:
+        """One object's header as the bytes to store, the host's word included."""
+        offset = getattr(self._model, "host_word_offset", None)
+        if host is not None and offset is None:
+            raise ValueError("this heap has no host_word (make it with Heap(host_word=True))")
+        if self._scalar_header is not None:
+            if offset is None:
+                return self._scalar_header(nbytes, nrefs, large)
+            return self._scalar_header(nbytes, nrefs, large, host_word_value(host or 0))
+        words = self._model.header_words(np.array([nbytes]), np.array([nrefs]), np.array([large]))
+        head = words.astype(np.uint64).tobytes()
+        if offset is not None and host:
+            head = head[:offset] + host_word_value(host).to_bytes(8, sys.byteorder) + head[offset + 8:]
+        return head
 
     # -- roots the runtime holds itself (heap.objects.RootScanner) ---------------------------
     def add_root_scanner(self, scanner: RootScanner) -> None:

@@ -45,6 +45,7 @@ from .native import expand
 
 ALIGN = 16
 HEADER_BYTES = 16
+HOST_WORD_BYTES = 8  # DefaultObjectModel(host_word=True): the host's header word, after the heap's
 SLOT_BYTES = 8
 MAGIC = 0x6D52
 FLAG_LARGE = 1
@@ -99,40 +100,56 @@ class RootScanner(Protocol):
 
 
 class DefaultObjectModel:
-    """The layout documented at the top of this module."""
+    """The layout documented at the top of this module. ``host_word=True``:
+    one more header word at +16, owned by the host (a type tag, a class
+    pointer...), slots from +24; the heap never reads or changes it (every
+    collection carries it with the object, ``verify()`` does not check it),
+    ``Heap.alloc(..., host=)`` and ``Ref.host_word`` write and read it."""
 
     header_bytes = HEADER_BYTES
     alignment = ALIGN
+    host_words = 0  # trailing header words the host owns (verify() leaves them alone)
+    host_word_offset = None  # where the host's word lies in the header, if any
+
+    def __init__(self, *, host_word: bool = False):
+        if host_word:
+            self.header_bytes = HEADER_BYTES + HOST_WORD_BYTES
+            self.host_words = 1
+            self.host_word_offset = HEADER_BYTES
 
     def total_bytes(self, nbytes, nrefs):
-        raw = HEADER_BYTES + SLOT_BYTES * np.asarray(nrefs, dtype=np.int64) + np.asarray(nbytes, dtype=np.int64)
+        raw = (self.header_bytes + SLOT_BYTES * np.asarray(nrefs, dtype=np.int64)
+               + np.asarray(nbytes, dtype=np.int64))
         return (raw + (ALIGN - 1)) & ~np.int64(ALIGN - 1)
 
     def payload_offset(self, nrefs: int) -> int:
-        return HEADER_BYTES + SLOT_BYTES * int(nrefs)
+        return self.header_bytes + SLOT_BYTES * int(nrefs)
 
     def slot_offset(self, nrefs: int, slot: int) -> int:
         """Offset of one reference slot from the object start (the scalar path of Ref accesses)."""
-        return HEADER_BYTES + SLOT_BYTES * slot
+        return self.header_bytes + SLOT_BYTES * slot
 
     def object_bytes(self, nbytes: int, nrefs: int) -> int:
         """``total_bytes`` of one object (the scalar path of Heap.alloc)."""
-        return (HEADER_BYTES + SLOT_BYTES * nrefs + nbytes + ALIGN - 1) & ~(ALIGN - 1)
+        return (self.header_bytes + SLOT_BYTES * nrefs + nbytes + ALIGN - 1) & ~(ALIGN - 1)
 
-    def header(self, nbytes: int, nrefs: int, large: bool) -> bytes:
-        """``header_words`` of one object, as the bytes to store (the scalar path of Heap.alloc)."""
+    def header(self, nbytes: int, nrefs: int, large: bool, host: int = 0) -> bytes:
+        """``header_words`` of one object, as the bytes to store (the scalar path of
+        Heap.alloc); ``host``: the host's word, when the model has one."""
         word1 = nrefs | (FLAG_LARGE if large else 0) << 32 | MAGIC << 48
-        return nbytes.to_bytes(8, sys.byteorder) + word1.to_bytes(8, sys.byteorder)
+        head = nbytes.to_bytes(8, sys.byteorder) + word1.to_bytes(8, sys.byteorder)
+        return head + host.to_bytes(8, sys.byteorder) if self.host_words else head
 
     def slot_addresses(self, starts, nrefs):
-        return expand(np.asarray(starts, dtype=np.int64) + HEADER_BYTES, nrefs, SLOT_BYTES)
+        return expand(np.asarray(starts, dtype=np.int64) + self.header_bytes, nrefs, SLOT_BYTES)
 
     def header_words(self, nbytes, nrefs, large):
         nbytes = np.asarray(nbytes, dtype=np.int64)
         word1 = (np.asarray(nrefs, dtype=np.uint64)
                  | (np.where(np.asarray(large, dtype=bool), FLAG_LARGE, 0).astype(np.uint64) << np.uint64(32))
                  | (np.uint64(MAGIC) << np.uint64(48)))
-        return np.stack([nbytes.astype(np.uint64), word1], axis=-1)
+        words = [nbytes.astype(np.uint64), word1] + [np.zeros_like(word1)] * self.host_words
+        return np.stack(words, axis=-1)
 
 
 DEFAULT_MODEL = DefaultObjectModel()

@@ -146,6 +146,15 @@ class Ref:
         """A new Ref to the object slot ``slot`` references, or None; TypeError for an immediate."""
         return self._access.get_ref(self, slot)
 
+    @property
+    def host_word(self) -> int:
+        """The host's header word (a heap made with ``host_word=True``): the
+        heap keeps it through every collection and never reads it."""
+        return self._access.host_word(self)
+
+    def set_host_word(self, value: int) -> None:
+        self._access.set_host_word(self, value)
+
     # Immediates (heap.objects): a slot word with its low bit set is an integer, not a reference.
     def set_immediate(self, slot: int, value: int) -> None:
         """Store a 63-bit signed integer in slot ``slot`` (as ``value << 1 | 1``)."""

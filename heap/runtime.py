@@ -34,7 +34,7 @@ from .compactors import copy_collect, remap_pause
 from .concurrent import CHUNK_PAGES, ConcurrentCycle, collect_concurrent, concurrent_pause
 from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull, Health, RemapRefused
 from .events import get_logger
-from .embedding import EmbeddingAPI
+from .embedding import EmbeddingAPI, model_for
 from .hooks import Hooks
 from .install import InstallInterrupted, PageInstaller
 from .kernel import Kernel, KernelUnsupported, open_kernel
@@ -83,7 +83,8 @@ class Heap(EmbeddingAPI):
 
     def __init__(self, kernel: str | Kernel = "auto", size: int = 256 << 20, *, compactor: str = "auto",
                  thp: bool = False, dense: float | None = None, collect_every: int | None = None,
-                 object_model: ObjectModel | None = None, root_scanners: Iterable[RootScanner] = ()):
+                 object_model: ObjectModel | None = None, root_scanners: Iterable[RootScanner] = (),
+                 host_word: bool = False):
         self._spaces: Spaces | None = None
         self._closed = True  # until the arena exists
         if compactor not in COMPACTORS:
@@ -98,7 +99,7 @@ class Heap(EmbeddingAPI):
         self._lock = threading.RLock()
         self._owns_kernel = isinstance(kernel, str)
         self._kernel = k = open_kernel(kernel) if isinstance(kernel, str) else kernel
-        self._model = model = object_model or DEFAULT_MODEL
+        self._model = model = model_for(object_model, host_word)  # host_word: heap.embedding
         granule = index_granule(model)  # before anything is mapped
         # a model may offer one object's total_bytes and header as plain arithmetic (DefaultObjectModel does)
         self._object_bytes = getattr(model, "object_bytes", None)
@@ -262,16 +263,20 @@ class Heap(EmbeddingAPI):
             log.warning("compactor_fallback", compactor="copy", reason=f"after fork: {exc}")
 
     # -- allocation -------------------------------------------------------------------
-    def alloc(self, nbytes: int, nrefs: int = 0) -> Ref:
-        """A new object with ``nrefs`` None slots and ``nbytes`` zero bytes of payload."""
-        nbytes, nrefs, total = self._check_shape(nbytes, nrefs)
+    def alloc(self, nbytes: int, nrefs: int = 0, *, host: int | None = None) -> Ref:
+        """A new object with ``nrefs`` None slots and ``nbytes`` zero bytes of payload
+        (``host``: its host header word, on a heap made with ``host_word=True``)."""
+        shape = self._check_shape(nbytes, nrefs)
         with signals.deferred(), self._lock:  # placed but not recorded, the side tables would disagree
-            self._ready()
-            addr = self._place(lambda: self._alloc.place(total), total)
-            self._kernel.store(addr, self._header(nbytes, nrefs, total >= self._ps))
-            row = self._table.append(addr, nbytes, nrefs, total)
-            self._index.add(addr, row)
-            return self._access.issue(addr)
+            return self._access.issue(self._new_object(*shape, host))
+
+    def _new_object(self, nbytes: int, nrefs: int, total: int, host: int | None) -> int:
+        """With the lock held: place one object, write its header, record it; its address."""
+        self._ready()
+        addr = self._place(lambda: self._alloc.place(total), total)
+        self._kernel.store(addr, self._header(nbytes, nrefs, total >= self._ps, host))
+        self._index.add(addr, self._table.append(addr, nbytes, nrefs, total))
+        return addr
 
     def alloc_many(self, nbytes, nrefs) -> RefArray:
         """Many objects at once (arrays, or scalars broadcast): one root block
@@ -291,12 +296,6 @@ class Heap(EmbeddingAPI):
             self._table.extend(addrs, nbytes, nrefs, totals)
             self._work.reserve(self._table.n, self._table.nslots)
             return self._access.new_block(addrs)
-
-    def _header(self, nbytes: int, nrefs: int, large: bool) -> bytes:
-        if self._scalar_header is not None:
-            return self._scalar_header(nbytes, nrefs, large)
-        words = self._model.header_words(np.array([nbytes]), np.array([nrefs]), np.array([large]))
-        return words.astype(np.uint64).tobytes()
 
     def _check_shape(self, nbytes, nrefs) -> tuple[int, int, int]:
         """(nbytes, nrefs, total bytes) of an object that can be allocated, or a clear error."""
