@@ -5,7 +5,9 @@
   it, slide the sparse pages' live objects down into the first sparse pages
   and fix every reference slot; then the heap installs every to-space page
   (``PageInstaller``: one UFFDIO_MOVE per contiguous run, all runs in one
-  batched call) before the pause ends.
+  batched call) before the pause ends. When no live object moves (nothing
+  died since the last collection, or only above the last live one), nothing
+  is flipped, fixed or installed: the collection costs its mark and plan.
 * ``concurrent``: in heap.concurrent (``concurrent_pause``).
 * ``copy``: mark; slide every live object down with one ordered batch of
   memmoves; fix the slots; release the freed tail (inside the pause: it is
@@ -36,6 +38,12 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
             spaces.unflip()
             raise
         rows = plan.live_rows
+        if plan.in_place_pages:  # nothing moves: every object is in the arena where it was, every slot right
+            if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
+                end = plan.last_object_end
+                k.store(end, bytes(round_up(end - base, ps) + base - end))
+            ev.update(slots=0, evacuated_bytes=stats.bytes_copied)
+            return
         locations = fs + (old["start"][rows] - base)
         locations[plan.evacuated] = fs + plan.evac_to
         if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
@@ -45,7 +53,8 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
         ev.update(slots=slots, evacuated_bytes=stats.bytes_copied)
 
     # the roots are forwarded inside "fixup" too: the phase is everything between the flip and the install
-    plan, _ = pause.remap(col, register_first=True, prepare_phase="fixup", prepare=fixup, roots_phase="fixup")
+    plan, _ = pause.remap(col, register_first=True, prepare_phase="fixup", prepare=fixup, roots_phase="fixup",
+                          keep_in_place=True)
     return PageInstaller(k, spaces.uffd, plan, base, fs)
 
 

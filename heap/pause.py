@@ -23,6 +23,7 @@ import numpy as np
 from . import core
 from .alloc import Allocator, ObjectTable
 from .events import get_logger
+from .kernel import MADV_DONTNEED
 from .mark import IMMEDIATE, AddressIndex, Workspace, mark
 from .native import expand, slot_values
 from .objects import ObjectModel
@@ -246,19 +247,37 @@ class Pause:
 
     # -- the pause of the page-moving compactors ---------------------------------------------
     def remap(self, col: Collection, *, register_first: bool, prepare_phase: str,
-              prepare: Callable, roots_phase: str = "roots"):
+              prepare: Callable, roots_phase: str = "roots", keep_in_place: bool = False):
         """Mark, plan, flip the arena to the from-space, ``prepare(plan,
         marking, old, new_by_row, ev)`` (the compactor's own step, timed as
         ``prepare_phase``; it undoes the flip itself if it fails before
         changing anything), then forward the roots and commit the tables.
+        ``keep_in_place``: when every live object already sits where the plan
+        puts it (nothing died since the last collection, or only above the
+        last live object), nothing is flipped or installed
+        (``plan.in_place_pages``); the dead pages above are released in place.
         Returns (plan, what ``prepare`` returned). RemapRefused (from the
         flip): nothing was changed."""
         old, marking = self.mark(col)
         plan, new_by_row = self.plan_remap(old, marking, col)
         self.update_scanners(old, plan, new_by_row)
         with col.clock.phase("flip") as ev:
-            self.spaces.flip(register_first=register_first)
-            ev.update(bytes=self.alloc.used_pages * self.alloc.page_size)
+            a = self.alloc
+            used = a.used_pages
+            if keep_in_place and (plan.new_starts == old["start"][plan.live_rows]).all():
+                # Only a prefix that is the whole to-space is left in place: a partial one
+                # would split the arena's VMA, and the next flip's mremap (uffd-armed VMAs)
+                # and MOVE runs across the split fail (EFAULT, EINVAL) on Linux 6.18.
+                plan.in_place_pages = plan.end_pages
+                unit = a.hpage_pages or 1  # a huge page under the old top may reach past it
+                dead_end = min(-(-used // unit) * unit, a.size // a.page_size)
+                if dead_end > plan.end_pages:
+                    self.kernel.madvise(a.base + plan.end_pages * a.page_size,
+                                        (dead_end - plan.end_pages) * a.page_size, MADV_DONTNEED)
+                ev.update(bytes=0, kept_bytes=plan.end_pages * a.page_size)
+            else:
+                self.spaces.flip(register_first=register_first)
+                ev.update(bytes=used * a.page_size)
         with col.clock.phase(prepare_phase) as ev:
             prepared = prepare(plan, marking, old, new_by_row, ev)
         with col.clock.phase(roots_phase):

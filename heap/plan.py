@@ -62,6 +62,9 @@ class Plan:
     rebuilt_pages: int = 0
     whole_pages: int = 0
     last_object_end: int = 0  # where small-object bumping may resume (0: start a new page)
+    # pages from the arena base that stay where they are (a collection that
+    # moves nothing: heap.pause.Pause.remap): not flipped, not installed; runs() leaves them out
+    in_place_pages: int = 0
 
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Maximal runs one MOVE can do (pieces contiguous on both sides merged):
@@ -77,8 +80,15 @@ class Plan:
                    | (self.piece_rebuilt[1:] != self.piece_rebuilt[:-1]))
         first = np.flatnonzero(brk)
         last = np.append(first[1:], n) - 1
-        return (self.piece_dst[first], self.piece_src[first], self.piece_rebuilt[first],
-                end_dst[last] - self.piece_dst[first])
+        dst, src, rebuilt, count = (self.piece_dst[first], self.piece_src[first], self.piece_rebuilt[first],
+                                    end_dst[last] - self.piece_dst[first])
+        keep = self.in_place_pages
+        if keep:  # the prefix is in place already: only what lies above it is installed
+            above = dst + count > keep
+            dst, src, rebuilt, count = dst[above], src[above], rebuilt[above], count[above]
+            cut = np.maximum(keep - dst, 0)
+            dst, src, count = dst + cut, src + cut, count - cut
+        return dst, src, rebuilt, count
 
 
 def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int,

@@ -16,6 +16,8 @@ releases a newer from-space.
 from __future__ import annotations
 
 import threading
+import warnings
+import weakref
 
 from .alloc import round_up
 from .errors import RemapRefused
@@ -33,6 +35,7 @@ class Spaces:
         self.uffd = None
         self._release_lock = threading.Lock()
         self._owed: object | None = None
+        self.flipped = False  # the arena is flipped and registered until unregister()
         self.base = kernel.mmap(size, align=kernel.hpage_size)
         if thp:
             kernel.madvise(self.base, size, MADV_HUGEPAGE)
@@ -87,8 +90,10 @@ class Spaces:
             except OSError:
                 uffd.unregister(base, size)
                 raise
+            self.flipped = True
             return
         k.mremap(base, size, self.from_space, dontunmap=True)
+        self.flipped = True
         try:
             self._register()
         except RemapRefused:
@@ -109,11 +114,15 @@ class Spaces:
             self.uffd.unregister(self.base, self.size)
         except OSError:
             pass
+        self.flipped = False
         self.from_space = k.mmap(self.size, align=k.hpage_size)
 
     def unregister(self) -> None:
-        """Every page is installed: fresh pages fault normally again (and anything still blocked wakes)."""
-        self.uffd.unregister(self.base, self.size)
+        """Every page is installed: fresh pages fault normally again (and anything still blocked wakes).
+        Nothing to do after a collection that left every page in place (no flip)."""
+        if self.flipped:
+            self.uffd.unregister(self.base, self.size)
+            self.flipped = False
 
     # -- releasing the from-space -------------------------------------------------------
     def release_from_space(self) -> dict:
@@ -163,6 +172,16 @@ class Spaces:
                 rss += k.resident_bytes(self.from_space, self.size)
             return rss
 
+    def release_with(self, owner, kernel=None) -> weakref.finalize:
+        """If ``owner`` (the heap) is garbage-collected without being closed,
+        warn as an unclosed file does (ResourceWarning) and release these
+        ranges (and ``kernel``, if the heap opened it) then. The caller
+        detaches the finalizer when it closes. Nothing runs at interpreter
+        exit: the process's memory goes with it."""
+        fin = weakref.finalize(owner, _release_unclosed, self, kernel, repr(owner))
+        fin.atexit = False
+        return fin
+
     def close(self) -> None:
         """Unmap both ranges and close the userfaultfd."""
         with self._release_lock:
@@ -174,3 +193,11 @@ class Spaces:
                 if addr:
                     self.kernel.munmap(addr, self.size)
             self.base = self.from_space = 0
+
+
+def _release_unclosed(spaces: Spaces, kernel, name: str) -> None:
+    warnings.warn(f"unclosed heap {name}: garbage-collected without close(); its memory is released now "
+                  "(call close() or use 'with Heap(...)')", ResourceWarning, stacklevel=2)
+    spaces.close()
+    if kernel is not None:
+        kernel.close()
