@@ -129,6 +129,7 @@ class Heap(EmbeddingAPI):
         self._auto = compactor == "auto"
         self._compactor = self._choose_compactor(compactor)
         forksafety.track(self)  # os.fork waits for a quiet heap (heap.forksafety)
+        self._dropped = spaces.release_with(self, k if self._owns_kernel else None)  # dropped unclosed: released
 
     def _choose_compactor(self, wanted: str) -> str:
         if wanted == "copy":
@@ -219,6 +220,8 @@ class Heap(EmbeddingAPI):
             k = self._kernel
             if self._owns_kernel:
                 k.close()
+            if getattr(self, "_dropped", None) is not None:  # not set when __init__ failed before it
+                self._dropped.detach()
 
     def _ready(self) -> None:
         """Entry check of every operation: open, sound, handles reaped, no install pending."""

@@ -213,7 +213,6 @@ def _maps() -> int:
         return sum(1 for _ in fh)
 
 
-@unfixed(13, "a dropped heap has no finalizer")
 @pytest.mark.timeout(120)
 def test_a_heap_dropped_without_close_warns_and_releases_its_memory(kernel_name):
     """#13: a Heap garbage-collected without close() kept its arena and from-space mapped."""
