@@ -17,6 +17,7 @@ install one page twice; only the claimer settles a page it holds.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,11 @@ from .native import PageClaims
 
 # declared once, in heap.kernel (the accelerators' C reads the same values)
 UNPROCESSED, PROCESSING, INSTALLED = PAGE_UNPROCESSED, PAGE_PROCESSING, PAGE_INSTALLED
+
+# wait_all re-checks the page states this often: a native installer (the C
+# fault server, a self-served SIGBUS) settles pages without the GIL and so
+# cannot notify the condition, after its install already woke the faulter
+WAIT_SLICE_S = 0.001
 
 
 @dataclass
@@ -172,10 +178,18 @@ class PageStates:
                 self.cond.notify_all()
 
     def wait_all(self, timeout: float) -> bool:
+        """Until every page is installed (True) or ``timeout`` s passed (False).
+        Waits in short slices: the Python installers notify, the native ones cannot."""
+        deadline = time.monotonic() + timeout
         with self.cond:
             self._waiting += 1
             try:
-                return self.cond.wait_for(self.all_installed, timeout)
+                while not self.all_installed():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self.cond.wait(min(left, WAIT_SLICE_S))
+                return True
             finally:
                 self._waiting -= 1
 
