@@ -11,7 +11,7 @@ which are the heap's roots:
 * the global table (one TABLE object, pinned: its address never changes);
 * the constants of the compiled code (quoted data, numeric literals).
 
-The symbol table holds its symbols *weakly* (``heap.weak``): a symbol lives
+The symbol table holds its symbols *weakly* (``Heap.weakref``): a symbol lives
 as long as something in the program or its code reaches it, and interning
 the same name again while it lives gives the same object (``eq?``). Ports
 (``open-output-port``) stand for resources outside the heap; each is
@@ -37,7 +37,7 @@ from typing import Callable
 from demos.lisp.layout import LispMemory, LispOverflow, Tag
 from demos.lisp.printer import to_text
 from demos.lisp.reader import String, Symbol, Syntax, read_all
-from heap import weak
+from heap.weak import WeakRef
 
 Value = object  # a heap Ref, or None for the empty list
 Compiled = Callable[[Value], Value]  # env -> value (or TailCall in tail position)
@@ -184,7 +184,7 @@ class Interpreter:
         self.memory = memory or LispMemory(heap)
         self.on_collect = on_collect
         self.codes: list[Code] = []
-        self.symbols: dict[str, weak.WeakRef] = {}  # the symbol table: weak, a symbol lives while it is used
+        self.symbols: dict[str, WeakRef] = {}  # the symbol table: weak, a symbol lives while it is used
         self._symbols_pruned_at = 0
         self.ports: dict[int, io.StringIO] = {}  # open ports' resources, by port number
         self.ports_opened = 0
@@ -210,7 +210,7 @@ class Interpreter:
         symbol = held.get() if held is not None else None
         if symbol is None:
             symbol = self.memory.symbol(name)
-            self.symbols[name] = weak.weakref(self.heap, symbol)
+            self.symbols[name] = self.heap.weakref(symbol)
             if len(self.symbols) > 2 * self._symbols_pruned_at + 64:
                 self.prune_symbols()
         return symbol
@@ -229,7 +229,7 @@ class Interpreter:
         self.ports_opened += 1
         port = self.memory.port(number)
         self.ports[number] = io.StringIO()
-        weak.finalize(self.heap, port, number)  # the token is the number, never the port itself
+        self.heap.finalize(port, number)  # the token is the number, never the port itself
         return port
 
     def port_buffer(self, port: Value) -> io.StringIO:
@@ -244,7 +244,7 @@ class Interpreter:
 
     def close_dead_ports(self) -> int:
         """Close the resources of the ports collections found dead; how many."""
-        numbers = weak.finalized(self.heap)
+        numbers = self.heap.finalized()
         for number in numbers:
             self.ports.pop(number).close()
         self.ports_closed += len(numbers)
