@@ -279,3 +279,52 @@ def test_dead_weak_references_give_their_cells_back(heap):
         collect(heap)
     assert cells.high <= 200  # reused, not grown per round
     assert cells.in_use == 0
+
+
+@pytest.mark.timeout(300)
+def test_weak_references_and_hashes_from_other_threads_while_collections_run(kernel_name):
+    """docs/embedding.md section 10: weakref/get, finalize and identity_hash from
+    any thread, also while another thread collects concurrently."""
+    import threading
+
+    with Heap(kernel=kernel_name, size=16 << 20, compactor="remap") as h:
+        kept = [h.alloc(64) for _ in range(50)]
+        for i, r in enumerate(kept):
+            r.write(i.to_bytes(8, "little"))
+        hashes = [h.identity_hash(r) for r in kept]
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        registered = []
+
+        def mutator(seed: int):
+            try:
+                n = 0
+                while not stop.is_set():
+                    tmp = h.alloc(200)
+                    w = h.weakref(tmp)
+                    h.finalize(tmp, (seed, n))
+                    registered.append((seed, n))
+                    n += 1
+                    del tmp
+                    i = n % len(kept)
+                    assert h.weakref(kept[i]).get().read(8) == i.to_bytes(8, "little")
+                    assert h.identity_hash(kept[i]) == hashes[i]
+                    w.get()  # alive or not, never an error
+            except BaseException as exc:  # reported to the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=mutator, args=(s,), daemon=True) for s in range(2)]
+        for t in threads:
+            t.start()
+        for k in range(10):
+            h.collect(concurrent=bool(k % 2))
+        stop.set()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors[0]
+        gc.collect()
+        h.collect()
+        reported = h.finalized()
+        assert len(reported) == len(set(reported)) == len(registered)  # every temporary, once
+        assert sorted(reported) == sorted(registered)
+        h.verify()
