@@ -78,6 +78,7 @@ class Heap(EmbeddingAPI):
     (default 0.85, with THP 0.25; see DEFAULT_DENSE).
     collect_every: collect before an allocation once this many bytes were
     allocated since the last collection (None: only when the heap is full).
+    host_word: every object gets a header word the host owns (``alloc(host=)``).
     What a runtime embedding the heap adds: heap.embedding, docs/embedding.md.
     """
 
