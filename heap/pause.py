@@ -247,11 +247,12 @@ class Pause:
 
     # -- the pause of the page-moving compactors ---------------------------------------------
     def remap(self, col: Collection, *, register_first: bool, prepare_phase: str,
-              prepare: Callable, roots_phase: str = "roots", keep_in_place: bool = False):
+              prepare: Callable, roots_phase: str | None = "roots", keep_in_place: bool = False):
         """Mark, plan, flip the arena to the from-space, ``prepare(plan,
         marking, old, new_by_row, ev)`` (the compactor's own step, timed as
         ``prepare_phase``; it undoes the flip itself if it fails before
-        changing anything), then forward the roots and commit the tables.
+        changing anything), then forward the roots and commit the tables
+        (timed as ``roots_phase``; None: inside ``prepare_phase``, one event).
         ``keep_in_place``: when every live object already sits where the plan
         puts it (nothing died since the last collection, or only above the
         last live object), nothing is flipped or installed
@@ -280,8 +281,11 @@ class Pause:
                 ev.update(bytes=used * a.page_size)
         with col.clock.phase(prepare_phase) as ev:
             prepared = prepare(plan, marking, old, new_by_row, ev)
-        with col.clock.phase(roots_phase):
-            self.forward_and_commit(old, plan, new_by_row)
+            if roots_phase is None:
+                self.forward_and_commit(old, plan, new_by_row)
+        if roots_phase is not None:
+            with col.clock.phase(roots_phase):
+                self.forward_and_commit(old, plan, new_by_row)
         return plan, prepared
 
     # -- inspection and the end of a collection ------------------------------------------------

@@ -144,3 +144,18 @@ def test_a_model_without_the_scalar_paths_allocates_the_same_objects(kernel_name
         h.collect()
         h.verify()
         assert a.get_ref(1).read(5000) == b"x" * 5000 and a.get_ref(0) is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compactor", ["remap", "copy"])
+def test_a_stop_the_world_collection_logs_each_phase_once(kernel_name, compactor):
+    with Heap(kernel=kernel_name, size=8 * MiB, compactor=compactor) as heap:
+        keep = heap.alloc(100, 1)
+        keep.set_ref(0, heap.alloc(5000))
+        heap.alloc(300)
+        with capture_events() as events:
+            heap.collect()
+        phases = [e["phase"] for e in events if "phase" in e]
+        assert sorted(phases) == sorted(set(phases)), phases
+        assert {"mark", "plan", "fixup", "install"} <= set(phases)
+        assert [e["event"] for e in events].count("gc_done") == 1
