@@ -106,43 +106,51 @@ def as_shapes(nbytes, nrefs, model, heap_size: int, max_nrefs: int) -> tuple[np.
 class AccessGate:
     """Mutator memory accesses in flight, so that a pause starts only when none is.
 
-    ``enter`` is called with the heap lock held (so no pause can be waiting
-    for the gate at that moment), ``leave`` without it; ``drain`` is called by
+    An access puts a token of its own in ``entries`` with the heap lock held
+    (so no pause can be waiting for the gate at that moment) and takes it out
+    when its memory touch is over, without the lock; ``drain`` is called by
     the pause with the heap lock held: no new access can enter, and the ones
     in flight finish without needing the heap lock (the fault handler serves
     their faults).
+
+    Entering and leaving are ``list.append`` and ``list.remove``, written out
+    in each access and not behind a method: a signal handler runs between
+    bytecodes, and one raising (Ctrl-C) at the entry of an ``enter``/``leave``
+    method, or between the return of ``enter`` and the ``try`` that leaves,
+    left an access counted for good, and the next pause waited for it
+    forever. A C call is never cut in half, and the ``try`` encloses the
+    append: if the interrupt lands before the append, the token is not
+    there and nothing is taken out; after it, the ``finally`` takes it out.
     """
 
     def __init__(self) -> None:
-        # enter/leave take the bare lock (a C-level context manager: the
-        # Condition's Python-level __enter__ doubled their cost) and notify
-        # only when a drain waits
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._inflight = 0
-        self._draining = 0
+        self.entries: list = []  # one token per access in flight
+        self.draining = 0  # drains waiting: only then does leaving wake them
 
-    def enter(self) -> None:
-        with self._lock:
-            self._inflight += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-            if self._draining and not self._inflight:
-                self._cond.notify_all()
+    def wake(self) -> None:
+        """An access left while a drain waits (a wake lost to an interrupt only costs the drainer a poll)."""
+        with self._cond:
+            self._cond.notify_all()
 
     @property
     def inflight(self) -> int:
-        return self._inflight
+        return len(self.entries)
 
     def drain(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._draining += 1
+            self.draining += 1
             try:
-                return self._cond.wait_for(lambda: not self._inflight, timeout)
+                while self.entries:
+                    left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+                return True
             finally:
-                self._draining -= 1
+                self.draining -= 1
 
 
 class Access:
@@ -286,29 +294,37 @@ class Access:
     # operation (a helper call costs ~5% of a read); after it, an invariant found broken
     # while the access waited means the bytes may not be the object's.
     def set_ref(self, ref, slot, target) -> None:
-        with self.lock:
-            self.ready()
-            where = self._slot_address(ref, slot)
-            value = 0 if target is None else self.own(target)
-            self.gate.enter()
+        token, entries = object(), self.gate.entries
         try:
+            with self.lock:
+                self.ready()
+                where = self._slot_address(ref, slot)
+                value = 0 if target is None else self.own(target)
+                entries.append(token)  # in flight (AccessGate: why not a method call)
             self.kernel.store(where, value.to_bytes(8, _BYTEORDER))
         finally:
-            self.gate.leave()
+            if token in entries:
+                entries.remove(token)
+                if self.gate.draining:
+                    self.gate.wake()
         if self.health.broken is not None:
             self.health.check()
 
     def set_immediate(self, ref, slot, value) -> None:
         """Store the integer ``value`` in a slot as an immediate (``value << 1 | 1``)."""
         word = encode_immediate(value)
-        with self.lock:
-            self.ready()
-            where = self._slot_address(ref, slot)
-            self.gate.enter()
+        token, entries = object(), self.gate.entries
         try:
+            with self.lock:
+                self.ready()
+                where = self._slot_address(ref, slot)
+                entries.append(token)  # in flight (AccessGate: why not a method call)
             self.kernel.store(where, word.to_bytes(8, _BYTEORDER))
         finally:
-            self.gate.leave()
+            if token in entries:
+                entries.remove(token)
+                if self.gate.draining:
+                    self.gate.wake()
         if self.health.broken is not None:
             self.health.check()
 
@@ -320,28 +336,36 @@ class Access:
         return self.own(ref) + offset
 
     def host_word(self, ref) -> int:
-        with self.lock:
-            self.ready()
-            where = self._host_word_address(ref)
-            self.gate.enter()
+        token, entries = object(), self.gate.entries
         try:
+            with self.lock:
+                self.ready()
+                where = self._host_word_address(ref)
+                entries.append(token)  # in flight (AccessGate: why not a method call)
             data = self.kernel.load(where, 8)
         finally:
-            self.gate.leave()
+            if token in entries:
+                entries.remove(token)
+                if self.gate.draining:
+                    self.gate.wake()
         if self.health.broken is not None:
             self.health.check()
         return int.from_bytes(data, _BYTEORDER)
 
     def set_host_word(self, ref, value) -> None:
         data = host_word_value(value).to_bytes(8, _BYTEORDER)
-        with self.lock:
-            self.ready()
-            where = self._host_word_address(ref)
-            self.gate.enter()
+        token, entries = object(), self.gate.entries
         try:
+            with self.lock:
+                self.ready()
+                where = self._host_word_address(ref)
+                entries.append(token)  # in flight (AccessGate: why not a method call)
             self.kernel.store(where, data)
         finally:
-            self.gate.leave()
+            if token in entries:
+                entries.remove(token)
+                if self.gate.draining:
+                    self.gate.wake()
         if self.health.broken is not None:
             self.health.check()
 
@@ -358,15 +382,19 @@ class Access:
         """What a slot holds: None, a new Ref, or (``immediates``) the integer
         of an immediate; with ``immediates=False`` an immediate is a TypeError."""
         while True:
-            with self.lock:
-                self.ready()
-                where = self._slot_address(ref, slot)
-                epoch = self.pause.collections
-                self.gate.enter()
+            token, entries = object(), self.gate.entries
             try:
+                with self.lock:
+                    self.ready()
+                    where = self._slot_address(ref, slot)
+                    epoch = self.pause.collections
+                    entries.append(token)  # in flight (AccessGate: why not a method call)
                 value = int.from_bytes(self.kernel.load(where, 8), _BYTEORDER)
             finally:
-                self.gate.leave()
+                if token in entries:
+                    entries.remove(token)
+                    if self.gate.draining:
+                        self.gate.wake()
             if self.health.broken is not None:
                 self.health.check()
             if value == 0:
@@ -388,16 +416,20 @@ class Access:
                 return self.issue(value, self._shape_of_row(row))
 
     def read(self, ref, length, offset) -> bytes:
-        with self.lock:
-            self.ready()
-            where = self._payload_range(ref, length, offset)
-            if not length:
-                return b""
-            self.gate.enter()
+        token, entries = object(), self.gate.entries
         try:
+            with self.lock:
+                self.ready()
+                where = self._payload_range(ref, length, offset)
+                if not length:
+                    return b""
+                entries.append(token)  # in flight (AccessGate: why not a method call)
             data = self.kernel.load(where, length)
         finally:
-            self.gate.leave()
+            if token in entries:
+                entries.remove(token)
+                if self.gate.draining:
+                    self.gate.wake()
         if self.health.broken is not None:
             self.health.check()
         return data
@@ -407,16 +439,20 @@ class Access:
             data = memoryview(data).cast("B")
         except TypeError:
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
-        with self.lock:
-            self.ready()
-            where = self._payload_range(ref, len(data), offset)
-            if not len(data):
-                return
-            self.gate.enter()
+        token, entries = object(), self.gate.entries
         try:
+            with self.lock:
+                self.ready()
+                where = self._payload_range(ref, len(data), offset)
+                if not len(data):
+                    return
+                entries.append(token)  # in flight (AccessGate: why not a method call)
             self.kernel.store(where, data)
         finally:
-            self.gate.leave()
+            if token in entries:
+                entries.remove(token)
+                if self.gate.draining:
+                    self.gate.wake()
         if self.health.broken is not None:
             self.health.check()
 

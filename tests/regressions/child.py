@@ -66,6 +66,21 @@ class Graph:
         return 2 * len(self.held)
 
 
+class Churn:
+    """Objects that die below live ones, so that every collection moves
+    something: with nothing dead below the last live object a collection
+    keeps everything in place and flips nothing."""
+
+    def __init__(self, heap: Heap, keep: int = 64):
+        self.heap, self.ring, self.keep = heap, [], keep
+
+    def step(self) -> None:
+        self.heap.alloc(48, 0)  # garbage at once
+        self.ring.append(self.heap.alloc(48, 0))
+        if len(self.ring) > self.keep:
+            del self.ring[0]  # the oldest dies, below the newer ones
+
+
 def settle_and_check(heap: Heap, graph: Graph) -> dict:
     """After the trouble: the heap must verify, keep everything, and collect again both ways."""
     heap.verify()
@@ -170,9 +185,13 @@ def sigint_during_accesses(backend: str, seconds: str) -> None:
     errors: list[str] = []
     cycles = [0]
 
+    churn = Churn(h)
+
     def collector():
         while not stop.is_set():
             try:
+                for _ in range(8):
+                    churn.step()
                 h.collect(concurrent=True)
                 cycles[0] += 1
             except Exception as exc:  # noqa: BLE001 -- reported, the test fails on it
@@ -282,10 +301,14 @@ def sigint_inside_close(backend: str, trials: str) -> None:
         outcome: list[str] = []
         started = threading.Event()
 
+        churn = Churn(h)
+
         def collector():
             started.set()
             try:
                 while True:
+                    for _ in range(8):
+                        churn.step()
                     h.collect(concurrent=True)
             except HeapClosed:
                 outcome.append("closed")

@@ -46,9 +46,6 @@ def test_ctrl_c_during_ref_accesses_while_another_thread_collects_leaves_no_acce
     """#4: KeyboardInterrupt caught in the main thread during Ref.read/write/
     get_ref/set_ref while collect(concurrent=True) runs in another thread: the
     collector never waits forever for an access that ended."""
-    # the interrupt must land between entering the access gate and the try that leaves it:
-    # caught in about half the Linux runs, in every simulator run
-    request.applymarker(unfixed(4, "an interrupt can leave the access gate counted", strict=kernel_name == "sim"))
     out = run_child("sigint_during_accesses", kernel_name, "10")
     assert not out["stuck"], f"threads stuck: {out}"
     assert not out["errors"], out["errors"]
