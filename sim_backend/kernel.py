@@ -36,6 +36,7 @@ from heap.kernel import (
     UFFD_FEATURE_EVENT_UNMAP,
     UFFD_FEATURE_MOVE,
     UFFDIO_REGISTER_MODE_MISSING,
+    KernelBase,
     KernelUnsupported,
     PageInfo,
 )
@@ -205,7 +206,7 @@ class SimChild:
         return f"SimChild(pid={self.pid}, {'alive' if self.alive else 'reaped'})"
 
 
-class SimKernel:
+class SimKernel(KernelBase):
     """A simulated Linux 6.18 kernel (x86-64, 4 KiB pages, 2 MiB THP)."""
 
     name = "sim"
