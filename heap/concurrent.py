@@ -424,12 +424,6 @@ def end_concurrent(heap, cycle: ConcurrentCycle) -> None:
     heap.end_concurrent(cycle)
 
 
-def settle_cycle(heap) -> None:
-    """Before a pause or an inspection: the running cycle ends, nothing is
-    pending, no access is in flight (``Heap.quiesce``)."""
-    heap.quiesce()
-
-
 __all__ = ["ConcurrentCycle", "ConcurrentGCStats", "CHUNK_PAGES", "begin_concurrent", "collect_concurrent",
-           "end_concurrent", "settle_cycle", "AccessGate", "Claim", "InstallProgram", "PageStates", "UNPROCESSED",
+           "end_concurrent", "Claim", "InstallProgram", "PageStates", "UNPROCESSED",
            "PROCESSING", "INSTALLED"]
