@@ -206,7 +206,7 @@ class Heap(EmbeddingAPI):
     def close(self) -> None:
         if self._hooks.inside:
             self._hooks.check()  # from a root scanner, hook or callback: the collection needs the heap
-        with self._lock:
+        with signals.deferred(), signals.critical(), self._lock:  # interrupted, threads and mappings stay behind
             if self._closed and (self._spaces is None or self._spaces.closed):
                 return
             if self._cycle is not None:
@@ -372,7 +372,7 @@ class Heap(EmbeddingAPI):
         col = Collection(ConcurrentGCStats(stop_the_world=1) if asked_concurrent else GCStats(), self._compactor)
         col.stats.rss_before = self._rss()
         with self._hooks.pause(col, self._pause.collections + 1, concurrent=False, automatic=automatic,
-                               compactor=self._compactor):
+                               compactor=self._compactor), signals.critical():  # no escape mid-flip
             if self._compactor == "remap":
                 try:
                     self._collect_remap(col)
@@ -387,8 +387,8 @@ class Heap(EmbeddingAPI):
             else:
                 copy_collect(self._pause, col)
             col.pause_over()
-        self._since_collect = 0
-        token = self._spaces.owe_release() if self._compactor == "remap" else None
+            self._since_collect = 0
+            token = self._spaces.owe_release() if self._compactor == "remap" else None  # before an escape
         return col.stats, lambda: self._hooks.after(col.info, self._pause.end, col, token)
 
     def _collect_remap(self, col: Collection) -> None:
@@ -425,30 +425,31 @@ class Heap(EmbeddingAPI):
         # RSS before, read outside the lock: reading the page tables of a large arena
         # takes milliseconds (15 ms for 1 GiB here) that mutators need not wait for
         rss_before = self._rss() if self._cycle is None and not self._closed else None
-        with self._lock:
-            self._ready()
-            self._settle_cycle()
-            if self._compactor != "remap":  # no userfaultfd: the copying compactor, stop-the-world
-                log.info("collect_stop_the_world", reason="the copying compactor cannot run concurrently")
-                stats, finish = self._collect_pause(asked_concurrent=True)
-                return None, stats, finish
-            self._spaces.settle_release()
-            col = Collection(ConcurrentGCStats(rss_before=self._rss() if rss_before is None else rss_before),
-                             "concurrent")
-            with self._hooks.pause(col, self._pause.collections + 1, concurrent=True, automatic=False,
-                                   compactor=self._compactor):
-                try:
-                    program = concurrent_pause(self._pause, col)
-                except RemapRefused as exc:
-                    raise exc.error
-                self._since_collect = 0
-                cycle = self._cycle = ConcurrentCycle(self._kernel, self._spaces, self._gate, self._health,
-                                                      self._pause, self._end_cycle, program, col,
-                                                      chunk_pages=chunk_pages, run_compactor=run_compactor)
-                col.pause_over()
-        # the threads start once the pause is over: a fault taken meanwhile just waits in the uffd
-        # queue, and a starting thread that takes the GIL cannot stretch the pause
-        cycle.start()
+        with signals.critical():  # no escape between the flip and the threads that install
+            with self._lock:
+                self._ready()
+                self._settle_cycle()
+                if self._compactor != "remap":  # no userfaultfd: the copying compactor, stop-the-world
+                    log.info("collect_stop_the_world", reason="the copying compactor cannot run concurrently")
+                    stats, finish = self._collect_pause(asked_concurrent=True)
+                    return None, stats, finish
+                self._spaces.settle_release()
+                col = Collection(ConcurrentGCStats(rss_before=self._rss() if rss_before is None else rss_before),
+                                 "concurrent")
+                with self._hooks.pause(col, self._pause.collections + 1, concurrent=True, automatic=False,
+                                       compactor=self._compactor):
+                    try:
+                        program = concurrent_pause(self._pause, col)
+                    except RemapRefused as exc:
+                        raise exc.error
+                    self._since_collect = 0
+                    cycle = self._cycle = ConcurrentCycle(self._kernel, self._spaces, self._gate, self._health,
+                                                          self._pause, self._end_cycle, program, col,
+                                                          chunk_pages=chunk_pages, run_compactor=run_compactor)
+                    col.pause_over()
+            # the threads start once the pause is over: a fault taken meanwhile just waits in the uffd
+            # queue, and a starting thread that takes the GIL cannot stretch the pause
+            cycle.start()
         self._hooks.raise_resume_error(col.info)
         return cycle, cycle.stats, None
 

@@ -13,8 +13,11 @@ program installed runs (and its exception reaches the caller), and a SIGTERM
 left at its default action terminates the process then.
 
 The third signal of one kind during the same collection is delivered at
-once (a way out of a collection that does not end; the heap may then be
-mid-cycle: verify() says so). Collections in other threads need nothing:
+once (a way out of a collection that does not end), except inside a
+``critical()`` section: from the flip to the end of the install (or to the
+start of a concurrent cycle's threads), and ``close()``, where an unwind
+would leave the objects in the from-space with nobody to install them. An
+escape that comes due there goes through when the section ends. Collections in other threads need nothing:
 handlers run only in the main thread, which a signal cannot make unwind
 through another thread's collection.
 """
@@ -34,6 +37,8 @@ ESCAPE_AFTER = 3  # signals of one kind within one collection before they go thr
 
 _enabled = True
 _depth = 0  # deferrals open in the main thread (the only thread whose handlers run)
+_critical = 0  # critical sections open in the main thread: no escape until they end
+_escape_due = None  # the outermost deferral's check for an escape held by a critical section
 
 
 def set_enabled(on: bool) -> bool:
@@ -73,10 +78,21 @@ class deferred:
 
         def hold(signum, frame):
             pending.append(signum)
-            if pending.count(signum) >= ESCAPE_AFTER:
+            if not _critical:
+                escape(signum)
+
+        def escape(signum):
+            if signum in old and pending.count(signum) >= ESCAPE_AFTER:
                 _raw.signal(signum, old[signum])
                 pending[:] = [s for s in pending if s != signum]
                 _deliver(signum, old.pop(signum))
+
+        def escape_due():
+            for signum in list(dict.fromkeys(pending)):
+                escape(signum)
+
+        global _escape_due
+        _escape_due = escape_due
 
         self._old, self._pending = old, pending
         try:
@@ -97,6 +113,9 @@ class deferred:
             return
         self._counted = None
         _depth -= 1
+        if not _depth:
+            global _escape_due
+            _escape_due = None
         old = self._old
         if old is None:
             return
@@ -106,3 +125,27 @@ class deferred:
         for signum in dict.fromkeys(self._pending):  # once per kind, in arrival order
             if signum in old:
                 _deliver(signum, old[signum])
+
+
+class critical:
+    """``with critical():`` inside a deferral (main thread only; nests): not
+    even the escape goes through until the section ends; then an escape that
+    came due meanwhile does."""
+
+    __slots__ = ("_counted",)
+
+    def __enter__(self) -> "critical":
+        global _critical
+        self._counted = _enabled and threading.current_thread() is threading.main_thread()
+        if self._counted:
+            _critical += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _critical
+        if not self._counted:
+            return
+        self._counted = False
+        _critical -= 1
+        if not _critical and _escape_due is not None:
+            _escape_due()

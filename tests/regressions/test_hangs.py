@@ -53,7 +53,6 @@ def test_ctrl_c_during_ref_accesses_while_another_thread_collects_leaves_no_acce
     assert out["checked"] > 0
 
 
-@unfixed(5, "the escape hatch can unwind collect() between the flip and the install")
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("mode", ["stw", "concurrent"])
 def test_three_sigints_right_after_the_flip_leave_a_heap_that_verifies(kernel_name, mode):
@@ -68,8 +67,6 @@ def test_three_sigints_right_after_the_flip_leave_a_heap_that_verifies(kernel_na
 def test_ctrl_c_inside_close_during_a_concurrent_cycle_then_close_again_stops_every_thread(kernel_name, request):
     """#6: no remapgc thread outlives close(), and the collecting thread gets
     HeapClosed at once (not CompactionAborted(ETIMEDOUT) after 10 s)."""
-    if kernel_name == "linux":  # not seen on the simulator with this harness
-        request.applymarker(unfixed(6, "an interrupt inside close() leaves the fault thread running"))
     out = run_child("sigint_inside_close", kernel_name, "30", timeout=220)
     assert out["interrupted"] > 0, f"no close() was interrupted: the test did not test anything ({out})"
     assert not out["problems"], out["problems"]
