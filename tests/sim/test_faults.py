@@ -1,4 +1,10 @@
-"""Userfaults on the simulator: blocking, events, and which operations wake which threads."""
+"""Userfaults on the simulator: blocking, events, and which operations wake which threads.
+
+The fault protocol every backend keeps (a blocked access is reported and woken
+by MOVE, DONTWAKE + WAKE, ZEROPAGE, close, read_events' waiting) is tested on
+all of them in tests/kernel/test_kernel_faults.py; here are the accesses and
+wake rules beyond it, with the simulator's fault counters.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,6 @@ import pytest
 from heap.kernel import (
     MADV_HUGEPAGE,
     UFFDIO_COPY_MODE_DONTWAKE,
-    UFFDIO_MOVE_MODE_DONTWAKE,
     FaultEvent,
 )
 
@@ -69,12 +74,6 @@ def area(k, uffd):
 
 
 ACCESSES = [
-    ("load", lambda k, a, spare: k.load(a, 8), False),
-    ("store", lambda k, a, spare: k.store(a, b"w"), True),
-    ("load_words", lambda k, a, spare: k.load_words(np.array([a], dtype=np.uint64)), False),
-    ("store_words", lambda k, a, spare: k.store_words(np.array([a], dtype=np.uint64),
-                                                      np.array([7], dtype=np.uint64)), True),
-    ("memmove from it", lambda k, a, spare: k.memmove(spare, a, 8), False),
     ("memmove into it", lambda k, a, spare: k.memmove(a, spare, 8), True),
     ("copy_ranges from it", lambda k, a, spare: k.copy_ranges([spare], [a], [8]), False),
 ]
@@ -93,15 +92,6 @@ def test_missing_page_blocks_and_reports_one_event(k, uffd, area, access, write)
     t.join(5)
     assert not t.is_alive() and t.error is None
     assert k.counters.faults_raised == 1 and k.counters.faults_served == 1
-
-
-def test_load_sees_the_moved_bytes(k, uffd, area):
-    a, src = area
-    t = start(lambda: k.load(a, 8))
-    uffd.read_events(timeout=5)
-    uffd.move(a, src, PS)
-    t.join(5)
-    assert t.result == bytes([1]) * 8
 
 
 def test_move_wakes_only_the_moved_prefix(k, uffd, area):
@@ -128,17 +118,6 @@ def test_move_wakes_only_the_moved_prefix(k, uffd, area):
     assert not t3.is_alive()
 
 
-def test_dontwake_leaves_the_thread_blocked_until_wake(k, uffd, area):
-    a, src = area
-    t = start(lambda: k.load(a, 1))
-    wait_blocked(k)
-    uffd.move(a, src, PS, UFFDIO_MOVE_MODE_DONTWAKE)
-    assert still_blocked(t, 0.2)
-    uffd.wake(a, PS)
-    t.join(5)
-    assert t.result == bytes([1])
-
-
 def test_copy_dontwake_then_wake(k, uffd, area):
     a, src = area
     t = start(lambda: k.load(a + PS, 1))
@@ -148,15 +127,6 @@ def test_copy_dontwake_then_wake(k, uffd, area):
     uffd.wake(a, 16 * PS)
     t.join(5)
     assert t.result == bytes([5])
-
-
-def test_zeropage_wakes(k, uffd, area):
-    a, _ = area
-    t = start(lambda: k.load(a, 1))
-    wait_blocked(k)
-    uffd.zeropage(a, PS)
-    t.join(5)
-    assert t.result == b"\0" and k.page_info(a).state == "zero"
 
 
 def test_nothing_moved_wakes_nobody(k, uffd, area):
@@ -188,36 +158,6 @@ def test_unregister_wakes_and_the_access_is_demand_filled(k, uffd, area):
     uffd.unregister(a, 16 * PS)
     t.join(5)
     assert t.result == b"\0" and k.page_info(a).state == "zero"
-
-
-def test_close_wakes_and_the_access_retries_normally(k, uffd, area):
-    a, _ = area
-    t = start(lambda: k.store(a, b"after"))
-    wait_blocked(k)
-    uffd.close()
-    t.join(5)
-    assert not t.is_alive() and t.error is None
-    assert k.load(a, 5) == b"after"
-    with pytest.raises(OSError) as exc:
-        uffd.read_events(0)
-    assert exc.value.errno == errno.EBADF
-
-
-def test_read_events_timeout_returns_empty(k, uffd, area):
-    t0 = time.monotonic()
-    assert uffd.read_events(timeout=0.05) == []
-    assert time.monotonic() - t0 >= 0.04
-
-
-def test_read_events_waits_for_a_fault(k, uffd, area):
-    a, src = area
-    got = start(lambda: uffd.read_events(timeout=None))
-    time.sleep(0.05)
-    t = start(lambda: k.load(a + 5 * PS, 1))
-    got.join(5)
-    assert got.result == [FaultEvent(a + 5 * PS, False)]
-    uffd.move(a + 5 * PS, src, PS)
-    t.join(5)
 
 
 def test_many_threads_each_report_their_fault(k, uffd, area):
