@@ -28,6 +28,10 @@ the Heap API, each with the C core and with the numpy paths (the heap's
   stop-the-world pause (the best of 3 x --reps runs) against
   the syscalls that cycle needs (register, mremap(DONTUNMAP), one MOVE,
   unregister, MADV_DONTNEED), timed on the same kernel in the same run;
+* concurrent pause (Linux): ``collect(concurrent=True)`` on 256 KiB objects
+  in 512 MiB and 1 GiB arenas (half of the arena used, every other object
+  dead) and on 20k live objects of 4-16 KiB in 512 MiB; the pause and its
+  phases (mark, plan, flip, precompute, roots);
 * small objects: the workload above built with the Heap API (as
   bench/compaction.py builds it), --reps fresh heaps; the best first
   collection in objects/s (all objects), the best second one (nothing new
@@ -297,13 +301,48 @@ def small_collections(kernel_name: str, compactor: str, use_core: bool, count: i
                             phases=p2, pages_moved=second.pages_moved, bytes_copied=second.bytes_copied))
 
 
+def concurrent_pause(kernel_name: str, size: int, lo: int, hi: int, live_bytes: int, reps: int) -> dict:
+    """The pause of ``collect(concurrent=True)`` (mark, plan, flip, precompute,
+    roots: what mutators wait for) on a heap of ``size`` bytes holding objects
+    of ``lo``..``hi`` bytes, every page written, every other one dead (about
+    ``live_bytes`` live, held by one object's slots); the best of ``reps`` fresh heaps."""
+    from bench.compaction import touch_pages
+    from heap import Heap
+
+    best = None
+    for rep in range(reps):
+        rng = np.random.default_rng(rep)
+        with Heap(kernel=kernel_name, size=size, compactor="remap") as heap:
+            sizes = rng.integers(lo, hi + 1, max(2, 2 * live_bytes // ((lo + hi) // 2)))
+            block = heap.alloc_many(sizes, 0)
+            touch_pages(heap, block.addresses, heap.object_model.total_bytes(sizes, np.zeros_like(sizes)))
+            live = np.arange(0, sizes.size, 2)
+            holder = heap.alloc(8, live.size)
+            for j, row in enumerate(live.tolist()):
+                holder.set_ref(j, block[row])
+            del block
+            stats = heap.collect(concurrent=True)
+            if best is None or stats.pause_ns < best[0].pause_ns:
+                best = (stats, dict(heap.last_phase_ns))
+            del holder
+    stats, phases = best
+    return dict(size=size, live_objects=stats.live_objects, live_bytes=stats.live_bytes, pause_ns=stats.pause_ns,
+                pause_ms_per_gib=stats.pause_ns / 1e6 / (2 * stats.live_bytes / (1 << 30)), phases=phases)
+
+
 def phase_text(phases: dict) -> str:
     return " ".join(f"{k} {v / 1e6:.2f}" for k, v in phases.items())
 
 
 def goals(backends: list[str], count: int, reps: int) -> dict:
-    out = dict(tiny={}, small={})
+    out = dict(tiny={}, small={}, concurrent={})
     for b in backends:
+        if b == "linux":  # the issue's concurrent goals are on the real kernel
+            cases = [("large 512 MiB", 512 * MiB, 256 << 10, 256 << 10, 128 * MiB),
+                     ("large 1 GiB", 1024 * MiB, 256 << 10, 256 << 10, 256 * MiB),
+                     ("20k x 4-16 KiB, 512 MiB", 512 * MiB, 4 << 10, 16 << 10, 20000 * (10 << 10))]
+            for label, size, lo, hi, live in cases:
+                out["concurrent"][label] = concurrent_pause(b, size, lo, hi, live, reps + 1)
         floor = syscall_floor(b, reps * 4)
         out["tiny"][b] = dict(syscall_floor_ns=floor)
         for use_core in (True, False):
@@ -323,6 +362,11 @@ def goals(backends: list[str], count: int, reps: int) -> dict:
                 r = row[impl]
                 print(f"{'':10} {b:8} {impl:6} {r['pause_ns'] / 1e6:9.3f} {row['syscall_floor_ns'] / 1e6:9.3f} "
                       f"{r['ratio_to_floor']:8.1f}  {phase_text(r['phases'])}")
+    print(f"\n{'concurrent pause (linux, core)':32} {'live':>6} {'pause ms':>9} {'ms/GiB used':>11}  "
+          "phases (ms; pause_ns also holds the cycle's start)")
+    for label, r in out["concurrent"].items():
+        print(f"{label:32} {r['live_objects']:6d} {r['pause_ns'] / 1e6:9.2f} {r['pause_ms_per_gib']:11.2f}  "
+              f"{phase_text({k: v for k, v in r['phases'].items() if k != 'release'})}")
     print(f"\n{'small':10} {'backend':8} {'impl':6} {'compactor':9} {'1st Mobj/s':>10} {'2nd Mlive/s':>11}  "
           "phases 1st | 2nd (ms)")
     for b, impls in out["small"].items():
