@@ -1,4 +1,8 @@
-"""User-mode memory access, introspection, fork/COW and memory cost on the simulator."""
+"""User-mode memory access, introspection, fork/COW and memory cost on the simulator.
+
+First touch and the EFAULT of each access are tested on every backend in
+tests/kernel/test_kernel_memory.py and tests/bad_input/.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import errno
 import numpy as np
 import pytest
 
-from heap.kernel import PROT_NONE, PROT_READ, PROT_WRITE
+from heap.kernel import PROT_READ
 from sim_backend import SimKernel
 
 from .conftest import HP, PS
@@ -36,34 +40,6 @@ def test_read_maps_the_zero_page_and_costs_nothing(k):
     assert k.load(a, 64 * PS) == b"\0" * 64 * PS
     assert k.resident_bytes(a, 64 * PS) == 0
     assert k.host_bytes() == 0
-
-
-def test_write_allocates_one_frame_per_page(k):
-    a = k.mmap(8 * PS)
-    k.store(a + PS, b"x")
-    info = k.page_info(a + PS)
-    assert info.state == "present" and info.exclusive and not info.huge
-    assert k.resident_bytes(a, 8 * PS) == PS
-
-
-ACCESS_ERRORS = [
-    ("load of unmapped memory", lambda k, a: k.load(a + 8 * PS, 1)),
-    ("store to read-only memory", lambda k, a: k.store(a + 4 * PS, b"x")),
-    ("load of PROT_NONE memory", lambda k, a: k.load(a + 6 * PS, 1)),
-    ("load_words of unmapped memory", lambda k, a: k.load_words(np.array([a + 9 * PS], np.uint64))),
-    ("store_words to read-only memory", lambda k, a: k.store_words(np.array([a + 5 * PS], np.uint64), np.array([1], np.uint64))),
-    ("memmove from unmapped memory", lambda k, a: k.memmove(a, a + 8 * PS, 8)),
-    ("copy_ranges into read-only memory", lambda k, a: k.copy_ranges([a + 4 * PS], [a], [8])),
-]
-
-
-@pytest.mark.parametrize("access", [c[1] for c in ACCESS_ERRORS], ids=[c[0] for c in ACCESS_ERRORS])
-def test_bad_access_is_efault(k, access):
-    base = k.mmap(64 * PS)
-    k.munmap(base + 8 * PS, 56 * PS)
-    k.mprotect(base + 4 * PS, 2 * PS, PROT_READ)
-    k.mprotect(base + 6 * PS, 2 * PS, PROT_NONE)
-    assert err_of(lambda: access(k, base)) == errno.EFAULT
 
 
 def test_store_words_writes_the_words_before_the_faulting_one(k):

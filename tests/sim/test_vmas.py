@@ -1,4 +1,9 @@
-"""VMAs on the simulator: placement, split and merge, and the errnos of the mmap family."""
+"""VMAs on the simulator: placement, split and merge, and the errnos of the mmap family.
+
+The plain errnos of each call (unaligned, zero length, unmapped, unknown flag)
+are tested on every backend in tests/bad_input/test_bad_kernel_calls.py; here
+are the partial and ordering cases beyond them.
+"""
 
 from __future__ import annotations
 
@@ -40,30 +45,18 @@ def a(k):
 ERRNOS = [
     ("mprotect unaligned", lambda k, a: k.mprotect(a + 1, PS, PROT_READ), errno.EINVAL),
     ("mprotect zero length", lambda k, a: k.mprotect(a, 0, PROT_READ), 0),
-    ("mprotect unmapped start", lambda k, a: k.mprotect(a + 16 * PS, PS, PROT_READ), errno.ENOMEM),
     ("mprotect running off the end", lambda k, a: k.mprotect(a + 15 * PS, 2 * PS, PROT_READ), errno.ENOMEM),
-    ("mprotect bad prot bit", lambda k, a: k.mprotect(a, PS, 0x10), errno.EINVAL),
     ("madvise unaligned", lambda k, a: k.madvise(a + 1, PS, MADV_DONTNEED), errno.EINVAL),
-    ("madvise unknown advice", lambda k, a: k.madvise(a, PS, 77), errno.EINVAL),
     ("madvise unknown advice, zero length", lambda k, a: k.madvise(a, 0, 77), errno.EINVAL),
     ("madvise partly unmapped", lambda k, a: k.madvise(a + 15 * PS, 2 * PS, MADV_DONTNEED), errno.ENOMEM),
-    ("madvise wholly unmapped", lambda k, a: k.madvise(a + 16 * PS, 2 * PS, MADV_DONTNEED), errno.ENOMEM),
     ("madvise DONTNEED on locked memory", lambda k, a: (k.mlock(a, PS), k.madvise(a, PS, MADV_DONTNEED)), errno.EINVAL),
     ("madvise FREE on shared memory", lambda k, a: k.madvise(k.mmap(PS, shared=True), PS, MADV_FREE), errno.EINVAL),
     ("mlock unaligned is rounded", lambda k, a: k.mlock(a + 1, PS), 0),
-    ("mlock unmapped", lambda k, a: k.mlock(a + 16 * PS, PS), errno.ENOMEM),
     ("mlock PROT_NONE cannot populate", lambda k, a: k.mlock(k.mmap(PS, PROT_NONE), PS), errno.ENOMEM),
     ("munlock running off the end", lambda k, a: k.munlock(a + 15 * PS, 2 * PS), errno.ENOMEM),
-    ("munmap unaligned", lambda k, a: k.munmap(a + 1, PS), errno.EINVAL),
-    ("munmap zero length", lambda k, a: k.munmap(a, 0), errno.EINVAL),
     ("munmap of nothing", lambda k, a: k.munmap(a + 16 * PS, PS), 0),
-    ("mmap zero length", lambda k, a: k.mmap(0), errno.EINVAL),
-    ("mmap at an occupied address", lambda k, a: k.mmap(PS, at=a), errno.EEXIST),
-    ("mmap at an unaligned address", lambda k, a: k.mmap(PS, at=a + 16 * PS + 1), errno.EINVAL),
-    ("mremap unaligned", lambda k, a: k.mremap(a + 1, PS, a + 100 * PS), errno.EINVAL),
     ("mremap onto itself", lambda k, a: k.mremap(a, PS, a), errno.EINVAL),
     ("mremap overlapping", lambda k, a: k.mremap(a, 8 * PS, a + 4 * PS), errno.EINVAL),
-    ("mremap of nothing", lambda k, a: k.mremap(a + 16 * PS, PS, a + 100 * PS), errno.EFAULT),
     ("mremap starting in a gap", lambda k, a: k.mremap(a - PS, 2 * PS, a + 100 * PS), errno.EFAULT),
     ("mremap past the end of the last VMA", lambda k, a: k.mremap(a, 32 * PS, a + 100 * PS), 0),
 ]
@@ -136,17 +129,12 @@ def test_register_splits_and_advertises_ioctls(k, uffd):
 
 
 REGISTER = [
-    ("mode 0", lambda k, u, a: u.register(a, PS, 0), errno.EINVAL),
-    ("unknown mode bit", lambda k, u, a: u.register(a, PS, 8), errno.EINVAL),
-    ("unaligned", lambda k, u, a: u.register(a + 1, PS), errno.EINVAL),
     ("zero length", lambda k, u, a: u.register(a, 0), errno.EINVAL),
     ("MINOR on anonymous memory", lambda k, u, a: u.register(a, PS, 4), errno.EINVAL),
-    ("nothing mapped", lambda k, u, a: u.register(a + 16 * PS, PS), errno.EINVAL),
     ("registered with another uffd", lambda k, u, a: (u.register(a, PS), k.userfaultfd().register(a, PS)), errno.EBUSY),
     ("unregister through another uffd", lambda k, u, a: (u.register(a, PS), k.userfaultfd().unregister(a, PS)), errno.EINVAL),
     ("unregister nothing mapped", lambda k, u, a: u.unregister(a + 16 * PS, PS), errno.EINVAL),
     ("wake unaligned", lambda k, u, a: u.wake(a + 1, PS), errno.EINVAL),
-    ("wake zero length", lambda k, u, a: u.wake(a, 0), errno.EINVAL),
     ("wake anywhere", lambda k, u, a: u.wake(0x1000, PS), 0),
 ]
 
