@@ -71,7 +71,8 @@ static inline void mark_row(const struct rgc_objects *o, struct rgc_mark *mk, in
 {
     mk->live[r] = 1;
     mk->marked++;
-    mk->stack[mk->depth++] = r;
+    if (o->nrefs[r])  /* a row without slots has nothing to scan: it never waits on the stack */
+        mk->stack[mk->depth++] = r;
 }
 
 int64_t rgc_core_mark_roots(const struct rgc_objects *o, struct rgc_mark *mk, const int64_t *roots, int64_t nroots)
@@ -126,6 +127,7 @@ static int64_t resolve(const struct rgc_objects *o, struct rgc_mark *mk, struct 
         if (t >= 0) {
             RGC_PREFETCH(o->start + t);
             RGC_PREFETCH(mk->live + t);
+            RGC_PREFETCH(o->nrefs + t);
         }
     }
     for (int64_t e = 0; e < b->n; e++) {
@@ -137,7 +139,6 @@ static int64_t resolve(const struct rgc_objects *o, struct rgc_mark *mk, struct 
         }
         mk->slot_target[b->position[e]] = t;
         if (!mk->live[t]) {
-            RGC_PREFETCH(o->nrefs + t);
             RGC_PREFETCH(o->slot_base + t);
             mark_row(o, mk, t);
         }
