@@ -114,7 +114,7 @@ class AccessGate:
     their faults).
 
     Entering and leaving are ``list.append`` and ``list.remove``, written out
-    in each access and not behind a method: a signal handler runs between
+    in the access's own frame (``Access._touch``) and not behind a gate method: a signal handler runs between
     bytecodes, and one raising (Ctrl-C) at the entry of an ``enter``/``leave``
     method, or between the return of ``enter`` and the ``try`` that leaves,
     left an access counted for good, and the next pause waited for it
@@ -260,9 +260,7 @@ class Access:
             return addr + self._slot_offset(nrefs, slot)
         return int(self.model.slot_addresses(np.array([addr]), np.array([nrefs]))[slot])
 
-    def _payload_range(self, ref, length, offset) -> int:
-        if type(length) is not int:
-            length = as_index(length, "length")
+    def _payload_range(self, ref, length: int, offset) -> int:
         if type(offset) is not int:
             offset = as_index(offset, "offset")
         addr, (nbytes, _, payload) = self._locate(ref)
@@ -290,18 +288,26 @@ class Access:
             return addr, nbytes, nrefs
 
     # The memory touch itself runs outside the heap lock, inside the gate: it may fault
-    # during a concurrent cycle, and other mutators go on meanwhile. Written out in each
-    # operation (a helper call costs ~5% of a read); after it, an invariant found broken
-    # while the access waited means the bytes may not be the object's.
-    def set_ref(self, ref, slot, target) -> None:
+    # during a concurrent cycle, and other mutators go on meanwhile. ``_touch`` is every
+    # access's one frame for it (AccessGate says why its entry and exit are written out
+    # there); after the touch, an invariant found broken while the access waited means
+    # the bytes may not be the object's.
+    def _touch(self, locate, *args):
+        """Run one memory access: ``locate(*args)``, under the heap lock, gives
+        (address, bytes to store | number of bytes to load), or None for an
+        access of nothing; then the store or load, inside the access gate.
+        Returns (what the load read, or None; the collection epoch the address belongs to)."""
         token, entries = object(), self.gate.entries
         try:
             with self.lock:
                 self.ready()
-                where = self._slot_address(ref, slot)
-                value = 0 if target is None else self.own(target)
+                located = locate(*args)
+                if located is None:
+                    return None, 0
+                epoch = self.pause.collections
                 entries.append(token)  # in flight (AccessGate: why not a method call)
-            self.kernel.store(where, value.to_bytes(8, _BYTEORDER))
+            where, what = located
+            data = self.kernel.load(where, what) if type(what) is int else self.kernel.store(where, what)
         finally:
             if token in entries:
                 entries.remove(token)
@@ -309,24 +315,34 @@ class Access:
                     self.gate.wake()
         if self.health.broken is not None:
             self.health.check()
+        return data, epoch
+
+    def _slot_store(self, ref, slot, target):
+        value = 0 if target is None else self.own(target)  # under the lock: a collection may move it
+        return self._slot_address(ref, slot), value.to_bytes(8, _BYTEORDER)
+
+    def _word_store(self, ref, slot, word: int):
+        return self._slot_address(ref, slot), word.to_bytes(8, _BYTEORDER)
+
+    def _slot_load(self, ref, slot):
+        return self._slot_address(ref, slot), 8
+
+    def _payload(self, ref, what, offset):
+        """(address, ``what``) of a payload access, None if empty: ``what`` is
+        the data to store (a memoryview) or the length to load."""
+        if type(what) is memoryview:
+            length = len(what)
+        else:
+            length = what = what if type(what) is int else as_index(what, "length")
+        where = self._payload_range(ref, length, offset)
+        return (where, what) if length else None
+
+    def set_ref(self, ref, slot, target) -> None:
+        self._touch(self._slot_store, ref, slot, target)
 
     def set_immediate(self, ref, slot, value) -> None:
         """Store the integer ``value`` in a slot as an immediate (``value << 1 | 1``)."""
-        word = encode_immediate(value)
-        token, entries = object(), self.gate.entries
-        try:
-            with self.lock:
-                self.ready()
-                where = self._slot_address(ref, slot)
-                entries.append(token)  # in flight (AccessGate: why not a method call)
-            self.kernel.store(where, word.to_bytes(8, _BYTEORDER))
-        finally:
-            if token in entries:
-                entries.remove(token)
-                if self.gate.draining:
-                    self.gate.wake()
-        if self.health.broken is not None:
-            self.health.check()
+        self._touch(self._word_store, ref, slot, encode_immediate(value))
 
     # -- the host's header word (heap.objects.DefaultObjectModel(host_word=True)) ------------------
     def _host_word_address(self, ref) -> int:
@@ -335,39 +351,14 @@ class Access:
             raise ValueError("this heap has no host_word (make it with Heap(host_word=True))")
         return self.own(ref) + offset
 
+    def _host_word(self, ref, what):
+        return self._host_word_address(ref), what
+
     def host_word(self, ref) -> int:
-        token, entries = object(), self.gate.entries
-        try:
-            with self.lock:
-                self.ready()
-                where = self._host_word_address(ref)
-                entries.append(token)  # in flight (AccessGate: why not a method call)
-            data = self.kernel.load(where, 8)
-        finally:
-            if token in entries:
-                entries.remove(token)
-                if self.gate.draining:
-                    self.gate.wake()
-        if self.health.broken is not None:
-            self.health.check()
-        return int.from_bytes(data, _BYTEORDER)
+        return int.from_bytes(self._touch(self._host_word, ref, 8)[0], _BYTEORDER)
 
     def set_host_word(self, ref, value) -> None:
-        data = host_word_value(value).to_bytes(8, _BYTEORDER)
-        token, entries = object(), self.gate.entries
-        try:
-            with self.lock:
-                self.ready()
-                where = self._host_word_address(ref)
-                entries.append(token)  # in flight (AccessGate: why not a method call)
-            self.kernel.store(where, data)
-        finally:
-            if token in entries:
-                entries.remove(token)
-                if self.gate.draining:
-                    self.gate.wake()
-        if self.health.broken is not None:
-            self.health.check()
+        self._touch(self._host_word, ref, host_word_value(value).to_bytes(8, _BYTEORDER))
 
     def get_immediate(self, ref, slot) -> int:
         value = self.get_slot(ref, slot)
@@ -382,21 +373,8 @@ class Access:
         """What a slot holds: None, a new Ref, or (``immediates``) the integer
         of an immediate; with ``immediates=False`` an immediate is a TypeError."""
         while True:
-            token, entries = object(), self.gate.entries
-            try:
-                with self.lock:
-                    self.ready()
-                    where = self._slot_address(ref, slot)
-                    epoch = self.pause.collections
-                    entries.append(token)  # in flight (AccessGate: why not a method call)
-                value = int.from_bytes(self.kernel.load(where, 8), _BYTEORDER)
-            finally:
-                if token in entries:
-                    entries.remove(token)
-                    if self.gate.draining:
-                        self.gate.wake()
-            if self.health.broken is not None:
-                self.health.check()
+            data, epoch = self._touch(self._slot_load, ref, slot)
+            value = int.from_bytes(data, _BYTEORDER)
             if value == 0:
                 return None
             if value & 1:  # an immediate (heap.objects): not a reference
@@ -416,45 +394,15 @@ class Access:
                 return self.issue(value, self._shape_of_row(row))
 
     def read(self, ref, length, offset) -> bytes:
-        token, entries = object(), self.gate.entries
-        try:
-            with self.lock:
-                self.ready()
-                where = self._payload_range(ref, length, offset)
-                if not length:
-                    return b""
-                entries.append(token)  # in flight (AccessGate: why not a method call)
-            data = self.kernel.load(where, length)
-        finally:
-            if token in entries:
-                entries.remove(token)
-                if self.gate.draining:
-                    self.gate.wake()
-        if self.health.broken is not None:
-            self.health.check()
-        return data
+        data, _ = self._touch(self._payload, ref, length, offset)
+        return b"" if data is None else data
 
     def write(self, ref, data, offset) -> None:
         try:
             data = memoryview(data).cast("B")
         except TypeError:
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
-        token, entries = object(), self.gate.entries
-        try:
-            with self.lock:
-                self.ready()
-                where = self._payload_range(ref, len(data), offset)
-                if not len(data):
-                    return
-                entries.append(token)  # in flight (AccessGate: why not a method call)
-            self.kernel.store(where, data)
-        finally:
-            if token in entries:
-                entries.remove(token)
-                if self.gate.draining:
-                    self.gate.wake()
-        if self.health.broken is not None:
-            self.health.check()
+        self._touch(self._payload, ref, data, offset)
 
     # -- RefArray operations ------------------------------------------------------------------
     def block(self, arr: RefArray) -> np.ndarray:
