@@ -116,10 +116,10 @@ class Ref:
         return ref
 
     def __del__(self):
-        access, self._access = self._access, FINALIZED  # resurrected, it must not reach the handle's next object
         try:
+            access, self._access = self._access, FINALIZED  # resurrected, it must not reach the handle's next object
             access.drop(self._handle)
-        except Exception:  # interpreter shutdown, or finalized before: nothing left to release
+        except Exception:  # made by hand (no handle), interpreter shutdown, finalized before: nothing to release
             pass
 
     @property
@@ -227,8 +227,8 @@ class RefArray:
         return arr
 
     def __del__(self):
-        access, self._access = self._access, FINALIZED
         try:
+            access, self._access = self._access, FINALIZED
             access.drop_block(self._key)
         except Exception:
             pass
