@@ -47,11 +47,9 @@ MADV_DONTFORK = 10
 MADV_DOFORK = 11
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
-
 MREMAP_MAYMOVE = 1
 MREMAP_FIXED = 2
 MREMAP_DONTUNMAP = 4
-
 MLOCK_ONFAULT = 1
 
 # --- userfaultfd (include/uapi/linux/userfaultfd.h, 6.18) -----------------
@@ -335,6 +333,9 @@ class Accelerator(Protocol):
                      max_latencies: int = 1 << 16) -> FaultServer:
         """A native fault server for the cycle (not started)."""
 
+    def self_service(self, program: Any, *, state: np.ndarray, installed: np.ndarray) -> Any:
+        """Faults served in the faulting thread's SIGBUS (a ``self_serving`` uffd): start/stop, FaultServer's counts."""
+
 
 # --- the protocols ----------------------------------------------------------------
 @runtime_checkable
@@ -448,6 +449,7 @@ class UffdBase:
     exposes no accelerator unless it declares one, so nothing bypasses it."""
 
     accelerator: Accelerator | None = None
+    self_serving = False  # opened with UFFD_FEATURE_SIGBUS: a missing fault is the faulting thread's SIGBUS
 
     def move_ranges(self, dsts, srcs, lengths, mode: int = 0) -> int:
         dsts, srcs, lengths = as_ranges(dsts, srcs, lengths)

@@ -3,7 +3,9 @@
 The sources are in ``uffd_backend/csrc/``: ``syscalls.c`` (the mmap family,
 PAGEMAP_SCAN, fork, the userfaultfd ioctls), ``guard.c`` (user-mode accesses
 under a SIGSEGV/SIGBUS guard), and the accelerator (heap.kernel.Accelerator):
-``install_walk.c`` and ``fault_server.c``, which read the install program as
+``install_walk.c``, ``fault_server.c`` and ``sigbus.c`` (self-served faults:
+the faulting thread's SIGBUS installs its page; both serve a page with
+``serve_page.c``), which read the install program as
 ``heap/csrc/remapgc_program.h`` declares it. The cffi declarations below name
 what Python calls; ``struct rgc_program`` is read from that header.
 """
@@ -15,7 +17,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
 PROGRAM_CSRC = os.path.join(os.path.dirname(HERE), "heap", "csrc")
-SOURCES = ("syscalls.c", "guard.c", "install_walk.c", "fault_server.c")
+SOURCES = ("syscalls.c", "guard.c", "install_walk.c", "serve_page.c", "fault_server.c", "sigbus.c")
 
 
 def program_struct() -> str:
@@ -37,6 +39,23 @@ struct rgc_fault_server {
     int64_t *latencies;
     int64_t max_latencies;
     ...;
+};
+"""
+
+# What Python sets in a self-served heap's entry (csrc/sigbus.c).
+SELFSERVE_FIELDS = r"""
+struct rgc_selfserve {
+    int uffd;
+    const struct rgc_program *g;
+    int8_t *state;
+    int64_t *installed;
+    int64_t *counters;
+    int64_t *latencies;
+    int64_t max_latencies;
+    uint64_t lo, hi;
+    uint64_t scratch;
+    int32_t *scratch_busy;
+    int64_t nscratch;
 };
 """
 
@@ -85,6 +104,11 @@ int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint6
 int64_t rgc_uffd_zeropage(int fd, uint64_t dst, uint64_t length, uint64_t mode, int64_t *zeroed);
 int64_t rgc_uffd_read_events(int fd, int timeout_ms, uint64_t *events, uint64_t max_events);
 int64_t rgc_close(int fd);
+int64_t rgc_selfserve_acquire(void);
+int64_t rgc_selfserve_release(void);
+int64_t rgc_selfserve_installed(void);
+int64_t rgc_selfserve_add(struct rgc_selfserve *s);
+int64_t rgc_selfserve_remove(struct rgc_selfserve *s, int64_t timeout_ms);
 """
 
 
@@ -96,7 +120,7 @@ def _source(name: str) -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(program_struct() + FAULT_SERVER_FIELDS + CDEF)
+ffibuilder.cdef(program_struct() + FAULT_SERVER_FIELDS + SELFSERVE_FIELDS + CDEF)
 # the headers, then the prototypes for the module cffi generates (the definitions are in SOURCES)
 ffibuilder.set_source("uffd_backend._native", '#include "accelerator.h"\n' + CDEF,
                       sources=[_source(name) for name in SOURCES], include_dirs=[CSRC, PROGRAM_CSRC],

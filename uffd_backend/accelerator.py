@@ -11,6 +11,7 @@ checks it against the declaration (``check_program_layout``).
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
@@ -72,8 +73,9 @@ class LinuxProgram:
             setattr(g, count, sizes.pop())
 
 
-# The fault server's counters, as csrc/accelerator.h numbers them (enum rgc_server_counter).
-MOVED, FORWARDED, LATENCIES, FRESH, COPIED, BYTES_COPIED, RESOLVED, NCOUNTERS = range(8)
+# The fault server's and self-service's counters, as csrc/accelerator.h numbers them (enum rgc_server_counter).
+(MOVED, FORWARDED, LATENCIES, FRESH, COPIED, BYTES_COPIED, RESOLVED, EBUSY_COPIES, EAGAIN, EEXIST, HOLES, RETRIES,
+ WAITS, CORRUPT, SIGNALS, NCOUNTERS) = range(16)
 
 
 def _counter(index: int) -> property:
@@ -184,6 +186,100 @@ class LinuxFaultServer:
         return self.latencies[: int(self.counters[LATENCIES])].copy()
 
 
+SELF_SERVICE_SCRATCH_PAGES = 16  # rebuilt pages assembled at once by faulting threads (more wait for one)
+REMOVE_TIMEOUT_MS = 10_000
+_STILL_READ: list = []  # entries a handler may still read after a timed-out stop: kept alive
+
+
+class LinuxSelfService:
+    """``LinuxAccelerator.self_service``: a heap's entry in the SIGBUS
+    handler's table (csrc/sigbus.c). Between ``start`` and ``stop`` a SIGBUS
+    at an address of the arena is served by the thread that took it: the
+    page claimed, built and installed as the fault server would (same C),
+    a refusal settled there (EBUSY: COPY; EAGAIN: retry; ENOENT: ZEROPAGE),
+    a page someone else holds waited for. The uffd must have been opened
+    with UFFD_FEATURE_SIGBUS (``LinuxUffd.self_serving``)."""
+
+    def __init__(self, uffd, program: LinuxProgram, state, installed, max_latencies: int,
+                 nscratch: int = SELF_SERVICE_SCRATCH_PAGES):
+        if not getattr(uffd, "self_serving", False):
+            raise ValueError("self-served faults need a userfaultfd opened with UFFD_FEATURE_SIGBUS")
+        ps = os.sysconf("SC_PAGE_SIZE")
+        self._keep = (program, state, installed)
+        self.counters = np.zeros(NCOUNTERS, dtype=np.int64)
+        self.latencies = np.zeros(max_latencies, dtype=np.int64)
+        self._busy = np.zeros(nscratch, dtype=np.int32)
+        self._nscratch = nscratch
+        self._scratch = lib.rgc_mmap(0, nscratch * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+        if self._scratch < 0:
+            raise OSError(-self._scratch, "mapping the self-service scratch pages")
+        e = self._entry = ffi.new("struct rgc_selfserve *")
+        e.uffd, e.g = uffd._fd(), program.struct
+        self._ptrs = (ffi.from_buffer("int8_t[]", state), ffi.from_buffer("int64_t[]", installed),
+                      ffi.from_buffer("int64_t[]", self.counters), ffi.from_buffer("int64_t[]", self.latencies),
+                      ffi.from_buffer("int32_t[]", self._busy))
+        e.state, e.installed, e.counters, e.latencies, e.scratch_busy = self._ptrs
+        e.max_latencies = max_latencies
+        e.lo = program.struct.arena
+        e.hi = program.struct.arena + max(program.npages, 0) * ps
+        e.scratch, e.nscratch = self._scratch, nscratch
+        self._started = self._stopped = False
+
+    def cover(self, length: int) -> None:
+        """Serve SIGBUS over ``length`` bytes of the arena (past the program: fresh pages)."""
+        self._entry.hi = self._entry.lo + length
+
+    def start(self) -> None:
+        ret = lib.rgc_selfserve_add(self._entry)
+        if ret < 0:
+            raise OSError(-ret, f"entering the SIGBUS handler's table: {os.strerror(-ret)}")
+        self._started = True
+
+    def stop(self) -> None:
+        """No longer served (after the arena is unregistered); waits for handlers still reading the entry."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._started:
+            ret = lib.rgc_selfserve_remove(self._entry, REMOVE_TIMEOUT_MS)
+            if ret == -errno.ETIMEDOUT:
+                _STILL_READ.append(self)  # a handler still waits on a page: its memory must stay
+                return
+        self._unmap()
+
+    def _unmap(self) -> None:
+        if self._scratch > 0:
+            lib.rgc_munmap(self._scratch, self._nscratch * os.sysconf("SC_PAGE_SIZE"))
+            self._scratch = -1
+
+    pages_moved = _counter(MOVED)
+    pages_copied = _counter(COPIED)
+    bytes_copied = _counter(BYTES_COPIED)
+    fresh_pages = _counter(FRESH)
+    ebusy_copies = _counter(EBUSY_COPIES)
+    eagain_retries = _counter(EAGAIN)
+    eexist_races = _counter(EEXIST)
+    holes = _counter(HOLES)
+    install_retries = _counter(RETRIES)
+    waits = _counter(WAITS)
+    corrupt = _counter(CORRUPT)
+    signals = _counter(SIGNALS)
+
+    @property
+    def served(self) -> int:
+        """Faults resolved (installs, zero pages, settled refusals)."""
+        c = self.counters
+        return int(c[MOVED] + c[COPIED] + c[RESOLVED] + c[EBUSY_COPIES] + c[HOLES] + c[EEXIST])
+
+    def served_latencies(self) -> np.ndarray:
+        return self.latencies[: min(int(self.counters[LATENCIES]), self.latencies.size)].copy()
+
+
+def sigbus_handler_installed() -> bool:
+    """Whether SIGBUS is handled by the self-service handler now."""
+    return lib.rgc_selfserve_installed() == 1
+
+
 class LinuxAccelerator:
     """What a LinuxUffd does natively for a concurrent cycle (heap.kernel.Accelerator)."""
 
@@ -232,3 +328,12 @@ class LinuxAccelerator:
         if state.size < program.npages:
             raise ValueError("the page states do not cover the program's pages")
         return LinuxFaultServer(self._uffd, program, state, installed, max_latencies)
+
+    def self_service(self, program: LinuxProgram, *, state, installed,
+                     max_latencies: int = 1 << 16) -> LinuxSelfService:
+        """The cycle's faults served by the faulting threads' SIGBUS (csrc/sigbus.c);
+        the uffd must be self-serving (opened with UFFD_FEATURE_SIGBUS)."""
+        _check_shared(state=(state, np.int8), installed=(installed, np.int64))
+        if state.size < program.npages:
+            raise ValueError("the page states do not cover the program's pages")
+        return LinuxSelfService(self._uffd, program, state, installed, max_latencies)

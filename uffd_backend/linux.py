@@ -51,6 +51,7 @@ from heap.kernel import (
     UFFD_API,
     UFFD_EVENT_PAGEFAULT,
     UFFD_FEATURE_MOVE,
+    UFFD_FEATURE_SIGBUS,
     UFFD_PAGEFAULT_FLAG_WRITE,
     UFFD_USER_MODE_ONLY,
     UFFDIO_REGISTER_MODE_MISSING,
@@ -155,20 +156,33 @@ class LinuxChild:
 
 
 # --- userfaultfd -----------------------------------------------------------
-def _close_fd(fd: int) -> None:
+def _close_fd(fd: int, self_serving: bool = False) -> None:
     lib.rgc_close(fd)
+    if self_serving:  # the last self-serving uffd gone: the SIGBUS handler before ours comes back
+        with _SIGBUS_LOCK:
+            lib.rgc_selfserve_release()
+
+
+# acquire/release of the self-serving SIGBUS handler (csrc/sigbus.c) are serialised here
+_SIGBUS_LOCK = threading.Lock()
 
 
 class LinuxUffd(UffdBase):
     """One userfaultfd context: its descriptor and the ioctls on it."""
 
-    def __init__(self, fd: int, features: int, ioctls: int, via: str, user_mode_only: bool):
+    def __init__(self, fd: int, features: int, ioctls: int, via: str, user_mode_only: bool, requested: int = 0):
         self.fd = fd
         self.features = features  # what UFFDIO_API reported back: everything this kernel offers
         self.api_ioctls = ioctls
         self.via = via  # "syscall" or "/dev/userfaultfd"
         self.user_mode_only = user_mode_only
-        self._closer = weakref.finalize(self, _close_fd, fd)
+        # opened with UFFD_FEATURE_SIGBUS: a missing fault raises SIGBUS in the faulting
+        # thread, which serves it itself (csrc/sigbus.c, the accelerator's self_service)
+        self.self_serving = bool(requested & UFFD_FEATURE_SIGBUS)
+        if self.self_serving:
+            with _SIGBUS_LOCK:
+                _check(lib.rgc_selfserve_acquire(), "sigaction(SIGBUS)")
+        self._closer = weakref.finalize(self, _close_fd, fd, self.self_serving)
         # close() while a thread waits in read_events must not free the fd
         # number under it (a reused number would be read as ours): the last
         # reader closes it instead.
@@ -412,7 +426,7 @@ def open_userfaultfd(features: int = UFFD_FEATURE_MOVE, *, user_mode_only: bool 
     if ret < 0:
         lib.rgc_close(fd)
         raise KernelUnsupported(_api_refusal(-ret, features, flags, via))
-    uffd = LinuxUffd(fd, int(out_features[0]), int(out_ioctls[0]), via, user_mode_only)
+    uffd = LinuxUffd(fd, int(out_features[0]), int(out_ioctls[0]), via, user_mode_only, requested=features)
     return uffd
 
 

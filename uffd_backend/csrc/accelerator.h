@@ -16,8 +16,19 @@ enum rgc_server_counter {
     RGC_SRV_COPIED,        /* rebuilt pages COPYed */
     RGC_SRV_BYTES_COPIED,  /* bytes copied into rebuilt pages, and by the COPYs */
     RGC_SRV_RESOLVED,      /* faults resolved by ZEROPAGE or WAKE */
+    /* what only a self-served fault settles itself (the fault server forwards refusals to Python) */
+    RGC_SRV_EBUSY_COPIES,  /* MOVE refused with EBUSY (shared with a forked child, pinned): COPYed */
+    RGC_SRV_EAGAIN,        /* MOVE answered EAGAIN with no progress: retried */
+    RGC_SRV_EEXIST,        /* MOVE/COPY answered EEXIST and the page was in already (a race) */
+    RGC_SRV_HOLES,         /* MOVE answered ENOENT (a source hole): ZEROPAGE */
+    RGC_SRV_RETRIES,       /* an install refused otherwise (ENOMEM, EINTR...): given back, the access retries */
+    RGC_SRV_WAITS,         /* faults on a page another installer held: waited for it */
+    RGC_SRV_CORRUPT,       /* EEXIST with the source still there: a page filled from outside the heap */
+    RGC_SRV_SIGNALS,       /* SIGBUS taken for this heap */
     RGC_SRV_NCOUNTERS
 };
+
+#define RGC_COUNT(counters, which, n) __atomic_add_fetch(&(counters)[which], (n), __ATOMIC_RELAXED)
 
 struct rgc_fault_server {
     int uffd, forward_fd, stop_fd;
@@ -30,6 +41,40 @@ struct rgc_fault_server {
     int64_t max_latencies;
     pthread_t thread;
     int running;
+};
+
+/* One faulting page, served by whoever took the fault: the fault server's
+   thread (a uffd message) or the faulting thread itself (a SIGBUS,
+   sigbus.c). serve_page.c. */
+enum rgc_serve_outcome {
+    RGC_SERVE_NOT_MINE,  /* someone else holds the page, or its build faulted (given back): not served */
+    RGC_SERVE_DONE,      /* installed (or already there); the ioctl woke any waiter */
+    RGC_SERVE_REFUSED,   /* the MOVE was refused: the page is still claimed, built; see the refusal */
+};
+struct rgc_refusal { uint64_t dst, src; int err; int64_t moved; };
+int rgc_serve_page(const struct rgc_program *g, int uffd, int8_t *state, int64_t *installed, int64_t *counters,
+                   uint64_t scratch, uint64_t addr, struct rgc_refusal *refused);
+/* A claimed, built page whose MOVE was refused: settle it as the heap's
+   install_page_range does (EAGAIN: retry; EBUSY: COPY; ENOENT: ZEROPAGE;
+   EEXIST: in already, or corrupt; anything else: given back). 1 if the page
+   is in, 0 if it was given back (unprocessed). */
+int rgc_settle_refused(const struct rgc_program *g, int uffd, int8_t *state, int64_t *installed, int64_t *counters,
+                       const struct rgc_refusal *refused);
+void rgc_page_installed(int8_t *state, int64_t *installed, int64_t page);
+
+/* A heap whose faults its mutators serve themselves, by SIGBUS (sigbus.c). */
+struct rgc_selfserve {
+    int uffd;
+    const struct rgc_program *g;
+    int8_t *state;
+    int64_t *installed;
+    int64_t *counters;      /* RGC_SRV_NCOUNTERS */
+    int64_t *latencies;     /* ns from the signal to the install's return */
+    int64_t max_latencies;
+    uint64_t lo, hi;        /* the arena range served */
+    uint64_t scratch;       /* nscratch pages */
+    int32_t *scratch_busy;  /* nscratch flags */
+    int64_t nscratch;
 };
 
 /* Sources of pages [lo, hi) into src[]; returns whether any is rebuilt. */

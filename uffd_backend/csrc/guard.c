@@ -16,6 +16,9 @@ static int rgc_passed_on;
 static void rgc_fault(int sig, siginfo_t *info, void *uctx)
 {
     (void)uctx;
+    /* a self-served userfault (sigbus.c) first: inside a guarded access it is
+       no error, the access runs again once the page is in */
+    if (rgc_selfserve_fault(sig, info)) return;
     sigjmp_buf *jump = rgc_jump;
     if (jump) {
         rgc_jump = NULL;
@@ -44,7 +47,9 @@ int64_t rgc_guard_install(void)
     struct sigaction cur_segv, cur_bus;
     if (sigaction(SIGSEGV, NULL, &cur_segv) < 0 || sigaction(SIGBUS, NULL, &cur_bus) < 0) return -errno;
     int segv_ours = (cur_segv.sa_flags & SA_SIGINFO) && cur_segv.sa_sigaction == rgc_fault;
-    int bus_ours = (cur_bus.sa_flags & SA_SIGINFO) && cur_bus.sa_sigaction == rgc_fault;
+    /* the self-serving SIGBUS handler (sigbus.c) in front of ours passes everything else on to us */
+    int bus_ours = ((cur_bus.sa_flags & SA_SIGINFO) && cur_bus.sa_sigaction == rgc_fault)
+                   || rgc_selfserve_chains_to(rgc_fault);
     if (segv_ours && bus_ours) return 0;
     __atomic_store_n(&rgc_passed_on, 0, __ATOMIC_SEQ_CST);
     struct sigaction sa;

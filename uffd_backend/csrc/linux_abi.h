@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
@@ -89,6 +90,10 @@ extern __thread sigjmp_buf *volatile rgc_jump __attribute__((tls_model("initial-
     rgc_jump = &jump;                                   \
     RGC_BARRIER();
 #define GUARDED_END RGC_BARRIER(); rgc_jump = NULL;
+
+/* ---- self-served faults (sigbus.c): the guard asks it first ---- */
+int rgc_selfserve_fault(int sig, siginfo_t *info);
+int rgc_selfserve_chains_to(void (*fn)(int, siginfo_t *, void *));
 
 #define RGC_UFFD_EVENT_PAGEFAULT 0x12
 #define RGC_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES (1ULL << 1)
