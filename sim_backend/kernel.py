@@ -35,6 +35,7 @@ from heap.kernel import (
     UFFD_FEATURE_EVENT_REMOVE,
     UFFD_FEATURE_EVENT_UNMAP,
     UFFD_FEATURE_MOVE,
+    UFFD_FEATURE_SIGBUS,
     UFFDIO_REGISTER_MODE_MISSING,
     KernelBase,
     KernelUnsupported,
@@ -89,6 +90,7 @@ class Counters:
     user_bytes_copied: int = 0  # bytes copied by user-mode memmove/copy_ranges
     faults_raised: int = 0  # userfaults delivered to a uffd (a blocked thread each)
     faults_served: int = 0  # blocked faulting threads woken by MOVE/COPY/ZEROPAGE/WAKE/unregister
+    sigbus_raised: int = 0  # missing faults in a UFFD_FEATURE_SIGBUS range: never queued, the thread's SIGBUS
     demand_faults: int = 0  # page faults resolved by the kernel itself (zero page, new page, COW, THP)
 
     def as_dict(self) -> dict:
@@ -232,6 +234,9 @@ class SimKernel(KernelBase):
         self._pids = itertools.count(1000)
         self._uffd_ids = itertools.count(3)
         self._uffds: weakref.WeakSet = weakref.WeakSet()
+        # the process's SIGBUS disposition: None is the default action (here: the access fails with EFAULT,
+        # as the Linux backend's guarded accessors report it), else fn(address) in the faulting thread
+        self.sigbus_handler = None
 
     def __repr__(self) -> str:
         return f"SimKernel(seed={self.seed}, thp={self.thp}, vmas={len(self.mm.vmas)})"
@@ -835,6 +840,8 @@ class SimKernel(KernelBase):
         if not user and uffd.user_mode_only:
             # handle_userfault refuses kernel-mode faults for UFFD_USER_MODE_ONLY contexts (SIGBUS).
             raise _err(errno.EFAULT, f"kernel-mode fault at {addr:#x} in a user-mode-only userfaultfd range")
+        if uffd.requested_features & UFFD_FEATURE_SIGBUS:
+            return self._sigbus(addr, user)
         with _SignalsHeld():  # before the waiter is queued: a signal while holding them ends nothing half done
             waiter = Waiter(uffd, addr & PAGE_MASK, write)
             self._waiters.append(waiter)
@@ -847,6 +854,30 @@ class SimKernel(KernelBase):
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
         return True
+
+    def _sigbus(self, addr: int, user: bool) -> bool:
+        """UFFD_FEATURE_SIGBUS: handle_userfault never queues the fault (VM_FAULT_SIGBUS). A
+        kernel-mode access fails with EFAULT; a user-mode one takes SIGBUS in the faulting
+        thread: the handler runs there, kernel lock released, and the access is retried (the
+        instruction runs again); with no handler, the default action (EFAULT here)."""
+        handler = self.sigbus_handler
+        self.counters.sigbus_raised += 1
+        if not user or handler is None:
+            raise _err(errno.EFAULT, f"{'kernel-mode fault' if not user else 'SIGBUS'} at {addr:#x}: a missing page "
+                       "in a UFFD_FEATURE_SIGBUS userfaultfd range")
+        self._lock.release()
+        try:
+            handler(addr)
+        finally:
+            self._lock.acquire()
+        return True
+
+    def sigaction_sigbus(self, handler):
+        """Install the process's SIGBUS handler (``fn(address)``, run in the faulting thread;
+        None: the default action); returns the one installed before, as sigaction does."""
+        with self._lock:
+            before, self.sigbus_handler = self.sigbus_handler, handler
+        return before
 
     def _queue_event(self, uffd, kind: str, start: int, end: int) -> NonCoopEvent:
         """Queue a non-cooperative event on ``uffd``: mmap_changing stays raised until it is read."""
@@ -1547,6 +1578,7 @@ class SimKernel(KernelBase):
             raise KernelUnsupported(f"the kernel does not offer the userfaultfd features {missing:#x} "
                                     f"(it offers {SIM_UFFD_FEATURES:#x})")
         uffd = SimUffd(self, next(self._uffd_ids), features, user_mode_only)
+        uffd.self_serving = bool(features & UFFD_FEATURE_SIGBUS)  # its missing faults are SIGBUS (_userfault)
         with self._lock:
             self._uffds.add(uffd)
         return uffd
