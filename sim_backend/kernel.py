@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from heap.kernel import U64_MAX
+from heap.kernel import U64_MAX, ArgumentTypeError
 from heap.kernel import as_u64 as _u64
 from heap.kernel import as_ranges
 from heap.kernel import as_u64_array as _u64_array
@@ -67,10 +67,24 @@ SIM_UFFD_FEATURES = (1 << 17) - 1
 _VALID_ADVICE = frozenset({0, 1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
                            24, 25, 100, 101, 102, 103})
 _PROT_SEM = 0x8
+# The most one load may read: the Linux backend's limit (a buffer of that size), refused
+# from the length alone, before any page is walked.
+MAX_LOAD = 1 << 32
 
 
 def _err(code: int, what: str) -> OSError:
     return OSError(code, f"{os.strerror(code)} ({what})")
+
+
+def _int32(value, name: str) -> int:
+    """``value`` as a C int (prot, advice: the syscall takes an int), or the error the Linux backend raises."""
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if not -(1 << 31) <= value < (1 << 31):
+        raise ValueError(f"{name}={value} is out of range for a C int")
+    return value
 
 
 def _page_align(n: int) -> int:
@@ -364,7 +378,7 @@ class SimKernel(KernelBase):
     # ------------------------------------------------------------------------------
     def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, *,
              shared: bool = False, align: int = 0, at: int | None = None) -> int:
-        length, align = _u64(length, "length"), _u64(align, "align")
+        length, align, prot = _u64(length, "length"), _u64(align, "align"), _int32(prot, "prot")
         if align and (align & (align - 1) or align % PAGE_SIZE):
             raise ValueError(f"align={align:#x} must be a power of two and a multiple of the page size")
         with self._lock:
@@ -428,7 +442,7 @@ class SimKernel(KernelBase):
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
-        prot = operator.index(prot)
+        prot = _int32(prot, "prot")
         with self._lock:
             if addr & (PAGE_SIZE - 1):
                 raise _err(errno.EINVAL, f"mprotect {addr:#x}")
@@ -488,7 +502,7 @@ class SimKernel(KernelBase):
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
-        advice = operator.index(advice)
+        advice = _int32(advice, "advice")
         with self._lock:
             if advice not in _VALID_ADVICE:
                 raise _err(errno.EINVAL, f"madvise advice {advice}")
@@ -1002,6 +1016,8 @@ class SimKernel(KernelBase):
             raise _err(errno.EFAULT, f"load {addr:#x}+{length:#x} wraps around")
         if length == 0:
             return b""
+        if length > MAX_LOAD:
+            raise ValueError(f"length={length:#x} is larger than one load may read ({MAX_LOAD:#x})")
         first, last = addr >> PAGE_SHIFT, (addr + length - 1) >> PAGE_SHIFT
         pages = np.arange(first, last + 1, dtype=np.int64)
         with self._lock:
@@ -1023,7 +1039,7 @@ class SimKernel(KernelBase):
         try:
             view = memoryview(data).cast("B")
         except TypeError:
-            raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
+            raise ArgumentTypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
         addr, length = _u64(addr, "addr"), len(view)
         if addr + length > U64_MAX + 1:
             raise _err(errno.EFAULT, f"store {addr:#x}+{length:#x} wraps around")

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from heap.kernel import as_ranges
+from heap.kernel import ArgumentTypeError, as_ranges
 from heap.kernel import (
     UFFDIO_COPY_MODE_DONTWAKE,
     UFFDIO_COPY_MODE_WP,
@@ -190,7 +190,7 @@ class SimUffd(UffdBase):
     def read_events(self, timeout: float | None = 0) -> list[FaultEvent]:
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+                raise ArgumentTypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
             if not timeout >= 0:
                 raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
         k = self.kernel
