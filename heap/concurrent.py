@@ -54,6 +54,7 @@ from .access import AccessGate
 from .builder import ChunkPlan, PageBuilder
 from .errors import CompactionAborted, HeapCorrupted, Health
 from .events import get_logger
+from .background import start_background
 from .faults import FaultHandler
 from .install import InstallInterrupted
 from .kernel import MADV_DONTNEED, UffdError
@@ -111,6 +112,8 @@ class ConcurrentCycle:
         self.stop = threading.Event()
         self.compactor_done = threading.Event()
         self.finished = False  # threads stopped, arena unregistered
+        self.ended = threading.Event()  # the collection ended (its stats are final), or the heap closed
+        self.then: Callable[[], None] | None = None  # run by the compactor thread once it is done (background)
         self._finish_lock = threading.Lock()
         self.install_started = 0
         self.handler = FaultHandler(self)
@@ -144,6 +147,8 @@ class ConcurrentCycle:
             log.error("gc_concurrent_compactor_stopped", error=repr(exc))
         finally:
             self.compactor_done.set()
+            if self.then is not None:  # a background collection: end the cycle from here
+                self.then()
 
     def corrupted(self, exc: BaseException) -> HeapCorrupted:
         """An installer found a broken invariant (or failed in a way it cannot
@@ -314,8 +319,11 @@ class ConcurrentCycle:
         token = self._end_cycle(self)
         if token is None:
             return  # another thread finished it
-        self._count_into_stats()
-        self.pause.end(self.collection, token)
+        try:
+            self._count_into_stats()
+            self.pause.end(self.collection, token)
+        finally:
+            self.ended.set()
 
     def _end_threads(self) -> None:
         with self._finish_lock:
@@ -333,6 +341,10 @@ class ConcurrentCycle:
         self.counters.add_into(st, self.kernel.page_size)
         self.handler.add_counts_into(st)
         st.install_ns = time.perf_counter_ns() - self.install_started
+        corrupt = self.handler.corrupt_pages()
+        if corrupt:  # a self-served fault met a to-space page filled from outside the heap
+            self.corrupted(HeapCorrupted("install", f"{corrupt} to-space page(s) were populated while their "
+                                         "source still held a page (found by self-served faults)"))
 
     def _stop_threads(self) -> None:
         self.request_stop()
@@ -370,6 +382,7 @@ class ConcurrentCycle:
                 self.handler.release()
                 if not self.compactor.is_alive():
                     self.kernel.munmap(self.scratch, self.chunk_pages * self.kernel.page_size)
+        self.ended.set()
 
 
 def concurrent_pause(pause: Pause, col: Collection) -> InstallProgram:
@@ -400,8 +413,12 @@ def concurrent_pause(pause: Pause, col: Collection) -> InstallProgram:
 
 # The two halves of Heap.collect(concurrent=True), for benchmarks and tests
 # that act between them (Heap.begin_concurrent / Heap.end_concurrent).
-def collect_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True):
-    """``Heap.collect(concurrent=True)`` with the cycle's knobs: see the module doc."""
+def collect_concurrent(heap, *, chunk_pages: int = CHUNK_PAGES, run_compactor: bool = True, wait: bool = True):
+    """``Heap.collect(concurrent=True)`` with the cycle's knobs: see the module doc.
+    ``wait=False``: returns a ``heap.background.BackgroundCollection`` right
+    after the pause; the compactor thread ends the cycle."""
+    if not wait:
+        return start_background(heap, chunk_pages=chunk_pages)
     cycle, stats, finish = begin_concurrent(heap, chunk_pages=chunk_pages, run_compactor=run_compactor)
     if cycle is None:
         finish()

@@ -88,8 +88,24 @@ class FaultHandler:
         self._released = False
         self.server = None  # the uffd's native fault server, when it has one (Linux)
         self.thread = threading.Thread(target=self._run, name="remapgc-faults", daemon=True)
+        # self-served faults (heap.faultmode): the faulting thread installs its page (SIGBUS);
+        # in the SIGBUS table from now on, so that no access of the cycle finds it missing
+        self.self_service = self._start_self_service() if getattr(self.uffd, "self_serving", False) else None
+
+    def _start_self_service(self):
+        program = self.cycle.native_program()
+        if program is not None:
+            service = self.cycle.accelerator.self_service(program, state=self.states.state,
+                                                          installed=self.states.installed_natively)
+        else:  # no native handler (the simulator): the SIGBUS callback serves the page in Python
+            service = PythonSelfService(self)
+        service.cover(self.cycle.size)
+        service.start()
+        return service
 
     def start(self) -> None:
+        if self.self_service is not None:
+            return  # no thread: nothing is ever queued on a SIGBUS userfaultfd
         program = self.cycle.native_program()
         if program is not None:
             self.server = self.cycle.accelerator.fault_server(program, state=self.states.state,
@@ -101,12 +117,16 @@ class FaultHandler:
         self._stop.set()
         if self.server is not None:
             self.server.request_stop()
+        if self.self_service is not None:  # after the arena's unregister: no SIGBUS comes any more
+            self.self_service.stop()
 
     def release(self) -> None:
         if not self._released and not self.thread.is_alive():
             self._released = True
             if self.server is not None:
                 self.server.close()
+            if self.self_service is not None:
+                self.self_service.stop()
             self.kernel.munmap(self.scratch, self.ps)
 
     # -- what it did (the native server serves the common fault; this thread the rest) -------
@@ -115,22 +135,41 @@ class FaultHandler:
         """Faults this thread resolved."""
         return self.counters.faults_served
 
+    def _native(self):
+        """The native side serving faults: the fault server, the native self-service, or None."""
+        if self.server is not None:
+            return self.server
+        return None if isinstance(self.self_service, PythonSelfService) else self.self_service
+
     def served_natively(self) -> int:
-        """Faults the native server resolved (installs, zero pages, wakes)."""
-        return self.server.served if self.server is not None else 0
+        """Faults the native server (or the faulting threads themselves, natively) resolved."""
+        native = self._native()
+        return native.served if native is not None else 0
 
     def native_counters(self) -> InstallCounters:
-        """What the native server did, as counters (empty without one)."""
-        srv = self.server
-        if srv is None:
+        """What the native server, or the self-served faults, did, as counters (empty without either)."""
+        srv, own = self.server, self._native()
+        if srv is not None:
+            return InstallCounters(pages_moved=srv.pages_moved, bytes_copied=srv.bytes_copied,
+                                   faults_served=srv.served, pages_installed_by_faults=srv.pages_moved + srv.pages_copied,
+                                   fresh_pages=srv.fresh_pages)
+        if own is None:
             return InstallCounters()
-        return InstallCounters(pages_moved=srv.pages_moved, bytes_copied=srv.bytes_copied, faults_served=srv.served,
-                               pages_installed_by_faults=srv.pages_moved + srv.pages_copied,
-                               fresh_pages=srv.fresh_pages)
+        return InstallCounters(
+            pages_moved=own.pages_moved, bytes_copied=own.bytes_copied, faults_served=own.served,
+            pages_installed_by_faults=own.pages_moved + own.pages_copied + own.ebusy_copies + own.holes,
+            fresh_pages=own.fresh_pages, ebusy_fallbacks=own.ebusy_copies, eagain_retries=own.eagain_retries,
+            eexist_races=own.eexist_races, zero_filled=own.holes, install_retries=own.install_retries)
+
+    def corrupt_pages(self) -> int:
+        """Pages a self-served fault found filled from outside the heap (EEXIST, source still there)."""
+        native = self._native()
+        return getattr(native, "corrupt", 0) if native is not None else 0
 
     def all_latencies(self) -> np.ndarray:
         lat = np.asarray(self.latencies, dtype=np.int64)
-        return lat if self.server is None else np.concatenate([lat, self.server.served_latencies()])
+        native = self._native()
+        return lat if native is None else np.concatenate([lat, native.served_latencies()])
 
     def add_counts_into(self, st: GCStats) -> None:
         """Everything the handler and its native server did, into a cycle's stats."""
@@ -167,6 +206,19 @@ class FaultHandler:
                 backoff |= not self._serve(addr, now, refused)
             if self._deferred:
                 backoff |= not self._retry_deferred()
+
+    def serve_for_faulter(self, addr: int, t_fault: int) -> bool:
+        """A self-served fault (``PythonSelfService``: in the faulting thread,
+        installs serialised by the caller); False when refused (given back:
+        the access faults again). A page found held is left to its holder."""
+        if not hasattr(self, "_piece_dst"):
+            p = self.program
+            self._piece_dst, self._piece_src = p.piece_dst.tolist(), p.piece_src.tolist()
+            self._piece_rebuilt = p.piece_rebuilt.tolist()
+        try:
+            return self._serve(addr, t_fault)
+        finally:
+            self._deferred.clear()  # nothing is deferred: the faulter itself retries
 
     def _retry_deferred(self) -> bool:
         ok = True
@@ -338,3 +390,54 @@ class FaultHandler:
                 return
             raise InstallInterrupted(exc, 0) from exc
         c.bytes_copied += self.ps
+
+
+class PythonSelfService:
+    """Self-served faults without a native handler (the simulator): the
+    kernel's SIGBUS handler (``sigaction_sigbus``) runs in the faulting thread
+    and installs the page here with the fault handler's own routines (claim,
+    build, MOVE or COPY, every refusal as ``install_page_range`` settles it);
+    a page another installer holds is waited for. Installs are serialised
+    (one scratch page, one set of counters); waiting is not. A SIGBUS outside
+    the arena goes to the handler installed before (none: the access fails
+    with EFAULT, as the default action would end the process)."""
+
+    WAIT_S = 0.0002
+
+    def __init__(self, handler: FaultHandler):
+        self.handler = handler
+        self.kernel = handler.kernel
+        self.lo, self.hi = handler.arena, handler.arena + handler.program.npages * handler.ps
+        self._lock = threading.Lock()
+        self._prev = None
+        self._active = False
+
+    def cover(self, length: int) -> None:
+        self.hi = self.lo + length
+
+    def start(self) -> None:
+        self._active = True
+        self._prev = self.kernel.sigaction_sigbus(self._on_sigbus)
+
+    def stop(self) -> None:
+        if not self._active:
+            return
+        self._active = False
+        if self.kernel.sigbus_handler == self._on_sigbus:  # else one went in over ours: ours passes everything on
+            self.kernel.sigaction_sigbus(self._prev)
+
+    def _on_sigbus(self, addr: int) -> None:
+        if not (self._active and self.lo <= addr < self.hi):
+            if self._prev is None:
+                raise OSError(errno.EFAULT, f"SIGBUS at 0x{addr:x}, outside the heaps this handler serves")
+            self._prev(addr)
+            return
+        fh = self.handler
+        page = (addr - self.lo) // fh.ps
+        t0 = time.perf_counter_ns()
+        while 0 <= page < fh.program.npages and fh.states.state_of(page) == PROCESSING:
+            time.sleep(self.WAIT_S)  # another installer holds it: its install is what this access waits for
+        with self._lock:
+            refused = not fh.serve_for_faulter(addr, t0)
+        if refused:  # given back: the access faults again and retries
+            time.sleep(BACKOFF_S)

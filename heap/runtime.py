@@ -79,13 +79,13 @@ class Heap(EmbeddingAPI):
     collect_every: collect before an allocation once this many bytes were
     allocated since the last collection (None: only when the heap is full).
     host_word: every object gets a header word the host owns (``alloc(host=)``).
-    What a runtime embedding the heap adds: heap.embedding, docs/embedding.md.
+    faults: "thread"|"self"|"auto" (heap.faultmode). Embedding: heap.embedding, docs/embedding.md.
     """
 
     def __init__(self, kernel: str | Kernel = "auto", size: int = 256 << 20, *, compactor: str = "auto",
                  thp: bool = False, dense: float | None = None, collect_every: int | None = None,
                  object_model: ObjectModel | None = None, root_scanners: Iterable[RootScanner] = (),
-                 host_word: bool = False):
+                 host_word: bool = False, faults: str = "thread"):
         self._spaces: Spaces | None = None
         self._closed = True  # until the arena exists
         if compactor not in COMPACTORS:
@@ -109,7 +109,7 @@ class Heap(EmbeddingAPI):
         self._scanners: list[RootScanner] = list(root_scanners)
         self._ps = ps = k.page_size
         self._size = round_up(size, k.hpage_size if thp else ps)
-        self._spaces = spaces = Spaces(k, self._size, thp=bool(thp))
+        self._spaces = spaces = Spaces(k, self._size, thp=bool(thp), faults=faults)
         self._alloc = Allocator(spaces.base, self._size, ps, k.hpage_size // ps if thp else 0)
         self._table = ObjectTable()
         self._index = AddressIndex(spaces.base, self._size, granule)
@@ -335,13 +335,13 @@ class Heap(EmbeddingAPI):
         return where
 
     # -- collection ----------------------------------------------------------------------
-    def collect(self, concurrent: bool = False) -> GCStats:
+    def collect(self, concurrent: bool = False, wait: bool = True) -> GCStats:
         """Compact the heap; returns what it did. Stop-the-world: every step in
         the pause, a ``GCStats``. ``concurrent=True``: the pages are installed
         while mutators run (a touch of one not yet installed is served on
         demand), a ``ConcurrentGCStats``; with the copying compactor, which
         cannot run concurrently, it collects stop-the-world and says so
-        (``stop_the_world == 1``, and an INFO event). docs/embedding.md, "collect".
+        (``stop_the_world == 1``, an INFO event), docs/embedding.md. ``wait=False``: heap.background.
 
         The pause (``pause_ns``) ends when every live page is installed (or,
         concurrent, when the install program is ready) and the heap lock is
@@ -350,7 +350,7 @@ class Heap(EmbeddingAPI):
         """
         with signals.deferred():  # SIGINT/SIGTERM reach the caller once the heap is consistent
             if concurrent:
-                return collect_concurrent(self)
+                return collect_concurrent(self, wait=wait)
             with self._lock:
                 self._ready()
                 stats, finish = self._collect_pause()

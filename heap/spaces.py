@@ -21,18 +21,22 @@ import weakref
 
 from .alloc import round_up
 from .errors import RemapRefused
+from .faultmode import choose_fault_mode, uffd_features
 from .kernel import MADV_DONTNEED, MADV_HUGEPAGE, UFFD_FEATURE_MOVE, UFFDIO_REGISTER_MODE_MISSING, KernelUnsupported
 
 
 class Spaces:
     """The arena ``[base, base + size)``, the from-space, and the userfaultfd (None: copying compactor)."""
 
-    def __init__(self, kernel, size: int, *, thp: bool):
+    def __init__(self, kernel, size: int, *, thp: bool, faults: str = "thread"):
         self.kernel = kernel
         self.size = size
         self.base = 0
         self.from_space = 0
         self.uffd = None
+        # who serves a concurrent cycle's faults: "self" (the faulting thread, by SIGBUS)
+        # or "thread" (a handler thread), and why (heap.faultmode)
+        self.faults, self.faults_reason = choose_fault_mode(faults, kernel)
         self._release_lock = threading.Lock()
         self._owed: object | None = None
         self.flipped = False  # the arena is flipped and registered until unregister()
@@ -48,7 +52,7 @@ class Spaces:
     def open_uffd(self) -> None:
         """A userfaultfd with UFFDIO_MOVE, and the from-space beside the arena.
         Raises KernelUnsupported or OSError saying why not."""
-        uffd = self.kernel.userfaultfd(UFFD_FEATURE_MOVE)
+        uffd = self.kernel.userfaultfd(UFFD_FEATURE_MOVE | uffd_features(self.faults))
         if not uffd.features & UFFD_FEATURE_MOVE:
             uffd.close()
             raise KernelUnsupported(f"the kernel does not offer UFFD_FEATURE_MOVE (features {uffd.features:#x})")
