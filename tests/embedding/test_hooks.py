@@ -278,3 +278,29 @@ def test_concurrent_collect_returns_concurrent_stats_and_says_when_it_could_not_
     assert st.stop_the_world == (1 if compactor == "copy" else 0)
     assert st.live_objects == len(keep)
     assert all(r.read(2000) == bytes([i]) * 2000 for i, r in enumerate(keep))
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_mutators_are_resumed_before_the_install_and_run_during_it(kernel_name):
+    """Step 5: resume_mutators comes at the end of the pause, and the runtime's
+    threads then read objects whose pages are not installed yet (served on
+    demand); the "stop" callback comes only once every page is in."""
+    from heap.concurrent import begin_concurrent, end_concurrent
+
+    with Heap(kernel=kernel_name, size=8 << 20, compactor="remap") as h:
+        keep = garbage_and_survivors(h, 20)
+        journal: list = []
+        rec = Recorder(h, "r", journal)
+        h.add_mutator_hooks(rec)
+        h.add_callback(rec)
+        cycle, stats, _ = begin_concurrent(h, run_compactor=False)  # every page left to the fault handler
+        assert [w for w, *_ in journal] == ["start", "stop_mutators", "resume_mutators"]
+        reads = []
+        t = threading.Thread(target=lambda: reads.extend(r.read(2000) for r in keep))
+        t.start()
+        t.join(30)
+        assert [r == bytes([i]) * 2000 for i, r in enumerate(reads)] == [True] * 20
+        assert [w for w, *_ in journal] == ["start", "stop_mutators", "resume_mutators"]  # still installing
+        end_concurrent(h, cycle)
+        assert [w for w, *_ in journal] == ["start", "stop_mutators", "resume_mutators", "stop"]
+        assert rec.stats is stats and stats.faults_served > 0
