@@ -133,3 +133,25 @@ def test_objects_below_a_pin_keep_their_place_and_the_dead_ones_come_back_after_
     assert survivor.address < s_where  # now it slides down over the dead ones
     assert heap.stats().live_bytes == live
     heap.verify()
+
+
+@pytest.mark.timeout(300)
+def test_pinning_with_huge_pages_keeps_the_2mib_unit_in_place(kernel_name, mode):
+    compactor, concurrent = mode
+    with Heap(kernel=kernel_name, size=32 << 20, compactor=compactor, thp=True) as h:
+        pinned = h.alloc(100)
+        pinned.write(b"p" * 100)
+        h.pin(pinned)
+        where = pinned.address
+        others = []
+        for _ in range(5):
+            for _ in range(50):
+                h.alloc(3000)
+            others.append(h.alloc(5000))
+            others[-1].write(b"k" * 8)
+            h.alloc(3 << 20)  # a huge garbage object: its 2 MiB units go
+            h.collect(concurrent=concurrent)
+            h.verify()
+            assert pinned.address == where and pinned.read(100) == b"p" * 100
+            assert plan_event(h)["pinned_pages"] == 512  # one 2 MiB unit
+        assert all(o.read(8) == b"k" * 8 for o in others)
