@@ -2,11 +2,11 @@
 kernel's errno (issue 15): alignment, zero and wrapping lengths, ranges past
 the address space and unknown flags are answered from the arguments alone,
 before the backend's own refusal to touch memory remapgc did not map (EPERM,
-uffd_backend/owned.py) -- as the kernel itself answers them before it looks
-at any mapping.
+uffd_backend/owned.py; the refusal itself: test_bad_foreign_memory_linux.py)
+-- as the kernel itself answers them before it looks at any mapping.
 
 Each case is run on both backends and, in a child process with plain
-syscalls, on the raw kernel (tests/seam/raw_kernel.py); all three must give
+syscalls, on the raw kernel (tests/bad_input/raw_kernel.py); all three must give
 the errno in the table. "foreign" is a page of the interpreter's own memory
 (on the simulator: an address nothing is mapped at); the table holds only
 calls the kernel refuses or ignores without touching it.
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from heap.kernel import MADV_DONTNEED, UFFDIO_REGISTER_MODE_MISSING, UffdError
-from tests.backends import make_kernel, skip_linux_if_unavailable
+from tests.backends import KERNEL_MATRIX, make_kernel, skip_linux_if_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 PS = 4096
@@ -82,19 +82,19 @@ def raw_kernel() -> dict[str, int]:
     """Every case's answer from the raw kernel."""
     skip_linux_if_unavailable()
     cases = [{"id": c[0], "call": c[1], "args": c[2]} for c in CASES]
-    child = subprocess.run([sys.executable, "-m", "tests.seam.raw_kernel"], cwd=ROOT, input=json.dumps(cases),
+    child = subprocess.run([sys.executable, "-m", "tests.bad_input.raw_kernel"], cwd=ROOT, input=json.dumps(cases),
                            capture_output=True, text=True, timeout=60)
     assert child.returncode == 0, child.stderr[-3000:]
     return json.loads(child.stdout)
 
 
-@pytest.fixture(params=["sim", "linux"])
+@pytest.fixture(params=KERNEL_MATRIX)
 def backend(request):
     kernel = make_kernel(request.param)
     uffd = kernel.userfaultfd()
     own = kernel.mmap(4 * PS)
     keep = np.zeros(4 * PS, dtype=np.uint8)  # interpreter memory, on Linux the "foreign" page
-    foreign = SIM_FOREIGN if request.param == "sim" else (keep.ctypes.data + PS) & ~(PS - 1)
+    foreign = SIM_FOREIGN if request.param.startswith("sim") else (keep.ctypes.data + PS) & ~(PS - 1)
     yield kernel, uffd, {OWN: own, FOREIGN: foreign, ABS: 0}
     kernel.munmap(own, 4 * PS)
     uffd.close()
@@ -112,32 +112,6 @@ def test_the_backends_answer_argument_errors_as_the_kernel_does(backend, call, a
 @pytest.mark.parametrize("case_id,err", [(c[0], c[3]) for c in CASES], ids=IDS)
 def test_the_raw_kernel_gives_the_tables_errno(raw_kernel, case_id, err):
     assert raw_kernel[case_id] == err, f"the raw kernel says {raw_kernel[case_id]}: the table (and the backends) are wrong"
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("call,args", [
-    ("munmap", [(FOREIGN, 0), (ABS, PS)]),
-    ("mprotect", [(FOREIGN, 0), (ABS, PS), (ABS, 1)]),
-    ("madvise", [(FOREIGN, 0), (ABS, PS), (ABS, MADV_DONTNEED)]),
-    ("mremap", [(FOREIGN, 0), (ABS, PS), (OWN, 0)]),
-    ("register", [(FOREIGN, 0), (ABS, PS), (ABS, MISSING)]),
-    ("move", [(OWN, 0), (FOREIGN, 0), (ABS, PS), (ABS, 0)]),
-], ids=["munmap", "mprotect", "madvise", "mremap", "register", "move"])
-def test_valid_arguments_on_foreign_memory_are_still_refused(call, args):
-    """The control: once the arguments pass the kernel's checks, the Linux
-    backend's ownership check stands between the call and the interpreter."""
-    kernel = make_kernel("linux")
-    uffd = kernel.userfaultfd()
-    own = kernel.mmap(4 * PS)
-    keep = np.zeros(4 * PS, dtype=np.uint8)
-    bases = {OWN: own, FOREIGN: (keep.ctypes.data + PS) & ~(PS - 1), ABS: 0}
-    try:
-        assert answer(kernel, uffd, call, [bases[b] + off for b, off in args]) == errno.EPERM
-        assert keep.sum() == 0 and kernel.load(own, 8) == bytes(8)  # nothing moved, nothing unmapped
-    finally:
-        kernel.munmap(own, 4 * PS)
-        uffd.close()
-        kernel.close()
 
 
 @pytest.mark.timeout(60)
@@ -165,7 +139,7 @@ def test_arguments_said_to_be_refused_never_reach_memory_on_the_raw_kernel(seed)
     arguments alone, made raw on a fresh mapping in a child; the mapping must
     come out whole, read-write and unchanged every time."""
     skip_linux_if_unavailable()
-    child = subprocess.run([sys.executable, "-m", "tests.seam.raw_kernel", "fuzz", str(seed), "3000"], cwd=ROOT,
+    child = subprocess.run([sys.executable, "-m", "tests.bad_input.raw_kernel", "fuzz", str(seed), "3000"], cwd=ROOT,
                            capture_output=True, text=True, timeout=110)
     assert child.returncode == 0, child.stdout[-2000:] + child.stderr[-2000:]
     assert json.loads(child.stdout)["checked"] > 1000  # most edge-valued calls are refused from their arguments

@@ -1,9 +1,9 @@
-"""Child process of tests/seam/test_argument_order.py: the raw kernel's answer
+"""Child process of tests/bad_input/test_bad_argument_order.py: the raw kernel's answer
 to each call of a table, made with plain syscalls (ctypes), no remapgc.
 
-Run as ``python -m tests.seam.raw_kernel`` with the cases as JSON on stdin;
+Run as ``python -m tests.bad_input.raw_kernel`` with the cases as JSON on stdin;
 prints ``{case id: errno (0 = success)}`` as JSON. ``python -m
-tests.seam.raw_kernel fuzz SEED ROUNDS``: ``fuzz`` below. Only calls the kernel
+tests.bad_input.raw_kernel fuzz SEED ROUNDS``: ``fuzz`` below. Only calls the kernel
 refuses (or ignores) from their arguments alone belong in the table: the
 "foreign" address is a page of this interpreter's own memory. A separate
 process, so that a wrong entry cannot hurt the test run.
