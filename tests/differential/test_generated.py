@@ -27,9 +27,9 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 
-from tests.backends import make_kernel
-
+from bench.wrappers import KernelWrapper, UffdWrapper
 from heap.kernel import UffdError
+from tests.backends import make_kernel
 
 from .agreement import compare
 from .generator import scenarios
@@ -106,35 +106,26 @@ def test_generated_sequences_sim_consistent(scenario):
 
 
 # --- the generator can find a difference at all --------------------------------------
-class _EnoentAsEinval:
+class _EnoentAsEinval(UffdWrapper):
     """A uffd whose MOVE reports EINVAL where the kernel says ENOENT."""
-
-    def __init__(self, uffd):
-        self._uffd = uffd
-
-    def __getattr__(self, name):
-        return getattr(self._uffd, name)
 
     def move(self, dst, src, length, mode=0):
         try:
-            return self._uffd.move(dst, src, length, mode)
+            return self.inner.move(dst, src, length, mode)
         except UffdError as exc:
             if exc.errno == errno.ENOENT:
                 raise UffdError(errno.EINVAL, moved=exc.moved) from None
             raise
 
 
-class MutantSim:
+class MutantSim(KernelWrapper):
     """A SimKernel with one deliberate bug, to show the generator catches it."""
 
     def __init__(self):
-        self._k = make_kernel("sim")
+        super().__init__(make_kernel("sim"))
 
-    def __getattr__(self, name):
-        return getattr(self._k, name)
-
-    def userfaultfd(self, *args, **kwargs):
-        return _EnoentAsEinval(self._k.userfaultfd(*args, **kwargs))
+    def wrap_uffd(self, uffd):
+        return _EnoentAsEinval(uffd)
 
 
 @pytest.mark.timeout(600)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.wrappers import KernelWrapper, UffdWrapper
 from heap.kernel import HPAGE_SIZE, PAGE_SIZE
 
 from .runner import (
@@ -99,27 +100,23 @@ def test_a_wrong_expectation_is_reported(kernel):
     assert any("expected frame of D+0" in p and "frame=S+0" in p for p in problems)
 
 
-class _StuckUffd:
-    def __init__(self, uffd, release):
-        self._uffd, self._release = uffd, release
+class _StuckUffd(UffdWrapper):
+    def __init__(self, inner, release):
+        super().__init__(inner)
+        self.release = release
 
-    def __getattr__(self, name):
-        return getattr(self._uffd, name)
-
-    def move(self, *args, **kwargs):
-        self._release.wait(30)  # a backend blocking where Linux would not
-        return self._uffd.move(*args, **kwargs)
+    def move(self, dst, src, length, mode=0):
+        self.release.wait(30)  # a backend blocking where Linux would not
+        return super().move(dst, src, length, mode)
 
 
-class _StuckMoveKernel:
-    def __init__(self, kernel, release):
-        self._k, self._release = kernel, release
+class _StuckMoveKernel(KernelWrapper):
+    def __init__(self, inner, release):
+        super().__init__(inner)
+        self.release = release
 
-    def __getattr__(self, name):
-        return getattr(self._k, name)
-
-    def userfaultfd(self, *args, **kwargs):
-        return _StuckUffd(self._k.userfaultfd(*args, **kwargs), self._release)
+    def wrap_uffd(self, uffd):
+        return _StuckUffd(uffd, self.release)
 
 
 @pytest.mark.timeout(60)

@@ -209,10 +209,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # Wrappers in other owners' test files that still forward unknown names (to be
 # rebuilt on bench.wrappers by their owners); the list may only shrink.
 KNOWN_FORWARDERS = {
-    "tests/differential/test_generated.py::_EnoentAsEinval",
-    "tests/differential/test_generated.py::MutantSim",
-    "tests/differential/test_runner.py::_StuckUffd",
-    "tests/differential/test_runner.py::_StuckMoveKernel",
     "tests/regressions/child.py::Proxy",
 }
 
