@@ -43,6 +43,23 @@ def run_python(code: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def import_linux_backend_after(edit: str) -> str:
+    """What a fresh interpreter prints importing uffd_backend after running
+    ``edit`` on heap.kernel (bound as ``k``): the ImportError, or "imported"."""
+    child = run_python(f"""
+        import heap.kernel as k
+        {edit}
+        try:
+            import uffd_backend
+        except ImportError as exc:
+            print(exc)
+        else:
+            print("imported")
+    """)
+    assert child.returncode == 0, child.stderr[-2000:]
+    return child.stdout
+
+
 # A Python-side declaration edited without the header: importing the Linux backend must fail.
 PYTHON_SIDE_EDITS = [
     ("fields_swapped", """k.PROGRAM_ARRAYS = dict(k.PROGRAM_ARRAYS, nslots=(("slot_off", "int64"), ("slot_page", "int64"),
@@ -59,19 +76,9 @@ PYTHON_SIDE_EDITS = [
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("edit,message", [c[1:] for c in PYTHON_SIDE_EDITS], ids=[c[0] for c in PYTHON_SIDE_EDITS])
 def test_a_mismatched_layout_fails_at_import_naming_the_difference(linux_kernel, edit, message):
-    child = run_python(f"""
-        import heap.kernel as k
-        {edit}
-        try:
-            import uffd_backend
-        except ImportError as exc:
-            print(exc)
-        else:
-            print("imported")
-    """)
-    assert child.returncode == 0, child.stderr[-2000:]
-    assert "uffd_backend._native was built with another install-program layout" in child.stdout
-    assert message in child.stdout
+    said = import_linux_backend_after(edit)
+    assert "uffd_backend._native was built with another install-program layout" in said
+    assert message in said
 
 
 @pytest.mark.timeout(180)
@@ -116,16 +123,6 @@ def test_a_stamp_without_a_page_state_is_refused():
 def test_chunk_walk_outcomes_numbered_otherwise_fail_at_import(linux_kernel):
     """The walk reports how it ended as a number; heap.kernel.CHUNK_WALK_STATUS
     names the numbers. Two of them swapped on one side: the import says so."""
-    child = run_python("""
-        import heap.kernel as k
-        k.CHUNK_WALK_STATUS = ("done", "stopped", "faulted", "refused")
-        try:
-            import uffd_backend
-        except ImportError as exc:
-            print(exc)
-        else:
-            print("imported")
-    """)
-    assert child.returncode == 0, child.stderr[-2000:]
+    said = import_linux_backend_after('k.CHUNK_WALK_STATUS = ("done", "stopped", "faulted", "refused")')
     assert ("numbers its chunk walk's outcomes ['done', 'stopped', 'refused', 'faulted'], heap.kernel "
-            "['done', 'stopped', 'faulted', 'refused']") in child.stdout
+            "['done', 'stopped', 'faulted', 'refused']") in said
