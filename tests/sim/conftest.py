@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import pytest
 
-from heap.kernel import MADV_HUGEPAGE
+from heap.kernel import MADV_HUGEPAGE, UffdError
 from sim_backend import SimKernel
 
 PS = 4096
 HP = 2 << 20
+
+
+def outcome(call) -> tuple[int, int]:
+    """(0, what it returned) of a uffd ioctl that succeeds, (errno, bytes moved) of one that fails."""
+    try:
+        return 0, call()
+    except UffdError as exc:
+        return exc.errno, exc.moved
+
+
+def errno_of(call) -> int:
+    """The errno ``call`` raises, 0 if it returns."""
+    try:
+        call()
+    except OSError as exc:
+        return exc.errno
+    return 0
 
 
 @pytest.fixture(params=[True, False], ids=["compiled", "numpy"])

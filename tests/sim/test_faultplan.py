@@ -6,19 +6,13 @@ import errno
 
 import pytest
 
-from heap.kernel import UffdError
 from sim_backend import FaultPlan, FaultRule, SimKernel
 
-from .conftest import HP, PS, Pair
+from .conftest import HP, PS, Pair, outcome
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def outcome(fn):
-    try:
-        return 0, fn()
-    except UffdError as exc:
-        return exc.errno, exc.moved
 
 
 def setup(k, pages=8):

@@ -14,17 +14,9 @@ import pytest
 from heap.kernel import PROT_READ
 from sim_backend import SimKernel
 
-from .conftest import HP, PS
+from .conftest import HP, PS, errno_of
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def err_of(fn):
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return 0
 
 
 def test_store_load_round_trip_across_pages(k):
@@ -46,7 +38,7 @@ def test_store_words_writes_the_words_before_the_faulting_one(k):
     a = k.mmap(4 * PS)
     k.mprotect(a + 2 * PS, 2 * PS, PROT_READ)
     addrs = np.array([a, a + PS, a + 2 * PS, a + 8], np.uint64)
-    assert err_of(lambda: k.store_words(addrs, np.array([1, 2, 3, 4], np.uint64))) == errno.EFAULT
+    assert errno_of(lambda: k.store_words(addrs, np.array([1, 2, 3, 4], np.uint64))) == errno.EFAULT
     assert list(k.load_words(np.array([a, a + PS, a + 8], np.uint64))) == [1, 2, 0]
 
 

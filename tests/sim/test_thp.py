@@ -7,10 +7,10 @@ import errno
 import numpy as np
 import pytest
 
-from heap.kernel import MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, PROT_READ, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError
+from heap.kernel import MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, PROT_READ, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES
 from sim_backend import SimKernel
 
-from .conftest import HP, PS
+from .conftest import HP, PS, outcome
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -150,12 +150,6 @@ def test_mprotect_inside_a_thp_splits_the_pmd(k):
 
 
 # --- UFFDIO_MOVE of huge PMDs ------------------------------------------------------------
-def move_outcome(fn):
-    try:
-        fn()
-    except UffdError as exc:
-        return exc.errno, exc.moved
-    return 0, None
 
 
 def test_aligned_thp_moves_as_one_pmd(k, uffd, huge_pair):
@@ -223,8 +217,8 @@ def test_thp_shared_with_child_is_ebusy_without_split(k, uffd, huge_pair):
     p = huge_pair
     k.store(p.src, b"a")
     child = k.fork()
-    assert move_outcome(lambda: p.uffd.move(p.dst, p.src, HP)) == (errno.EBUSY, 0)
-    assert move_outcome(lambda: p.uffd.move(p.dst + PS, p.src, PS)) == (errno.EBUSY, 0)
+    assert outcome(lambda: p.uffd.move(p.dst, p.src, HP)) == (errno.EBUSY, 0)
+    assert outcome(lambda: p.uffd.move(p.dst + PS, p.src, PS)) == (errno.EBUSY, 0)
     assert k.pmd_kind(p.src) == "thp"
     child.exit()
 
@@ -233,7 +227,7 @@ def test_pinned_thp_aligned_is_ebusy_and_intact(k, uffd, huge_pair):
     p = huge_pair
     k.store(p.src, b"a")
     k.pin(p.src)
-    assert move_outcome(lambda: p.uffd.move(p.dst, p.src, HP)) == (errno.EBUSY, 0)
+    assert outcome(lambda: p.uffd.move(p.dst, p.src, HP)) == (errno.EBUSY, 0)
     assert k.pmd_kind(p.src) == "thp"
 
 
@@ -241,7 +235,7 @@ def test_pinned_thp_partial_leaves_a_split_pmd_then_succeeds_when_unpinned(k, uf
     p = huge_pair
     k.store(p.src, b"a")
     k.pin(p.src)
-    assert move_outcome(lambda: p.uffd.move(p.dst + PS, p.src, PS)) == (errno.EBUSY, 0)
+    assert outcome(lambda: p.uffd.move(p.dst + PS, p.src, PS)) == (errno.EBUSY, 0)
     assert k.pmd_kind(p.src) == "table"
     k.unpin(p.src)
     assert p.uffd.move(p.dst + PS, p.src, PS) == PS
@@ -253,7 +247,7 @@ def test_thp_in_dst_region_is_eexist(k, uffd):
     s = k.mmap(PS)
     k.store(s, b"s")
     uffd.register(d, 4 * HP)
-    assert move_outcome(lambda: uffd.move(d + PS, s, PS)) == (errno.EEXIST, 0)
+    assert outcome(lambda: uffd.move(d + PS, s, PS)) == (errno.EEXIST, 0)
 
 
 def test_huge_zero_page_moves_whole_or_splits_into_zero_ptes(k, uffd, huge_pair):

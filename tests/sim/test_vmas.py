@@ -21,17 +21,9 @@ from heap.kernel import (
     PROT_WRITE,
 )
 
-from .conftest import HP, PS
+from .conftest import HP, PS, errno_of
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def err_of(fn):
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return 0
 
 
 @pytest.fixture
@@ -64,7 +56,7 @@ ERRNOS = [
 
 @pytest.mark.parametrize("call,expected", [c[1:] for c in ERRNOS], ids=[c[0] for c in ERRNOS])
 def test_errno(k, a, call, expected):
-    assert err_of(lambda: call(k, a)) == expected
+    assert errno_of(lambda: call(k, a)) == expected
 
 
 def test_mappings_grow_down_and_merge(k):
@@ -95,13 +87,13 @@ def test_mprotect_splits_then_merges_back(k):
 
 
 def test_mprotect_changes_the_vmas_before_a_hole(k, a):
-    assert err_of(lambda: k.mprotect(a + 8 * PS, 16 * PS, PROT_READ)) == errno.ENOMEM
+    assert errno_of(lambda: k.mprotect(a + 8 * PS, 16 * PS, PROT_READ)) == errno.ENOMEM
     assert [v["prot"] for v in k.vma_list()] == [PROT_READ | PROT_WRITE, PROT_READ]
 
 
 def test_madvise_applies_to_the_mapped_part_despite_enomem(k, a):
     k.store(a + 15 * PS, b"x")
-    assert err_of(lambda: k.madvise(a + 15 * PS, 2 * PS, MADV_DONTNEED)) == errno.ENOMEM
+    assert errno_of(lambda: k.madvise(a + 15 * PS, 2 * PS, MADV_DONTNEED)) == errno.ENOMEM
     assert k.page_info(a + 15 * PS).state == "none"
 
 
@@ -141,7 +133,7 @@ REGISTER = [
 
 @pytest.mark.parametrize("call,expected", [c[1:] for c in REGISTER], ids=[c[0] for c in REGISTER])
 def test_uffd_errno(k, uffd, a, call, expected):
-    assert err_of(lambda: call(k, uffd, a)) == expected
+    assert errno_of(lambda: call(k, uffd, a)) == expected
 
 
 def test_register_wp_and_missing_advertises_writeprotect(k, uffd, a):
@@ -177,7 +169,7 @@ def test_mlock_of_a_registered_range_fails_after_locking(k, uffd):
     a = k.mmap(4 * PS)
     k.store(a, b"x")
     uffd.register(a + PS, 3 * PS)
-    assert err_of(lambda: k.mlock(a, 4 * PS)) == errno.ENOMEM
+    assert errno_of(lambda: k.mlock(a, 4 * PS)) == errno.ENOMEM
     assert all(v["locked"] for v in k.vma_list())
 
 
@@ -191,7 +183,7 @@ def test_mremap_moves_pages_and_drops_registration(k, uffd):
     assert k.mremap(a, 4 * PS, target) == target
     assert k.page_info(target).frame == frame
     assert k.vma_list()[0]["uffd"] is None
-    assert err_of(lambda: k.load(a, 1)) == errno.EFAULT
+    assert errno_of(lambda: k.load(a, 1)) == errno.EFAULT
 
 
 def test_mremap_dontunmap_keeps_the_old_range_registered_and_empty(k, uffd):
@@ -214,13 +206,13 @@ def test_mremap_spanning_vmas_keeps_the_gaps(k, a):
     target = a + 100 * PS
     assert k.mremap(a, 24 * PS, target) == target
     assert k.load(target + 20 * PS, 1) == b"b"
-    assert err_of(lambda: k.load(target + 17 * PS, 1)) == errno.EFAULT
+    assert errno_of(lambda: k.load(target + 17 * PS, 1)) == errno.EFAULT
 
 
 def test_mremap_of_several_vmas_refuses_a_registered_one(k, uffd, a):
     k.mmap(4 * PS, at=a + 16 * PS, prot=PROT_READ)
     uffd.register(a, 16 * PS)
-    assert err_of(lambda: k.mremap(a, 20 * PS, a + 100 * PS)) == errno.EFAULT
+    assert errno_of(lambda: k.mremap(a, 20 * PS, a + 100 * PS)) == errno.EFAULT
 
 
 def test_dontfork_vma_is_not_shared_with_the_child(k):
