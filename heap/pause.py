@@ -27,7 +27,7 @@ from .kernel import MADV_DONTNEED
 from .mark import IMMEDIATE, AddressIndex, Workspace, mark
 from .native import expand, slot_values
 from .objects import ObjectModel
-from .pinning import plan_around_pins, prefix_pages
+from .pinning import pinned_units, plan_around_pins
 from .plan import Plan, plan_remap, plan_slide
 from .roots import HandleTable
 from .spaces import Spaces
@@ -110,10 +110,10 @@ class Pause:
         """The plan of the compactors that move pages, and every old row's new address."""
         a = self.alloc
         with col.clock.phase("plan") as ev:
-            prefix = self._pinned_prefix(old, ev)
-            if prefix:  # heap.pinning: the prefix stays, the rest is planned from its end
+            units = self._pinned_units(old, ev)
+            if units is not None:  # heap.pinning: pinned units stay, the stretches between are planned
                 plan = plan_around_pins(plan_remap, old["start"], old["total"], marking.live, a.base, a.page_size,
-                                        a.hpage_pages, a.used_pages, prefix, self.dense)
+                                        a.hpage_pages, a.used_pages, units, self.dense)
             else:
                 plan = plan_remap(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages,
                                   a.used_pages, self.dense)
@@ -125,27 +125,27 @@ class Pause:
         """The copying compactor's plan (every live object slid down), and every old row's new address."""
         a = self.alloc
         with col.clock.phase("plan") as ev:
-            prefix = self._pinned_prefix(old, ev)
-            if prefix:
+            units = self._pinned_units(old, ev)
+            if units is not None:
                 plan = plan_around_pins(plan_slide, old["start"], old["total"], marking.live, a.base, a.page_size,
-                                        a.hpage_pages, a.used_pages, prefix)
+                                        a.hpage_pages, a.used_pages, units)
             else:
                 plan = plan_slide(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages)
             ev.update(pages=plan.end_pages)
         return plan, self._new_by_row(old, plan)
 
-    def _pinned_prefix(self, old, ev) -> int:
-        """Pages at the arena base that stay in place because of pinned objects
-        (heap.pinning; 0 when none is pinned); the plan event reports them."""
+    def _pinned_units(self, old, ev) -> np.ndarray | None:
+        """The page runs that stay in place because of pinned objects
+        (heap.pinning; None when none is pinned); the plan event reports them."""
         pins = self.pins
         if pins is None or not pins.count:
-            return 0
+            return None
         a = self.alloc
         addrs = pins.addresses()
         ends = addrs + old["total"][self.index.rows(old["start"], addrs, "pinned object")]
-        prefix = prefix_pages(ends, old["start"], old["total"], a.base, a.page_size, a.hpage_pages or 1)
-        ev.update(pinned_objects=int(addrs.size), pinned_pages=prefix)
-        return prefix
+        units = pinned_units(addrs, ends, old["start"], old["total"], a.base, a.page_size, a.hpage_pages or 1)
+        ev.update(pinned_objects=int(addrs.size), pinned_pages=int((units[:, 1] - units[:, 0]).sum()))
+        return units
 
     def _new_by_row(self, old, plan: Plan) -> np.ndarray:
         """Every old row's new address (0: dead), in a table kept between

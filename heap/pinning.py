@@ -4,23 +4,19 @@
 ``Heap.unpin(ref)``; a pinned object is also a root (pinning a dead object
 would mean nothing). Pins nest: an object pinned twice needs two unpins.
 
-How compaction works around pinned objects: every unit (page; with THP,
-2 MiB region) from the arena base up to the end of the last pinned object
-stays where it is -- the *pinned prefix* -- and the compactors plan the rest
-of the arena as usual, from the end of the prefix (``plan_around_pins``).
-In the prefix the live objects keep their addresses and the dead ones leave
-holes, reclaimed by the first collection after the pins above them go. The
-remap compactors move the prefix's pages out with the flip and back in with
-the install, whole, zero-copy: the same physical pages, at the same
-addresses, with the same bytes; a stop-the-world collection does it inside
-the pause, a concurrent one early in its install (a touch of such a page in
-between waits for the fault handler, as for any page not yet installed). The
-copying compactor leaves the prefix alone.
-
-The trade-off is deliberate: no gap ever opens in the to-space (the install
-program and the allocator keep their one-contiguous-to-space shape), at the
-price of fragmentation below a pinned object while it is pinned. Pin
-long-lived objects early (they then sit low in the arena), or unpin soon.
+How compaction works around pinned objects: the units (pages; with THP,
+2 MiB regions) a pinned object touches stay where they are, with every live
+object in them; the stretches of the arena between them are each compacted
+towards their own start, as the whole arena is when nothing is pinned
+(``plan_around_pins``). So the objects below a pinned object move too; what
+a pin costs is the room between the end of a compacted stretch and the
+pinned unit above it, which stays empty (below the heap top: not reused
+until the pin goes). The remap compactors move a pinned unit's pages out
+with the flip and back in with the install, whole, zero-copy: the same
+physical pages, at the same addresses, with the same bytes; a stop-the-world
+collection does it inside the pause, a concurrent one during its install (a
+touch of such a page in between waits for the fault handler, as for any
+page not yet installed). The copying compactor leaves pinned units alone.
 """
 
 from __future__ import annotations
@@ -76,58 +72,124 @@ class PinTable:
                                 "was planned to move")
 
 
-def prefix_pages(pinned_ends: np.ndarray, starts: np.ndarray, totals: np.ndarray, base: int, page_size: int,
-                 unit_pages: int) -> int:
-    """Pages of the pinned prefix: whole units from the arena base up to the
-    end of the last pinned object (``pinned_ends``: where each pinned object
-    ends; 0 pages when there is none), extended so that no object straddles
-    its end."""
-    if not pinned_ends.size:
-        return 0
-    unit = unit_pages * page_size
-    end = base + round_up(int(pinned_ends.max()) - base, unit)
-    while True:
-        k = int(np.searchsorted(starts, end, side="left"))
-        reach = int((starts[:k] + totals[:k]).max()) if k else base
-        if reach <= end:
-            return (end - base) // page_size
-        end = base + round_up(reach - base, unit)
+def pinned_units(pinned_starts: np.ndarray, pinned_ends: np.ndarray, starts: np.ndarray, totals: np.ndarray,
+                 base: int, page_size: int, unit_pages: int) -> np.ndarray:
+    """The page runs that stay in place: the units (pages; with THP 2 MiB
+    regions) each pinned object touches, merged, as rows ``[lo, hi)`` of arena
+    page numbers in address order; widened where an object straddles an end
+    (the placement rules make that impossible; checked all the same)."""
+    up = unit_pages
+    lo = (pinned_starts - base) // page_size // up * up
+    hi = -(-(pinned_ends - base) // (up * page_size)) * up
+    order = np.argsort(lo, kind="stable")
+    runs: list[list[int]] = []
+    for a, b in zip(lo[order].tolist(), hi[order].tolist()):
+        if runs and a <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], b)
+        else:
+            runs.append([a, b])
+    ends = starts + totals
+    for run in runs:
+        while True:  # an object starting before a run but reaching into it, or starting in it and reaching out
+            a_addr, b_addr = base + run[0] * page_size, base + run[1] * page_size
+            k0, k1 = np.searchsorted(starts, (a_addr, b_addr))
+            before_reach = int(ends[k0 - 1]) if k0 else base
+            inside_reach = int(ends[k0:k1].max()) if k1 > k0 else b_addr
+            if before_reach <= a_addr and inside_reach <= b_addr:
+                break
+            if before_reach > a_addr:
+                run[0] = (int(starts[k0 - 1]) - base) // page_size // up * up
+            if inside_reach > b_addr:
+                run[1] = -(-(inside_reach - base) // (up * page_size)) * up
+    merged: list[list[int]] = []
+    for a, b in runs:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return np.array(merged, dtype=np.int64).reshape(-1, 2)
 
 
 def plan_around_pins(planner, starts, totals, live, base: int, page_size: int, hpage_pages: int,
-                     used_pages: int, prefix: int, *args) -> Plan:
-    """``planner`` (heap.plan.plan_remap or plan_slide) over the arena above a
-    pinned prefix of ``prefix`` pages, the prefix kept in place: one identity
-    piece in front of the planner's pieces, its live objects at their own
-    addresses. ``args``: the planner's own trailing arguments (after
-    ``hpage_pages``, and for plan_remap after ``used_pages``)."""
-    remap = len(args) > 0  # plan_remap takes (used_pages, dense); plan_slide stops at hpage_pages
-    cut = base + prefix * page_size
-    k = int(np.searchsorted(starts, cut, side="left"))
+                     used_pages: int, units: np.ndarray, *args) -> Plan:
+    """``planner`` (heap.plan.plan_remap or plan_slide) over each stretch of
+    the arena between the pinned ``units`` (``pinned_units``), which stay where
+    they are: a stretch is compacted towards its own start, as the whole arena
+    would be. ``args``: the planner's own trailing arguments (plan_remap's
+    ``dense``; none for plan_slide).
+
+    Remap plans keep one contiguous to-space (the install program and the
+    installers need a source for every page below the top): the pages a
+    stretch no longer fills, up to the next pinned unit, are given as sources
+    the stretch's from-space pages its plan did not use, marked rebuilt -- the
+    stop-the-world install moves them in as they are (garbage nobody reads:
+    no object starts there), a concurrent install assembles them from no
+    evacuee (zero pages) and never reads the from-space for them."""
+    remap = len(args) > 0
+    ps, up = page_size, hpage_pages or 1
+    rows, new, evac, efrom, eto = [], [], [], [], []
+    pdst, psrc, pn, prebuilt = [], [], [], []
+    rebuilt_pages = whole_pages = 0
+    cursor = 0  # first page of the current stretch
+    bounds = units.tolist() + [[used_pages, used_pages]]
+    for n_unit, (lo, hi) in enumerate(bounds):
+        last = n_unit == len(bounds) - 1
+        a, b = np.searchsorted(starts, (base + cursor * ps, base + lo * ps))
+        seg = base + cursor * ps
+        if remap:
+            sub = planner(starts[a:b], totals[a:b], live[a:b], seg, ps, hpage_pages, lo - cursor, *args)
+        else:
+            sub = planner(starts[a:b], totals[a:b], live[a:b], seg, ps, hpage_pages)
+        rows.append(sub.live_rows + a)
+        new.append(sub.new_starts)
+        if remap:
+            evac.append(sub.evacuated)
+            efrom.append(sub.evac_from + cursor * ps)
+            eto.append(sub.evac_to + cursor * ps)
+            pdst.append(sub.piece_dst + cursor)
+            psrc.append(sub.piece_src + cursor)
+            pn.append(sub.piece_n)
+            prebuilt.append(sub.piece_rebuilt)
+            rebuilt_pages += sub.rebuilt_pages
+            whole_pages += sub.whole_pages
+        if last:
+            end_pages = cursor + sub.end_pages
+            break
+        if remap and cursor + sub.end_pages < lo:  # the stretch's gap: sources its plan left unused
+            used = np.zeros(lo - cursor, dtype=bool)
+            for s, n in zip(sub.piece_src.tolist(), sub.piece_n.tolist()):
+                used[s:s + n] = True
+            free = np.flatnonzero(~used)[::up] + cursor
+            gap = np.arange(cursor + sub.end_pages, lo, up, dtype=np.int64)
+            if free.size != gap.size:
+                raise HeapCorrupted("pinning", f"the stretch of pages [{cursor}, {lo}) plans {gap.size} units "
+                                    f"below the pinned unit but leaves {free.size} from-space units unused")
+            pdst.append(gap)
+            psrc.append(free)
+            pn.append(np.full(gap.size, up, dtype=np.int64))
+            prebuilt.append(np.ones(gap.size, dtype=bool))
+            rebuilt_pages += gap.size * up
+        # the pinned unit: its live objects where they are, its pages back at their own place
+        c, d = np.searchsorted(starts, (base + lo * ps, base + hi * ps))
+        kept = np.flatnonzero(live[c:d]) + c
+        rows.append(kept)
+        new.append(starts[kept])
+        if remap:
+            evac.append(np.zeros(kept.size, dtype=bool))
+            pdst.append(np.array([lo], dtype=np.int64))
+            psrc.append(np.array([lo], dtype=np.int64))
+            pn.append(np.array([hi - lo], dtype=np.int64))
+            prebuilt.append(np.zeros(1, dtype=bool))
+            whole_pages += hi - lo
+        cursor = hi
+    # bump allocation resumes on a fresh page after a collection around pins: no page's
+    # tail has to be cleared for it, whichever way a compactor finds the last object's page
+    plan = Plan(live_rows=np.concatenate(rows), new_starts=np.concatenate(new), end_pages=end_pages,
+                last_object_end=0)
     if remap:
-        sub = planner(starts[k:], totals[k:], live[k:], cut, page_size, hpage_pages, used_pages - prefix, *args)
-    else:
-        sub = planner(starts[k:], totals[k:], live[k:], cut, page_size, hpage_pages)
-    kept = np.flatnonzero(live[:k])
-    nkept = kept.size
-    plan = Plan(
-        live_rows=np.concatenate([kept, sub.live_rows + k]),
-        new_starts=np.concatenate([starts[kept], sub.new_starts]),
-        end_pages=prefix + sub.end_pages,
-        # bump allocation resumes on a fresh page after a collection around pins: no page's
-        # tail (in the prefix, or the sub-plan's last one) has to be cleared for it
-        last_object_end=0,
-    )
-    if remap:
-        off = prefix * page_size
-        lead = [np.array([0], dtype=np.int64)] if prefix else []
-        plan.evacuated = np.concatenate([np.zeros(nkept, dtype=bool), sub.evacuated])
-        plan.evac_from = sub.evac_from + off
-        plan.evac_to = sub.evac_to + off
-        plan.piece_dst = np.concatenate(lead + [sub.piece_dst + prefix])
-        plan.piece_src = np.concatenate(lead + [sub.piece_src + prefix])
-        plan.piece_n = np.concatenate(([np.array([prefix], dtype=np.int64)] if prefix else []) + [sub.piece_n])
-        plan.piece_rebuilt = np.concatenate(([np.zeros(1, dtype=bool)] if prefix else []) + [sub.piece_rebuilt])
-        plan.rebuilt_pages = sub.rebuilt_pages
-        plan.whole_pages = prefix + sub.whole_pages
+        plan.evacuated = np.concatenate(evac)
+        plan.evac_from, plan.evac_to = np.concatenate(efrom), np.concatenate(eto)
+        plan.piece_dst, plan.piece_src = np.concatenate(pdst), np.concatenate(psrc)
+        plan.piece_n, plan.piece_rebuilt = np.concatenate(pn), np.concatenate(prebuilt)
+        plan.rebuilt_pages, plan.whole_pages = rebuilt_pages, whole_pages
     return plan

@@ -116,22 +116,31 @@ def test_pins_nest_and_unpinning_lets_the_object_move_again(heap, mode):
 
 
 @pytest.mark.timeout(120)
-def test_objects_below_a_pin_keep_their_place_and_the_dead_ones_come_back_after_unpin(heap, mode):
+def test_objects_below_and_above_a_pin_move_and_its_room_comes_back_after_unpin(heap, mode):
     _, concurrent = mode
     below = [heap.alloc(3000) for _ in range(10)]
-    survivor = below[5]
+    low = below[5]
+    low.write(b"low" * 1000)
     del below
     pinned = heap.alloc(100)
+    pinned.write(b"p" * 100)
     heap.pin(pinned)
-    s_where = survivor.address
+    above = [heap.alloc(3000) for _ in range(10)]
+    high = above[7]
+    high.write(b"high" * 750)
+    del above
+    l_where, p_where, h_where = low.address, pinned.address, high.address
     heap.collect(concurrent=concurrent)
-    assert survivor.address == s_where  # in the pinned prefix: kept in place
-    assert plan_event(heap)["pinned_pages"] >= 1
-    live = heap.stats().live_bytes
+    assert low.address < l_where  # slid down towards the arena base, below the pin
+    assert pinned.address == p_where
+    assert p_where < high.address < h_where  # slid down towards the pinned unit's end
+    assert plan_event(heap)["pinned_pages"] == 1
+    free_pinned = heap.stats().free_bytes
     heap.unpin(pinned)
     heap.collect(concurrent=concurrent)
-    assert survivor.address < s_where  # now it slides down over the dead ones
-    assert heap.stats().live_bytes == live
+    assert pinned.address < p_where  # unpinned: it moves like any object
+    assert heap.stats().free_bytes > free_pinned  # the room the pin held is back
+    assert (low.read(3000), pinned.read(100), high.read(3000)) == (b"low" * 1000, b"p" * 100, b"high" * 750)
     heap.verify()
 
 
