@@ -10,8 +10,9 @@ object in them; the stretches of the arena between them are each compacted
 towards their own start, as the whole arena is when nothing is pinned
 (``plan_around_pins``). So the objects below a pinned object move too; what
 a pin costs is the room between the end of a compacted stretch and the
-pinned unit above it, which stays empty (below the heap top: not reused
-until the pin goes). The remap compactors move a pinned unit's pages out
+pinned unit above it: below the heap top, so nothing is placed there, and
+its pages stay resident (old bytes, or zero pages after a concurrent
+install) until a collection after the pin goes. The remap compactors move a pinned unit's pages out
 with the flip and back in with the install, whole, zero-copy: the same
 physical pages, at the same addresses, with the same bytes; a stop-the-world
 collection does it inside the pause, a concurrent one during its install (a
