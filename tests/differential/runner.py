@@ -444,20 +444,23 @@ class Runner:
     def would_block(self, a: int) -> bool:
         return bool(self.registered.get(a)) and self.k.page_info(a).state == "none"
 
+    def stop_at(self, a: int, need: int) -> str | None:
+        """Why a user-mode access needing ``need`` (PROT_READ or PROT_WRITE) stops at page ``a``:
+        "segv" (unmapped or protected), "would-block" (a registered missing page), or None."""
+        prot = self.mapped.get(a)
+        if prot is None or not prot & need:
+            return "segv"
+        return "would-block" if self.would_block(a) else None
+
     def do_Write(self, st: S.Write):
         start = self.addr(st.at)
-        done = []
         for i, a in enumerate(self.page_addrs(start, st.pages)):
-            prot = self.mapped.get(a)
-            if prot is None or not prot & PROT_WRITE:
-                done.append("segv")
-                break
-            if self.would_block(a):
-                done.append("would-block")
-                break
+            stop = self.stop_at(a, PROT_WRITE)
+            if stop:
+                return stop
             self.writes += 1
             self.k.store(a, self.page_pattern(st.at, start, i))
-        return None if not done else done[0]
+        return None
 
     def page_pattern(self, at: S.Addr, start: int, i: int) -> bytes:
         """The contents the current write puts into page ``i`` from ``at``: its name and the write's number."""
@@ -470,11 +473,9 @@ class Runner:
         userfault before it reaches its first faulting page? (It goes page by
         page in address order, so nothing after that page matters.)"""
         for a in self.page_addrs(start, pages):
-            prot = self.mapped.get(a)
-            if prot is None or not prot & need:
-                return False
-            if self.would_block(a):
-                return True
+            stop = self.stop_at(a, need)
+            if stop:
+                return stop == "would-block"
         return False
 
     def do_Store(self, st: S.Store):
@@ -495,30 +496,20 @@ class Runner:
         start = self.addr(st.at)
         seen = []
         for a in self.page_addrs(start, st.pages):
-            prot = self.mapped.get(a)
-            if prot is None or not prot & PROT_READ:
-                seen.append("segv")
-                break
-            if self.would_block(a):
-                seen.append("would-block")
+            stop = self.stop_at(a, PROT_READ)
+            if stop:
+                seen.append(stop)
                 break
             seen.append(content_tag(self.k.load(a, PS)))
         return " ".join(compress(seen))
 
     def do_Memmove(self, st: S.Memmove):
         dst, src = self.addr(st.dst), self.addr(st.src)
-        for a in self.page_addrs(src, st.pages):
-            prot = self.mapped.get(a)
-            if prot is None or not prot & PROT_READ:
-                return "segv"
-            if self.would_block(a):
-                return "would-block"
-        for a in self.page_addrs(dst, st.pages):
-            prot = self.mapped.get(a)
-            if prot is None or not prot & PROT_WRITE:
-                return "segv"
-            if self.would_block(a):
-                return "would-block"
+        for pages, need in ((self.page_addrs(src, st.pages), PROT_READ), (self.page_addrs(dst, st.pages), PROT_WRITE)):
+            for a in pages:
+                stop = self.stop_at(a, need)
+                if stop:
+                    return stop
         self.k.memmove(dst, src, st.pages * PS)
 
     # -- processes -----------------------------------------------------------
