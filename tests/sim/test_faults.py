@@ -9,7 +9,6 @@ wake rules beyond it, with the simulator's fault counters.
 from __future__ import annotations
 
 import errno
-import threading
 import time
 
 import numpy as np
@@ -21,31 +20,11 @@ from heap.kernel import (
     FaultEvent,
 )
 
+from tests.kernel.kernel_helpers import Faulter
+
 from .conftest import HP, PS
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Access(threading.Thread):
-    """A thread doing one memory access, which may block in a userfault."""
-
-    def __init__(self, fn):
-        super().__init__(daemon=True)
-        self.fn = fn
-        self.result = None
-        self.error = None
-
-    def run(self):
-        try:
-            self.result = self.fn()
-        except Exception as exc:  # reported by the test
-            self.error = exc
-
-
-def start(fn) -> Access:
-    t = Access(fn)
-    t.start()
-    return t
 
 
 def wait_blocked(k, n=1, timeout=5.0):
@@ -56,11 +35,6 @@ def wait_blocked(k, n=1, timeout=5.0):
                 return
         time.sleep(0.001)
     raise AssertionError("the access did not block")
-
-
-def still_blocked(t: Access, for_s=0.05) -> bool:
-    t.join(for_s)
-    return t.is_alive()
 
 
 @pytest.fixture
@@ -83,22 +57,21 @@ ACCESSES = [
 def test_missing_page_blocks_and_reports_one_event(k, uffd, area, access, write):
     a, src = area
     spare = k.mmap(PS)
-    t = start(lambda: access(k, a + 3 * PS + 8, spare))
+    t = Faulter(lambda: access(k, a + 3 * PS + 8, spare))
     events = uffd.read_events(timeout=5)
     assert events == [FaultEvent(address=a + 3 * PS, write=write)]
-    assert still_blocked(t)
+    assert t.blocked(0.05)
     assert uffd.read_events(timeout=0) == []  # each fault is reported once
     uffd.move(a + 3 * PS, src + 3 * PS, PS)
-    t.join(5)
-    assert not t.is_alive() and t.error is None
+    t.finish(5)
     assert k.counters.faults_raised == 1 and k.counters.faults_served == 1
 
 
 def test_move_wakes_only_the_moved_prefix(k, uffd, area):
     a, src = area
     uffd.copy(a + 2 * PS, src, PS)  # dst page 2 populated: the move will stop there
-    t1 = start(lambda: k.load(a + PS, 1))
-    t3 = start(lambda: k.load(a + 3 * PS, 1))
+    t1 = Faulter(lambda: k.load(a + PS, 1))
+    t3 = Faulter(lambda: k.load(a + 3 * PS, 1))
     wait_blocked(k, 2)
     err = None
     try:
@@ -106,69 +79,67 @@ def test_move_wakes_only_the_moved_prefix(k, uffd, area):
     except OSError as exc:
         err = exc
     assert err.errno == errno.EAGAIN and err.moved == 2 * PS
-    t1.join(5)
-    assert not t1.is_alive()
-    assert still_blocked(t3)
+    t1.finish(5)
+    assert t3.blocked(0.05)
     # the woken fault left the queue unread; the other is still pending
     assert [e.address for e in uffd.read_events(timeout=0)] == [a + 3 * PS]
     uffd.wake(a + 3 * PS, PS)  # woken with nothing there: it faults again
     assert uffd.read_events(timeout=5) == [FaultEvent(a + 3 * PS, False)]
     uffd.zeropage(a + 3 * PS, PS)
-    t3.join(5)
-    assert not t3.is_alive()
+    t3.finish(5)
 
 
 def test_copy_dontwake_then_wake(k, uffd, area):
     a, src = area
-    t = start(lambda: k.load(a + PS, 1))
+    t = Faulter(lambda: k.load(a + PS, 1))
     wait_blocked(k)
     uffd.copy(a + PS, src + 4 * PS, PS, UFFDIO_COPY_MODE_DONTWAKE)
-    assert still_blocked(t)
+    assert t.blocked(0.05)
     uffd.wake(a, 16 * PS)
-    t.join(5)
+    t.finish(5)
     assert t.result == bytes([5])
 
 
 def test_nothing_moved_wakes_nobody(k, uffd, area):
     a, src = area
-    t = start(lambda: k.load(a, 1))
+    t = Faulter(lambda: k.load(a, 1))
     wait_blocked(k)
     with pytest.raises(OSError):
         uffd.move(a, src + 20 * PS, PS)  # src outside its VMA: nothing moved
-    assert still_blocked(t)
+    assert t.blocked(0.05)
     uffd.zeropage(a, PS)
-    t.join(5)
+    t.finish(5)
 
 
 def test_wake_of_a_page_still_missing_refaults(k, uffd, area):
     a, _ = area
-    t = start(lambda: k.load(a, 1))
+    t = Faulter(lambda: k.load(a, 1))
     assert uffd.read_events(timeout=5) == [FaultEvent(a, False)]
     uffd.wake(a, PS)
     assert uffd.read_events(timeout=5) == [FaultEvent(a, False)]
     assert k.counters.faults_raised == 2
     uffd.zeropage(a, PS)
-    t.join(5)
+    t.finish(5)
 
 
 def test_unregister_wakes_and_the_access_is_demand_filled(k, uffd, area):
     a, _ = area
-    t = start(lambda: k.load(a, 1))
+    t = Faulter(lambda: k.load(a, 1))
     wait_blocked(k)
     uffd.unregister(a, 16 * PS)
-    t.join(5)
+    t.finish(5)
     assert t.result == b"\0" and k.page_info(a).state == "zero"
 
 
 def test_many_threads_each_report_their_fault(k, uffd, area):
     a, src = area
-    threads = [start(lambda i=i: k.load(a + i * PS, 1)) for i in range(4)]
+    threads = [Faulter(lambda i=i: k.load(a + i * PS, 1)) for i in range(4)]
     wait_blocked(k, 4)
     events = uffd.read_events(timeout=5)
     assert sorted(e.address for e in events) == [a + i * PS for i in range(4)]
     uffd.move(a, src, 4 * PS)
     for i, t in enumerate(threads):
-        t.join(5)
+        t.finish(5)
         assert t.result == bytes([i + 1])
 
 
@@ -177,12 +148,12 @@ def test_store_words_writes_before_the_blocking_page_first(k, uffd):
     k.store(a, b"\0")  # page 0 present, page 1 missing once registered
     uffd.register(a, 4 * PS)
     addrs = np.array([a, a + PS, a + 8], dtype=np.uint64)
-    t = start(lambda: k.store_words(addrs, np.array([1, 2, 3], dtype=np.uint64)))
+    t = Faulter(lambda: k.store_words(addrs, np.array([1, 2, 3], dtype=np.uint64)))
     wait_blocked(k)
     assert k.load_words(np.array([a], dtype=np.uint64))[0] == 1  # done before blocking
     assert k.load_words(np.array([a + 8], dtype=np.uint64))[0] == 0  # not yet
     uffd.zeropage(a + PS, PS)
-    t.join(5)
+    t.finish(5)
     assert list(k.load_words(addrs)) == [1, 2, 3]
 
 
@@ -190,11 +161,11 @@ def test_thp_eligible_region_userfaults_without_a_pte_table(k, uffd):
     a = k.mmap(2 * HP, align=HP)
     k.madvise(a, 2 * HP, MADV_HUGEPAGE)
     uffd.register(a, 2 * HP)
-    t = start(lambda: k.load(a, 1))
+    t = Faulter(lambda: k.load(a, 1))
     wait_blocked(k)
     assert k.pmd_kind(a) == "none"  # the PMD fault path asked userspace first
     uffd.zeropage(a, PS)
-    t.join(5)
+    t.finish(5)
     assert k.pmd_kind(a) == "table"
 
 
@@ -214,10 +185,10 @@ def test_kernel_mode_fault_blocks_without_user_mode_only(k, area):
     u2.register(s2, 4 * PS)
     d = k.mmap(4 * PS)
     u2.register(d, 4 * PS)
-    t = start(lambda: u2.copy(d, s2, PS))
+    t = Faulter(lambda: u2.copy(d, s2, PS))
     assert u2.read_events(timeout=5) == [FaultEvent(s2, False)]
     u2.zeropage(s2, PS)
-    t.join(5)
+    t.finish(5)
     assert t.result == PS
     u2.close()
 
@@ -253,17 +224,16 @@ def test_non_cooperative_event_blocks_its_caller_and_moves_until_read(k, feature
     for i in range(16):
         k.store(base + i * PS, b"x")
     u.register(base, 16 * PS)
-    t = start(lambda: call(k, base))
+    t = Faulter(lambda: call(k, base))
     deadline = time.monotonic() + 5
     while u.mmap_changing == 0 and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert still_blocked(t)
+    assert t.blocked(0.05)
     with pytest.raises(OSError) as exc:
         u.move(base + 2 * PS, src, PS)  # never reached: the event is pending
     assert (exc.value.errno, exc.value.moved) == (errno.EAGAIN, 0)
     assert u.read_events(timeout=0) == []  # read (so completed), but not a page fault
-    t.join(5)
-    assert not t.is_alive() and t.error is None
+    t.finish(5)
     assert after(k, base, t.result)
     u.unregister(base, 8 * PS)
     k.madvise(base + 2 * PS, PS, 4)
@@ -284,10 +254,9 @@ def test_kernel_close_releases_every_blocked_thread(k):
     b = k.mmap(4 * PS)
     u1.register(a, 4 * PS)
     u2.register(b, 4 * PS)
-    threads = [start(lambda: k.load(a, 1)), start(lambda: k.store(b, b"z"))]
+    threads = [Faulter(lambda: k.load(a, 1)), Faulter(lambda: k.store(b, b"z"))]
     wait_blocked(k, 2)
     k.close()
     for t in threads:
-        t.join(5)
-        assert not t.is_alive() and t.error is None
+        t.finish(5)
     assert k.load(b, 1) == b"z"
