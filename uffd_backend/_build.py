@@ -109,6 +109,7 @@ int64_t rgc_selfserve_release(void);
 int64_t rgc_selfserve_installed(void);
 int64_t rgc_selfserve_add(struct rgc_selfserve *s);
 int64_t rgc_selfserve_remove(struct rgc_selfserve *s, int64_t timeout_ms);
+int64_t rgc_selfserve_stats(int64_t *out);
 """
 
 

@@ -275,6 +275,15 @@ class LinuxSelfService:
         return self.latencies[: min(int(self.counters[LATENCIES]), self.latencies.size)].copy()
 
 
+def sigbus_table() -> dict:
+    """The SIGBUS handler's table: heaps served now, and the SIGBUS it passed on
+    (at no heap's address, while a self-serving uffd was open) with the last address,
+    and those of a cycle that had just ended (``late``: the access ran again)."""
+    out = ffi.new("int64_t[4]")
+    lib.rgc_selfserve_stats(out)
+    return {"entries": int(out[0]), "passed_on": int(out[1]), "last_passed_on": int(out[2]), "late": int(out[3])}
+
+
 def sigbus_handler_installed() -> bool:
     """Whether SIGBUS is handled by the self-service handler now."""
     return lib.rgc_selfserve_installed() == 1

@@ -30,6 +30,38 @@ static struct rgc_selfserve *rgc_ss_table[RGC_SS_MAX];
 static int64_t rgc_ss_inflight;
 static struct sigaction rgc_ss_prev;
 static int rgc_ss_users;  /* self-serving uffds open (Python serialises acquire/release) */
+static int64_t rgc_ss_misses, rgc_ss_last_miss;  /* SIGBUS (BUS_ADRERR) at no heap's address, passed on */
+
+/* Ranges whose cycle ended lately. A fault taken just before a cycle's end
+   (its arena still registered) can reach the handler after the entry left
+   the table: the access must run again (the page is in, or the arena
+   unregistered), not fail. Bounded per thread, so that a real bus error
+   at such an address (the arena since unmapped and reused) still goes on
+   to the previous handler. */
+#define RGC_SS_RETIRED 64
+#define RGC_SS_RETIRED_RETRIES 64
+static uint64_t rgc_ss_retired[RGC_SS_RETIRED][2];
+static int64_t rgc_ss_retired_next;
+static __thread uint64_t rgc_ss_retry_addr __attribute__((tls_model("initial-exec")));
+static __thread int rgc_ss_retry_count __attribute__((tls_model("initial-exec")));
+static int64_t rgc_ss_late;  /* SIGBUS of a cycle that had just ended: the access ran again */
+
+static int rgc_ss_lately_served(uint64_t addr)
+{
+    for (int i = 0; i < RGC_SS_RETIRED; i++) {
+        uint64_t lo = __atomic_load_n(&rgc_ss_retired[i][0], __ATOMIC_ACQUIRE);
+        uint64_t hi = __atomic_load_n(&rgc_ss_retired[i][1], __ATOMIC_ACQUIRE);
+        if (lo <= addr && addr < hi) {
+            uint64_t page = addr & ~(uint64_t)4095;
+            if (rgc_ss_retry_addr != page) { rgc_ss_retry_addr = page; rgc_ss_retry_count = 0; }
+            if (++rgc_ss_retry_count > RGC_SS_RETIRED_RETRIES) return 0;
+            __atomic_add_fetch(&rgc_ss_late, 1, __ATOMIC_RELAXED);
+            sched_yield();  /* the cycle's end (unregister) is under way in another thread */
+            return 1;
+        }
+    }
+    return 0;
+}
 
 static int64_t rgc_ss_now_ns(void)
 {
@@ -112,7 +144,14 @@ int rgc_selfserve_fault(int sig, siginfo_t *info)
         errno = saved_errno;
     }
     __atomic_sub_fetch(&rgc_ss_inflight, 1, __ATOMIC_SEQ_CST);
-    return mine != NULL;
+    if (mine) {
+        rgc_ss_retry_addr = 0;
+        return 1;
+    }
+    if (rgc_ss_lately_served(addr)) return 1;
+    __atomic_add_fetch(&rgc_ss_misses, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&rgc_ss_last_miss, (int64_t)addr, __ATOMIC_RELAXED);
+    return 0;
 }
 
 static void rgc_ss_sigbus(int sig, siginfo_t *info, void *uctx)
@@ -205,10 +244,26 @@ int64_t rgc_selfserve_remove(struct rgc_selfserve *s, int64_t timeout_ms)
             found = 1;
     }
     if (!found) return -ENOENT;
+    int64_t slot = __atomic_fetch_add(&rgc_ss_retired_next, 1, __ATOMIC_RELAXED) % RGC_SS_RETIRED;
+    __atomic_store_n(&rgc_ss_retired[slot][0], s->lo, __ATOMIC_RELEASE);
+    __atomic_store_n(&rgc_ss_retired[slot][1], s->hi, __ATOMIC_RELEASE);
     int64_t deadline = rgc_ss_now_ns() + timeout_ms * 1000000;
     while (__atomic_load_n(&rgc_ss_inflight, __ATOMIC_SEQ_CST)) {
         if (rgc_ss_now_ns() > deadline) return -ETIMEDOUT;
         rgc_ss_nap(50000);
     }
+    return 0;
+}
+
+/* For diagnostics: [entries in the table, SIGBUS passed on while a self-serving uffd was open,
+   the last such address, SIGBUS of a cycle that had just ended (the access ran again)]. */
+int64_t rgc_selfserve_stats(int64_t *out)
+{
+    out[3] = __atomic_load_n(&rgc_ss_late, __ATOMIC_RELAXED);
+    int64_t n = 0;
+    for (int i = 0; i < RGC_SS_MAX; i++) n += __atomic_load_n(&rgc_ss_table[i], __ATOMIC_SEQ_CST) != NULL;
+    out[0] = n;
+    out[1] = __atomic_load_n(&rgc_ss_misses, __ATOMIC_RELAXED);
+    out[2] = __atomic_load_n(&rgc_ss_last_miss, __ATOMIC_RELAXED);
     return 0;
 }
