@@ -2,8 +2,8 @@
 
 ``Heap.collect(concurrent=True, wait=False)`` (``heap.concurrent.collect_concurrent``
 with ``wait=False``) runs the pause, starts the cycle's install and returns a
-``BackgroundCollection`` at once. The cycle's compactor thread ends the
-collection when every page is installed (``ConcurrentCycle.then``): it
+``BackgroundCollection`` at once. When the cycle's compactor thread is done
+(``ConcurrentCycle.then``) a short-lived thread ends the collection: it
 raises nothing there; an error is kept for ``wait``/``result``. Whatever
 comes first settles a running cycle: the compactor thread, a later
 ``collect``, ``close``, ``os.fork`` (heap.forksafety quiesces the heap), or
@@ -36,13 +36,21 @@ class BackgroundCollection:
         self.error: BaseException | None = None
         self._ended = threading.Event()  # the compactor thread's end of the cycle has run
         self._ending = threading.Lock()  # held by the one thread that runs it
+        self._finisher: threading.Thread | None = None
         if cycle is None:
             self._ended.set()
 
     def _end_from_compactor(self) -> None:
-        """In the compactor thread, once it is done: end the cycle (or leave its error to the caller)."""
+        """Once the compactor is done (called in its thread): end the cycle in a
+        thread of its own. Not in the compactor's: ending takes the heap lock,
+        and whoever settles the cycle meanwhile (collect, close, a fork's
+        quiesce) holds it while it joins the compactor."""
         if not self._ending.acquire(blocking=False):
             return  # the other one of (the compactor thread, start_background) runs it
+        self._finisher = threading.Thread(target=self._end, name="remapgc-finisher", daemon=True)
+        self._finisher.start()
+
+    def _end(self) -> None:
         try:
             self._heap.end_concurrent(self._cycle)
         except BaseException as exc:  # kept for wait(); the next heap operation completes the install
@@ -61,6 +69,8 @@ class BackgroundCollection:
         if self._cycle is not None:
             if not self._ended.wait(timeout):
                 raise TimeoutError(f"the background collection is still installing after {timeout} s")
+            if self._finisher is not None:
+                self._finisher.join(timeout)  # it has just set _ended: returning
             if self.error is not None:
                 raise self.error
             # another thread (a collect, close, fork) may have ended it: its counting is the last step

@@ -113,7 +113,9 @@ class ConcurrentCycle:
         self.compactor_done = threading.Event()
         self.finished = False  # threads stopped, arena unregistered
         self.ended = threading.Event()  # the collection ended (its stats are final), or the heap closed
-        self.then: Callable[[], None] | None = None  # run by the compactor thread once it is done (background)
+        # background collection (heap.background): run once the compactor is done, in a thread of its
+        # own (it needs the heap lock, which whoever settles the cycle holds while it joins the compactor)
+        self.then: Callable[[], None] | None = None
         self._finish_lock = threading.Lock()
         self.install_started = 0
         self.handler = FaultHandler(self)
@@ -147,7 +149,7 @@ class ConcurrentCycle:
             log.error("gc_concurrent_compactor_stopped", error=repr(exc))
         finally:
             self.compactor_done.set()
-            if self.then is not None:  # a background collection: end the cycle from here
+            if self.then is not None:  # a background collection: end the cycle
                 self.then()
 
     def corrupted(self, exc: BaseException) -> HeapCorrupted:
