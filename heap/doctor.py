@@ -18,7 +18,8 @@ import platform
 import sys
 
 from heap.backends import choose_auto, linux_disabled_reason, open_kernel, probe_move
-from heap.kernel import UFFD_FEATURE_MOVE, KernelUnsupported
+from heap.faultmode import choose_fault_mode
+from heap.kernel import UFFD_FEATURE_MOVE, UFFD_FEATURE_SIGBUS, KernelUnsupported
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 
@@ -88,7 +89,8 @@ def report() -> dict:
         kernel, why = choose_auto()
         auto = kernel.name
     except Exception as exc:  # e.g. the simulator is not installed: report it, don't crash
-        auto, why = None, f"open_kernel('auto') fails: {type(exc).__name__}: {exc}"
+        kernel, auto, why = None, None, f"open_kernel('auto') fails: {type(exc).__name__}: {exc}"
+    faults, faults_why = _fault_mode(kernel)
     sysctl = _read("/proc/sys/vm/unprivileged_userfaultfd")
     diagnostics = linux["diagnostics"] or {}
     paths = diagnostics.get("userfaultfd", {})
@@ -120,7 +122,20 @@ def report() -> dict:
         "thp": _thp(),
         "auto_backend": auto,
         "auto_reason": why,
+        "sigbus_offered": any(v.get("features", 0) & UFFD_FEATURE_SIGBUS for v in paths.values() if v.get("ok")),
+        "faults_auto": faults,
+        "faults_reason": faults_why,
     }
+
+
+def _fault_mode(kernel) -> tuple[str | None, str]:
+    """What Heap(faults="auto") picks on the auto backend, and why (heap.faultmode: a measurement)."""
+    if kernel is None:
+        return None, "no backend"
+    try:
+        return choose_fault_mode("auto", kernel)
+    finally:
+        kernel.close()
 
 
 def _yes(flag) -> str:
@@ -158,6 +173,8 @@ def render(rep: dict) -> None:
                   f"enabled={thp['enabled']}, defrag={thp['defrag']}, use_zero_page={thp['use_zero_page']}, "
                   f"PMD size={thp['hpage_pmd_size']}")
     table.add_row("open_kernel('auto') picks", f"[bold]{rep['auto_backend']}[/bold]: {rep['auto_reason']}")
+    table.add_row("UFFD_FEATURE_SIGBUS offered", _yes(rep["sigbus_offered"]))
+    table.add_row("Heap(faults='auto') picks", f"[bold]{rep['faults_auto']}[/bold]: {rep['faults_reason']}")
     Console().print(table)
 
 

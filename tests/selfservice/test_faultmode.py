@@ -1,0 +1,53 @@
+"""Heap(faults=...): the fault mode asked for, or chosen by measurement, and
+what remapgc doctor says about it."""
+
+from __future__ import annotations
+
+import pytest
+
+from heap import Heap
+from heap.faultmode import choose_fault_mode, measure
+from tests.backends import make_kernel, skip_linux_if_unavailable
+
+MiB = 1 << 20
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("faults", ["self", "thread"])
+def test_the_mode_asked_for_is_the_mode_the_uffd_is_opened_in(kernel_name, faults):
+    with Heap(kernel=kernel_name, size=4 * MiB, compactor="remap", faults=faults) as heap:
+        assert heap._uffd.self_serving == (faults == "self")
+
+
+@pytest.mark.timeout(60)
+def test_an_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="faults must be one of"):
+        Heap(kernel="sim", size=4 * MiB, faults="signal")
+
+
+@pytest.mark.timeout(60)
+def test_auto_on_linux_measures_both_modes_and_takes_the_faster():
+    skip_linux_if_unavailable()
+    kernel = make_kernel("linux")
+    m = measure(kernel)
+    assert m is not None and all(m[k] > 0 for k in ("self_p50_ns", "thread_p50_ns", "self_p99_ns", "thread_p99_ns"))
+    mode, why = choose_fault_mode("auto", kernel)
+    assert mode in ("self", "thread") and "measured" in why and "self-served" in why
+    with Heap(kernel="linux", size=4 * MiB, compactor="remap", faults="auto") as heap:
+        assert heap._uffd.self_serving == (mode == "self")  # measured once per process: the same choice
+
+
+@pytest.mark.timeout(60)
+def test_auto_on_the_simulator_keeps_the_handler_thread_and_says_why():
+    mode, why = choose_fault_mode("auto", make_kernel("sim"))
+    assert mode == "thread" and "no native fault service" in why
+
+
+@pytest.mark.timeout(120)
+def test_doctor_reports_the_choice_and_its_reason():
+    skip_linux_if_unavailable()
+    from heap.doctor import report
+
+    rep = report()
+    assert rep["sigbus_offered"] is True
+    assert rep["faults_auto"] in ("self", "thread") and "measured" in rep["faults_reason"]
