@@ -39,6 +39,21 @@ def uffd_features(mode: str) -> int:
     return UFFD_FEATURE_SIGBUS if mode == "self" else 0
 
 
+def self_service_refused(mode: str, uffd, kernel) -> str | None:
+    """Why a uffd opened for ``mode`` cannot serve its faults in the faulting
+    thread (None: it can, or the mode is "thread"). It needs a SIGBUS uffd
+    (a wrapper may hide that) and a handler: the accelerator's native one, or
+    the kernel's Python SIGBUS hook (the simulator's ``sigaction_sigbus``)."""
+    if mode != "self":
+        return None
+    if not getattr(uffd, "self_serving", False):
+        return f"faults='self' asked for, but {type(uffd).__name__} is not self-serving: the handler thread serves"
+    if uffd.accelerator is None and not callable(getattr(kernel, "sigaction_sigbus", None)):
+        return (f"faults='self' asked for, but neither {type(uffd).__name__} (no accelerator) nor "
+                f"{type(kernel).__name__} (no sigaction_sigbus) can serve a SIGBUS: the handler thread serves")
+    return None
+
+
 def choose_fault_mode(wanted: str, kernel) -> tuple[str, str]:
     """(mode, why) for ``Heap(faults=wanted)``."""
     if wanted not in FAULT_MODES:

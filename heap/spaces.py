@@ -21,7 +21,7 @@ import weakref
 
 from .alloc import round_up
 from .errors import RemapRefused
-from .faultmode import choose_fault_mode, uffd_features
+from .faultmode import choose_fault_mode, self_service_refused, uffd_features
 from .kernel import MADV_DONTNEED, MADV_HUGEPAGE, UFFD_FEATURE_MOVE, UFFDIO_REGISTER_MODE_MISSING, KernelUnsupported
 
 
@@ -53,6 +53,11 @@ class Spaces:
         """A userfaultfd with UFFDIO_MOVE, and the from-space beside the arena.
         Raises KernelUnsupported or OSError saying why not."""
         uffd = self.kernel.userfaultfd(UFFD_FEATURE_MOVE | uffd_features(self.faults))
+        refused = self_service_refused(self.faults, uffd, self.kernel)
+        if refused:  # a uffd that would raise SIGBUS nobody serves: the handler thread instead
+            uffd.close()
+            self.faults, self.faults_reason = "thread", refused
+            uffd = self.kernel.userfaultfd(UFFD_FEATURE_MOVE)
         if not uffd.features & UFFD_FEATURE_MOVE:
             uffd.close()
             raise KernelUnsupported(f"the kernel does not offer UFFD_FEATURE_MOVE (features {uffd.features:#x})")

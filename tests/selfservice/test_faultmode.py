@@ -51,3 +51,22 @@ def test_doctor_reports_the_choice_and_its_reason():
     rep = report()
     assert rep["sigbus_offered"] is True
     assert rep["faults_auto"] in ("self", "thread") and "measured" in rep["faults_reason"]
+
+
+@pytest.mark.timeout(60)
+def test_a_wrapper_that_hides_the_native_parts_gets_the_handler_thread_and_says_why(kernel_name):
+    """bench.wrappers hide the accelerator (and a uffd's SIGBUS mode): a SIGBUS nobody
+    could serve must not be opened, so the heap falls back to the handler thread."""
+    from bench.concurrent import PythonOnly
+    from heap.kernel import open_kernel
+    from tests.concurrent.model import Model, populate
+
+    import random
+
+    with Heap(kernel=PythonOnly(open_kernel(kernel_name)), size=4 * MiB, compactor="remap", faults="self") as heap:
+        assert not heap._uffd.self_serving
+        assert heap._spaces.faults == "thread" and "not self-serving" in heap._spaces.faults_reason
+        model = Model(heap, seed=2)
+        populate(model, 30, random.Random(2))
+        heap.collect(concurrent=True)
+        model.check_all()
