@@ -411,9 +411,18 @@ class PythonSelfService:
         self._lock = threading.Lock()
         self._prev = None
         self._active = False
+        self._late = threading.local()
 
     def cover(self, length: int) -> None:
         self.hi = self.lo + length
+
+    def _late_retry(self, addr: int) -> bool:
+        """Whether to run an access again that faulted as the cycle ended; bounded per thread and page."""
+        late = self._late.__dict__
+        page = addr // self.handler.ps
+        late["n"] = late.get("n", 0) + 1 if late.get("page") == page else 1
+        late["page"] = page
+        return late["n"] <= self.LATE_RETRIES
 
     def start(self) -> None:
         self._active = True
@@ -426,7 +435,11 @@ class PythonSelfService:
         if self.kernel.sigbus_handler == self._on_sigbus:  # else one went in over ours: ours passes everything on
             self.kernel.sigaction_sigbus(self._prev)
 
+    LATE_RETRIES = 64
+
     def _on_sigbus(self, addr: int) -> None:
+        if not self._active and self.lo <= addr < self.hi and self._late_retry(addr):
+            return  # taken just before the cycle ended: the access runs again (as sigbus.c's lately-served ranges)
         if not (self._active and self.lo <= addr < self.hi):
             if self._prev is None:
                 raise OSError(errno.EFAULT, f"SIGBUS at 0x{addr:x}, outside the heaps this handler serves")
