@@ -28,6 +28,12 @@ proxy strips that flag at random (as a kernel without it would behave).
 
 Deterministic per seed except the ``threaded`` mode (thread interleavings).
 Writes bench/results/soak.json.
+
+``--kernel linux`` runs the same cycles on the real kernel, with no
+simulator: before a MOVE of the heap's, ``bench.realfaults.RealFaults``
+makes Linux itself refuse it (EBUSY: a forked child maps the pages; EEXIST:
+another thread moved the first page first). ENOMEM from a memory cgroup is
+tested apart (bench.realfaults says why). Writes bench/results/soak_linux.json.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from pathlib import Path
 from heap import Heap
 from heap.concurrent import begin_concurrent, end_concurrent
 from heap.errors import CompactionAborted
-from heap.kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError
+from heap.kernel import UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UffdError, open_kernel
+from bench.realfaults import RealFaults
 from bench.wrappers import KernelWrapper, UffdWrapper
 from sim_backend import FaultPlan, FaultRule, SimKernel
 
@@ -98,6 +105,7 @@ class RecordingKernel(KernelWrapper):
         self.faults = faults
         self.by_op = by_op
         self.strip_holes = 0.0  # chance a MOVE loses ALLOW_SRC_HOLES (set per cycle)
+        self.real: RealFaults | None = None  # on the real kernel: the refusals arranged before a MOVE
         self.uffd: RecordingUffd | None = None  # the one the heap opened last
 
     def wrap_uffd(self, uffd) -> "RecordingUffd":
@@ -131,12 +139,20 @@ class RecordingUffd(UffdWrapper):
                 rec.by_op[f"{op} {fault_kind(exc)}"] += 1
             raise
 
+    def _real(self, fn):
+        """``fn`` with the real kernel's refusals arranged first (bench.realfaults), when armed."""
+        real = self.recorder.real
+        if real is None or not real.rules:
+            return fn
+        return lambda dsts, srcs, lengths, mode: real.move(self.inner, lambda: fn(dsts, srcs, lengths, mode),
+                                                           dsts, srcs, lengths, mode)
+
     def move(self, dst, src, length, mode=0):
-        return self._call("move", self.inner.move, dst, src, length, self._mode(mode))
+        return self._call("move", self._real(self.inner.move), dst, src, length, self._mode(mode))
 
     def move_ranges(self, dsts, srcs, lengths, mode=0):
         # the inner batched call (as the heap makes it), its error recorded once
-        return self._call("move", self.inner.move_ranges, dsts, srcs, lengths, self._mode(mode))
+        return self._call("move", self._real(self.inner.move_ranges), dsts, srcs, lengths, self._mode(mode))
 
     def copy(self, dst, src, length, mode=0):
         return self._call("copy", self.inner.copy, dst, src, length, mode)
@@ -182,19 +198,22 @@ class Tally:
 
 
 class Scenario:
-    """One seed: a heap on a SimKernel, its shadow model, and its cycles."""
+    """One seed: a heap on a SimKernel (or the real kernel), its shadow model, and its cycles."""
 
-    def __init__(self, seed: int, *, modes=MODES, menu: str = "all", verbose: bool = False):
+    def __init__(self, seed: int, *, modes=MODES, menu: str = "all", verbose: bool = False, kernel: str = "sim"):
         self.seed = seed
         self.rng = random.Random(seed)
         self.modes = modes
         self.menu = MENUS[menu]  # the fault rules to draw from
         self.verbose = verbose
         self.tally = Tally()
-        self.kernel = SimKernel(seed=seed, thp=self.rng.random() < 0.3)
+        sim_thp = self.rng.random() < 0.3
+        self.kernel = SimKernel(seed=seed, thp=sim_thp) if kernel == "sim" else open_kernel(kernel)
         # every install of every compactor goes through the recorder's userfaultfd
         self.recorder = RecordingKernel(self.kernel, random.Random(seed ^ 0x5EED), self.tally.faults,
                                         self.tally.faults_by_op)
+        if kernel != "sim":
+            self.recorder.real = RealFaults(self.kernel)
         self.heap = Heap(kernel=self.recorder, size=HEAP_BYTES, compactor="remap", thp=self.rng.random() < 0.2)
         self.objs: dict[int, Obj] = {}
         self.roots: dict[int, object] = {}  # oid -> Ref
@@ -203,6 +222,8 @@ class Scenario:
     def close(self) -> None:
         self.roots.clear()
         self.heap.close()
+        if self.recorder.real is not None:
+            self.kernel.close()
 
     def say(self, *args) -> None:
         if self.verbose:
@@ -272,6 +293,9 @@ class Scenario:
 
     # -- faults ---------------------------------------------------------------------------
     def arm(self) -> None:
+        if self.recorder.real is not None:
+            self.recorder.real.arm(self.rng)
+            return
         rules = []
         for _ in range(self.rng.choice((0, 1, 1, 2, 3))):
             outcome, ops = self.rng.choice(self.menu)
@@ -284,6 +308,12 @@ class Scenario:
     last_fired: list = []  # the rules that fired in the last cycle (reported with a failure)
 
     def disarm(self) -> None:
+        if self.recorder.real is not None:
+            fired = self.recorder.real.disarm()
+            self.last_fired = [f"{outcome} x{n}" for outcome, n in fired.items()]
+            for outcome, n in fired.items():
+                self.tally.rules_fired[f"real {outcome}"] += n
+            return
         self.last_fired = [f"{f.outcome}@{f.op}#{f.call}:p{f.page}" for f in self.kernel.fault_plan.fired]
         for f in self.kernel.fault_plan.fired:
             self.tally.rules_fired[f.outcome] += 1
@@ -448,12 +478,13 @@ class Scenario:
             self.check_all()
 
 
-def run_seed(seed: int, cycles: int, *, modes=MODES, menu: str = "all", verbose: bool = False) -> Tally:
+def run_seed(seed: int, cycles: int, *, modes=MODES, menu: str = "all", verbose: bool = False,
+             kernel: str = "sim") -> Tally:
     """Run one scenario; a failure is recorded (with its seed and cycle), not raised."""
     sc = None
     index = -1
     try:
-        sc = Scenario(seed, modes=modes, menu=menu, verbose=verbose)
+        sc = Scenario(seed, modes=modes, menu=menu, verbose=verbose, kernel=kernel)
         for index in range(cycles):
             sc.cycle(index)
     except Exception as exc:
@@ -475,12 +506,13 @@ def run_seed(seed: int, cycles: int, *, modes=MODES, menu: str = "all", verbose:
 
 
 def soak(total_cycles: int, *, cycles_per_seed: int = 20, first_seed: int = 0, modes=MODES, menu: str = "all",
-         progress=None) -> Tally:
+         progress=None, kernel: str = "sim") -> Tally:
     tally = Tally()
     seed = first_seed
     while tally.cycles < total_cycles:
         n = min(cycles_per_seed, total_cycles - tally.cycles)
-        t = run_seed(seed, n, modes=modes, menu=menu)  # a failure ends its seed early: the next seeds make up the count
+        # a failure ends its seed early: the next seeds make up the count
+        t = run_seed(seed, n, modes=modes, menu=menu, kernel=kernel)
         if t.cycles == 0 and not t.failures:
             raise RuntimeError(f"seed {seed} ran no cycle and reported no failure")
         tally.merge(t)
@@ -499,12 +531,12 @@ def report(tally: Tally, elapsed: float, args) -> dict:
     from rich.table import Table
 
     out = tally.as_dict()
-    command = f"python -m bench.soak --cycles {args.cycles}"
+    command = f"python -m bench.soak --cycles {args.cycles}" + (f" --kernel {args.kernel}" if args.kernel != "sim" else "")
     if tuple(args.modes) != MODES or args.menu != "all" or args.first_seed:
         command += f" --modes {' '.join(args.modes)} --menu {args.menu} --first-seed {args.first_seed}"
     out.update(elapsed_s=round(elapsed, 1), command=command, cycles_per_seed=args.cycles_per_seed,
-               first_seed=args.first_seed, modes=list(args.modes), menu=args.menu)
-    table = Table(title="remapgc fault-injection soak (sim)")
+               first_seed=args.first_seed, modes=list(args.modes), menu=args.menu, kernel=args.kernel)
+    table = Table(title=f"remapgc fault-injection soak ({args.kernel})")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("cycles", str(tally.cycles))
@@ -533,13 +565,16 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--menu", default="all", choices=sorted(MENUS),
                     help="fault rules to draw from: all, or moves (MOVEs refused or cut short only)")
+    ap.add_argument("--kernel", default="sim", choices=("sim", "linux"),
+                    help="linux: the real kernel, its refusals arranged by bench.realfaults (no simulator)")
     ap.add_argument("--verbose", action="store_true")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    args.out = args.out or (RESULTS if args.kernel == "sim" else RESULTS.with_name(f"soak_{args.kernel}.json"))
     logging.basicConfig(level=logging.ERROR)  # the heap's errors on stderr; its warnings and events not
     if args.seed is not None:
         t = run_seed(args.seed, args.cycles if args.cycles != 10000 else args.cycles_per_seed, modes=args.modes,
-                     menu=args.menu, verbose=True)
+                     menu=args.menu, verbose=True, kernel=args.kernel)
         print(json.dumps(t.as_dict(), indent=1))
         return 1 if t.failures else 0
     t0 = time.perf_counter()
@@ -552,7 +587,7 @@ def main(argv=None) -> int:
             print(f"  {tally.cycles} cycles, seed {seed}, losses {tally.losses}, {now - t0:.0f} s", flush=True)
 
     tally = soak(args.cycles, cycles_per_seed=args.cycles_per_seed, first_seed=args.first_seed,
-                 modes=tuple(args.modes), menu=args.menu, progress=progress)
+                 modes=tuple(args.modes), menu=args.menu, progress=progress, kernel=args.kernel)
     out = report(tally, time.perf_counter() - t0, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")

@@ -2,14 +2,19 @@
 
 The simulator's FaultPlan makes MOVE/COPY/ZEROPAGE fail at will; these tests
 make Linux 6.18 itself answer EBUSY, EEXIST (both kinds) and ENOMEM to the
-heap's install routine (``heap.install_page_range``), and check that it does
-what docs/reliability.md's table says. See ``real_kernel.py`` for how, and
-for what Linux cannot be made to give here (EINTR, EAGAIN from mmap_changing).
+heap's install routine (``heap.install.install_page_range``), and check that
+it does what docs/reliability.md's table says; and run a slice of the soak on
+the real kernel (``bench.soak --kernel linux``: EBUSY and EEXIST arranged
+before the heap's own MOVEs). ``bench.realfaults`` says how, and what Linux
+cannot be made to give here (EINTR, EAGAIN from mmap_changing).
 """
 
 from __future__ import annotations
 
 import errno
+import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -18,7 +23,7 @@ from heap import HeapCorrupted
 from heap.install import install_page_range
 from heap.kernel import UFFDIO_REGISTER_MODE_MISSING
 from tests.regressions.real_kernel import LimitedCgroup, own_memory_cgroup
-from tests.regressions.support import run_child
+from tests.regressions.support import ROOT, run_child
 
 try:
     from heap.stats import InstallCounters
@@ -101,3 +106,17 @@ def test_enomem_under_a_memory_cgroup_limit_stops_the_install_and_the_rest_insta
         out = run_child("install_under_memcg_limit", str(cg.path), timeout=100)
     assert out["errno"] == errno.ENOMEM, out
     assert out["whole"] and out["zero_copy"], out
+
+
+@pytest.mark.timeout(200)
+def test_the_soak_on_the_real_kernel_loses_nothing_under_ebusy_and_eexist(linux_kernel, tmp_path):
+    """A slice of ``python -m bench.soak --kernel linux`` (forks while the
+    heap MOVEs, a second installer beating it to a page), in a child process."""
+    out = tmp_path / "soak_linux.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--kernel", "linux", "--cycles", "120", "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["losses"] == 0 and not result["failures"]
+    faults = result["injected_faults"]
+    assert faults.get("EBUSY", 0) > 0 and faults.get("EEXIST", 0) > 0, faults
