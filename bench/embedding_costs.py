@@ -25,7 +25,6 @@ from rich.console import Console
 from rich.table import Table
 
 from heap import Heap
-from heap import weak
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embedding_costs.json"
 TARGETS_NS = {"alloc": 3000, "read": 1500, "write": 1500, "set_ref": 1500, "get_ref": 2000}
@@ -73,10 +72,10 @@ def measure(kernel: str, n: int, repeat: int) -> dict[str, float]:
             a.set_immediate(1, 7)
             out["get_immediate"] = per_op_ns(lambda i: a.get_immediate(1), n, repeat)
             out["set_immediate"] = per_op_ns(lambda i: a.set_immediate(1, i), n, repeat)
-        w = weak.weakref(h, b)
+        w = h.weakref(b)
         out["WeakRef.get"] = per_op_ns(lambda i: w.get(), n, repeat)
-        weak.identity_hash(h, b)
-        out["identity_hash"] = per_op_ns(lambda i: weak.identity_hash(h, b), n, repeat)
+        h.identity_hash(b)
+        out["identity_hash"] = per_op_ns(lambda i: h.identity_hash(b), n, repeat)
         if getattr(type(a), "__hash__", None) is not None:
             out["hash(Ref)"] = per_op_ns(lambda i: hash(a), n, repeat)
     return out

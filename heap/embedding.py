@@ -184,20 +184,32 @@ class EmbeddingAPI:
             return pins is not None and pins.pinned(self._access.own(ref))
 
     # -- references the collector does not follow (heap.weak) -----------------------------
+    def _weak(self) -> weak.EmbeddingState:
+        """The heap's weak tables (made, and registered as a root scanner, on first use)."""
+        st = weak.state_of(self)
+        if st is None:
+            with self._lock:
+                st = weak.attach(self, enter=self._ready, address=self._access.own, new_ref=self._access.issue)
+                if st.fresh:
+                    self._scanners.append(st)
+        return st
+
     def weakref(self, ref: Ref) -> WeakRef:
         """A weak reference to ``ref``'s object: ``get()`` gives a new Ref while
         it lives, None after the collection that freed it."""
-        return weak.weakref(self, ref)
+        return self._weak().weakref(ref)
 
     def finalize(self, ref: Ref, token) -> None:
         """Report ``token`` through ``finalized()`` once ``ref``'s object has died (once)."""
-        weak.finalize(self, ref, token)
+        self._weak().finalize(ref, token)
 
     def finalized(self) -> list:
         """The tokens of registered objects that died since the last call, in
-        the order collections found them (also callable from a hook or callback)."""
-        return weak.finalized(self)
+        the order collections found them (also callable from a hook or callback:
+        it makes nothing and takes no entry check)."""
+        st = weak.state_of(self)
+        return st.finalized() if st is not None else []
 
     def identity_hash(self, ref: Ref) -> int:
         """A hash of ``ref``'s object, the same for its whole life however it moves."""
-        return weak.identity_hash(self, ref)
+        return self._weak().identity_hash(ref)

@@ -156,12 +156,17 @@ class WeakRef:
 class EmbeddingState:
     """One heap's weak cells, finalization queue and identity hashes.
 
-    ``heap`` is reached through a weak reference: the heap holds this state
-    (as a root scanner), not the other way round."""
+    Made by the heap (heap.embedding), which hands it what it needs of its
+    internals: ``enter`` (the entry check every heap operation makes, with the
+    lock held), ``address`` (a Ref's current address) and ``new_ref`` (a new
+    Ref for an address). ``heap`` is reached through a weak reference: the
+    heap holds this state (as a root scanner), not the other way round."""
 
-    def __init__(self, heap):
+    def __init__(self, heap, *, enter: Callable[[], None], address: Callable[[Ref], int],
+                 new_ref: Callable[[int], Ref]):
         self._heap = _pyweakref.ref(heap)
         self.lock = heap.lock
+        self._enter, self._address, self._new_ref = enter, address, new_ref
         self.weak = WeakCells()
         self.final = WeakCells()
         self.final.on_death = self._finalized
@@ -180,17 +185,6 @@ class EmbeddingState:
         if heap is None:
             raise ReferenceError("the heap is gone")
         return heap
-
-    # -- heap internals, in one place ---------------------------------------------------------
-    def _enter(self):
-        """With the heap lock held: the entry check every heap operation makes."""
-        self.heap._ready()
-
-    def _address(self, ref: Ref) -> int:
-        return self.heap._access.own(ref)
-
-    def _new_ref(self, addr: int) -> Ref:
-        return self.heap._access.issue(addr)
 
     # -- weak references ------------------------------------------------------------------------
     def weakref(self, ref: Ref) -> WeakRef:
@@ -276,33 +270,19 @@ class EmbeddingState:
 _STATES: "_pyweakref.WeakKeyDictionary" = _pyweakref.WeakKeyDictionary()
 
 
-def state_of(heap) -> EmbeddingState:
-    """The heap's EmbeddingState, made (and registered as a root scanner) on first use."""
-    with heap.lock:
-        st = _STATES.get(heap)
-        if st is None:
-            st = _STATES[heap] = EmbeddingState(heap)
-            heap.add_root_scanner(st)
-        return st
-
-
-def weakref(heap, ref: Ref) -> WeakRef:
-    """A weak reference to ``ref``'s object (``Heap.weakref``)."""
-    return state_of(heap).weakref(ref)
-
-
-def finalize(heap, ref: Ref, token: Any) -> None:
-    """Report ``token`` through ``finalized(heap)`` once ``ref``'s object has died (``Heap.finalize``)."""
-    state_of(heap).finalize(ref, token)
-
-
-def finalized(heap) -> list[Any]:
-    """Tokens of registered objects that died since the last call (``Heap.finalized``).
-    Makes nothing and takes no entry check: callable from a hook or callback."""
+def attach(heap, **parts) -> EmbeddingState:
+    """The heap's EmbeddingState, made on first use (``parts``: EmbeddingState's
+    keyword arguments); the caller holds the heap lock and registers it as a
+    root scanner when it is new (``state.fresh``)."""
     st = _STATES.get(heap)
-    return st.finalized() if st is not None else []
+    if st is None:
+        st = _STATES[heap] = EmbeddingState(heap, **parts)
+        st.fresh = True
+    else:
+        st.fresh = False
+    return st
 
 
-def identity_hash(heap, ref: Ref) -> int:
-    """A hash of ``ref``'s object that stays the same while the object lives, however it moves."""
-    return state_of(heap).identity_hash(ref)
+def state_of(heap) -> EmbeddingState | None:
+    """The heap's EmbeddingState, if it made one (for inspection)."""
+    return _STATES.get(heap)

@@ -52,8 +52,7 @@ def test_an_immediate_that_looks_like_an_address_does_not_keep_that_object_alive
     _, concurrent = mode
     holder = heap.alloc(8, 1)
     target = heap.alloc(64)
-    from heap import weak
-    w = weak.weakref(heap, target)
+    w = heap.weakref(target)
     # the target's address with the tag bit set: a pointer-looking immediate
     holder.set_slot(0, target.address >> 1)
     word = holder.get_immediate(0) * 2 + 1

@@ -82,8 +82,7 @@ def test_a_pinned_object_is_a_root_until_unpinned(heap, mode):
     obj = heap.alloc(64)
     heap.pin(obj)
     where = obj.address
-    from heap import weak
-    w = weak.weakref(heap, obj)
+    w = heap.weakref(obj)
     del obj
     gc.collect()
     heap.collect(concurrent=concurrent)

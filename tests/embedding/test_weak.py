@@ -90,7 +90,7 @@ def make_machine(kernel_name: str, compactor: str, concurrent: bool):
         @rule(data=st.data())
         def make_weak(self, data):
             oid = data.draw(st.sampled_from(sorted(self.roots)))
-            self.weaks.append((oid, weak.weakref(self.heap, self.roots[oid])))
+            self.weaks.append((oid, self.heap.weakref(self.roots[oid])))
 
         @precondition(lambda self: self.weaks)
         @rule(data=st.data())
@@ -102,14 +102,14 @@ def make_machine(kernel_name: str, compactor: str, concurrent: bool):
         def register_finalizer(self, data):
             oid = data.draw(st.sampled_from(sorted(self.roots)))
             token = f"token-{len(self.final) + len(self.reported)}"
-            weak.finalize(self.heap, self.roots[oid], token)
+            self.heap.finalize(self.roots[oid], token)
             self.final[token] = oid
 
         @precondition(lambda self: self.roots)
         @rule(data=st.data())
         def ask_hash(self, data):
             oid = data.draw(st.sampled_from(sorted(self.roots)))
-            h = weak.identity_hash(self.heap, self.roots[oid])
+            h = self.heap.identity_hash(self.roots[oid])
             assert self.hashes.setdefault(oid, h) == h
 
         @precondition(lambda self: self.weaks)
@@ -136,7 +136,7 @@ def make_machine(kernel_name: str, compactor: str, concurrent: bool):
                 del self.edges[oid]
                 self.hashes.pop(oid, None)
             expect = sorted(t for t, oid in self.final.items() if oid in newly_dead)
-            got = weak.finalized(self.heap)
+            got = self.heap.finalized()
             assert sorted(got) == expect, "finalization reports exactly the registrations whose object died now"
             assert not self.reported & set(got), "a token is reported once"
             for t in got:
@@ -154,7 +154,7 @@ def make_machine(kernel_name: str, compactor: str, concurrent: bool):
                     ref = w.get()
                     assert ref is not None and oid_of(ref) == oid
             for oid, h in self.hashes.items():
-                assert weak.identity_hash(self.heap, self.roots[oid]) == h if oid in self.roots else True
+                assert self.heap.identity_hash(self.roots[oid]) == h if oid in self.roots else True
 
         @invariant()
         def heap_is_sound(self):
@@ -190,7 +190,7 @@ def test_a_weak_reference_follows_its_object_as_it_moves(heap):
     garbage = [heap.alloc(3000) for _ in range(30)]
     target = heap.alloc(3000)
     target.write(b"still me" * 375)
-    w = weak.weakref(heap, target)
+    w = heap.weakref(target)
     before = target.address
     del garbage
     collect(heap)
@@ -203,7 +203,7 @@ def test_a_weak_reference_follows_its_object_as_it_moves(heap):
 @pytest.mark.timeout(120)
 def test_a_weak_reference_is_cleared_by_the_collection_that_frees_its_object(heap):
     target = heap.alloc(64)
-    w = weak.weakref(heap, target)
+    w = heap.weakref(target)
     del target
     gc.collect()
     assert w.alive  # unreachable, but no collection ran yet
@@ -219,7 +219,7 @@ def test_an_object_reachable_only_through_the_heap_keeps_its_weak_reference(heap
     inner = heap.alloc(5000)
     inner.write(b"x" * 5000)
     holder.set_ref(0, inner)
-    w = weak.weakref(heap, inner)
+    w = heap.weakref(inner)
     del inner
     for _ in range(3):
         collect(heap)
@@ -233,23 +233,23 @@ def test_an_object_reachable_only_through_the_heap_keeps_its_weak_reference(heap
 def test_finalization_reports_each_registration_once(heap):
     port = heap.alloc(100)
     other = heap.alloc(100)
-    weak.finalize(heap, port, "port 3")
-    weak.finalize(heap, port, "port 3, second registration")
-    weak.finalize(heap, other, "other")
+    heap.finalize(port, "port 3")
+    heap.finalize(port, "port 3, second registration")
+    heap.finalize(other, "other")
     collect(heap)
-    assert weak.finalized(heap) == []  # both alive
+    assert heap.finalized() == []  # both alive
     del port
     collect(heap)
-    assert sorted(weak.finalized(heap)) == ["port 3", "port 3, second registration"]
+    assert sorted(heap.finalized()) == ["port 3", "port 3, second registration"]
     collect(heap)
-    assert weak.finalized(heap) == []  # never again
+    assert heap.finalized() == []  # never again
     assert weak.state_of(heap).pending_finalizers == 1
 
 
 def test_a_token_that_is_a_ref_of_the_heap_is_refused(heap):
     a = heap.alloc(8)
     with pytest.raises(ValueError, match="keep objects alive"):
-        weak.finalize(heap, a, a)
+        heap.finalize(a, a)
 
 
 @pytest.mark.timeout(120)
@@ -258,22 +258,23 @@ def test_the_identity_hash_survives_moves_and_distinguishes_objects(heap):
     for i in range(50):
         heap.alloc(2000)  # garbage in between: every kept object moves
         objs.append(heap.alloc(16))
-    hashes = [weak.identity_hash(heap, o) for o in objs]
+    hashes = [heap.identity_hash(o) for o in objs]
     addresses = [o.address for o in objs]
     collect(heap)
     assert [o.address for o in objs] != addresses
-    assert [weak.identity_hash(heap, o) for o in objs] == hashes
+    assert [heap.identity_hash(o) for o in objs] == hashes
     assert len(set(hashes)) == len(hashes)
     copy = heap.alloc(16)  # a new object at a freed address gets its own hash
-    assert weak.identity_hash(heap, copy) not in hashes
+    assert heap.identity_hash(copy) not in hashes
 
 
 @pytest.mark.timeout(120)
 def test_dead_weak_references_give_their_cells_back(heap):
     a = heap.alloc(8)
+    heap.weakref(a)  # the heap's weak tables exist from the first one
     cells = weak.state_of(heap).weak
     for _ in range(5):
-        ws = [weak.weakref(heap, a) for _ in range(100)]
+        ws = [heap.weakref(a) for _ in range(100)]
         del ws
         gc.collect()
         collect(heap)
