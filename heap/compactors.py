@@ -5,9 +5,11 @@
   it, slide the sparse pages' live objects down into the first sparse pages
   and fix every reference slot; then the heap installs every to-space page
   (``PageInstaller``: one UFFDIO_MOVE per contiguous run, all runs in one
-  batched call) before the pause ends. When no live object moves (nothing
-  died since the last collection, or only above the last live one), nothing
-  is flipped, fixed or installed: the collection costs its mark and plan.
+  batched call) before the pause ends. When no page would move whole, the
+  to-space is built in the arena itself (``slide_in_place``), nothing is
+  flipped or installed: a collection where nothing died costs its mark and
+  plan; one where every unit is sparse costs what the copying compactor's
+  does (moving pages would only add the flip and the MOVEs to the copies).
 * ``concurrent``: in heap.concurrent (``concurrent_pause``).
 * ``copy``: mark; slide every live object down with one ordered batch of
   memmoves; fix the slots; release the freed tail (inside the pause: it is
@@ -38,11 +40,8 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
             spaces.unflip()
             raise
         rows = plan.live_rows
-        if plan.in_place_pages:  # nothing moves: every object is in the arena where it was, every slot right
-            if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
-                end = plan.last_object_end
-                k.store(end, bytes(round_up(end - base, ps) + base - end))
-            ev.update(slots=0, evacuated_bytes=stats.bytes_copied)
+        if plan.in_arena:  # the to-space is built in the arena: no flip, no install
+            ev.update(slots=slide_in_place(pause, plan, marking, old, new_by_row, stats), evacuated_bytes=0)
             return
         locations = fs + (old["start"][rows] - base)
         locations[plan.evacuated] = fs + plan.evac_to
@@ -56,6 +55,35 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
     plan, _ = pause.remap(col, register_first=True, prepare_phase="fixup", prepare=fixup, roots_phase=None,
                           keep_in_place=True)
     return PageInstaller(k, spaces.uffd, plan, base, fs)
+
+
+def slide_in_place(pause: Pause, plan, marking, old, new_by_row, stats) -> int:
+    """Build the to-space in the arena itself: slide the objects that move
+    down (one ordered batch of memmoves, address order: none lands on one not
+    yet moved), clear the rest of the last object's page, fix every slot
+    (none when nothing moved). Returns the slots written."""
+    k, a, ps = pause.kernel, pause.alloc, pause.kernel.page_size
+    base = a.base
+    rows = plan.live_rows
+    srcs = old["start"][rows]
+    moving = srcs != plan.new_starts
+    slots = 0
+    if moving.any():
+        lengths = old["total"][rows][moving]
+        k.copy_ranges(plan.new_starts[moving].astype(np.uint64), srcs[moving].astype(np.uint64),
+                      lengths.astype(np.uint64))
+        stats.bytes_copied += int(lengths.sum())
+        slots = pause.fixup(plan, marking, old, new_by_row, plan.new_starts)
+    if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
+        end = plan.last_object_end
+        k.store(end, bytes(round_up(end - base, ps) + base - end))
+    # the pages above the to-space hold only the dead (and what slid down): released
+    # (with THP, the huge page under the old top may reach past it)
+    unit = a.hpage_pages or 1
+    dead_end = min(-(-a.used_pages // unit) * unit, a.size // ps)
+    if dead_end > plan.end_pages:
+        k.madvise(base + plan.end_pages * ps, (dead_end - plan.end_pages) * ps, MADV_DONTNEED)
+    return slots
 
 
 def copy_collect(pause: Pause, col: Collection) -> None:

@@ -23,7 +23,6 @@ import numpy as np
 from . import core
 from .alloc import Allocator, ObjectTable
 from .events import get_logger
-from .kernel import MADV_DONTNEED
 from .mark import IMMEDIATE, AddressIndex, Workspace, mark
 from .native import expand, slot_values
 from .objects import ObjectModel
@@ -253,10 +252,13 @@ class Pause:
         ``prepare_phase``; it undoes the flip itself if it fails before
         changing anything), then forward the roots and commit the tables
         (timed as ``roots_phase``; None: inside ``prepare_phase``, one event).
-        ``keep_in_place``: when every live object already sits where the plan
-        puts it (nothing died since the last collection, or only above the
-        last live object), nothing is flipped or installed
-        (``plan.in_place_pages``); the dead pages above are released in place.
+        ``keep_in_place`` (stop-the-world): when no page would move whole --
+        every live object already sits where the plan puts it (nothing died
+        since the last collection, or only above the last live object), or
+        every unit is sparse (the plan copies every object anyway) -- the
+        to-space is built in the arena itself: nothing is flipped or installed
+        (``plan.in_arena``); ``prepare`` slides the objects that move
+        down in place and releases the pages above.
         Returns (plan, what ``prepare`` returned). RemapRefused (from the
         flip): nothing was changed."""
         old, marking = self.mark(col)
@@ -265,16 +267,11 @@ class Pause:
         with col.clock.phase("flip") as ev:
             a = self.alloc
             used = a.used_pages
-            if keep_in_place and (plan.new_starts == old["start"][plan.live_rows]).all():
+            if keep_in_place and (plan.whole_pages == 0 or (plan.new_starts == old["start"][plan.live_rows]).all()):
                 # Only a prefix that is the whole to-space is left in place: a partial one
                 # would split the arena's VMA, and the next flip's mremap (uffd-armed VMAs)
                 # and MOVE runs across the split fail (EFAULT, EINVAL) on Linux 6.18.
-                plan.in_place_pages = plan.end_pages
-                unit = a.hpage_pages or 1  # a huge page under the old top may reach past it
-                dead_end = min(-(-used // unit) * unit, a.size // a.page_size)
-                if dead_end > plan.end_pages:
-                    self.kernel.madvise(a.base + plan.end_pages * a.page_size,
-                                        (dead_end - plan.end_pages) * a.page_size, MADV_DONTNEED)
+                plan.in_arena, plan.in_place_pages = True, plan.end_pages
                 ev.update(bytes=0, kept_bytes=plan.end_pages * a.page_size)
             else:
                 self.spaces.flip(register_first=register_first)

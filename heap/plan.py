@@ -62,8 +62,10 @@ class Plan:
     rebuilt_pages: int = 0
     whole_pages: int = 0
     last_object_end: int = 0  # where small-object bumping may resume (0: start a new page)
-    # pages from the arena base that stay where they are (a collection that
-    # moves nothing: heap.pause.Pause.remap): not flipped, not installed; runs() leaves them out
+    # the to-space is built in the arena itself (heap.pause.Pause.remap: no page
+    # would move whole): nothing is flipped or installed
+    in_arena: bool = False
+    # pages from the arena base that stay where they are: runs() leaves them out
     in_place_pages: int = 0
 
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
