@@ -70,6 +70,9 @@ _PROT_SEM = 0x8
 # The most one load may read: the Linux backend's limit (a buffer of that size), refused
 # from the length alone, before any page is walked.
 MAX_LOAD = 1 << 32
+# A user-mode range longer than this many pages is first cut after the first page no VMA
+# lets it touch: the access stops there (EFAULT), so the pages after it are never listed.
+_LONG_RANGE_PAGES = 1 << 12
 
 
 def _err(code: int, what: str) -> OSError:
@@ -1400,8 +1403,33 @@ class SimKernel(KernelBase):
         offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         return np.repeat(first, counts) + offsets
 
+    def _accessible_end(self, start: int, end: int, write: bool) -> int:
+        """The first page from ``start`` (below ``end``) that no VMA lets the access touch, or ``end``."""
+        starts, ends, prots = self.mm.arrays()
+        need = PROT_WRITE if write else (PROT_READ | PROT_WRITE | PROT_EXEC)
+        i = int(np.searchsorted(starts, start, side="right")) - 1
+        at = start & PAGE_MASK
+        while at < end:
+            if not (0 <= i < starts.size and starts[i] <= at < ends[i] and prots[i] & need):
+                return at
+            at, i = int(ends[i]), i + 1
+        return end
+
+    def _cut_at_first_denied_page(self, starts: np.ndarray, lengths: np.ndarray, write: bool) -> np.ndarray:
+        """``lengths`` with each long range ending after its first page no VMA allows (where it faults)."""
+        long = np.flatnonzero(lengths >> PAGE_SHIFT > _LONG_RANGE_PAGES)
+        if long.size == 0:
+            return lengths
+        lengths = lengths.copy()
+        for j in long.tolist():
+            start, end = int(starts[j]), int(starts[j] + lengths[j])
+            denied = self._accessible_end(start, end, write)
+            lengths[j] = min(end, denied + PAGE_SIZE) - start
+        return lengths
+
     def _bad_pages(self, starts: np.ndarray, lengths: np.ndarray, write: bool) -> np.ndarray:
         """Pages the ranges touch that need a fault first, in range order."""
+        lengths = self._cut_at_first_denied_page(starts, lengths, write)
         first = starts >> PAGE_SHIFT
         last = (starts + lengths - 1) >> PAGE_SHIFT
         pmin, pmax = int(first.min()), int(last.max())

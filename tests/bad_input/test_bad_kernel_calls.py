@@ -72,10 +72,12 @@ CASES = [
     ("store_words_length_mismatch", lambda k, m, u: k.store_words([m(1)], [1, 2]), ValueError, None),
     ("store_words_read_only", lambda k, m, u: k.store_words([m(1, prot=1)], [1]), OSError, EFAULT),
     ("memmove_from_hole", lambda k, m, u: k.memmove(m(1), m.hole(), 8), OSError, EFAULT),
+    ("memmove_absurd_length", lambda k, m, u: k.memmove(m(1), m(1), 1 << 40), OSError, EFAULT),
     ("memmove_negative_length", lambda k, m, u: k.memmove(m(1), m(1), -8), ValueError, None),
     ("copy_ranges_mismatch", lambda k, m, u: k.copy_ranges([m(1)], [m(1)], [8, 8]), ValueError, None),
     ("copy_ranges_into_read_only", lambda k, m, u: k.copy_ranges([m(1, prot=1)], [m(1)], [8]), OSError, EFAULT),
     ("copy_ranges_into_hole", lambda k, m, u: (lambda src: k.copy_ranges([m.hole()], [src], [8]))(m(1)), OSError, EFAULT),
+    ("copy_ranges_absurd_length", lambda k, m, u: k.copy_ranges([m(1)], [m(1)], [1 << 40]), OSError, EFAULT),
     ("copy_ranges_wraps", lambda k, m, u: k.copy_ranges([m(1)], [(1 << 64) - 4], [8]), OSError, EFAULT),
     # -- introspection
     ("page_info_negative", lambda k, m, u: k.page_info(-PS), ValueError, None),

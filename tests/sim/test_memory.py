@@ -13,6 +13,7 @@ import pytest
 
 from heap.kernel import PROT_READ
 from sim_backend import SimKernel
+from sim_backend.kernel import _LONG_RANGE_PAGES
 
 from .conftest import HP, PS, errno_of
 
@@ -85,6 +86,18 @@ def test_copy_ranges_is_a_sequence_of_memmoves(dsts, srcs, lengths, compiled):
     for d, s, n in zip(dsts, srcs, lengths):
         k2.memmove(bases[1] + d, bases[1] + s, n)
     assert k1.load(bases[0], 16 * PS) == k2.load(bases[1], 16 * PS)
+
+
+@pytest.mark.parametrize("call", [lambda k, d, s, n: k.memmove(d, s, n), lambda k, d, s, n: k.copy_ranges([d], [s], [n])],
+                         ids=["memmove", "copy_ranges"])
+def test_a_huge_copy_faults_in_the_pages_before_its_hole_then_efaults(k, call):
+    # the sim cuts a long range after its first unmapped page instead of listing 2**28 pages
+    n = 2 * _LONG_RANGE_PAGES
+    src = k.mmap((n + 1) * PS)
+    k.munmap(src + n * PS, PS)
+    dst = k.mmap(PS)
+    assert errno_of(lambda: call(k, dst, src, 1 << 40)) == errno.EFAULT
+    assert {k.page_info(src + i * PS).state for i in (0, n // 2, n - 1)} == {"zero"}
 
 
 def test_memmove_overlapping_forward_and_back(k):
