@@ -51,10 +51,3 @@ def pattern(i: int, n: int) -> bytes:
     """The bytes object ``i`` of a test holds: different for every object."""
     return (np.arange(n, dtype=np.int64) * 7 + i * 131 + 1).astype(np.uint8).tobytes()
 
-
-def unfixed(number: int, what: str, *, strict: bool = True):
-    """xfail for a defect of issue 16 not fixed yet; ``strict=False`` where the
-    test catches it only some of the runs (a race), so an XPASS proves nothing."""
-    import pytest
-
-    return pytest.mark.xfail(strict=strict, reason=f"issue 16 #{number} (unfixed): {what}")
