@@ -175,14 +175,18 @@ def test_read_events_waits_for_a_fault_that_comes_later(k, uffd, fault_setup):
 
 
 @pytest.mark.timeout(30)
-def test_closing_the_uffd_releases_a_blocked_thread(k, mem):
+@pytest.mark.parametrize("access,write,seen", [(_load, False, bytes(8)), (_store, True, b"written!")],
+                         ids=["load", "store"])
+def test_closing_the_uffd_releases_a_blocked_thread(k, mem, access, write, seen):
+    """The access is retried without userfaultfd: a load reads the zero page, a store lands."""
     uffd = k.userfaultfd()
     page = mem(1)
     uffd.register(page, PS)
-    f = Faulter(_load(k, page))
-    assert uffd.read_events(timeout=10) == [FaultEvent(address=page, write=False)]
+    f = Faulter(access(k, page))
+    assert uffd.read_events(timeout=10) == [FaultEvent(address=page, write=write)]
     uffd.close()
-    assert f.finish() == bytes(8)
+    f.finish()
+    assert k.load(page + 16, 8) == seen
     assert uffd.closed
     with pytest.raises(OSError) as exc:
         uffd.read_events()
