@@ -62,6 +62,14 @@ int rgc_settle_refused(const struct rgc_program *g, int uffd, int8_t *state, int
                        const struct rgc_refusal *refused);
 void rgc_page_installed(int8_t *state, int64_t *installed, int64_t page);
 
+/* Pages settled (installed or given back) by the native side: a sequence a
+   self-served fault waiting for a page someone holds sleeps on (a futex),
+   instead of spinning on a core the holder needs. Settlers call
+   rgc_settled_wake after their state stores; Python's settles are seen by
+   the waiter's timeout (a millisecond). serve_page.c. */
+void rgc_settled_wake(void);
+void rgc_settled_wait(const int8_t *state, int64_t page);
+
 /* A heap whose faults its mutators serve themselves, by SIGBUS (sigbus.c). */
 struct rgc_selfserve {
     int uffd;

@@ -91,6 +91,7 @@ static int64_t rgc_settle_mine(int8_t *state, int64_t lo, int64_t from, int64_t 
     int64_t n = 0;
     for (int64_t p = from; p < to; p++)
         if (mine[p - lo]) { __atomic_store_n(&state[p], value, __ATOMIC_RELEASE); n++; }
+    if (n) rgc_settled_wake();  /* self-served faults waiting for these pages */
     return n;
 }
 

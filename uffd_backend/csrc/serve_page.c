@@ -13,15 +13,40 @@
    - held by another installer: not ours (the caller waits, or forwards). */
 #include "accelerator.h"
 
+static int32_t rgc_settle_seq, rgc_settle_waiters;
+
+void rgc_settled_wake(void)
+{
+    __atomic_add_fetch(&rgc_settle_seq, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&rgc_settle_waiters, __ATOMIC_SEQ_CST) > 0)
+        syscall(SYS_futex, &rgc_settle_seq, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+void rgc_settled_wait(const int8_t *state, int64_t page)
+{
+    /* waiters first, then the sequence, then the state: a settle after our look
+       either changed the sequence (the futex returns at once) or sees us waiting */
+    __atomic_add_fetch(&rgc_settle_waiters, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        int32_t seen = __atomic_load_n(&rgc_settle_seq, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&state[page], __ATOMIC_ACQUIRE) != RGC_PAGE_PROCESSING) break;
+        struct timespec slice = { 0, 1000000 };  /* a Python installer's settle wakes nobody */
+        syscall(SYS_futex, &rgc_settle_seq, FUTEX_WAIT_PRIVATE, seen, &slice, NULL, 0);
+    }
+    __atomic_sub_fetch(&rgc_settle_waiters, 1, __ATOMIC_SEQ_CST);
+}
+
 void rgc_page_installed(int8_t *state, int64_t *installed, int64_t page)
 {
     __atomic_store_n(&state[page], RGC_PAGE_INSTALLED, __ATOMIC_RELEASE);
     __atomic_add_fetch(installed, 1, __ATOMIC_ACQ_REL);
+    rgc_settled_wake();
 }
 
 static void rgc_give_back(int8_t *state, int64_t page)
 {
     __atomic_store_n(&state[page], RGC_PAGE_UNPROCESSED, __ATOMIC_RELEASE);
+    rgc_settled_wake();
 }
 
 int rgc_serve_page(const struct rgc_program *g, int uffd, int8_t *state, int64_t *installed, int64_t *counters,

@@ -93,13 +93,12 @@ static void rgc_ss_give_scratch(struct rgc_selfserve *s, uint64_t scratch)
     __atomic_store_n(&s->scratch_busy[(scratch - s->scratch) / s->g->page_size], 0, __ATOMIC_RELEASE);
 }
 
-/* Another installer holds the page: wait until it settles it (the access then finds it, or claims it). */
+/* Another installer holds the page: wait until it settles it (the access then
+   finds it, or claims it), asleep on the settle futex: the holder may need this core. */
 static void rgc_ss_wait_settled(struct rgc_selfserve *s, int64_t page)
 {
     RGC_COUNT(s->counters, RGC_SRV_WAITS, 1);
-    for (int64_t spins = 0; __atomic_load_n(&s->state[page], __ATOMIC_ACQUIRE) == RGC_PAGE_PROCESSING; spins++) {
-        if (spins < 256) sched_yield(); else rgc_ss_nap(20000);
-    }
+    rgc_settled_wait(s->state, page);
 }
 
 static void rgc_ss_serve(struct rgc_selfserve *s, uint64_t addr, int64_t t0)
