@@ -62,7 +62,8 @@ class BackgroundCollection:
         """The collection is over: wait() returns at once."""
         if self._cycle is None:
             return True
-        return self._ended.is_set() and (self.error is not None or self._cycle.ended.is_set())
+        # ended here or by whoever settled it (a collect, close, fork), or failed here
+        return self._cycle.ended.is_set() or (self._ended.is_set() and self.error is not None)
 
     def wait(self, timeout: float | None = None):
         """The collection's ConcurrentGCStats once it is over; its error if it failed."""

@@ -17,6 +17,8 @@ signal-during-fault: the page is held by another installer (claimed here),
     for a page a Python installer holds would wait for ever -- self-served
     faults take away the handler thread's need for the GIL, not a Python
     installer's.)
+fork-settles: os.fork while a background collection runs (heap.forksafety
+    settles it first); the child checks its heap and collects.
 outside, outside-after-close, outside-default: a SIGBUS that is not for a
     heap page (a read past the end of a truncated file mapping) reaches the
     handler installed before ours -- faulthandler's, which dumps the stacks
@@ -116,6 +118,33 @@ def signal_during_fault() -> None:
     heap.close()
 
 
+def fork_settles() -> None:
+    """os.fork while a background cycle runs: heap.forksafety settles it first;
+    the child has a whole heap (its own self-serving uffd) and collects."""
+    heap, model = small_heap()
+    handle = heap.collect(concurrent=True, wait=False)
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread, the heap settled before the fork
+        try:
+            model.check_all()
+            stats = heap.collect(concurrent=True)
+            model.check_all()
+            heap.verify()
+            os._exit(0 if stats.pages_moved >= 0 and heap._uffd.self_serving else 3)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            os._exit(2)
+    done_before_wait = handle.done()
+    _, status = os.waitpid(pid, 0)
+    stats = handle.wait(20)
+    model.check_all()
+    heap.verify()
+    print(f"fork-settles: done child={os.waitstatus_to_exitcode(status)} settled={done_before_wait} "
+          f"pages_moved={stats.pages_moved}", flush=True)
+    heap.close()
+
+
 def sigbus_outside_the_heap() -> None:
     """A read past the end of a file mapping: SIGBUS (BUS_ADRERR) at an address no heap has."""
     with tempfile.TemporaryFile() as f:
@@ -134,6 +163,8 @@ def main(mode: str) -> None:
         raw(mode)
     elif mode == "signal-during-fault":
         signal_during_fault()
+    elif mode == "fork-settles":
+        fork_settles()
     elif mode.startswith("outside"):
         from uffd_backend.accelerator import sigbus_handler_installed
 

@@ -72,3 +72,11 @@ def test_a_sigbus_outside_the_heap_with_no_previous_handler_takes_the_default_ac
     assert "installed-open=True" in child.stdout and "survived" not in child.stdout
     assert child.returncode == -signal.SIGBUS, child.stderr[-2000:]
     assert "Fatal Python error" not in child.stderr
+
+
+@pytest.mark.timeout(90)
+def test_os_fork_settles_a_background_collection_and_the_child_collects_self_serving():
+    skip_linux_if_unavailable()
+    child = run_child("fork-settles")
+    assert child.returncode == 0, child.stdout + child.stderr[-3000:]
+    assert "fork-settles: done child=0 settled=True" in child.stdout
