@@ -279,6 +279,7 @@ def three_sigints_after_flip(backend: str, mode: str) -> None:
     k = Proxy(_open(backend), {"mremap"}, hook)
     h = Heap(k, size=32 << 20)
     g = Graph(h)
+    big = h.alloc(3 * 4096)  # live pages that move whole (garbage below them): the collection flips
     armed[0] = True
     try:
         h.collect(concurrent=(mode == "concurrent"))
@@ -286,6 +287,7 @@ def three_sigints_after_flip(backend: str, mode: str) -> None:
     except KeyboardInterrupt:
         raised = "KeyboardInterrupt"
     out = settle_and_check(h, g)
+    del big
     report(raised=raised, **out)
 
 
