@@ -45,6 +45,11 @@ class UffdWrapper(UffdBase):
     def features(self) -> int:
         return self.inner.features
 
+    @property
+    def self_serving(self) -> bool:
+        """The inner uffd's: whether its missing faults are SIGBUS (that is no capability to hide)."""
+        return getattr(self.inner, "self_serving", False)
+
     def register(self, addr, length, mode=UFFDIO_REGISTER_MODE_MISSING):
         return self.inner.register(addr, length, mode)
 
@@ -81,6 +86,12 @@ class KernelWrapper(KernelBase):
         self.name = inner.name
         self.page_size = inner.page_size
         self.hpage_size = inner.hpage_size
+        if callable(getattr(inner, "sigaction_sigbus", None)):  # the simulator's SIGBUS hook: self-served faults
+            self.sigaction_sigbus = inner.sigaction_sigbus
+
+    @property
+    def sigbus_handler(self):
+        return getattr(self.inner, "sigbus_handler", None)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
