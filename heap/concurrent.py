@@ -21,7 +21,10 @@ and ``end_concurrent``, for benchmarks and tests that act in between):
   around pages a fault handler holds, and hands a refused MOVE back to
   Python. A mutator touching a page not yet installed takes a userfault; the
   fault-handler thread (``heap.faults``) builds and installs that page first
-  the same way and wakes it.
+  the same way and wakes it. With self-served faults (``Heap(faults="self")``,
+  heap.faultmode) there is no handler thread: the uffd raises SIGBUS in the
+  faulting thread, which installs the page itself (the accelerator's
+  ``self_service``, or ``heap.faults.PythonSelfService``) and runs on.
 * **Finish**: every page installed -> unregister the arena (wakes anything
   still blocked, which then faults normally), stop the threads, then end the
   collection as every compactor does (``Pause.end``: the from-space is

@@ -1,4 +1,12 @@
-"""The fault-handler thread of a concurrent cycle.
+"""The fault-handler thread of a concurrent cycle (and self-served faults).
+
+With ``Heap(faults="self")`` (heap.faultmode) nothing is queued on the uffd
+and this thread does not run: each faulting thread takes SIGBUS and installs
+its page itself -- natively (the accelerator's ``self_service``: the Linux
+backend's csrc/sigbus.c, the same C as its fault server) or, without an
+accelerator, in Python through the kernel's SIGBUS hook
+(``PythonSelfService``, with this module's own install routines). The rest
+of this docstring is the handler-thread mode.
 
 When the uffd has an accelerator (heap.kernel.Accelerator: the Linux
 backend's), its fault server, a C thread, reads the faults first and
