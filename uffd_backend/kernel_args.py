@@ -14,7 +14,7 @@ caller sees. Every predicate errs on the side of "no" (the ownership check
 then applies): ``TASK_SIZE`` is taken at its largest when 5-level paging may
 be on.
 
-tests/seam/test_argument_order.py compares the answers with the raw kernel's
+tests/bad_input/test_bad_argument_order.py compares the answers with the raw kernel's
 and the simulator's.
 """
 
