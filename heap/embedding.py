@@ -47,7 +47,7 @@ class EmbeddingAPI:
         reports the address from a RootScanner (or stores it in a slot of a
         live object) before the next collection, or it is freed then."""
         shape = self._check_shape(nbytes, nrefs)
-        with signals.deferred(), self._lock:
+        with signals.deferred_alloc(), self._lock:
             return self._new_object(*shape, host)
 
     def ref_at(self, addr: int) -> Ref:

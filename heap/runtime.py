@@ -271,7 +271,7 @@ class Heap(EmbeddingAPI):
         """A new object with ``nrefs`` None slots and ``nbytes`` zero bytes of payload
         (``host``: its host header word, on a heap made with ``host_word=True``)."""
         shape = self._check_shape(nbytes, nrefs)
-        with signals.deferred(), self._lock:  # placed but not recorded, the side tables would disagree
+        with signals.deferred_alloc(), self._lock:  # placed but not recorded, the side tables would disagree
             return self._access.issue(self._new_object(*shape, host))
 
     def _new_object(self, nbytes: int, nrefs: int, total: int, host: int | None) -> int:
