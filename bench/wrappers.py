@@ -100,8 +100,8 @@ class KernelWrapper(KernelBase):
         return UffdWrapper(uffd)
 
     # -- the mmap family
-    def mmap(self, length, prot=PROT_READ | PROT_WRITE, *, shared=False, align=0, at=None):
-        return self.inner.mmap(length, prot, shared=shared, align=align, at=at)
+    def mmap(self, length, prot=PROT_READ | PROT_WRITE, *, shared=False, align=0, at=None, noreserve=False):
+        return self.inner.mmap(length, prot, shared=shared, align=align, at=at, noreserve=noreserve)
 
     def munmap(self, addr, length):
         return self.inner.munmap(addr, length)

@@ -15,12 +15,16 @@ again.
 from __future__ import annotations
 
 import mmap
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import HeapCorrupted
 from .native import expand, first_visits, mark_targets
+
+# Python's mmap module names MAP_NORESERVE only from 3.13 on; the value is Linux's
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 # Marking.slot_target of a slot holding an immediate: a word with its low bit set is no
 # reference (heap.objects); never followed, left as it is by the fixup (= heap.core.IMMEDIATE)
@@ -58,13 +62,15 @@ class AddressIndex:
     mapping without huge pages: only the granules of touched pages become
     resident, about 4 bytes per object. The mapping is private: ``mmap.mmap(-1,
     n)`` alone is MAP_SHARED, and a forked child's allocations then rewrote
-    the parent's index.
+    the parent's index. Like the arena it is reserved, not committed
+    (MAP_NORESERVE): a heap sized past RAM + swap has an index that size too.
     """
 
     def __init__(self, base: int, size: int, granule: int = 16):
         self.base = base
         self.shift = granule.bit_length() - 1
-        self._mapping = mmap.mmap(-1, (size >> self.shift) * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._mapping = mmap.mmap(-1, (size >> self.shift) * 4,
+                                  flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
         self.map = np.frombuffer(self._mapping, dtype=np.int32)
 
     def close(self) -> None:

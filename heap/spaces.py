@@ -40,9 +40,14 @@ class Spaces:
         self._release_lock = threading.Lock()
         self._owed: object | None = None
         self.flipped = False  # the arena is flipped and registered until unregister()
-        self.base = kernel.mmap(size, align=kernel.hpage_size)
+        self.base = self._reserve()
         if thp:
             kernel.madvise(self.base, size, MADV_HUGEPAGE)
+
+    def _reserve(self) -> int:
+        # the heap's size is a maximum: address space reserved, memory committed only as
+        # pages are touched, so a heap may be sized past RAM + swap (docs/embedding.md)
+        return self.kernel.mmap(self.size, align=self.kernel.hpage_size, noreserve=True)
 
     @property
     def closed(self) -> bool:
@@ -63,7 +68,7 @@ class Spaces:
             raise KernelUnsupported(f"the kernel does not offer UFFD_FEATURE_MOVE (features {uffd.features:#x})")
         self.uffd = uffd
         if not self.from_space:
-            self.from_space = self.kernel.mmap(self.size, align=self.kernel.hpage_size)
+            self.from_space = self._reserve()
 
     def drop_uffd(self) -> None:
         """Close the userfaultfd (errors ignored: in a forked child it is the parent's descriptor)."""
@@ -124,7 +129,7 @@ class Spaces:
         except OSError:
             pass
         self.flipped = False
-        self.from_space = k.mmap(self.size, align=k.hpage_size)
+        self.from_space = self._reserve()
 
     def unregister(self) -> None:
         """Every page is installed: fresh pages fault normally again (and anything still blocked wakes).

@@ -380,7 +380,8 @@ class SimKernel(KernelBase):
     # the mmap family
     # ------------------------------------------------------------------------------
     def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, *,
-             shared: bool = False, align: int = 0, at: int | None = None) -> int:
+             shared: bool = False, align: int = 0, at: int | None = None,
+             noreserve: bool = False) -> int:
         length, align, prot = _u64(length, "length"), _u64(align, "align"), _int32(prot, "prot")
         if align and (align & (align - 1) or align % PAGE_SIZE):
             raise ValueError(f"align={align:#x} must be a power of two and a multiple of the page size")
@@ -408,7 +409,7 @@ class SimKernel(KernelBase):
                 addr = self.mm.free_area(length, want)
                 if addr is None:
                     raise _err(errno.ENOMEM, "mmap: no room in the address space")
-            vma = Vma(addr, addr + length, prot & 0xF, shared=shared, pgoff=addr >> PAGE_SHIFT)
+            vma = Vma(addr, addr + length, prot & 0xF, shared=shared, noreserve=noreserve, pgoff=addr >> PAGE_SHIFT)
             self.mm.insert(vma)
             self.mm.merge_at(addr)
             return addr

@@ -22,6 +22,7 @@ class Vma:
     end: int
     prot: int
     shared: bool = False  # MAP_SHARED|MAP_ANONYMOUS (shmem)
+    noreserve: bool = False  # VM_NORESERVE (MAP_NORESERVE): no commit charge, part of vm_flags
     locked: bool = False  # VM_LOCKED
     lockonfault: bool = False  # VM_LOCKONFAULT
     hugepage: int = 0  # 0, or the last of MADV_HUGEPAGE / MADV_NOHUGEPAGE applied
@@ -33,7 +34,7 @@ class Vma:
 
     def flags_key(self) -> tuple:
         """Everything two neighbours must share to merge (vm_flags, uffd ctx)."""
-        return (self.prot, self.shared, self.locked, self.lockonfault, self.hugepage,
+        return (self.prot, self.shared, self.noreserve, self.locked, self.lockonfault, self.hugepage,
                 self.dontfork, id(self.uffd) if self.uffd is not None else 0, self.uffd_mode)
 
     def can_merge_with_next(self, nxt: "Vma") -> bool:

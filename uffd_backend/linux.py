@@ -72,6 +72,7 @@ log = logging.getLogger("remapgc.linux")  # stdlib logging only: the library pri
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
 MAP_ANONYMOUS = 0x20
+MAP_NORESERVE = 0x4000
 MAP_FIXED_NOREPLACE = 0x100000
 O_CLOEXEC = 0o2000000
 O_NONBLOCK = 0o4000
@@ -490,11 +491,12 @@ class LinuxKernel(KernelBase):
 
     # -- the mmap family ---------------------------------------------------------
     def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, *,
-             shared: bool = False, align: int = 0, at: int | None = None) -> int:
+             shared: bool = False, align: int = 0, at: int | None = None,
+             noreserve: bool = False) -> int:
         length = _u64(length, "length")
         prot = _int32(prot, "prot")
         align = _u64(align, "align")
-        flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE)
+        flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE) | (MAP_NORESERVE if noreserve else 0)
         if align and (align & (align - 1) or align % self.page_size):
             raise ValueError(f"align={align:#x} must be a power of two and a multiple of the page size")
         if at is not None:

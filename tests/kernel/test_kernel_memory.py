@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,31 @@ def test_resident_bytes_counts_a_thp_and_not_the_huge_zero_page(k):
         assert k.resident_bytes(a, 4 * two) == two
     finally:
         k.munmap(a, 4 * two)
+
+
+
+@pytest.mark.parametrize("noreserve, merged", [(False, True), (True, False)], ids=["both-reserved", "one-noreserve"])
+def test_noreserve_is_a_vma_flag_that_keeps_neighbours_apart(k, noreserve, merged):
+    # VM_NORESERVE is part of a VMA's flags: a mapping placed right after a reserved one
+    # merges with it only if it is reserved too. A ZEROPAGE must lie in one VMA, so it
+    # tells: over both halves it succeeds after a merge, and is ENOENT without one.
+    a = k.mmap(4 * PS)
+    try:
+        k.munmap(a + 2 * PS, 2 * PS)
+        assert k.mmap(2 * PS, at=a + 2 * PS, noreserve=noreserve) == a + 2 * PS
+        uffd = k.userfaultfd()
+        try:
+            uffd.register(a, 4 * PS)
+            if merged:
+                assert uffd.zeropage(a, 4 * PS) == 4 * PS
+            else:
+                with pytest.raises(OSError) as err:
+                    uffd.zeropage(a, 4 * PS)
+                assert err.value.errno == errno.ENOENT
+            uffd.unregister(a, 4 * PS)
+            k.store(a + 3 * PS, b"n")  # memory of a noreserve mapping behaves as any other
+            assert k.load(a + 3 * PS, 1) == b"n"
+        finally:
+            uffd.close()
+    finally:
+        k.munmap(a, 4 * PS)
