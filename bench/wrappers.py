@@ -156,6 +156,10 @@ class KernelWrapper(KernelBase):
     def memory_in_place(self) -> bool:
         return self.inner.memory_in_place
 
+    @property
+    def simulated(self) -> bool:
+        return self.inner.simulated
+
     def frame_pointers(self, addr, npages, write=False):
         return self.inner.frame_pointers(addr, npages, write)
 

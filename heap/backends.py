@@ -101,7 +101,7 @@ def open_kernel(name: str = "auto", **options) -> Kernel:
     if name != "auto":
         raise ValueError(f"unknown kernel {name!r}: expected 'auto', 'linux' or 'sim'")
     kernel, reason = choose_auto(**options)
-    if kernel.name == "sim":
+    if kernel.simulated:
         log.warning("kernel_chosen", kernel=kernel.name, reason=reason)
     else:
         log.info("kernel_chosen", kernel=kernel.name, reason=reason)

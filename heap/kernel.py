@@ -19,10 +19,8 @@ in ``KernelBase`` / ``UffdBase`` (both backends subclass them): batched moves,
 diagnostics, what a fork needs redone, and the accelerator -- what a backend
 does natively for a concurrent cycle, reading the install program in the
 layout declared here and in heap/csrc/remapgc_program.h (docs/design.md,
-"The accelerator protocol").
-
-A leaf: imports nothing from ``heap`` nor any backend. ``open_kernel`` lives
-in ``heap.backends`` (re-exported here without importing it at load time).
+"The accelerator protocol"). A leaf: imports nothing from ``heap`` nor any
+backend; ``open_kernel`` lives in ``heap.backends`` (re-exported lazily).
 """
 
 from __future__ import annotations
@@ -391,9 +389,7 @@ class Kernel(Protocol):
     # -- the mmap family: anonymous memory only -----------------------------
     def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, *,
              shared: bool = False, align: int = 0, at: int | None = None,
-             noreserve: bool = False) -> int: ...
-        # noreserve: MAP_NORESERVE -- address space reserved without committing memory
-        # for it (an arena sized as a maximum); such a VMA never merges with one without
+             noreserve: bool = False) -> int: ...  # noreserve: MAP_NORESERVE, a VMA flag
     def munmap(self, addr: int, length: int) -> None: ...
     def mremap(self, old_addr: int, length: int, new_addr: int, *,
                dontunmap: bool = False) -> int: ...
@@ -402,7 +398,7 @@ class Kernel(Protocol):
     def mlock(self, addr: int, length: int, *, onfault: bool = False) -> None: ...
     def munlock(self, addr: int, length: int) -> None: ...
 
-    # -- user-mode memory access: may fault, may block on a userfault -------
+    # -- user-mode access: may fault or block; page by page in address order (a fault: EFAULT, done before it)
     def load(self, addr: int, length: int) -> bytes: ...
     def store(self, addr: int, data: bytes) -> None: ...
     def load_words(self, addrs) -> np.ndarray: ...  # one native u64 at each address of ``addrs`` (uint64)
@@ -471,6 +467,7 @@ class KernelBase:
 
     reopen_uffd_after_fork = False
     memory_in_place = False
+    simulated = False  # memory is modelled, not real: "auto" warns when it has to pick such a kernel
 
     def after_fork_in_child(self) -> None:
         pass

@@ -232,6 +232,7 @@ class SimKernel(KernelBase):
     page_size = PAGE_SIZE
     hpage_size = PMD_SIZE
     memory_in_place = True  # frame_pointers: the host address of each page's contents
+    simulated = True
 
     def __init__(self, seed: int = 0, thp: bool = True, fault_plan: FaultPlan | None = None,
                  compiled: bool | None = None):
