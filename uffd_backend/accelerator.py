@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import weakref
 
 import numpy as np
 
@@ -224,6 +225,10 @@ class LinuxSelfService:
         e.hi = program.struct.arena + max(program.npages, 0) * ps
         e.scratch, e.nscratch = self._scratch, nscratch
         self._started = self._stopped = False
+        # dropped without stop() (a cycle abandoned half-built): out of the table before its memory goes
+        self._finalizer = weakref.finalize(self, _remove_entry, e, (self._ptrs, self._keep, self.counters,
+                                                                   self.latencies, self._busy))
+        self._finalizer.atexit = False
 
     def cover(self, length: int) -> None:
         """Serve SIGBUS over ``length`` bytes of the arena (past the program: fresh pages)."""
@@ -245,6 +250,7 @@ class LinuxSelfService:
             if ret == -errno.ETIMEDOUT:
                 _STILL_READ.append(self)  # a handler still waits on a page: its memory must stay
                 return
+        self._finalizer.detach()
         self._unmap()
 
     def _unmap(self) -> None:
@@ -273,6 +279,12 @@ class LinuxSelfService:
 
     def served_latencies(self) -> np.ndarray:
         return self.latencies[: min(int(self.counters[LATENCIES]), self.latencies.size)].copy()
+
+
+def _remove_entry(entry, keep) -> None:
+    """A LinuxSelfService's finalizer: its entry leaves the table before ``keep`` (its buffers) goes."""
+    if lib.rgc_selfserve_remove(entry, REMOVE_TIMEOUT_MS) == -errno.ETIMEDOUT:
+        _STILL_READ.append((entry, keep))
 
 
 def sigbus_table() -> dict:

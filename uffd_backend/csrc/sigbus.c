@@ -221,9 +221,26 @@ int64_t rgc_selfserve_installed(void)
     return rgc_ss_is_ours(&cur);
 }
 
-/* A heap's cycle: SIGBUS in [s->lo, s->hi) is served from now on. */
+static void rgc_ss_retire(uint64_t lo, uint64_t hi)
+{
+    int64_t slot = __atomic_fetch_add(&rgc_ss_retired_next, 1, __ATOMIC_RELAXED) % RGC_SS_RETIRED;
+    __atomic_store_n(&rgc_ss_retired[slot][0], lo, __ATOMIC_RELEASE);
+    __atomic_store_n(&rgc_ss_retired[slot][1], hi, __ATOMIC_RELEASE);
+}
+
+/* A heap's cycle: SIGBUS in [s->lo, s->hi) is served from now on. An entry
+   still there for an overlapping range is a cycle that was never stopped (its
+   heap's arena was unmapped and the range reused): it goes, or it would serve
+   this heap's faults from its own program. Entries stay readable until their
+   owner removes them (Python's finalizer does, at the latest). */
 int64_t rgc_selfserve_add(struct rgc_selfserve *s)
 {
+    for (int i = 0; i < RGC_SS_MAX; i++) {
+        struct rgc_selfserve *old = __atomic_load_n(&rgc_ss_table[i], __ATOMIC_SEQ_CST);
+        if (old && old != s && old->lo < s->hi && s->lo < old->hi
+            && __atomic_compare_exchange_n(&rgc_ss_table[i], &old, NULL, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            rgc_ss_retire(old->lo, old->hi);
+    }
     for (int i = 0; i < RGC_SS_MAX; i++) {
         struct rgc_selfserve *empty = NULL;
         if (__atomic_compare_exchange_n(&rgc_ss_table[i], &empty, s, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
@@ -242,16 +259,14 @@ int64_t rgc_selfserve_remove(struct rgc_selfserve *s, int64_t timeout_ms)
         if (__atomic_compare_exchange_n(&rgc_ss_table[i], &was, NULL, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
             found = 1;
     }
-    if (!found) return -ENOENT;
-    int64_t slot = __atomic_fetch_add(&rgc_ss_retired_next, 1, __ATOMIC_RELAXED) % RGC_SS_RETIRED;
-    __atomic_store_n(&rgc_ss_retired[slot][0], s->lo, __ATOMIC_RELEASE);
-    __atomic_store_n(&rgc_ss_retired[slot][1], s->hi, __ATOMIC_RELEASE);
+    if (found) rgc_ss_retire(s->lo, s->hi);
+    /* not found: evicted by a newer entry; a handler may still be reading it all the same */
     int64_t deadline = rgc_ss_now_ns() + timeout_ms * 1000000;
     while (__atomic_load_n(&rgc_ss_inflight, __ATOMIC_SEQ_CST)) {
         if (rgc_ss_now_ns() > deadline) return -ETIMEDOUT;
         rgc_ss_nap(50000);
     }
-    return 0;
+    return found ? 0 : -ENOENT;
 }
 
 /* For diagnostics: [entries in the table, SIGBUS passed on while a self-serving uffd was open,
