@@ -31,8 +31,9 @@ int64_t rgc_plan_order(const int64_t *start, const int64_t *total, const uint8_t
                        int64_t whole_end, int64_t *order, int64_t *new_start, int64_t *evac_from,
                        int64_t *evac_to, int64_t *sources, int64_t *nsources, int64_t *ev_pages);
 int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
-                       int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, uint8_t *whole,
-                       int64_t *new_start, int64_t *piece_src, int64_t *piece_n, int64_t *whole_end);
+                       int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, int64_t keep_budget,
+                       uint8_t *whole, int64_t *new_start, int64_t *piece_src, int64_t *piece_n,
+                       int64_t *whole_end, int64_t *kept);
 int64_t rgc_claim_range(int8_t *state, int64_t lo, int64_t hi, uint8_t *mine);
 int64_t rgc_claim_page(int8_t *state, int64_t page);
 int64_t rgc_program_layout(int64_t *out, int64_t max);

@@ -52,8 +52,8 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
         ev.update(slots=slots, evacuated_bytes=stats.bytes_copied)
 
     # the roots are forwarded inside "fixup" too (one event): the phase is everything between the flip and the install
-    plan, _ = pause.remap(col, register_first=True, prepare_phase="fixup", prepare=fixup, roots_phase=None,
-                          keep_in_place=True)
+    plan, _ = pause.remap(col, register_first=pause.stw_register_first, prepare_phase="fixup", prepare=fixup,
+                          roots_phase=None, keep_in_place=True)
     return PageInstaller(k, spaces.uffd, plan, base, fs)
 
 

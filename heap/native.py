@@ -117,25 +117,29 @@ def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0, *, compiled: 
 
 
 def plan_whole(l_start: np.ndarray, l_total: np.ndarray, base: int, page_size: int, unit_pages: int,
-               hpage_pages: int, dense_bytes: int, *, compiled: bool = COMPILED):
+               hpage_pages: int, dense_bytes: int, keep_budget: int = 0, *, compiled: bool = COMPILED):
     """The whole-moving part of the remap plan (see ``heap.plan``):
     (whole flags, new starts of the whole ones (others undefined), piece
-    source pages, piece page counts, pages they fill)."""
+    source pages, piece page counts, pages they fill, dead bytes kept in
+    sparse units moved whole). A sparse unit of several pages holding only
+    objects of a page or more moves whole while the dead bytes such units
+    keep stay within ``keep_budget`` (address order)."""
     l_start = np.ascontiguousarray(l_start, dtype=np.int64)
     l_total = np.ascontiguousarray(l_total, dtype=np.int64)
     if not compiled:
-        return plan_whole_numpy(l_start, l_total, base, page_size, unit_pages, hpage_pages, dense_bytes)
+        return plan_whole_numpy(l_start, l_total, base, page_size, unit_pages, hpage_pages, dense_bytes,
+                                keep_budget)
     n = l_start.size
     whole = np.empty(n, dtype=bool)
     new_start = np.empty(n, dtype=np.int64)
     piece_src = np.empty(n, dtype=np.int64)
     piece_n = np.empty(n, dtype=np.int64)
-    end = _ffi.new("int64_t *")
+    end, kept = _ffi.new("int64_t *"), _ffi.new("int64_t *")
     pieces = _lib.rgc_plan_whole(_ptr("int64_t[]", l_start), _ptr("int64_t[]", l_total), n, base, page_size,
-                                 unit_pages, hpage_pages, dense_bytes, _ptr("uint8_t[]", whole.view(np.uint8)),
-                                 _ptr("int64_t[]", new_start), _ptr("int64_t[]", piece_src),
-                                 _ptr("int64_t[]", piece_n), end)
-    return whole, new_start, piece_src[:pieces].copy(), piece_n[:pieces].copy(), int(end[0])
+                                 unit_pages, hpage_pages, dense_bytes, keep_budget,
+                                 _ptr("uint8_t[]", whole.view(np.uint8)), _ptr("int64_t[]", new_start),
+                                 _ptr("int64_t[]", piece_src), _ptr("int64_t[]", piece_n), end, kept)
+    return whole, new_start, piece_src[:pieces].copy(), piece_n[:pieces].copy(), int(end[0]), int(kept[0])
 
 
 def plan_order(l_start, l_total, whole, new_whole, base: int, page_size: int, unit_pages: int, hpage_pages: int,

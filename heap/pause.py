@@ -27,7 +27,7 @@ from .mark import IMMEDIATE, AddressIndex, Workspace, mark
 from .native import expand, slot_values
 from .objects import ObjectModel
 from .pinning import pinned_units, plan_around_pins
-from .plan import Plan, plan_remap, plan_slide
+from .plan import SPARSE_KEEP, Plan, plan_remap, plan_slide
 from .roots import HandleTable
 from .spaces import Spaces
 from .stats import GCStats, PhaseClock
@@ -70,6 +70,11 @@ class Pause:
         # runs host code (a root scanner) so that it cannot call the heap back (heap.hooks.Hooks.run_host)
         self.host = host
         self.dense = dense
+        # with THP: dead bytes that sparse huge units of large objects may keep by moving
+        # whole instead of being copied out, as a fraction of the live bytes (heap.plan)
+        self.sparse_keep = SPARSE_KEEP
+        # the stop-the-world flip's order (heap.spaces.Spaces.flip): register the arena, then mremap
+        self.stw_register_first = True
         self.pins = None  # heap.pinning.PinTable once the host pinned something
         # the per-object work (mark, forwarding, fixup, root forwarding) in C (heap.core)
         # where the backend and the object model allow it; else the numpy paths
@@ -114,10 +119,12 @@ class Pause:
                 plan = plan_around_pins(plan_remap, old["start"], old["total"], marking.live, a.base, a.page_size,
                                         a.hpage_pages, a.used_pages, units, self.dense)
             else:
+                budget = int(self.sparse_keep * col.stats.live_bytes) if a.hpage_pages else 0
                 plan = plan_remap(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages,
-                                  a.used_pages, self.dense)
+                                  a.used_pages, self.dense, budget)
+            col.stats.kept_dead_bytes = plan.kept_dead_bytes
             ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
-                      evacuated=int(plan.evacuated.sum()))
+                      evacuated=int(plan.evacuated.sum()), kept_dead_bytes=plan.kept_dead_bytes)
         return plan, self._new_by_row(old, plan)
 
     def plan_slide(self, old, marking, col: Collection) -> tuple[Plan, np.ndarray]:

@@ -41,6 +41,12 @@ import numpy as np
 
 from .native import pack, plan_order, plan_whole
 
+# With THP, the dead bytes that sparse huge units holding only large objects may
+# keep resident by moving whole (instead of copying their objects out), as a
+# fraction of the live bytes: moving a unit costs well under a microsecond,
+# copying 1 MiB out of it ~150 us (docs/performance.md).
+SPARSE_KEEP = 0.125
+
 
 @dataclass
 class Plan:
@@ -67,6 +73,9 @@ class Plan:
     in_arena: bool = False
     # pages from the arena base that stay where they are: runs() leaves them out
     in_place_pages: int = 0
+    # dead bytes kept resident in sparse huge-page units moved whole (their large
+    # objects not copied out): the memory traded for time, bounded by keep_budget
+    kept_dead_bytes: int = 0
 
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Maximal runs one MOVE can do (pieces contiguous on both sides merged):
@@ -94,19 +103,22 @@ class Plan:
 
 
 def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int,
-               used_pages: int, dense: float) -> Plan:
+               used_pages: int, dense: float, keep_budget: int = 0) -> Plan:
     """The remap plan. The *unit* is what moves whole: a page, or with THP a
     2 MiB region (so whole-moving units go by PMD and are never split).
     An object at least one unit long owns its units and always moves whole;
     other units move whole when dense, else their live objects are evacuated
-    (copied) into rebuilt units."""
+    (copied) into rebuilt units -- except, with THP, a sparse unit holding
+    only objects of a page or more, which moves whole (one PMD move instead
+    of copying megabytes) while the dead bytes such units keep stay within
+    ``keep_budget``."""
     ps = page_size
     up = hpage_pages or 1  # pages per unit
     rows = np.flatnonzero(live)
     l_start = starts[rows]
     l_total = totals[rows]
-    whole, new_start, unit_src, unit_n, whole_end = plan_whole(l_start, l_total, base, ps, up, hpage_pages,
-                                                               int(np.ceil(dense * up * ps)))
+    whole, new_start, unit_src, unit_n, whole_end, kept = plan_whole(l_start, l_total, base, ps, up, hpage_pages,
+                                                                     int(np.ceil(dense * up * ps)), keep_budget)
     unit_dst = np.cumsum(unit_n) - unit_n
     order, new_starts, evac_from, evac_to, sources, ev_pages = plan_order(
         l_start, l_total, whole, new_start, base, ps, up, hpage_pages, whole_end)
@@ -129,6 +141,7 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         rebuilt_pages=used * up,
         whole_pages=whole_end,
         last_object_end=last_end,
+        kept_dead_bytes=kept,
     )
 
 

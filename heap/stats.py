@@ -22,6 +22,9 @@ class GCStats:
     pages_moved: int = 0  # pages installed with UFFDIO_MOVE (zero-copy)
     bytes_moved_zero_copy: int = 0
     bytes_copied: int = 0  # evacuated objects, memmoved objects, EBUSY fallback pages
+    # THP: dead bytes kept resident in sparse huge units moved whole instead of copied out
+    # (bounded by Pause.sparse_keep x live_bytes; heap.plan)
+    kept_dead_bytes: int = 0
     eagain_retries: int = 0
     partial_moves: int = 0
     eexist_races: int = 0

@@ -77,7 +77,8 @@ def plan_order_numpy(l_start, l_total, whole, new_whole, base: int, ps: int, up:
     return np.concatenate([w, ev]), new_starts, l_start[ev] - base, evac_to, sources, ev_pages
 
 
-def plan_whole_numpy(l_start, l_total, base: int, ps: int, up: int, hpage_pages: int, dense_bytes: int):
+def plan_whole_numpy(l_start, l_total, base: int, ps: int, up: int, hpage_pages: int, dense_bytes: int,
+                     keep_budget: int = 0):
     """``heap.native.plan_whole`` in numpy."""
     page = (l_start - base) // ps
     owner = l_total >= up * ps  # owns its units: always moves whole
@@ -87,11 +88,20 @@ def plan_whole_numpy(l_start, l_total, base: int, ps: int, up: int, hpage_pages:
     shared = ~owner
     u_shared = unit[shared]
     in_dense = np.zeros(unit.size, dtype=bool)
+    kept = 0
     if u_shared.size:
         first = np.flatnonzero(np.diff(u_shared, prepend=-1))
         unit_bytes = np.add.reduceat(l_total[shared], first)
         lengths = np.diff(np.append(first, u_shared.size))
-        in_dense[shared] = np.repeat(unit_bytes >= dense_bytes, lengths)
+        moves = unit_bytes >= dense_bytes
+        if up > 1:  # sparse huge units of large objects only: kept whole within the budget, in address order
+            large_only = np.minimum.reduceat((l_total[shared] >= ps).astype(np.int8), first).astype(bool)
+            for u in np.flatnonzero(~moves & large_only).tolist():  # once per unit, never per object
+                dead = up * ps - int(unit_bytes[u])
+                if dead <= keep_budget - kept:
+                    kept += dead
+                    moves[u] = True
+        in_dense[shared] = np.repeat(moves, lengths)
     whole = owner | in_dense
     # the pieces that move whole (an owner's run, a dense unit), in address
     # order; consecutive whole objects of one piece are adjacent in row order
@@ -108,4 +118,4 @@ def plan_whole_numpy(l_start, l_total, base: int, ps: int, up: int, hpage_pages:
     piece_dst = np.cumsum(piece_n) - piece_n
     new_start = np.zeros(l_start.size, dtype=np.int64)
     new_start[w] = base + (piece_dst[piece_of] + page[w] - piece_src[piece_of]) * ps + (l_start[w] - base) % ps
-    return whole, new_start, piece_src, piece_n, int(piece_n.sum())
+    return whole, new_start, piece_src, piece_n, int(piece_n.sum()), kept

@@ -130,18 +130,32 @@ int64_t rgc_plan_order(const int64_t *start, const int64_t *total, const uint8_t
 }
 
 /* The remap plan's whole-moving part, for live objects in address order:
-   which objects move whole (owners of their units, objects of dense units),
-   the pieces they move in, and their new addresses. Returns the piece count. */
+   which objects move whole (owners of their units, objects of dense units,
+   and -- units of several pages, i.e. huge pages -- objects of sparse units
+   holding only objects of a page or more, while the dead bytes such units
+   keep fit in keep_budget; *kept says how many they keep), the pieces they
+   move in, and their new addresses. Returns the piece count. */
 int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
-                       int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, uint8_t *whole,
-                       int64_t *new_start, int64_t *piece_src, int64_t *piece_n, int64_t *whole_end)
+                       int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, int64_t keep_budget,
+                       uint8_t *whole, int64_t *new_start, int64_t *piece_src, int64_t *piece_n,
+                       int64_t *whole_end, int64_t *kept)
 {
     int64_t unit = unit_pages * page;
+    *kept = 0;
     for (int64_t i = 0; i < n;) {
         if (total[i] >= unit) { whole[i++] = 1; continue; }
         int64_t u = (start[i] - base) / unit, j = i, bytes = 0;
-        while (j < n && total[j] < unit && (start[j] - base) / unit == u) bytes += total[j++];
-        for (uint8_t dense = bytes >= dense_bytes; i < j; i++) whole[i] = dense;
+        uint8_t large_only = unit_pages > 1;
+        for (; j < n && total[j] < unit && (start[j] - base) / unit == u; j++) {
+            bytes += total[j];
+            large_only &= total[j] >= page;
+        }
+        uint8_t moves = bytes >= dense_bytes;
+        if (!moves && large_only && unit - bytes <= keep_budget - *kept) {
+            *kept += unit - bytes;  /* copying these out would cost more than the dead pages kept */
+            moves = 1;
+        }
+        for (; i < j; i++) whole[i] = moves;
     }
     int64_t pieces = 0, dst = 0, src = 0, at = 0, last_unit = -1;
     for (int64_t i = 0; i < n; i++) {

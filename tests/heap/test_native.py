@@ -106,9 +106,42 @@ def test_plan_whole_agrees(hp):
     for a, b in zip(c[2:], py[2:]):
         assert np.array_equal(a, b)
     assert 0 < c[0].sum() < c[0].size
-    whole, new_whole, _, _, whole_end = c
+    whole, new_whole, _, _, whole_end, _ = c
     order_args = (base + offsets[live], totals[live], whole, new_whole, base, ps, up, hp, whole_end)
     oc = native.plan_order(*order_args, compiled=True)
     on = native.plan_order(*order_args, compiled=False)
     for a, b in zip(oc, on):
         assert np.array_equal(a, b)
+
+
+@needs_compiled
+@pytest.mark.parametrize("budget_units", [0, 3, 1000], ids=["no-budget", "three-units", "unbounded"])
+def test_sparse_huge_units_of_large_objects_move_whole_within_the_budget(budget_units):
+    """Units of 8 pages holding objects of 1-4 pages, a random third live:
+    each unit is sparse; those moved whole instead of evacuated keep at most
+    the budget's dead bytes, and the compiled loop and its twin agree."""
+    from heap.alloc import pack
+
+    rng = np.random.default_rng(5)
+    ps, hp, base = 4096, 8, 1 << 32
+    totals = rng.integers(ps, 4 * ps + 1, 600)
+    offsets, _ = pack(totals, ps, hp)
+    live = rng.random(600) < 0.33
+    budget = budget_units * hp * ps
+    args = (base + offsets[live], totals[live], base, ps, hp, hp, hp * ps, budget)
+    c = native.plan_whole(*args, compiled=True)
+    py = native.plan_whole(*args, compiled=False)
+    assert np.array_equal(c[0], py[0]) and c[5] == py[5]
+    for a, b in zip(c[2:5], py[2:5]):
+        assert np.array_equal(a, b)
+    whole, kept = c[0], c[5]
+    assert kept <= budget
+    units_whole = np.unique((offsets[live][whole]) // (hp * ps))
+    dead_in_them = units_whole.size * hp * ps - int(totals[live][whole].sum())
+    assert kept == dead_in_them
+    if budget_units == 0:
+        assert not whole.any()
+    elif budget_units == 1000:
+        assert whole.all()
+    else:
+        assert 0 < whole.sum() < whole.size

@@ -119,3 +119,41 @@ def test_dense_huge_unit_moves_by_pmd_with_its_medium_objects(kernel_name):
             assert np.array_equal(frames_of(heap, ref), before)
         assert k.page_info(heap.base).huge, "the unit should still be one PMD-mapped huge page"
         heap.verify()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("live_huge,kept", [(16 * MiB, True), (4 * MiB, False)],
+                         ids=["within-budget-moves-whole", "past-budget-is-copied-out"])
+def test_sparse_huge_unit_of_large_objects_moves_whole_within_its_memory_budget(kernel_name, live_huge, kept):
+    """A 2 MiB unit left holding one 400 KiB object (sparse) moves by PMD with
+    its dead bytes when the heap's live bytes allow keeping them (the cost is
+    reported in kept_dead_bytes); past the budget its object is copied out."""
+    with Heap(kernel=kernel_name, size=64 * MiB, compactor="remap", thp=True) as heap:
+        k = heap.kernel
+        ps, hp = k.page_size, k.hpage_size
+        dead = heap.alloc(2 * MiB)
+        medium = [heap.alloc(400 << 10) for _ in range(4)]
+        big = heap.alloc(live_huge)
+        for ref in medium:
+            touch_every_page(ref, 400 << 10, ps)
+        touch_every_page(big, live_huge, ps)
+        survivor = medium[2]
+        unit = survivor.address - survivor.address % hp
+        assert all(unit <= r.address < unit + hp for r in medium)
+        frames = frames_of(heap, survivor)
+        del dead, medium, ref
+        stats = heap.collect()
+        assert stats.live_objects == 2
+        for off in range(0, 400 << 10, ps):
+            assert survivor.read(10, off) == off.to_bytes(8, "little") + b"zc"
+        assert survivor.read(4, (400 << 10) - 4) == b"end!"
+        if kept:
+            assert np.array_equal(frames_of(heap, survivor), frames), "the sparse unit's object was copied"
+            assert stats.bytes_copied == 0
+            assert stats.kept_dead_bytes == hp - heap.object_model.total_bytes(survivor.nbytes, 0)
+            assert stats.kept_dead_bytes <= stats.live_bytes // 8
+            assert k.page_info(survivor.address - survivor.address % hp).huge
+        else:
+            assert stats.kept_dead_bytes == 0
+            assert stats.bytes_copied >= survivor.nbytes
+        heap.verify()
