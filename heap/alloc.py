@@ -224,7 +224,8 @@ class Allocator:
 
     def reset(self, addrs: np.ndarray, totals: np.ndarray, top: int, cursor: int = 0) -> None:
         """After a compaction: the live objects now lie at ``addrs``, below ``top``."""
-        self.page_kind[:] = PAGE_FREE
+        # only pages below the old top were ever marked: no pass over the whole arena per cycle
+        self.page_kind[: -(-(self.top - self.base) // self.page_size)] = PAGE_FREE
         self.mark_pages(addrs, totals)
         self.top = top
         if cursor and cursor % self.page_size:

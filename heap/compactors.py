@@ -34,15 +34,15 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
     base, fs, ps = spaces.base, spaces.from_space, k.page_size
 
     def fixup(plan, marking, old, new_by_row, ev):
+        if plan.in_arena:  # the to-space is built in the arena: no flip, no evacuation into the from-space
+            ev.update(slots=slide_in_place(pause, plan, marking, old, new_by_row, stats), evacuated_bytes=0)
+            return
         try:
             stats.bytes_copied += evacuate(k, plan, old["total"], fs)
         except OSError:
             spaces.unflip()
             raise
         rows = plan.live_rows
-        if plan.in_arena:  # the to-space is built in the arena: no flip, no install
-            ev.update(slots=slide_in_place(pause, plan, marking, old, new_by_row, stats), evacuated_bytes=0)
-            return
         locations = fs + (old["start"][rows] - base)
         locations[plan.evacuated] = fs + plan.evac_to
         if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero

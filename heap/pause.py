@@ -242,9 +242,12 @@ class Pause:
     def commit(self, old, plan: Plan) -> None:
         """The new layout becomes the heap's; ``old`` is stale afterwards."""
         rows = plan.live_rows
-        nbytes, nrefs, totals = old["nbytes"][rows], old["nrefs"][rows], old["total"][rows]  # copies first
-        self.table.replace(plan.new_starts, nbytes, nrefs, totals)
-        self.index.add_many(plan.new_starts, 0)
+        totals = old["total"][rows]
+        if rows.size != old["start"].size or not np.array_equal(plan.new_starts, old["start"]):
+            nbytes, nrefs = old["nbytes"][rows], old["nrefs"][rows]  # copies first
+            self.table.replace(plan.new_starts, nbytes, nrefs, totals)
+            self.index.add_many(plan.new_starts, 0)
+        # else nothing died and nothing moved: every row and index entry is already right
         a = self.alloc
         self.alloc.reset(plan.new_starts, totals, a.base + plan.end_pages * a.page_size, plan.last_object_end)
 

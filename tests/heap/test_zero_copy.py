@@ -157,3 +157,27 @@ def test_sparse_huge_unit_of_large_objects_moves_whole_within_its_memory_budget(
             assert stats.kept_dead_bytes == 0
             assert stats.bytes_copied >= survivor.nbytes
         heap.verify()
+
+
+@pytest.mark.timeout(60)
+def test_a_collection_of_only_sparse_pages_slides_in_the_arena_copying_each_survivor_once(kernel_name):
+    """Every page sparse: the to-space is built in the arena (no flip, no MOVE);
+    each surviving object that moves is copied once (not also evacuated into
+    the from-space), and the from-space holds nothing afterwards."""
+    with Heap(kernel=kernel_name, size=16 * MiB, compactor="remap") as heap:
+        k = heap.kernel
+        block = heap.alloc_many(np.full(300, 100), 1)
+        keep = np.arange(3, 300, 5)  # one in five survives: every page sparse
+        refs = [block[int(i)] for i in keep]
+        for r in refs:
+            r.write(r.address.to_bytes(8, "little"), 0)
+        before = np.array([r.address for r in refs])
+        total = heap.object_model.total_bytes(100, 1)
+        del block
+        stats = heap.collect()
+        after = np.array([r.address for r in refs])
+        assert stats.pages_moved == 0
+        assert stats.bytes_copied == int((after != before).sum()) * total
+        assert all(r.read(8, 0) == a.to_bytes(8, "little") for r, a in zip(refs, before.tolist()))
+        assert k.resident_bytes(heap._spaces.from_space, heap.size) == 0
+        heap.verify()
