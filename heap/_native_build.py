@@ -34,6 +34,9 @@ int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, in
                        int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, int64_t keep_budget,
                        uint8_t *whole, int64_t *new_start, int64_t *piece_src, int64_t *piece_n,
                        int64_t *whole_end, int64_t *kept);
+void rgc_mark_pages(const int64_t *addrs, const int64_t *totals, int64_t n, int64_t base, int64_t page,
+                    int64_t hpage_pages, int8_t small_kind, int8_t large_kind, int8_t *kind);
+void rgc_index_add(const int64_t *starts, int64_t n, int64_t base, int64_t shift, int32_t first_row, int32_t *index);
 int64_t rgc_claim_range(int8_t *state, int64_t lo, int64_t hi, uint8_t *mine);
 int64_t rgc_claim_page(int8_t *state, int64_t page);
 int64_t rgc_program_layout(int64_t *out, int64_t max);

@@ -218,7 +218,7 @@ class Access:
             if ref._access is FINALIZED:
                 raise ReferenceError("this Ref was finalized and resurrected: it no longer names an object")
             raise ValueError("this Ref belongs to another heap")
-        return self.handles.addr.item(ref._handle)
+        return self.handles.addr_v[ref._handle]
 
     def find(self, addr: int) -> int:
         """Row of the object starting at ``addr``, or -1: one gather in the
@@ -228,20 +228,22 @@ class Access:
         if not 0 <= granule < ix.map.size:
             return -1
         row = ix.map.item(granule)
-        return row if 0 <= row < t.n and t.start.item(row) == addr else -1
+        return row if 0 <= row < t.n and t.start_of(row) == addr else -1
 
     def _shape_of_row(self, row: int) -> tuple[int, int, int]:
         """(nbytes, nrefs, payload offset) of the object in ``row``."""
-        t = self.table
-        nrefs = t.nrefs.item(row)
-        return t.nbytes.item(row), nrefs, self.model.payload_offset(nrefs)
+        nbytes, nrefs = self.table.shape_of(row)
+        return nbytes, nrefs, self.model.payload_offset(nrefs)
 
     def _locate(self, ref) -> tuple[int, tuple[int, int, int]]:
         """(address, (nbytes, nrefs, payload offset)) of a Ref's object; the
         shape is looked up (and the address checked) once per handle, then
         cached in the handle table (heap.roots.HandleTable.shape)."""
-        addr = self.own(ref)
         handles = self.handles
+        if type(ref) is Ref and ref._access is self:  # the hot path: ``own`` written out, one call fewer
+            addr = handles.addr_v[ref._handle]
+        else:
+            addr = self.own(ref)  # its errors
         shape = handles.shape[ref._handle]
         if shape is None:
             row = self.find(addr)
@@ -259,14 +261,6 @@ class Access:
         if self._slot_offset is not None:  # a scalar: one object's slot is arithmetic, not an array call
             return addr + self._slot_offset(nrefs, slot)
         return int(self.model.slot_addresses(np.array([addr]), np.array([nrefs]))[slot])
-
-    def _payload_range(self, ref, length: int, offset) -> int:
-        if type(offset) is not int:
-            offset = as_index(offset, "offset")
-        addr, (nbytes, _, payload) = self._locate(ref)
-        if offset < 0 or length < 0 or offset + length > nbytes:
-            raise ValueError(f"bytes [{offset}, {offset + length}) are outside the object's {nbytes}-byte payload")
-        return addr + payload + offset
 
     # -- Ref operations ----------------------------------------------------------------------
     def address(self, ref) -> int:
@@ -334,8 +328,12 @@ class Access:
             length = len(what)
         else:
             length = what = what if type(what) is int else as_index(what, "length")
-        where = self._payload_range(ref, length, offset)
-        return (where, what) if length else None
+        if type(offset) is not int:
+            offset = as_index(offset, "offset")
+        addr, (nbytes, _, payload) = self._locate(ref)
+        if offset < 0 or length < 0 or offset + length > nbytes:
+            raise ValueError(f"bytes [{offset}, {offset + length}) are outside the object's {nbytes}-byte payload")
+        return (addr + payload + offset, what) if length else None
 
     def set_ref(self, ref, slot, target) -> None:
         self._touch(self._slot_store, ref, slot, target)
@@ -391,7 +389,7 @@ class Access:
                 if row < 0:
                     raise HeapCorrupted("reference targets", f"slot {slot} of 0x{self.own(ref):x} holds "
                                         f"0x{value:x}, which is no object start")
-                return self.issue(value, self._shape_of_row(row))
+                return Ref._issue(self, self.handles.new(value, self._shape_of_row(row)))  # issue, written out
 
     def read(self, ref, length, offset) -> bytes:
         data, _ = self._touch(self._payload, ref, length, offset)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .native import COMPILED
+from .native import mark_pages as native_mark_pages
 from .native import pack as native_pack
 from .pages import large_pages, round_up
 from .twins import pack_numpy
@@ -55,6 +57,12 @@ class ObjectTable:
     def __init__(self, capacity: int = 1024):
         self.n = 0
         self._cols = {c: np.zeros(capacity, dtype=np.int64) for c in self.COLUMNS}
+        self._view_columns()
+
+    def _view_columns(self) -> None:
+        # the columns as memoryviews, for one row at a time (append, a Ref's lookups): a scalar
+        # read or store through a memoryview costs half of numpy's, and gives a Python int
+        self._v = tuple(memoryview(self._cols[c]) for c in self.COLUMNS)
 
     def _reserve(self, extra: int) -> None:
         need = self.n + extra
@@ -65,22 +73,31 @@ class ObjectTable:
                 grown = np.zeros(cap, dtype=np.int64)
                 grown[: self.n] = arr[: self.n]
                 self._cols[c] = grown
+            self._view_columns()
 
     @property
     def nslots(self) -> int:
         n = self.n
-        return int(self._cols["slot"][n - 1] + self._cols["nrefs"][n - 1]) if n else 0
+        return self._v[4][n - 1] + self._v[2][n - 1] if n else 0  # slot + nrefs of the last row
+
+    def start_of(self, row: int) -> int:
+        return self._v[0][row]
+
+    def shape_of(self, row: int) -> tuple[int, int]:
+        """(nbytes, nrefs) of one row."""
+        v = self._v
+        return v[1][row], v[2][row]
 
     def append(self, start: int, nbytes: int, nrefs: int, total: int) -> int:
-        slot = self.nslots
-        self._reserve(1)
         i = self.n
-        cols = self._cols
-        cols["start"][i] = start
-        cols["nbytes"][i] = nbytes
-        cols["nrefs"][i] = nrefs
-        cols["total"][i] = total
-        cols["slot"][i] = slot
+        if i == len(self._v[0]):
+            self._reserve(1)
+        v_start, v_nbytes, v_nrefs, v_total, v_slot = self._v
+        v_slot[i] = v_slot[i - 1] + v_nrefs[i - 1] if i else 0
+        v_start[i] = start
+        v_nbytes[i] = nbytes
+        v_nrefs[i] = nrefs
+        v_total[i] = total
         self.n = i + 1
         return i
 
@@ -201,9 +218,12 @@ class Allocator:
             self.cursor = self.limit = 0
         return addrs
 
-    def mark_pages(self, addrs: np.ndarray, totals: np.ndarray) -> None:
+    def mark_pages(self, addrs: np.ndarray, totals: np.ndarray, *, compiled: bool = COMPILED) -> None:
         """Record the page kind of every page the given objects occupy."""
         ps = self.page_size
+        if compiled:  # one pass: numpy's temporaries cost page faults on every collection
+            native_mark_pages(self.page_kind, addrs, totals, self.base, ps, self.hpage_pages, PAGE_SMALL, PAGE_LARGE)
+            return
         first = (np.asarray(addrs, dtype=np.int64) - self.base) // ps
         large = totals >= ps
         self.page_kind[first[~large]] = PAGE_SMALL

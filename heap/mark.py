@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import HeapCorrupted
-from .native import expand, first_visits, mark_targets
+from .native import COMPILED, expand, first_visits, index_add, mark_targets
 
 # Python's mmap module names MAP_NORESERVE only from 3.13 on; the value is Linux's
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
@@ -81,8 +81,10 @@ class AddressIndex:
     def add(self, start: int, row: int) -> None:
         self.map[(start - self.base) >> self.shift] = row
 
-    def add_many(self, starts: np.ndarray, first_row: int) -> None:
-        if starts.size:
+    def add_many(self, starts: np.ndarray, first_row: int, *, compiled: bool = COMPILED) -> None:
+        if compiled:  # one pass, no temporaries (each costs page faults inside the pause)
+            index_add(self.map, starts, self.base, self.shift, first_row)
+        elif starts.size:
             self.map[(starts - self.base) >> self.shift] = np.arange(first_row, first_row + starts.size,
                                                                      dtype=np.int32)
 

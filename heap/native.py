@@ -164,6 +164,21 @@ def plan_order(l_start, l_total, whole, new_whole, base: int, page_size: int, un
     return order, new_start, evac_from[:m], evac_to[:m], sources[: nsources[0]], int(ev_pages[0])
 
 
+def mark_pages(kind: np.ndarray, addrs, totals, base: int, page_size: int, hpage_pages: int, small: int,
+               large: int) -> None:
+    """Compiled ``heap.alloc.Allocator.mark_pages``: the page kind of every page the objects occupy."""
+    addrs = np.ascontiguousarray(addrs, dtype=np.int64)
+    totals = np.ascontiguousarray(totals, dtype=np.int64)
+    _lib.rgc_mark_pages(_ptr("int64_t[]", addrs), _ptr("int64_t[]", totals), addrs.size, base, page_size,
+                        hpage_pages, small, large, _ptr("int8_t[]", kind))
+
+
+def index_add(index_map: np.ndarray, starts, base: int, shift: int, first_row: int) -> None:
+    """Compiled ``heap.mark.AddressIndex.add_many``: rows first_row, first_row + 1, ... at ``starts``."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    _lib.rgc_index_add(_ptr("int64_t[]", starts), starts.size, base, shift, first_row, _ptr("int32_t[]", index_map))
+
+
 class PageClaims:
     """Claims over a concurrent cycle's page states (int8, heap.kernel.PAGE_*:
     unprocessed -> processing). Compiled, each claim is a compare-and-swap per page,

@@ -81,7 +81,7 @@ class Plan:
         """Maximal runs one MOVE can do (pieces contiguous on both sides merged):
         (arena page, source page, rebuilt?, pages) per run."""
         n = self.piece_n.size
-        if n == 0:
+        if n == 0 or self.in_place_pages >= self.end_pages:  # nothing to install (in_arena: all in place)
             z = np.zeros(0, dtype=np.int64)
             return z, z, np.zeros(0, dtype=bool), z
         end_dst = self.piece_dst + self.piece_n

@@ -3,6 +3,7 @@
    never touch heap memory, which is reached only through the Kernel
    protocol. Portable C, built by cffi (heap/_native_build.py). */
 #include <stdint.h>
+#include <string.h>
 
 #include "remapgc_program.h"
 
@@ -86,6 +87,32 @@ static int64_t place(int64_t pos, int64_t t, int64_t page, int64_t hpage_pages, 
     }
     *next = pos + pages * page;
     return pos;
+}
+
+/* The kind of every page the objects occupy (heap.alloc.Allocator.mark_pages's
+   rules): a small object's page, a large object's whole pages (whole 2 MiB
+   units when huge). One pass and no temporaries: after a compaction this runs
+   over every live object inside the pause. */
+void rgc_mark_pages(const int64_t *addrs, const int64_t *totals, int64_t n, int64_t base, int64_t page,
+                    int64_t hpage_pages, int8_t small_kind, int8_t large_kind, int8_t *kind)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int64_t first = (addrs[i] - base) / page, t = totals[i];
+        if (t < page) {
+            kind[first] = small_kind;
+            continue;
+        }
+        int64_t pages = (t + page - 1) / page;
+        if (hpage_pages && t >= hpage_pages * page) pages = round_up(pages, hpage_pages);
+        memset(kind + first, large_kind, (size_t)pages);
+    }
+}
+
+/* The address index's entries of n objects given rows first_row, first_row + 1, ... */
+void rgc_index_add(const int64_t *starts, int64_t n, int64_t base, int64_t shift, int32_t first_row, int32_t *index)
+{
+    for (int64_t i = 0; i < n; i++)
+        index[(starts[i] - base) >> shift] = first_row + (int32_t)i;
 }
 
 /* Greedy placement in order from offset 0; returns the pages used. */

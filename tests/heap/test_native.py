@@ -145,3 +145,30 @@ def test_sparse_huge_units_of_large_objects_move_whole_within_the_budget(budget_
         assert whole.all()
     else:
         assert 0 < whole.sum() < whole.size
+
+
+@needs_compiled
+@pytest.mark.parametrize("hp", [0, 8], ids=["pages", "huge-units"])
+def test_page_kinds_and_index_entries_agree(hp):
+    """The compiled page-kind marking and index entries equal their numpy
+    twins on small, large and huge objects."""
+    from heap.alloc import Allocator, pack
+    from heap.mark import AddressIndex
+
+    rng = np.random.default_rng(hp + 1)
+    ps, base = 4096, 1 << 32
+    totals = np.where(rng.random(2000) < 0.7, rng.integers(1, 200, 2000) * 16, rng.integers(256, 9000, 2000) * 16)
+    offsets, npages = pack(totals, ps, hp)
+    live = rng.random(2000) < 0.5
+    size = (npages + 16) * ps
+    kinds, maps = [], []
+    for compiled in (True, False):
+        a = Allocator(base, size, ps, hp)
+        a.mark_pages(base + offsets[live], totals[live], compiled=compiled)
+        kinds.append(a.page_kind.copy())
+        index = AddressIndex(base, size)
+        index.add_many(base + offsets[live], 7, compiled=compiled)
+        maps.append(index.map.copy())
+        index.close()
+    assert np.array_equal(*kinds) and (kinds[0] == 2).any() and (kinds[0] == 1).any()
+    assert np.array_equal(*maps)
