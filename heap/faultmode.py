@@ -30,7 +30,7 @@ from .kernel import UFFD_FEATURE_MOVE, UFFD_FEATURE_SIGBUS, UFFDIO_REGISTER_MODE
 
 FAULT_MODES = ("auto", "self", "thread")
 PROBE_PAGES = 48
-_measured: dict[str, tuple[str, str]] = {}  # kernel name -> (mode, reason), measured once per process
+_measured: dict[str, tuple[str, str]] = {}  # kernel class -> (mode, reason), measured once per process
 _measure_lock = threading.Lock()
 
 
@@ -61,7 +61,7 @@ def choose_fault_mode(wanted: str, kernel) -> tuple[str, str]:
     if wanted != "auto":
         return wanted, "asked for"
     with _measure_lock:
-        key = getattr(kernel, "name", type(kernel).__name__)
+        key = f"{type(kernel).__module__}.{type(kernel).__qualname__}"  # a wrapper measures apart
         if key not in _measured:
             _measured[key] = _decide(kernel)
         return _measured[key]
