@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import time
 from pathlib import Path
 
@@ -98,7 +99,10 @@ def main(argv=None) -> None:
                   ("yes" if ns <= target else "no") if target else "")
     Console().print(t)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    # the machine's load when the run ended: the figures of a run on a shared machine mean little without it
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     RESULTS.write_text(json.dumps({"kernel": args.kernel, "n": args.n, "repeat": args.repeat, "ns": res,
+                                   "load_average_1_5_15": load, "cpus": os.cpu_count(),
                                    "targets_ns": TARGETS_NS,
                                    "ratio_to_dict_lookup": {k: v / base for k, v in res.items()} if base else {}},
                                   indent=2) + "\n")

@@ -123,7 +123,7 @@ def plan_whole(l_start: np.ndarray, l_total: np.ndarray, base: int, page_size: i
     source pages, piece page counts, pages they fill, dead bytes kept in
     sparse units moved whole). A sparse unit of several pages holding only
     objects of a page or more moves whole while the dead bytes such units
-    keep stay within ``keep_budget`` (address order)."""
+    keep stay within ``keep_budget`` (the fullest units first)."""
     l_start = np.ascontiguousarray(l_start, dtype=np.int64)
     l_total = np.ascontiguousarray(l_total, dtype=np.int64)
     if not compiled:
@@ -139,6 +139,8 @@ def plan_whole(l_start: np.ndarray, l_total: np.ndarray, base: int, page_size: i
                                  unit_pages, hpage_pages, dense_bytes, keep_budget,
                                  _ptr("uint8_t[]", whole.view(np.uint8)), _ptr("int64_t[]", new_start),
                                  _ptr("int64_t[]", piece_src), _ptr("int64_t[]", piece_n), end, kept)
+    if pieces < 0:
+        raise MemoryError("planning the remap: no memory for the sparse units' list")
     return whole, new_start, piece_src[:pieces].copy(), piece_n[:pieces].copy(), int(end[0]), int(kept[0])
 
 

@@ -94,9 +94,12 @@ def plan_whole_numpy(l_start, l_total, base: int, ps: int, up: int, hpage_pages:
         unit_bytes = np.add.reduceat(l_total[shared], first)
         lengths = np.diff(np.append(first, u_shared.size))
         moves = unit_bytes >= dense_bytes
-        if up > 1:  # sparse huge units of large objects only: kept whole within the budget, in address order
+        if up > 1 and keep_budget > 0:  # sparse huge units of large objects only: kept whole within
+            # the budget, the fullest first (ties in address order)
             large_only = np.minimum.reduceat((l_total[shared] >= ps).astype(np.int8), first).astype(bool)
-            for u in np.flatnonzero(~moves & large_only).tolist():  # once per unit, never per object
+            cand = np.flatnonzero(~moves & large_only)
+            cand = cand[np.argsort(-unit_bytes[cand], kind="stable")]
+            for u in cand.tolist():  # once per unit, never per object
                 dead = up * ps - int(unit_bytes[u])
                 if dead <= keep_budget - kept:
                     kept += dead

@@ -3,6 +3,7 @@
    never touch heap memory, which is reached only through the Kernel
    protocol. Portable C, built by cffi (heap/_native_build.py). */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "remapgc_program.h"
@@ -156,34 +157,58 @@ int64_t rgc_plan_order(const int64_t *start, const int64_t *total, const uint8_t
     return m;
 }
 
+/* A sparse unit that may move whole: its live bytes and its objects [first, end). */
+struct rgc_sparse_unit { int64_t bytes, first, end; };
+
+/* The fullest first, then address order: the budget buys the most bytes not copied. */
+static int fullest_first(const void *a, const void *b)
+{
+    const struct rgc_sparse_unit *x = a, *y = b;
+    if (x->bytes != y->bytes) return x->bytes > y->bytes ? -1 : 1;
+    return x->first < y->first ? -1 : x->first > y->first;
+}
+
 /* The remap plan's whole-moving part, for live objects in address order:
    which objects move whole (owners of their units, objects of dense units,
    and -- units of several pages, i.e. huge pages -- objects of sparse units
-   holding only objects of a page or more, while the dead bytes such units
-   keep fit in keep_budget; *kept says how many they keep), the pieces they
-   move in, and their new addresses. Returns the piece count. */
+   holding only objects of a page or more, the fullest first, each while the
+   dead bytes such units keep fit in keep_budget; *kept says how many they
+   keep), the pieces they move in, and their new addresses. Returns the piece
+   count, or -1 when out of memory. */
 int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
                        int64_t unit_pages, int64_t hpage_pages, int64_t dense_bytes, int64_t keep_budget,
                        uint8_t *whole, int64_t *new_start, int64_t *piece_src, int64_t *piece_n,
                        int64_t *whole_end, int64_t *kept)
 {
-    int64_t unit = unit_pages * page;
+    int64_t unit = unit_pages * page, ncand = 0;
+    struct rgc_sparse_unit *cand = NULL;
     *kept = 0;
+    if (keep_budget > 0 && unit_pages > 1 && n > 0) {
+        cand = malloc(sizeof(*cand) * (size_t)n);
+        if (!cand) return -1;
+    }
     for (int64_t i = 0; i < n;) {
         if (total[i] >= unit) { whole[i++] = 1; continue; }
         int64_t u = (start[i] - base) / unit, j = i, bytes = 0;
-        uint8_t large_only = unit_pages > 1;
+        uint8_t large_only = cand != NULL;
         for (; j < n && total[j] < unit && (start[j] - base) / unit == u; j++) {
             bytes += total[j];
             large_only &= total[j] >= page;
         }
-        uint8_t moves = bytes >= dense_bytes;
-        if (!moves && large_only && unit - bytes <= keep_budget - *kept) {
-            *kept += unit - bytes;  /* copying these out would cost more than the dead pages kept */
-            moves = 1;
-        }
-        for (; i < j; i++) whole[i] = moves;
+        uint8_t dense = bytes >= dense_bytes;
+        if (!dense && large_only && unit - bytes <= keep_budget)
+            cand[ncand++] = (struct rgc_sparse_unit){bytes, i, j};
+        for (; i < j; i++) whole[i] = dense;
     }
+    if (ncand) {  /* copying these units' objects out would cost more than the dead pages kept */
+        qsort(cand, (size_t)ncand, sizeof(*cand), fullest_first);
+        for (int64_t c = 0; c < ncand; c++) {
+            if (unit - cand[c].bytes > keep_budget - *kept) continue;
+            *kept += unit - cand[c].bytes;
+            for (int64_t i = cand[c].first; i < cand[c].end; i++) whole[i] = 1;
+        }
+    }
+    free(cand);
     int64_t pieces = 0, dst = 0, src = 0, at = 0, last_unit = -1;
     for (int64_t i = 0; i < n; i++) {
         if (!whole[i]) continue;

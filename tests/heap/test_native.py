@@ -118,8 +118,9 @@ def test_plan_whole_agrees(hp):
 @pytest.mark.parametrize("budget_units", [0, 3, 1000], ids=["no-budget", "three-units", "unbounded"])
 def test_sparse_huge_units_of_large_objects_move_whole_within_the_budget(budget_units):
     """Units of 8 pages holding objects of 1-4 pages, a random third live:
-    each unit is sparse; those moved whole instead of evacuated keep at most
-    the budget's dead bytes, and the compiled loop and its twin agree."""
+    each unit is sparse; those moved whole instead of evacuated (the fullest
+    first) keep at most the budget's dead bytes, and the compiled loop and
+    its twin agree."""
     from heap.alloc import pack
 
     rng = np.random.default_rng(5)
@@ -143,8 +144,13 @@ def test_sparse_huge_units_of_large_objects_move_whole_within_the_budget(budget_
         assert not whole.any()
     elif budget_units == 1000:
         assert whole.all()
-    else:
+    else:  # the budget went to the fullest units: each kept one holds more than any copied out
         assert 0 < whole.sum() < whole.size
+        unit_of = offsets[live] // (hp * ps)
+        live_bytes = np.bincount(unit_of, weights=totals[live])
+        kept_units = np.unique(unit_of[whole])
+        copied_units = np.unique(unit_of[~whole])
+        assert live_bytes[kept_units].min() >= live_bytes[copied_units].max()
 
 
 @needs_compiled
