@@ -886,7 +886,8 @@ class SimKernel(KernelBase):
                        "in a UFFD_FEATURE_SIGBUS userfaultfd range")
         self._lock.release()
         try:
-            handler(addr)
+            with _SignalsHeld():  # as on Linux: Python's handlers run once the access (one C call) returns
+                handler(addr)
         finally:
             self._lock.acquire()
         return True

@@ -8,7 +8,7 @@ raw-whole, raw-rebuilt: a numpy store to a page not installed yet (a page
     heap with no compactor running: the faulting thread's SIGBUS installs it.
 raw-forked: the same after a fork: the child shares every page, so the
     handler's MOVE is refused with EBUSY and it COPYs the page instead.
-signal-during-fault: the page is held by another installer (claimed here),
+signal-during-fault, sim-signal-during-fault: the page is held by another installer (claimed here),
     the access waits for it inside the SIGBUS handler while SIGALRM fires
     every millisecond (each interrupts the handler's sleep); once the claim
     is given back the access installs the page, and the Python SIGALRM
@@ -42,12 +42,12 @@ import numpy as np
 WATCHDOG_S = 20
 
 
-def small_heap():
+def small_heap(kernel: str = "linux"):
     from heap import Heap
     from tests.concurrent.model import Model, garbage, populate
 
     rnd = random.Random(1)
-    heap = Heap(kernel="linux", size=8 << 20, compactor="remap", faults="self")
+    heap = Heap(kernel=kernel, size=8 << 20, compactor="remap", faults="self")
     model = Model(heap, seed=1)
     populate(model, 80, rnd)
     garbage(heap, rnd, 100)
@@ -88,12 +88,12 @@ def raw(mode: str) -> None:
     heap.close()
 
 
-def signal_during_fault() -> None:
+def signal_during_fault(kernel: str) -> None:
     from heap.concurrent import begin_concurrent, end_concurrent
 
     alarms = []
     signal.signal(signal.SIGALRM, lambda *_: alarms.append(1))
-    heap, model = small_heap()
+    heap, model = small_heap(kernel)
     cycle, stats, _ = begin_concurrent(heap, run_compactor=False)
     page = pick_page(cycle, rebuilt=False)
     assert cycle.states.claim(page) == 0  # held by "another installer": the access must wait for it
@@ -113,7 +113,7 @@ def signal_during_fault() -> None:
     end_concurrent(heap, cycle)
     model.check_all()
     heap.verify()
-    print(f"signal-during-fault: done value={value} alarms={len(alarms)} faults_served={stats.faults_served}",
+    print(f"{kernel} signal-during-fault: done value={value} alarms={len(alarms)} faults_served={stats.faults_served}",
           flush=True)
     heap.close()
 
@@ -161,8 +161,8 @@ def main(mode: str) -> None:
     faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
     if mode.startswith("raw-"):
         raw(mode)
-    elif mode == "signal-during-fault":
-        signal_during_fault()
+    elif mode.endswith("signal-during-fault"):
+        signal_during_fault("sim" if mode.startswith("sim-") else "linux")
     elif mode == "fork-settles":
         fork_settles()
     elif mode.startswith("outside"):

@@ -41,11 +41,13 @@ def test_a_numpy_access_holding_the_gil_completes_when_faults_are_self_served(mo
 
 
 @pytest.mark.timeout(90)
-def test_a_signal_during_a_self_served_fault_runs_its_handler_and_the_access_completes():
-    skip_linux_if_unavailable()
-    child = run_child("signal-during-fault")
+@pytest.mark.parametrize("kernel", ["linux", "sim"])
+def test_a_signal_during_a_self_served_fault_runs_its_handler_and_the_access_completes(kernel):
+    if kernel == "linux":
+        skip_linux_if_unavailable()
+    child = run_child("signal-during-fault" if kernel == "linux" else "sim-signal-during-fault")
     assert child.returncode == 0, child.stdout + child.stderr[-3000:]
-    assert "signal-during-fault: done" in child.stdout
+    assert f"{kernel} signal-during-fault: done" in child.stdout
     assert field(child.stdout, "alarms") >= 1
 
 
