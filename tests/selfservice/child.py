@@ -6,6 +6,8 @@ so a hang shows as a failure, never as a hung test.
 raw-whole, raw-rebuilt: a numpy store to a page not installed yet (a page
     that moves whole, a rebuilt one), holding the GIL, in a self-serving
     heap with no compactor running: the faulting thread's SIGBUS installs it.
+raw-cext: a C extension's loop over a page not installed yet (numpy's sum,
+    bytes() of a buffer), GIL held: the same.
 raw-forked: the same after a fork: the child shares every page, so the
     handler's MOVE is refused with EBUSY and it COPYs the page instead.
 signal-during-fault, sim-signal-during-fault: the page is held by another installer (claimed here),
@@ -79,7 +81,10 @@ def raw(mode: str) -> None:
     if mode == "raw-forked":
         heap.kernel.fork()  # shares every page: MOVE answers EBUSY (the child dies with us)
     arr = raw_page(heap, page)
-    arr[8] = arr[8]  # GIL held while the fault is served
+    if mode == "raw-cext":  # a C extension's loop (numpy's sum, then bytes()), GIL held, over the whole page
+        print(f"sum={int(arr.sum())} bytes={len(bytes(raw_page(heap, pick_page(cycle, rebuilt=True))))}")
+    else:
+        arr[8] = arr[8]  # GIL held while the fault is served
     end_concurrent(heap, cycle)
     model.check_all()
     heap.verify()

@@ -27,7 +27,7 @@ def field(out: str, name: str) -> int:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("mode", ["raw-whole", "raw-rebuilt", "raw-forked"])
+@pytest.mark.parametrize("mode", ["raw-whole", "raw-rebuilt", "raw-cext", "raw-forked"])
 def test_a_numpy_access_holding_the_gil_completes_when_faults_are_self_served(mode):
     """The access the handler-thread mode deadlocks on (tests/concurrent/test_gil_hazard:
     raw-forwarded) completes: the faulting thread installs its page in C."""
