@@ -165,7 +165,7 @@ def _close_fd(fd: int, self_serving: bool = False) -> None:
 
 
 # acquire/release of the self-serving SIGBUS handler (csrc/sigbus.c) are serialised here
-_SIGBUS_LOCK = threading.Lock()
+_SIGBUS_LOCK = threading.RLock()  # re-entrant: a uffd finalized by the GC inside the block
 
 
 class LinuxUffd(UffdBase):
