@@ -127,17 +127,26 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     last_end = 0
     if ev_pages and l_total[order[-1]] < ps:
         last_end = int(new_starts[-1] + l_total[order[-1]])
+    evacuated = np.zeros(order.size, dtype=bool)
+    evacuated[order.size - nev:] = True
+    rebuilt = np.zeros(unit_n.size + used, dtype=bool)
+    rebuilt[unit_n.size:] = True
+    if used:  # whole pieces, then the rebuilt units (no concatenation when one part is empty:
+        # every temporary of a large plan is fresh memory, page faults inside the pause)
+        unit_dst = np.concatenate([unit_dst, whole_end + np.arange(used, dtype=np.int64) * up])
+        unit_src = np.concatenate([unit_src, sources[:used] * up])
+        unit_n = np.concatenate([unit_n, np.full(used, up, dtype=np.int64)])
     return Plan(
         live_rows=rows[order],
         new_starts=new_starts,
         end_pages=whole_end + used * up,
-        evacuated=np.arange(order.size) >= order.size - nev,
+        evacuated=evacuated,
         evac_from=evac_from,
         evac_to=evac_to,
-        piece_dst=np.concatenate([unit_dst, whole_end + np.arange(used, dtype=np.int64) * up]),
-        piece_src=np.concatenate([unit_src, sources[:used] * up]),
-        piece_n=np.concatenate([unit_n, np.full(used, up, dtype=np.int64)]),
-        piece_rebuilt=np.concatenate([np.zeros(unit_n.size, dtype=bool), np.ones(used, dtype=bool)]),
+        piece_dst=unit_dst,
+        piece_src=unit_src,
+        piece_n=unit_n,
+        piece_rebuilt=rebuilt,
         rebuilt_pages=used * up,
         whole_pages=whole_end,
         last_object_end=last_end,
