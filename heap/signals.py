@@ -141,6 +141,8 @@ class deferred:
             _raw.signal(signum, entry[0])
             del _held[signum]
             back[signum] = entry[0]
+        if not _pending:  # the common case: nothing arrived
+            return
         if not _depth:
             due = list(dict.fromkeys(_pending))
             _pending.clear()
