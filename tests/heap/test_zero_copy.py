@@ -181,3 +181,27 @@ def test_a_collection_of_only_sparse_pages_slides_in_the_arena_copying_each_surv
         assert all(r.read(8, 0) == a.to_bytes(8, "little") for r, a in zip(refs, before.tolist()))
         assert k.resident_bytes(heap._spaces.from_space, heap.size) == 0
         heap.verify()
+
+
+@pytest.mark.timeout(60)
+def test_a_concurrent_cycle_moves_a_sparse_huge_unit_of_large_objects_whole_too(kernel_name):
+    """The concurrent install follows the same plan: the sparse unit's
+    survivor keeps its frames and bytes, the kept dead bytes are reported."""
+    with Heap(kernel=kernel_name, size=64 * MiB, compactor="remap", thp=True) as heap:
+        ps = heap.kernel.page_size
+        dead = heap.alloc(2 * MiB)
+        medium = [heap.alloc(400 << 10) for _ in range(4)]
+        big = heap.alloc(16 * MiB)
+        touch_every_page(big, 16 * MiB, ps)
+        for ref in medium:
+            touch_every_page(ref, 400 << 10, ps)
+        survivor = medium[2]
+        frames = frames_of(heap, survivor)
+        del dead, medium, ref
+        stats = heap.collect(concurrent=True)
+        assert stats.kept_dead_bytes == heap.kernel.hpage_size - heap.object_model.total_bytes(survivor.nbytes, 0)
+        assert stats.bytes_copied == 0
+        assert np.array_equal(frames_of(heap, survivor), frames)
+        for off in range(0, 400 << 10, ps):
+            assert survivor.read(10, off) == off.to_bytes(8, "little") + b"zc"
+        heap.verify()
