@@ -100,7 +100,40 @@ class _Finalized:
 FINALIZED = _Finalized()
 
 
-class Ref:
+class _Root:
+    """What a Ref and a RefArray share: each names a root (a handle, a root block)
+    that only its heap may issue, and that goes when it dies."""
+
+    __slots__ = ()
+    _made_by = ""
+
+    def __init__(self, *args, **kwargs):
+        # a root made by hand would share (and, when it dies, drop) another's root, or name none
+        raise TypeError(f"a {type(self).__name__} is made by its heap ({self._made_by}), not by hand")
+
+    _key_name = ""  # the attribute holding the root's key: a handle number, a block key
+
+    @classmethod
+    def _issue(cls, access, key: int):
+        """The heap's constructor: ``key`` (a handle, a root block) was just taken from the
+        handle table ``access`` serves."""
+        root = object.__new__(cls)
+        root._access = access
+        setattr(root, cls._key_name, key)
+        return root
+
+    def _release(self, access) -> None:
+        raise NotImplementedError
+
+    def __del__(self):
+        try:
+            access, self._access = self._access, FINALIZED  # resurrected, it must not reach the root's next owner
+            self._release(access)
+        except Exception:  # made by hand (no root), interpreter shutdown, finalized before: nothing to release
+            pass
+
+
+class Ref(_Root):
     """A handle to one heap object; a live Ref keeps the object alive.
 
     Its operations are its heap's ``Access`` (heap.access), named here
@@ -108,25 +141,12 @@ class Ref:
 
     __slots__ = ("_access", "_handle", "__weakref__")
 
-    def __init__(self, *args, **kwargs):
-        # a handle number names a root; a Ref made by hand would share (and, when
-        # it dies, drop) another Ref's root, or name no handle at all
-        raise TypeError("a Ref is made by its heap (Heap.alloc, Ref.get_ref, RefArray[i]), not by hand")
+    _made_by = "Heap.alloc, Ref.get_ref, RefArray[i]"
 
-    @classmethod
-    def _issue(cls, access, handle: int) -> "Ref":
-        """The heap's constructor: ``handle`` was just taken from the handle table ``access`` serves."""
-        ref = object.__new__(cls)
-        ref._access = access
-        ref._handle = handle
-        return ref
+    _key_name = "_handle"
 
-    def __del__(self):
-        try:
-            access, self._access = self._access, FINALIZED  # resurrected, it must not reach the handle's next object
-            access.drop(self._handle)
-        except Exception:  # made by hand (no handle), interpreter shutdown, finalized before: nothing to release
-            pass
+    def _release(self, access) -> None:
+        access.drop(self._handle)
 
     @property
     def heap(self):
@@ -217,27 +237,15 @@ class Ref:
             return f"Ref(<{exc.__class__.__name__}>)"
 
 
-class RefArray:
+class RefArray(_Root):
     """Handles to many objects as one root block (``Heap.alloc_many``)."""
 
-    def __init__(self, *args, **kwargs):
-        # a block key names a root block: one made by hand would share (and, when it dies, drop) another's
-        raise TypeError("a RefArray is made by its heap (Heap.alloc_many), not by hand")
+    _made_by = "Heap.alloc_many"
 
-    @classmethod
-    def _issue(cls, access, key: int) -> "RefArray":
-        """The heap's constructor: ``key`` was just given a block in ``access``'s handle table."""
-        arr = object.__new__(cls)
-        arr._access = access
-        arr._key = key
-        return arr
+    _key_name = "_key"
 
-    def __del__(self):
-        try:
-            access, self._access = self._access, FINALIZED
-            access.drop_block(self._key)
-        except Exception:
-            pass
+    def _release(self, access) -> None:
+        access.drop_block(self._key)
 
     def __copy__(self) -> "RefArray":
         # a root block of its own: a copy sharing the key would drop the original's roots when it dies
