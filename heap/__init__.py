@@ -31,6 +31,11 @@ Embedding
     ``ObjectModel``     how an object lies in the arena (a runtime brings its own layout)
     ``DefaultObjectModel``, ``DEFAULT_MODEL``  the layout documented in ``heap.objects``
     ``RootScanner``     references a runtime holds outside the heap's handles
+    ``MutatorHooks``    the runtime's threads, stopped and resumed around every pause
+                        (``Heap.add_mutator_hooks``)
+    ``CollectionInfo``  what hooks and collection callbacks learn (``Heap.add_callback``)
+    ``HookReentry``     a heap call from inside a hook, callback or root scanner
+    ``WeakRef``         a reference that does not keep its object alive (``Heap.weakref``)
 
 Importing ``heap`` loads nothing else: each name is loaded on first use
 (PEP 562), so ``import heap.kernel`` (what the backends do) does not load
@@ -60,6 +65,10 @@ _API = {
     "DefaultObjectModel": "objects",
     "DEFAULT_MODEL": "objects",
     "RootScanner": "objects",
+    "MutatorHooks": "hooks",
+    "CollectionInfo": "hooks",
+    "HookReentry": "hooks",
+    "WeakRef": "weak",
 }
 
 __all__ = list(_API)

@@ -144,7 +144,8 @@ def test_the_package_exports_exactly_its_documented_api():
     api = set(heap.__all__)
     assert api == {"Heap", "Ref", "RefArray", "GCStats", "ConcurrentGCStats", "HeapStats", "HeapError", "HeapFull",
                    "HeapCorrupted", "HeapClosed", "CompactionAborted", "KernelUnsupported", "open_kernel",
-                   "ObjectModel", "DefaultObjectModel", "DEFAULT_MODEL", "RootScanner"}
+                   "ObjectModel", "DefaultObjectModel", "DEFAULT_MODEL", "RootScanner",
+                   "MutatorHooks", "CollectionInfo", "HookReentry", "WeakRef"}
     assert set(dir(heap)) == api
     for name in api:
         assert getattr(heap, name) is not None
