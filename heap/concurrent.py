@@ -58,7 +58,7 @@ from .builder import ChunkPlan, PageBuilder
 from .errors import CompactionAborted, HeapCorrupted, Health
 from .events import get_logger
 from .background import start_background
-from .faults import FaultHandler
+from .faults import FaultHandler, settled_counts
 from .install import InstallInterrupted
 from .kernel import MADV_DONTNEED, UffdError
 from .pause import Collection, Pause
@@ -229,9 +229,11 @@ class ConcurrentCycle:
         """The uffd's chunk walker over this cycle's program, or None."""
         if self._walk is None:
             program = self.native_program()
+            # self-serving: refusals settled in C (no page held for Python while a faulter may hold the GIL)
+            settle = {"settle_refusals": True} if self.uffd.self_serving else {}
             self._walk = False if program is None else self.accelerator.chunk_walker(
                 program, state=self.states.state, installed=self.states.installed_natively, stop=self.stop_flag,
-                chunk=self.chunk_pages, scratch=scratch)
+                chunk=self.chunk_pages, scratch=scratch, **settle)
         return self._walk or None
 
     def _chunks(self, scratch: int) -> "ChunkPlan":
@@ -343,10 +345,13 @@ class ConcurrentCycle:
 
     def _count_into_stats(self) -> None:
         st = self.stats
+        settled = getattr(self._walk, "settled", None) if self._walk else None
+        if settled is not None:  # refusals the native walk settled itself (self-serving)
+            settled_counts(settled).add_into(st, self.kernel.page_size)
         self.counters.add_into(st, self.kernel.page_size)
         self.handler.add_counts_into(st)
         st.install_ns = time.perf_counter_ns() - self.install_started
-        corrupt = self.handler.corrupt_pages()
+        corrupt = self.handler.corrupt_pages() + (settled.corrupt if settled is not None else 0)
         if corrupt:  # a self-served fault met a to-space page filled from outside the heap
             self.corrupted(HeapCorrupted("install", f"{corrupt} to-space page(s) were populated while their "
                                          "source still held a page (found by self-served faults)"))

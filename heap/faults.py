@@ -163,11 +163,10 @@ class FaultHandler:
                                    fresh_pages=srv.fresh_pages)
         if own is None:
             return InstallCounters()
-        return InstallCounters(
-            pages_moved=own.pages_moved, bytes_copied=own.bytes_copied, faults_served=own.served,
-            pages_installed_by_faults=own.pages_moved + own.pages_copied + own.ebusy_copies + own.holes,
-            fresh_pages=own.fresh_pages, ebusy_fallbacks=own.ebusy_copies, eagain_retries=own.eagain_retries,
-            eexist_races=own.eexist_races, zero_filled=own.holes, install_retries=own.install_retries)
+        c = settled_counts(own)
+        c.faults_served, c.fresh_pages = own.served, own.fresh_pages
+        c.pages_installed_by_faults = own.pages_moved + own.pages_copied + own.ebusy_copies + own.holes
+        return c
 
     def corrupt_pages(self) -> int:
         """Pages a self-served fault found filled from outside the heap (EEXIST, source still there)."""
@@ -398,6 +397,14 @@ class FaultHandler:
                 return
             raise InstallInterrupted(exc, 0) from exc
         c.bytes_copied += self.ps
+
+
+def settled_counts(own) -> InstallCounters:
+    """What a native side that settles refusals itself did (a self-service, or a
+    self-serving walk's ``settled``: same counter names), as install counters."""
+    return InstallCounters(pages_moved=own.pages_moved, bytes_copied=own.bytes_copied,
+                           ebusy_fallbacks=own.ebusy_copies, eagain_retries=own.eagain_retries,
+                           eexist_races=own.eexist_races, zero_filled=own.holes, install_retries=own.install_retries)
 
 
 class PythonSelfService:

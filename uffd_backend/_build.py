@@ -98,6 +98,9 @@ int64_t rgc_uffd_move_ranges(int fd, const uint64_t *dsts, const uint64_t *srcs,
 const char *rgc_chunk_walk_statuses(void);
 int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, int64_t chunk, int64_t first_chunk,
                            uint64_t scratch, const int32_t *stop, int64_t *installed, uint8_t *mine, int64_t *out);
+int64_t rgc_install_chunks_settling(int fd, const struct rgc_program *g, int8_t *state, int64_t chunk,
+                                    int64_t first_chunk, uint64_t scratch, const int32_t *stop, int64_t *installed,
+                                    uint8_t *mine, int64_t *out, int64_t *settle);
 int64_t rgc_fault_server_start(struct rgc_fault_server *s);
 int64_t rgc_fault_server_join(struct rgc_fault_server *s);
 int64_t rgc_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode, int64_t *copied);

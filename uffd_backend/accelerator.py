@@ -187,6 +187,23 @@ class LinuxFaultServer:
         return self.latencies[: int(self.counters[LATENCIES])].copy()
 
 
+class SettledCounts:
+    """Counters of refusals settled natively (a self-serving chunk walk's), named as LinuxSelfService's."""
+
+    def __init__(self, counters):
+        self.counters = counters
+
+    pages_moved = _counter(MOVED)
+    pages_copied = _counter(COPIED)
+    bytes_copied = _counter(BYTES_COPIED)
+    ebusy_copies = _counter(EBUSY_COPIES)
+    eagain_retries = _counter(EAGAIN)
+    eexist_races = _counter(EEXIST)
+    holes = _counter(HOLES)
+    install_retries = _counter(RETRIES)
+    corrupt = _counter(CORRUPT)
+
+
 SELF_SERVICE_SCRATCH_PAGES = 16  # rebuilt pages assembled at once by faulting threads (more wait for one)
 REMOVE_TIMEOUT_MS = 10_000
 _STILL_READ: list = []  # entries a handler may still read after a timed-out stop: kept alive
@@ -310,13 +327,17 @@ class LinuxAccelerator:
     def load_program(self, program, arena: int, from_space: int) -> LinuxProgram:
         return LinuxProgram(program, arena, from_space)
 
-    def chunk_walker(self, program: LinuxProgram, *, state, installed, stop, chunk: int, scratch: int):
+    def chunk_walker(self, program: LinuxProgram, *, state, installed, stop, chunk: int, scratch: int,
+                     settle_refusals: bool = False):
         """The concurrent compactor's walk over chunks nobody touched
         (``rgc_install_chunks`` in csrc/install_walk.c): ``walk(first_chunk) ->
         ChunkWalk``. ``state`` (int8), ``installed`` (int64[1]) and ``stop``
         (int32[1]) are shared with the caller, which claims pages with the same
         compare-and-swap. ``scratch``: ``chunk`` pages where rebuilt pages are
-        assembled."""
+        assembled. ``settle_refusals`` (a self-serving heap): a refused MOVE is
+        settled in C page by page as a self-served fault settles it, counted in
+        ``walk.settled`` (``SettledCounts``); the walk never stops
+        at one, so no page is left held for Python."""
         _check_shared(state=(state, np.int8), installed=(installed, np.int64), stop=(stop, np.int32))
         if chunk <= 0 or state.size < program.npages:
             raise ValueError("the page states do not cover the program's pages")
@@ -327,17 +348,24 @@ class LinuxAccelerator:
         mine = np.zeros(chunk, dtype=np.uint8)  # the pages of the chunk it stopped in that it claimed
         mine_p = ffi.from_buffer("uint8_t[]", mine)
         uffd = self._uffd
+        counters = np.zeros(NCOUNTERS, dtype=np.int64) if settle_refusals else None
+        counters_p = ffi.from_buffer("int64_t[]", counters) if settle_refusals else None
 
         def walk(first_chunk: int) -> ChunkWalk:
-            ret = lib.rgc_install_chunks(uffd._fd(), ptrs[0], ptrs[1], chunk, first_chunk, scratch, ptrs[2], ptrs[3],
-                                         mine_p, out_p)
+            if settle_refusals:
+                ret = lib.rgc_install_chunks_settling(uffd._fd(), ptrs[0], ptrs[1], chunk, first_chunk, scratch,
+                                                      ptrs[2], ptrs[3], mine_p, out_p, counters_p)
+            else:
+                ret = lib.rgc_install_chunks(uffd._fd(), ptrs[0], ptrs[1], chunk, first_chunk, scratch, ptrs[2],
+                                             ptrs[3], mine_p, out_p)
             if ret < 0:
                 raise OSError(-ret, f"the native chunk walk: {os.strerror(-ret)}")
             o = out.tolist()
             return ChunkWalk(CHUNK_WALK_STATUS[o[0]], *o[1:])
 
         walk.mine = mine
-        walk.keep = (program, state, installed, stop, out, ptrs)  # the pointers' buffers live as long as walk
+        walk.settled = SettledCounts(counters) if settle_refusals else None  # what it settled itself
+        walk.keep = (program, state, installed, stop, out, ptrs, counters_p)  # buffers live as long as walk
         return walk
 
     def fault_server(self, program: LinuxProgram, *, state, installed,

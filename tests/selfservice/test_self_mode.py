@@ -148,3 +148,27 @@ def test_the_sigbus_handler_goes_in_with_the_first_heap_and_out_with_the_last(ke
 def test_thread_mode_stays_the_default_and_opens_no_sigbus_uffd(kernel_name):
     with Heap(kernel=kernel_name, size=4 * MiB, compactor="remap") as heap:
         assert not heap._uffd.self_serving
+
+
+@pytest.mark.timeout(120)
+def test_a_self_serving_walk_settles_refused_moves_itself_and_leaves_no_page_to_python(kernel_name, monkeypatch):
+    """Pages shared with a forked child: every MOVE of the compactor's walk is
+    refused (EBUSY). Self-serving, the native walk COPYs them itself (Linux), so
+    no page waits for a Python installer that a GIL-holding faulter would block;
+    the simulator's walk is Python's own and settles them the same way."""
+    from heap.concurrent import ConcurrentCycle
+
+    heap, model, _ = self_heap(kernel_name)
+    if kernel_name == "linux":
+        def no_python_finish(*args, **kwargs):
+            raise AssertionError("a refused MOVE was left to Python")
+        monkeypatch.setattr(ConcurrentCycle, "_finish_refused_chunk", no_python_finish)
+    with heap:
+        child = heap.kernel.fork()
+        try:
+            stats = heap.collect(concurrent=True)
+        finally:
+            child.exit()
+        assert stats.ebusy_fallbacks >= 1, stats
+        model.check_all()
+        heap.verify()

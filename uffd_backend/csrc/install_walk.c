@@ -95,8 +95,33 @@ static int64_t rgc_settle_mine(int8_t *state, int64_t lo, int64_t from, int64_t 
     return n;
 }
 
+static int64_t rgc_walk(int fd, const struct rgc_program *g, int8_t *state, int64_t chunk, int64_t first_chunk,
+                        uint64_t scratch, const int32_t *stop, int64_t *installed, uint8_t *mine, int64_t *out,
+                        int64_t *settle);
+
 int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, int64_t chunk, int64_t first_chunk,
                            uint64_t scratch, const int32_t *stop, int64_t *installed, uint8_t *mine, int64_t *out)
+{
+    return rgc_walk(fd, g, state, chunk, first_chunk, scratch, stop, installed, mine, out, NULL);
+}
+
+/* The same walk for a self-serving heap: a refused MOVE is settled here, page
+   by page, as a self-served fault settles it (serve_page.c's
+   rgc_settle_refused: EBUSY -> COPY, EAGAIN retried, ENOENT -> ZEROPAGE,
+   EEXIST checked, anything else given back), counted in settle[] (enum
+   rgc_server_counter). The walk never returns REFUSED: no page is left held
+   for Python, whose installer would need the GIL a faulting thread may hold
+   while it waits for that page. */
+int64_t rgc_install_chunks_settling(int fd, const struct rgc_program *g, int8_t *state, int64_t chunk,
+                                    int64_t first_chunk, uint64_t scratch, const int32_t *stop, int64_t *installed,
+                                    uint8_t *mine, int64_t *out, int64_t *settle)
+{
+    return rgc_walk(fd, g, state, chunk, first_chunk, scratch, stop, installed, mine, out, settle);
+}
+
+static int64_t rgc_walk(int fd, const struct rgc_program *g, int8_t *state, int64_t chunk, int64_t first_chunk,
+                        uint64_t scratch, const int32_t *stop, int64_t *installed, uint8_t *mine, int64_t *out,
+                        int64_t *settle)
 {
     int64_t nchunks = (g->npages + chunk - 1) / chunk;
     uint64_t *src = malloc((size_t)chunk * sizeof *src);
@@ -131,10 +156,25 @@ int64_t rgc_install_chunks(int fd, const struct rgc_program *g, int8_t *state, i
                                               (uint64_t)(p - first) * g->page_size,
                                               RGC_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, 0 };
                 out[7] += 1;
-                if (ioctl(fd, RGC_UFFDIO_MOVE, &mv) < 0) {
+                int refused = ioctl(fd, RGC_UFFDIO_MOVE, &mv) < 0;
+                int err = errno;
+                if (refused && settle) {
+                    /* the run's pages from the first not moved: one MOVE each, a refusal settled here */
+                    int64_t moved = mv.move > 0 ? mv.move / (int64_t)g->page_size : 0;
+                    for (int64_t q = first + moved; q < p; q++) {
+                        struct rgc_uffdio_move one = { g->arena + (uint64_t)q * g->page_size, src[q - lo],
+                                                       g->page_size, 0, 0 };
+                        out[7] += 1;
+                        if (ioctl(fd, RGC_UFFDIO_MOVE, &one) == 0) continue;  /* in: settled with the chunk */
+                        struct rgc_refusal r = { one.dst, one.src, errno, one.move };
+                        mine[q - lo] = 0;  /* settled (installed or given back) on its own */
+                        held--;
+                        rgc_settle_refused(g, fd, state, installed, settle, &r);
+                    }
+                } else if (refused) {
                     out[0] = RGC_WALK_REFUSED;
                     out[2] = first;
-                    out[3] = errno;
+                    out[3] = err;
                     out[4] = mv.move;
                     int64_t done = rgc_settle_mine(state, lo, lo, first, mine, RGC_PAGE_INSTALLED);
                     __atomic_add_fetch(installed, done, __ATOMIC_ACQ_REL);
