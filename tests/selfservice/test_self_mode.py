@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from heap import Heap
-from heap.concurrent import begin_concurrent, end_concurrent
+from heap.concurrent import begin_concurrent, collect_concurrent, end_concurrent
 from tests.concurrent.model import Model, garbage, populate
 from tests.concurrent.test_concurrent import remapgc_threads, run_threads
 
@@ -111,7 +111,8 @@ def test_eight_mutators_through_many_concurrent_cycles(kernel_name):
             try:
                 for i in range(CYCLES[kernel_name]):
                     garbage(heap, rnd, 5)
-                    st = heap.collect(concurrent=True)
+                    # every other cycle in chunks of 4 pages: mutators meet pages nobody claimed yet
+                    st = heap.collect(concurrent=True) if i % 2 else collect_concurrent(heap, chunk_pages=4)
                     totals["cycles"] += 1
                     totals["served"] += st.faults_served
             finally:
