@@ -17,6 +17,8 @@ Heap and handles
 What a heap reports
     ``GCStats``         one collection's counts and times (ns)
     ``ConcurrentGCStats``  what ``collect(concurrent=True)`` returns: GCStats plus the install's own counts
+    ``BackgroundCollection``  what ``collect(concurrent=True, wait=False)`` returns: ``done()``,
+                        ``wait(timeout)``, ``stats`` once every page is installed
     ``HeapStats``       ``Heap.stats()``: live and free bytes, RSS, without collecting
 Errors
     ``HeapError``       base of the heap's own errors
@@ -54,6 +56,7 @@ _API = {
     "GCStats": "stats",
     "ConcurrentGCStats": "stats",
     "HeapStats": "stats",
+    "BackgroundCollection": "background",
     "HeapError": "errors",
     "HeapFull": "errors",
     "HeapCorrupted": "errors",

@@ -145,7 +145,7 @@ def test_the_package_exports_exactly_its_documented_api():
     assert api == {"Heap", "Ref", "RefArray", "GCStats", "ConcurrentGCStats", "HeapStats", "HeapError", "HeapFull",
                    "HeapCorrupted", "HeapClosed", "CompactionAborted", "KernelUnsupported", "open_kernel",
                    "ObjectModel", "DefaultObjectModel", "DEFAULT_MODEL", "RootScanner",
-                   "MutatorHooks", "CollectionInfo", "HookReentry", "WeakRef"}
+                   "MutatorHooks", "CollectionInfo", "HookReentry", "WeakRef", "BackgroundCollection"}
     assert set(dir(heap)) == api
     for name in api:
         assert getattr(heap, name) is not None
