@@ -37,6 +37,7 @@ from .events import get_logger
 from .embedding import EmbeddingAPI, model_for
 from .hooks import Hooks
 from .install import InstallInterrupted, PageInstaller
+from .introspection import HeapProperties
 from .kernel import Kernel, KernelUnsupported, open_kernel
 from .mark import AddressIndex, Workspace, index_granule
 from .objects import DEFAULT_MODEL, ObjectModel, RootScanner
@@ -66,7 +67,7 @@ MAX_NREFS = (1 << 32) - 1
 CLOSE_DRAIN_S = 10.0  # close() waits this long for accesses in flight
 
 
-class Heap(EmbeddingAPI):
+class Heap(HeapProperties, EmbeddingAPI):
     """A compacting heap in one arena of ``size`` bytes.
 
     kernel: "auto" | "linux" | "sim" | a Kernel instance.
@@ -146,45 +147,6 @@ class Heap(EmbeddingAPI):
         return "remap"
 
     # -- properties -------------------------------------------------------------------
-    @property
-    def kernel(self) -> Kernel:
-        return self._kernel
-
-    @property
-    def compactor(self) -> str:
-        return self._compactor
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def base(self) -> int:
-        return self._alloc.base
-
-    @property
-    def object_model(self) -> ObjectModel:
-        return self._model
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def collections(self) -> int:
-        """Collections so far (counted when their pause is over)."""
-        return self._pause.collections
-
-    @property
-    def last_phase_ns(self) -> dict[str, int]:
-        """Phase name -> nanoseconds, of the last collection."""
-        return self._pause.last_phase_ns
-
-    @property
-    def last_events(self) -> list[dict]:
-        """The phase events of the last collection, as logged."""
-        return self._pause.last_events
-
     @property
     def lock(self) -> threading.RLock:
         """The heap's lock. Held, no collection and no access can start

@@ -68,9 +68,9 @@ def test_a_wrapper_that_hides_the_native_parts_self_serves_only_where_python_can
     with Heap(kernel=PythonOnly(open_kernel(kernel_name)), size=4 * MiB, compactor="remap", faults="self") as heap:
         if kernel_name == "linux":
             assert not heap._uffd.self_serving
-            assert heap._spaces.faults == "thread" and "can serve a SIGBUS" in heap._spaces.faults_reason
+            assert heap.faults == "thread" and "can serve a SIGBUS" in heap.faults_reason
         else:
-            assert heap._uffd.self_serving and heap._spaces.faults == "self"
+            assert heap._uffd.self_serving and heap.faults == "self"
         model = Model(heap, seed=2)
         populate(model, 30, random.Random(2))
         cycle, stats, _ = begin_concurrent(heap, run_compactor=False)
@@ -79,3 +79,11 @@ def test_a_wrapper_that_hides_the_native_parts_self_serves_only_where_python_can
         end_concurrent(heap, cycle)
         assert stats.faults_served > 0
         model.check_all()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("asked", ["thread", "self"])
+def test_the_heap_says_which_fault_mode_it_runs_and_why(kernel_name, asked):
+    with Heap(kernel=kernel_name, size=4 * MiB, compactor="remap", faults=asked) as heap:
+        assert heap.faults == asked  # both backends serve both modes natively or in Python
+        assert heap.faults_reason
