@@ -86,7 +86,7 @@ class KernelWrapper(KernelBase):
         self.name = inner.name
         self.page_size = inner.page_size
         self.hpage_size = inner.hpage_size
-        if callable(getattr(inner, "sigaction_sigbus", None)):  # the simulator's SIGBUS hook: self-served faults
+        if inner.sigaction_sigbus is not None:  # the simulator's SIGBUS hook: self-served faults
             self.sigaction_sigbus = inner.sigaction_sigbus
 
     @property

@@ -69,7 +69,7 @@ def supports(kernel, model) -> bool:
     """Whether the C core can do this heap's per-object work: it is built, the
     backend lets compiled code reach its memory (``memory_in_place``, declared
     in heap.kernel) and the objects have the default layout."""
-    return COMPILED and bool(getattr(kernel, "memory_in_place", False)) and slot_offset_of(model) is not None
+    return COMPILED and kernel.memory_in_place and slot_offset_of(model) is not None
 
 
 class Memory:

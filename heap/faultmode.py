@@ -46,9 +46,9 @@ def self_service_refused(mode: str, uffd, kernel) -> str | None:
     the kernel's Python SIGBUS hook (the simulator's ``sigaction_sigbus``)."""
     if mode != "self":
         return None
-    if not getattr(uffd, "self_serving", False):
+    if not uffd.self_serving:
         return f"faults='self' asked for, but {type(uffd).__name__} is not self-serving: the handler thread serves"
-    if uffd.accelerator is None and not callable(getattr(kernel, "sigaction_sigbus", None)):
+    if uffd.accelerator is None and kernel.sigaction_sigbus is None:
         return (f"faults='self' asked for, but neither {type(uffd).__name__} (no accelerator) nor "
                 f"{type(kernel).__name__} (no sigaction_sigbus) can serve a SIGBUS: the handler thread serves")
     return None

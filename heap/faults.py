@@ -98,7 +98,7 @@ class FaultHandler:
         self.thread = threading.Thread(target=self._run, name="remapgc-faults", daemon=True)
         # self-served faults (heap.faultmode): the faulting thread installs its page (SIGBUS);
         # in the SIGBUS table from now on, so that no access of the cycle finds it missing
-        self.self_service = self._start_self_service() if getattr(self.uffd, "self_serving", False) else None
+        self.self_service = self._start_self_service() if self.uffd.self_serving else None
 
     def _start_self_service(self):
         program = self.cycle.native_program()

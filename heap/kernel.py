@@ -103,8 +103,7 @@ HPAGE_SIZE = 2 << 20
 
 
 # --- argument checks shared by both backends ----------------------------------
-# Bad input must give the same exception on every backend (the differential
-# tests compare them), so both use these.
+# Bad input must give the same exception on every backend (the differential tests compare): both use these.
 U64_MAX = (1 << 64) - 1
 
 
@@ -469,6 +468,8 @@ class KernelBase:
     memory_in_place = False
     simulated = False  # memory is modelled, not real: "auto" warns when it has to pick such a kernel
 
+    sigaction_sigbus: Callable | None = None  # a Python SIGBUS hook, handler -> previous (the simulator's)
+
     def after_fork_in_child(self) -> None:
         pass
 
@@ -483,8 +484,7 @@ class KernelBase:
 
 
 # --- choosing a backend: heap.backends, re-exported without importing it here --------
-_BACKENDS_NAMES = ("choose_auto", "probe_move", "open_linux", "open_sim", "linux_disabled_reason",
-                   "DISABLE_LINUX_ENV")
+_BACKENDS_NAMES = ("choose_auto", "probe_move", "open_linux", "open_sim", "linux_disabled_reason", "DISABLE_LINUX_ENV")
 
 
 def open_kernel(name: str = "auto", **options) -> Kernel:
