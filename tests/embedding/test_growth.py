@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from heap import Heap
+from tests.embedding.modes import MODES
 
 MiB = 1 << 20
-MODES = [("copy", False), ("remap", False), ("remap", True)]
 
 
 @pytest.mark.timeout(300)

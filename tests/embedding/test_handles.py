@@ -14,21 +14,6 @@ import pytest
 
 from heap import Heap, HeapCorrupted
 
-MODES = [("copy", False), ("remap", False), ("remap", True)]
-MODE_IDS = ["copy", "remap", "remap-concurrent"]
-
-
-@pytest.fixture(params=MODES, ids=MODE_IDS)
-def mode(request):
-    return request.param
-
-
-@pytest.fixture
-def heap(kernel_name, mode):
-    h = Heap(kernel=kernel_name, size=8 << 20, compactor=mode[0])
-    yield h
-    h.close()
-
 
 @pytest.mark.timeout(120)
 def test_refs_hash_and_compare_by_identity_across_moves(heap, mode):

@@ -15,23 +15,6 @@ import pytest
 from heap import ConcurrentGCStats, GCStats, Heap, HeapFull
 from heap.hooks import CollectionInfo, HookReentry
 
-MODES = [("copy", False), ("remap", False), ("remap", True)]
-MODE_IDS = ["copy", "remap", "remap-concurrent"]
-
-
-@pytest.fixture(params=MODES, ids=MODE_IDS)
-def mode(request):
-    return request.param
-
-
-@pytest.fixture
-def heap(kernel_name, mode):
-    compactor, _ = mode
-    h = Heap(kernel=kernel_name, size=8 << 20, compactor=compactor)
-    assert h.compactor == compactor
-    yield h
-    h.close()
-
 
 class Recorder:
     """Mutator hooks and a callback that write what they see into one journal."""

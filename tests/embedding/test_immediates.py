@@ -11,22 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heap import Heap, Ref
+from tests.embedding.modes import MODES, MODE_IDS
 
-MODES = [("copy", False), ("remap", False), ("remap", True)]
-MODE_IDS = ["copy", "remap", "remap-concurrent"]
 LIMIT = 1 << 62
-
-
-@pytest.fixture(params=MODES, ids=MODE_IDS)
-def mode(request):
-    return request.param
-
-
-@pytest.fixture
-def heap(kernel_name, mode):
-    h = Heap(kernel=kernel_name, size=8 << 20, compactor=mode[0])
-    yield h
-    h.close()
 
 
 @pytest.mark.timeout(120)

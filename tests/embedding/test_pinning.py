@@ -13,21 +13,6 @@ import pytest
 
 from heap import Heap
 
-MODES = [("copy", False), ("remap", False), ("remap", True)]
-MODE_IDS = ["copy", "remap", "remap-concurrent"]
-
-
-@pytest.fixture(params=MODES, ids=MODE_IDS)
-def mode(request):
-    return request.param
-
-
-@pytest.fixture
-def heap(kernel_name, mode):
-    h = Heap(kernel=kernel_name, size=8 << 20, compactor=mode[0])
-    yield h
-    h.close()
-
 
 def plan_event(heap) -> dict:
     """What the last collection's plan phase reported."""

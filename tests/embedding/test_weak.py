@@ -21,9 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from heap import Heap, Ref
 from heap import weak
-
-MODES = [("copy", False), ("remap", False), ("remap", True)]
-MODE_IDS = ["copy", "remap", "remap-concurrent"]
+from tests.embedding.modes import MODES, MODE_IDS
 
 
 def oid_of(ref: Ref) -> int:
