@@ -41,9 +41,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.concurrent import OBJECT, PythonOnly, PythonOnlyUffd, percentiles, timed_reads
+from bench.concurrent import OBJECT, PythonOnly, PythonOnlyUffd, faulting_reads, percentiles
 from heap import Heap
-from heap.concurrent import begin_concurrent, end_concurrent
 from heap.kernel import UffdError, open_kernel
 
 MiB = 1 << 20
@@ -169,13 +168,7 @@ def round_trip_row(kernel: str, faults: str, mib: int) -> dict:
     live = refs[::2]
     del refs
     with heap:
-        cycle, stats, _ = begin_concurrent(heap, run_compactor=False)
-        faulted: list[int] = []
-        t = threading.Thread(target=lambda: faulted.extend(timed_reads(live, ps)))
-        t.start()
-        t.join()
-        end_concurrent(heap, cycle)
-        plain = timed_reads(live, ps)
+        faulted, plain, stats = faulting_reads(heap, live)
         return {"mode": faults, "mutator": percentiles(faulted), "no_cycle": percentiles(plain),
                 "service_p50_ns": stats.fault_p50_ns, "service_p99_ns": stats.fault_p99_ns,
                 "faults_served": stats.faults_served}
