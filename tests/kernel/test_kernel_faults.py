@@ -11,6 +11,7 @@ timeout, and closing the uffd at teardown releases a thread left blocked.
 from __future__ import annotations
 
 import errno
+import os
 
 import numpy as np
 import pytest
@@ -202,3 +203,6 @@ def test_close_while_another_thread_waits_in_read_events(k, mem):
     with pytest.raises(OSError) as exc:
         waiter.finish()
     assert exc.value.errno == errno.EBADF
+    if not k.simulated:  # a real descriptor is released once the waiter left: its number is free again
+        with pytest.raises(OSError):
+            os.fstat(uffd.fd)

@@ -7,14 +7,12 @@ on both backends in tests/kernel/.
 from __future__ import annotations
 
 import errno
-import os
 import select
 import threading
 
 import pytest
 
 from heap.kernel import MADV_DONTNEED, PAGE_SIZE, UFFD_FEATURE_EVENT_REMOVE, UFFD_FEATURE_MOVE, UffdError
-from tests.kernel.kernel_helpers import Faulter
 
 PS = PAGE_SIZE
 
@@ -48,17 +46,3 @@ def test_pending_remove_event_is_eagain_with_nothing_moved(k, mem):
         assert uffd.move(dst, src, PS) == PS
     finally:
         uffd.close()
-
-
-@pytest.mark.timeout(30)
-def test_close_while_another_thread_waits_frees_the_descriptor_number(k):
-    uffd = k.userfaultfd()
-    waiter = Faulter(lambda: uffd.read_events(timeout=None))
-    assert waiter.blocked(0.1)
-    uffd.close()
-    with pytest.raises(OSError) as exc:
-        waiter.finish()
-    assert exc.value.errno == errno.EBADF
-    # the descriptor was closed once the waiter left: its number is free again
-    with pytest.raises(OSError):
-        os.fstat(uffd.fd)
