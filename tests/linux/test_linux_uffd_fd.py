@@ -1,7 +1,8 @@
-"""What only a real userfaultfd descriptor shows: poll() on it, and its number freed on close.
+"""What only a real userfaultfd descriptor shows: poll() on it.
 
-The protocol behaviour of the same calls (EAGAIN, EBADF after close) is tested
-on both backends in tests/kernel/.
+The protocol behaviour of the same calls (EAGAIN, EBADF after close, the
+number freed once a waiting thread left) is tested on every backend in
+tests/kernel/.
 """
 
 from __future__ import annotations
