@@ -111,15 +111,24 @@ class ArgumentTypeError(TypeError, ValueError):
     """An argument of the wrong type: a TypeError that ``except ValueError`` also catches."""
 
 
-def as_u64(value, name: str) -> int:
-    """``value`` as an int in [0, 2**64) (what a syscall can take as u64), or a clear error."""
+def _as_int(value, name: str, lo: int, hi: int, range_text: str) -> int:
     try:
         value = operator.index(value)
     except TypeError:
         raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
-    if not 0 <= value <= U64_MAX:
-        raise ValueError(f"{name}={value} is out of range: must be in [0, 2**64)")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value} is out of range{range_text}")
     return value
+
+
+def as_u64(value, name: str) -> int:
+    """``value`` as an int in [0, 2**64) (what a syscall can take as u64), or a clear error."""
+    return _as_int(value, name, 0, U64_MAX, ": must be in [0, 2**64)")
+
+
+def as_c_int(value, name: str) -> int:
+    """``value`` as a C int (prot, advice: the syscall takes an int), or a clear error."""
+    return _as_int(value, name, -(1 << 31), (1 << 31) - 1, " for a C int")
 
 
 def as_u64_array(values, name: str) -> np.ndarray:
@@ -129,14 +138,12 @@ def as_u64_array(values, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0:
         return np.empty(0, dtype=np.uint64)
-    if arr.dtype == np.uint64:
-        pass
-    elif arr.dtype == np.int64:
+    if arr.dtype == np.int64:
         arr = arr.view(np.uint64)
     elif arr.dtype.kind in "iu":
         if arr.dtype.kind == "i" and (arr < 0).any():
             raise ValueError(f"{name} holds negative values")
-        arr = arr.astype(np.uint64)
+        arr = arr.astype(np.uint64, copy=False)
     elif arr.dtype == object:
         arr = np.array([as_u64(v, name) for v in arr], dtype=np.uint64)
     else:
@@ -172,15 +179,14 @@ class FaultEvent:
 
 
 class UffdError(OSError):
-    """A userfaultfd ioctl failed.
+    """A userfaultfd ioctl failed with ``errno``.
 
-    ``errno`` is what the ioctl returned. ``moved`` is the byte count the
-    kernel reported as done before stopping (the ioctl's ``move``/``copy``/
-    ``zeropage`` field when it is positive, else 0). EAGAIN with ``moved > 0``
-    is a partial move: resume at ``dst + moved``. EAGAIN with ``moved == 0``
-    means a non-cooperative event is pending (or contention): retry later.
-    ``index``: for a batched call (``move_ranges``), the position of the range
-    that failed (the ranges before it are done); None for a single call.
+    ``moved``: the bytes the kernel reported done before it stopped (the ioctl's
+    ``move``/``copy``/``zeropage`` field when positive, else 0). EAGAIN with
+    ``moved > 0`` is a partial move (resume at ``dst + moved``); with 0, a
+    non-cooperative event is pending or there was contention (retry later).
+    ``index``: in a batched call (``move_ranges``) the range that failed, the
+    ones before it done; None for a single call.
     """
 
     moved: int
@@ -204,12 +210,10 @@ class KernelUnsupported(RuntimeError):
 
 
 # --- the install program, as compiled accelerators read it -------------------------
-# Declared once here and once in heap/csrc/remapgc_program.h; a compiled module
-# built from that header reports what it was built with (``rgc_program_layout``)
-# and ``check_program_layout`` compares it with this at import.
-#
-# Page states of a concurrent cycle's to-space pages: unprocessed -> processing
-# (claimed by exactly one installer, by compare-and-swap) -> installed.
+# Declared once here and once in heap/csrc/remapgc_program.h; a module compiled from that
+# header reports what it was built with (``rgc_program_layout``), checked against this at
+# import (``check_program_layout``). Page states of a concurrent cycle's to-space pages:
+# unprocessed -> processing (claimed by one installer, by compare-and-swap) -> installed.
 PAGE_UNPROCESSED, PAGE_PROCESSING, PAGE_INSTALLED = 0, 1, 2
 PAGE_STATES = (("PAGE_UNPROCESSED", PAGE_UNPROCESSED), ("PAGE_PROCESSING", PAGE_PROCESSING),
                ("PAGE_INSTALLED", PAGE_INSTALLED))
@@ -218,9 +222,8 @@ PROGRAM_LAYOUT_VERSION = 1
 # struct rgc_program, field by field in order; every field is 8 bytes (LP64).
 PROGRAM_SCALARS = ("npages", "npieces", "nslots", "nsegs",  # int64_t counts
                    "arena", "from_space", "page_size")  # uint64_t addresses and size
-# The arrays (pointers in the struct), read by name from the heap's program
-# object, grouped by the count that is their length. Pages are arena page
-# indices [0, npages); slots and segments are sorted by to-space page.
+# The arrays (struct pointers), read by name from the heap's program object, grouped by the count
+# that is their length. Pages are arena page indices [0, npages); slots, segments sorted by to-space page.
 PROGRAM_ARRAYS = {
     "npieces": (("piece_dst", "int64"),  # first to-space page of a piece
                 ("piece_src", "int64"),  # its first from-space page
@@ -285,11 +288,10 @@ class ChunkWalk(NamedTuple):
 class FaultServer(Protocol):
     """A native thread serving a concurrent cycle's common userfaults without the GIL.
 
-    ``read_forwarded(timeout)`` gives the faults it left to the caller:
-    (address, None), or (address, the kernel's refusal of its MOVE of that
-    page, which it still holds claimed). Counters: ``served`` (installs, zero
-    pages, wakes), ``pages_moved``, ``pages_copied``, ``bytes_copied``,
-    ``fresh_pages`` (zero pages past the program), ``served_latencies()`` (ns).
+    ``read_forwarded(timeout)`` gives the faults it left to the caller: (address, None),
+    or (address, the kernel's refusal of its MOVE of that page, which it still holds
+    claimed). ``served`` counts installs, zero pages and wakes; ``fresh_pages``, zero
+    pages past the program; ``served_latencies()`` is in ns.
     """
 
     served: int
@@ -321,10 +323,9 @@ class Accelerator(Protocol):
 
     def chunk_walker(self, program: Any, *, state: np.ndarray, installed: np.ndarray, stop: np.ndarray,
                      chunk: int, scratch: int) -> Callable[[int], ChunkWalk]:
-        """``walk(first_chunk) -> ChunkWalk``: installs the chunks nobody holds,
-        ``chunk`` pages each (built in ``scratch``), until done, stopped
-        (``stop[0]`` set), or a MOVE is refused. ``walk.mine`` marks the pages
-        of the chunk it stopped in that it claimed."""
+        """``walk(first_chunk) -> ChunkWalk``: installs the chunks nobody holds, ``chunk`` pages each
+        (built in ``scratch``), until done, stopped (``stop[0]`` set), or a MOVE is refused.
+        ``walk.mine`` marks the pages of the chunk it stopped in that it claimed."""
 
     def fault_server(self, program: Any, *, state: np.ndarray, installed: np.ndarray,
                      max_latencies: int = 1 << 16) -> FaultServer:
@@ -418,9 +419,8 @@ class Kernel(Protocol):
                     user_mode_only: bool = True) -> Uffd: ...
 
     # -- optional capabilities: defaults in KernelBase -------------------------------
-    # After os.fork, a userfaultfd the child inherits still acts on the parent's
-    # address space: True when the child must open one of its own (Linux), False
-    # when the backend's state is copied with the process (the simulator).
+    # True when a child made by os.fork must open its own userfaultfd (an inherited one still acts
+    # on the parent's address space: Linux); False when the backend's state is copied with the process.
     reopen_uffd_after_fork: bool
 
     def after_fork_in_child(self) -> None:
@@ -429,9 +429,9 @@ class Kernel(Protocol):
     def diagnostics(self) -> dict:
         """What this backend may do here, for ``remapgc doctor`` (JSON-ready)."""
 
-    # Whether compiled code (heap.core) may read and write this backend's memory in
-    # place; frame_pointers then says where: None (the addresses are this process's
-    # own) or each page's host address as uint64, 0 where that access would fault.
+    # Whether compiled code (heap.core) may read and write this backend's memory in place;
+    # frame_pointers says where: None (the addresses are this process's own) or each page's
+    # host address as uint64, 0 where that access would fault.
     memory_in_place: bool
 
     def frame_pointers(self, addr: int, npages: int, write: bool = False) -> np.ndarray | None: ...
@@ -467,7 +467,6 @@ class KernelBase:
     reopen_uffd_after_fork = False
     memory_in_place = False
     simulated = False  # memory is modelled, not real: "auto" warns when it has to pick such a kernel
-
     sigaction_sigbus: Callable | None = None  # a Python SIGBUS hook, handler -> previous (the simulator's)
 
     def after_fork_in_child(self) -> None:

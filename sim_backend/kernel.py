@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import operator
 import os
 import signal
 import threading
@@ -18,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from heap.kernel import U64_MAX, ArgumentTypeError
+from heap.kernel import as_c_int as _c_int
 from heap.kernel import as_u64 as _u64
 from heap.kernel import as_ranges
 from heap.kernel import as_u64_array as _u64_array
@@ -77,17 +77,6 @@ _LONG_RANGE_PAGES = 1 << 12
 
 def _err(code: int, what: str) -> OSError:
     return OSError(code, f"{os.strerror(code)} ({what})")
-
-
-def _int32(value, name: str) -> int:
-    """``value`` as a C int (prot, advice: the syscall takes an int), or the error the Linux backend raises."""
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
-    if not -(1 << 31) <= value < (1 << 31):
-        raise ValueError(f"{name}={value} is out of range for a C int")
-    return value
 
 
 def _page_align(n: int) -> int:
@@ -383,7 +372,7 @@ class SimKernel(KernelBase):
     def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, *,
              shared: bool = False, align: int = 0, at: int | None = None,
              noreserve: bool = False) -> int:
-        length, align, prot = _u64(length, "length"), _u64(align, "align"), _int32(prot, "prot")
+        length, align, prot = _u64(length, "length"), _u64(align, "align"), _c_int(prot, "prot")
         if align and (align & (align - 1) or align % PAGE_SIZE):
             raise ValueError(f"align={align:#x} must be a power of two and a multiple of the page size")
         with self._lock:
@@ -447,7 +436,7 @@ class SimKernel(KernelBase):
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
-        prot = _int32(prot, "prot")
+        prot = _c_int(prot, "prot")
         with self._lock:
             if addr & (PAGE_SIZE - 1):
                 raise _err(errno.EINVAL, f"mprotect {addr:#x}")
@@ -507,7 +496,7 @@ class SimKernel(KernelBase):
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
         addr, length = _u64(addr, "addr"), _u64(length, "length")
-        advice = _int32(advice, "advice")
+        advice = _c_int(advice, "advice")
         with self._lock:
             if advice not in _VALID_ADVICE:
                 raise _err(errno.EINVAL, f"madvise advice {advice}")

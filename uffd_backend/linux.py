@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import operator
 import os
 import threading
 import weakref
@@ -37,6 +36,7 @@ import weakref
 import numpy as np
 
 from heap.kernel import U64_MAX, ArgumentTypeError, as_ranges
+from heap.kernel import as_c_int as _c_int
 from heap.kernel import as_u64 as _u64
 from heap.kernel import as_u64_array as _u64_array
 from heap.kernel import (
@@ -96,16 +96,6 @@ RESIDENT_SCAN_REGIONS = 512  # regions per PAGEMAP_SCAN call of resident_bytes
 
 
 # --- argument checks ----------------------------------------------------------
-def _int32(value, name: str) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}") from None
-    if not -(1 << 31) <= value < (1 << 31):
-        raise ValueError(f"{name}={value} is out of range for a C int")
-    return value
-
-
 def _raise_os(ret: int, call: str) -> None:
     err = -ret
     raise OSError(err, f"{os.strerror(err)} ({call})")
@@ -494,7 +484,7 @@ class LinuxKernel(KernelBase):
              shared: bool = False, align: int = 0, at: int | None = None,
              noreserve: bool = False) -> int:
         length = _u64(length, "length")
-        prot = _int32(prot, "prot")
+        prot = _c_int(prot, "prot")
         align = _u64(align, "align")
         flags = MAP_ANONYMOUS | (MAP_SHARED if shared else MAP_PRIVATE) | (MAP_NORESERVE if noreserve else 0)
         if align and (align & (align - 1) or align % self.page_size):
@@ -559,13 +549,13 @@ class LinuxKernel(KernelBase):
         return addr
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
-        addr, length, prot = _u64(addr, "addr"), _u64(length, "length"), _int32(prot, "prot")
+        addr, length, prot = _u64(addr, "addr"), _u64(length, "length"), _c_int(prot, "prot")
         if not kernel_args.mprotect(addr, length, prot):
             owned.check("mprotect", addr, length)
         _check(lib.rgc_mprotect(addr, length, prot), "mprotect {:#x}+{:#x} {:#x}", addr, length, prot)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
-        addr, length, advice = _u64(addr, "addr"), _u64(length, "length"), _int32(advice, "advice")
+        addr, length, advice = _u64(addr, "addr"), _u64(length, "length"), _c_int(advice, "advice")
         if not owned.covers(addr, length) and not kernel_args.madvise(addr, length, self._advice_known(advice)):
             owned.check("madvise", addr, length)
         _check(lib.rgc_madvise(addr, length, advice), "madvise {:#x}+{:#x} {}", addr, length, advice)
