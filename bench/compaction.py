@@ -11,7 +11,7 @@ Workloads, each built fresh for each compactor in the same process:
   live half is a shuffled binary tree reached from one root); the whole
   stop-the-world cycle in objects/s (all objects, live and dead, per second).
 
-    python -m bench.compaction [--quick] [--repeat N] [--kernel linux|sim|auto] [--profile]
+    python -m bench.compaction [--quick] [--repeat N] [--kernel linux|sim|auto] [--profile] [--only large,small]
 
 Each measurement is the shortest pause of N fresh runs (default 3): the
 machine is shared, and other processes' bursts only ever add time. Prints a
@@ -184,8 +184,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per workload and compactor, the shortest pause kept (default 3, 1 with --quick)")
     parser.add_argument("--profile", action="store_true", help="cProfile each collection, print the top of it")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the JSON (default bench/results/compaction.json; a partial --only run: beside it)")
+    parser.add_argument("--only", default="large,small", help="workloads to run, of large,small")
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    if not only or only - {"large", "small"}:
+        parser.error("--only takes workloads of large,small")
+    if args.out is None:
+        args.out = RESULTS if only == {"large", "small"} else RESULTS.with_name(f"compaction_{'_'.join(sorted(only))}.json")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     logging.basicConfig(level=logging.WARNING)  # the heap's warnings on stderr, its per-phase events not
@@ -207,11 +214,11 @@ def main(argv=None) -> int:
         return best
 
     # interleaved, so that a burst of load elsewhere hits both compactors
-    for thp in (False, True):
+    for thp in (False, True) if "large" in only else ():
         for compactor in ("remap", "copy"):
             rows.append(best_of(f"large thp={thp} {compactor}",
                                 lambda: run_large(kernel_name, compactor, thp, large_total, args.seed, args.profile)))
-    for compactor in ("remap", "copy"):
+    for compactor in ("remap", "copy") if "small" in only else ():
         rows.append(best_of(f"small {compactor}",
                             lambda: run_small(kernel_name, compactor, small_count, args.seed, args.profile)))
 
@@ -219,7 +226,7 @@ def main(argv=None) -> int:
         return next(r for r in rows if r["workload"] == workload and r["compactor"] == compactor and r["thp"] == thp)
 
     summary = {}
-    for thp in (False, True):
+    for thp in (False, True) if "large" in only else ():
         remap, copy = find("large", "remap", thp), find("large", "copy", thp)
         key = "large_thp" if thp else "large_4k"
         summary[key] = dict(
@@ -230,9 +237,10 @@ def main(argv=None) -> int:
             install_vs_floor=(remap.get("floor_ns", 0) / remap["phases"]["install"])
             if remap["phases"].get("install") else None,
         )
-    sr, sc = find("small", "remap"), find("small", "copy")
-    summary["small"] = dict(remap_objects_per_s=sr["objects_per_s"], copy_objects_per_s=sc["objects_per_s"],
-                            target_objects_per_s=5e6, remap_vs_copy=sc["pause_ns"] / sr["pause_ns"])
+    if "small" in only:
+        sr, sc = find("small", "remap"), find("small", "copy")
+        summary["small"] = dict(remap_objects_per_s=sr["objects_per_s"], copy_objects_per_s=sc["objects_per_s"],
+                                target_objects_per_s=5e6, remap_vs_copy=sc["pause_ns"] / sr["pause_ns"])
 
     table = Table(title=f"compaction on {kernel_name}{' (quick)' if args.quick else ''}")
     for col in ("workload", "compactor", "objects", "live MiB", "pause ms", "mark", "plan", "flip", "fixup",
@@ -249,14 +257,16 @@ def main(argv=None) -> int:
     ratios = Table(title="ratios (same process)")
     for col in ("measure", "value", "target"):
         ratios.add_column(col, justify="right")
-    for key in ("large_4k", "large_thp"):
+    for key in ("large_4k", "large_thp") if "large" in only else ():
         s = summary[key]
         ratios.add_row(f"{key}: copy pause / remap pause", f"{s['speedup']:.1f}x", f">= {s['target']}x")
         if s["install_vs_floor"] is not None:
             ratios.add_row(f"{key}: MOVE floor / install phase", f"{100 * s['install_vs_floor']:.0f}%", ">= 50%")
-    ratios.add_row("small: remap objects/s", f"{summary['small']['remap_objects_per_s'] / 1e6:.2f} M/s", ">= 5 M/s")
-    ratios.add_row("small: copy objects/s", f"{summary['small']['copy_objects_per_s'] / 1e6:.2f} M/s", "")
-    ratios.add_row("small: copy pause / remap pause", f"{summary['small']['remap_vs_copy']:.2f}x", ">= 1x")
+    if "small" in only:
+        ratios.add_row("small: remap objects/s", f"{summary['small']['remap_objects_per_s'] / 1e6:.2f} M/s",
+                       ">= 5 M/s")
+        ratios.add_row("small: copy objects/s", f"{summary['small']['copy_objects_per_s'] / 1e6:.2f} M/s", "")
+        ratios.add_row("small: copy pause / remap pause", f"{summary['small']['remap_vs_copy']:.2f}x", ">= 1x")
     console.print(ratios)
     if args.profile:
         for r in rows:

@@ -17,7 +17,7 @@ anywhere. Each step runs on the same heap with both implementations:
 * mark of a singly linked chain (5000 links): numpy pays a level per link.
 
     nice -n 10 python -m bench.native_core [--objects 1000000] [--reps 5] [--backends linux,sim]
-    nice -n 10 python -m bench.native_core --goals [--objects 1000000] [--backends linux,sim]
+    nice -n 10 python -m bench.native_core --goals [--objects 1000000] [--backends linux,sim] [--only tiny,concurrent,small]
 
 With ``--goals`` it measures the issue's goals on whole collections through
 the Heap API, each with the C core and with the numpy paths (the heap's
@@ -339,24 +339,28 @@ def phase_text(phases: dict) -> str:
     return " ".join(f"{k} {v / 1e6:.2f}" for k, v in phases.items())
 
 
-def goals(backends: list[str], count: int, reps: int) -> dict:
+GOAL_SECTIONS = ("tiny", "concurrent", "small")
+
+
+def goals(backends: list[str], count: int, reps: int, only: tuple = GOAL_SECTIONS) -> dict:
     out = dict(tiny={}, small={}, concurrent={})
     for b in backends:
-        if b == "linux":  # the concurrent goals are on the real kernel
+        if b == "linux" and "concurrent" in only:  # the concurrent goals are on the real kernel
             cases = [("large 512 MiB", 512 * MiB, 256 << 10, 256 << 10, 128 * MiB),
                      ("large 1 GiB", 1024 * MiB, 256 << 10, 256 << 10, 256 * MiB),
                      ("20k x 4-16 KiB, 512 MiB", 512 * MiB, 4 << 10, 16 << 10, 20000 * (10 << 10))]
             for label, size, lo, hi, live in cases:
                 out["concurrent"][label] = concurrent_pause(b, size, lo, hi, live, reps + 1)
-        floor = syscall_floor(b, reps * 4)
-        out["tiny"][b] = dict(syscall_floor_ns=floor)
+        if "tiny" in only:
+            floor = syscall_floor(b, reps * 4)
+            out["tiny"][b] = dict(syscall_floor_ns=floor)
         for use_core in (True, False):
             impl = "core" if use_core else "numpy"
-            r = tiny_pause(b, "remap", use_core, reps * 3)
+            r = tiny_pause(b, "remap", use_core, reps * 3) if "tiny" in only else None
             if r is not None:
                 r["ratio_to_floor"] = r["pause_ns"] / floor
                 out["tiny"][b][impl] = r
-            for compactor in ("remap", "copy"):
+            for compactor in ("remap", "copy") if "small" in only else ():
                 r = small_collections(b, compactor, use_core, count, reps)
                 if r is not None:
                     out["small"].setdefault(b, {}).setdefault(impl, {})[compactor] = r
@@ -403,16 +407,23 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--backends", default="linux,sim")
     ap.add_argument("--goals", action="store_true", help="whole collections through the Heap API (see above)")
+    ap.add_argument("--only", default=",".join(GOAL_SECTIONS),
+                    help="with --goals: the sections to run, of " + ",".join(GOAL_SECTIONS))
     args = ap.parse_args(argv)
     if not core.COMPILED:
         raise SystemExit("heap._core is not built (pip install -e .)")
     if args.goals:
-        out = goals(args.backends.split(","), args.objects, args.reps)
-        GOALS.parent.mkdir(exist_ok=True)
-        GOALS.write_text(json.dumps(dict(host=platform.node(), cpus=os.cpu_count(),
+        only = tuple(args.only.split(","))
+        if set(only) - set(GOAL_SECTIONS):
+            raise SystemExit(f"--only takes sections of {','.join(GOAL_SECTIONS)}")
+        out = goals(args.backends.split(","), args.objects, args.reps, only)
+        # a partial run goes beside the full run's JSON, not over it
+        dest = GOALS if set(only) == set(GOAL_SECTIONS) else GOALS.with_name(f"native_core_goals_{'_'.join(only)}.json")
+        dest.parent.mkdir(exist_ok=True)
+        dest.write_text(json.dumps(dict(host=platform.node(), cpus=os.cpu_count(),
                                          when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), args=vars(args),
                                          **out), indent=2) + "\n")
-        print(f"saved {GOALS}")
+        print(f"saved {dest}")
         return
     results = [measure(b, args.objects, args.reps) for b in args.backends.split(",")]
     print_table(results)

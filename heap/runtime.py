@@ -313,9 +313,10 @@ class Heap(HeapProperties, EmbeddingAPI):
         with signals.deferred():  # SIGINT/SIGTERM reach the caller once the heap is consistent
             if concurrent:
                 return collect_concurrent(self, wait=wait)
+            rss_before = self._rss_unlocked()
             with self._lock:
                 self._ready()
-                stats, finish = self._collect_pause()
+                stats, finish = self._collect_pause(rss_before=rss_before)
             finish()
             return stats
 
@@ -326,13 +327,14 @@ class Heap(HeapProperties, EmbeddingAPI):
             finish()
             return stats
 
-    def _collect_pause(self, *, automatic: bool = False, asked_concurrent: bool = False):
+    def _collect_pause(self, *, automatic: bool = False, asked_concurrent: bool = False, rss_before=None):
         """A stop-the-world collection up to the end of its pause: (its stats,
         the rest of it to call once the heap lock is dropped)."""
         self._settle_cycle()  # a concurrent cycle ends and no mutator access is in flight
         self._spaces.settle_release()
+        rss = self._rss() if rss_before is None else rss_before  # before the pause's clock starts
         col = Collection(ConcurrentGCStats(stop_the_world=1) if asked_concurrent else GCStats(), self._compactor)
-        col.stats.rss_before = self._rss()
+        col.stats.rss_before = rss
         with self._hooks.pause(col, self._pause.collections + 1, concurrent=False, automatic=automatic,
                                compactor=self._compactor), signals.critical():  # no escape mid-flip
             if self._compactor == "remap":
@@ -384,16 +386,14 @@ class Heap(HeapProperties, EmbeddingAPI):
         cycle, its stats, None), or (None, stats, finish) when the heap has no
         userfaultfd and collected stop-the-world (call ``finish()``).
         ``run_compactor=False`` leaves every page to the fault handler."""
-        # RSS before, read outside the lock: reading the page tables of a large arena
-        # takes milliseconds (15 ms for 1 GiB here) that mutators need not wait for
-        rss_before = self._rss() if self._cycle is None and not self._closed else None
+        rss_before = self._rss_unlocked()
         with signals.critical():  # no escape between the flip and the threads that install
             with self._lock:
                 self._ready()
                 self._settle_cycle()
                 if self._compactor != "remap":  # no userfaultfd: the copying compactor, stop-the-world
                     log.info("collect_stop_the_world", reason="the copying compactor cannot run concurrently")
-                    stats, finish = self._collect_pause(asked_concurrent=True)
+                    stats, finish = self._collect_pause(asked_concurrent=True, rss_before=rss_before)
                     return None, stats, finish
                 self._spaces.settle_release()
                 col = Collection(ConcurrentGCStats(rss_before=self._rss() if rss_before is None else rss_before),
@@ -444,6 +444,12 @@ class Heap(HeapProperties, EmbeddingAPI):
     # -- inspection ----------------------------------------------------------------------
     def _rss(self) -> int:
         return self._pause.rss(from_space_too=self._pending is not None)
+
+    def _rss_unlocked(self) -> int | None:
+        """RSS before a collection, read before taking the lock (None: with a cycle
+        running, read it under the lock): reading the page tables of a large arena
+        takes milliseconds (15 ms for 1 GiB here) that mutators need not wait for."""
+        return self._rss() if self._cycle is None and not self._closed else None
 
     def stats(self) -> HeapStats:
         with self._lock:

@@ -4,7 +4,6 @@ one event per phase (``PhaseClock``)."""
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
 from .events import get_logger
@@ -88,9 +87,9 @@ class InstallCounters:
         stats have: a stop-the-world GCStats has no fault counts), and the
         moved pages as ``bytes_moved_zero_copy``."""
         names = _field_names(type(stats))
-        for name in _field_names(InstallCounters):
-            if name in names:
-                setattr(stats, name, getattr(stats, name) + getattr(self, name))
+        for name, count in self.__dict__.items():  # the dataclass's fields: nothing else is set on it
+            if count and name in names:
+                setattr(stats, name, getattr(stats, name) + count)
         stats.bytes_moved_zero_copy += self.pages_moved * page_size
 
 
@@ -117,22 +116,48 @@ class HeapStats:
 
 class PhaseClock:
     """Times the phases of one collection; keeps one event per phase (the
-    heap's ``last_events``) and logs it at DEBUG. Nothing is formatted when
-    DEBUG is off."""
+    heap's ``last_events``) and logs it at DEBUG. Inside a pause a phase costs
+    two clock reads and a tuple: the event dicts are built when asked for
+    (``events``, after the pause) or when DEBUG is enabled."""
 
     def __init__(self, compactor: str):
         self.compactor = compactor
         self.ns: dict[str, int] = {}
-        self.events: list[dict] = []
+        self._done: list[tuple[str, int, dict, dict]] = []  # (phase, ns, fields, extra), in order
 
-    @contextmanager
-    def phase(self, name: str, **fields):
-        t0 = time.perf_counter_ns()
-        extra: dict = {}
-        yield extra
-        ns = time.perf_counter_ns() - t0
+    def phase(self, name: str, **fields) -> "_Phase":
+        """``with clock.phase(name) as ev:`` times the block; ``ev`` is a dict
+        the block may add event fields to."""
+        return _Phase(self, name, fields)
+
+    @property
+    def events(self) -> list[dict]:
+        return [self._event(*done) for done in self._done]
+
+    def _event(self, name: str, ns: int, fields: dict, extra: dict) -> dict:
+        return dict(phase=name, compactor=self.compactor, ns=ns, **fields, **extra)
+
+    def _record(self, name: str, ns: int, fields: dict, extra: dict) -> None:
         self.ns[name] = self.ns.get(name, 0) + ns
-        event = dict(phase=name, compactor=self.compactor, ns=ns, **fields, **extra)
-        self.events.append(event)
+        done = (name, ns, fields, extra)
+        self._done.append(done)
         if log.enabled():
-            log.debug("gc_" + name, **event)
+            log.debug("gc_" + name, **self._event(*done))
+
+
+class _Phase:
+    """One timed phase (a context manager: cheaper than a generator-based one)."""
+
+    __slots__ = ("clock", "name", "fields", "extra", "t0")
+
+    def __init__(self, clock: PhaseClock, name: str, fields: dict):
+        self.clock, self.name, self.fields = clock, name, fields
+
+    def __enter__(self) -> dict:
+        self.extra = {}
+        self.t0 = time.perf_counter_ns()
+        return self.extra
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:  # a phase that raised is not recorded
+            self.clock._record(self.name, time.perf_counter_ns() - self.t0, self.fields, self.extra)
