@@ -18,7 +18,26 @@
   parts, so only the install primitive differs); the cycle's install time
   and total.
 
-    nice -n 10 python -m bench.faults_modes [--seconds S] [--mib N] [--kernel linux|sim]
+Where the mutator's lost operations go (each workload row, the issue's
+"per-cause split"), two views of the same run:
+
+* by collector phase: the collector's windows (``begin``: the call that
+  makes the pause and starts the install, ``install``: until the compactor
+  is done, ``end``: ending the cycle, ``gap``: the 20 ms between cycles),
+  each with the operations the mutator lost in it against its no-collection
+  rate, as a share of its operations;
+* by mutator state (the mutator thread's ``/proc/thread-self/schedstat``):
+  time on a CPU, time runnable but waiting for one (other processes, and
+  the collector's own threads, on a 2-vCPU machine), and time blocked
+  (the pause's heap lock, the GIL, a page another installer holds), each
+  against the no-collection run of the same length.
+
+``--switch-interval S`` sets ``sys.setswitchinterval`` for the run (the
+bench only: the library never changes it), to test whether the collector's
+threads lose their time waiting for the GIL. The load average is recorded
+with every row (the machine is shared).
+
+    nice -n 10 python -m bench.faults_modes [--seconds S] [--mib N] [--kernel linux|sim] [--switch-interval S]
 
 Latencies on this 2-vCPU VM move with the host's load: compare the rows of
 one run. Prints tables and writes bench/results/faults_modes.json.
@@ -30,8 +49,10 @@ import argparse
 import errno
 import json
 import logging
+import os
 import random
 import struct
+import sys
 import threading
 import time
 from contextlib import closing
@@ -81,19 +102,29 @@ class Workload:
         ref.write(stamp(oid))
         return ref, oid, size
 
-    def run(self, seconds: float, lat: list[int], background: list | None = None) -> dict:
+    def run(self, seconds: float, lat: list[int], background: list | None = None,
+            windows: list | None = None) -> dict:
         """``background``: no collector thread -- the mutator itself starts a
         background cycle (collect(concurrent=True, wait=False)) 20 ms after the
-        last one is done, and its handles are appended there."""
+        last one is done, and its handles are appended there (and the call's
+        span to ``windows``, as a "begin" window). Returns the operations,
+        the bad reads, when each operation ended (ns) and the thread's CPU
+        and run-queue times over the run."""
         clock, rnd = time.perf_counter_ns, self.rnd
         ops = bad = 0
-        end = clock() + int(seconds * 1e9)
+        ends: list[int] = []
+        sched0 = thread_sched()
+        t_start = clock()
+        end = t_start + int(seconds * 1e9)
         n = len(self.refs)
         next_cycle = clock()
         while clock() < end:
             if background is not None and clock() >= next_cycle and (not background or background[-1].done()):
+                t = clock()
                 background.append(self.heap.collect(concurrent=True, wait=False))
                 next_cycle = clock() + 20_000_000
+                if windows is not None:
+                    windows.append(("begin", t, clock()))
             i = rnd.randrange(n)
             if rnd.random() < 0.1:
                 ref, oid, _ = self.new()
@@ -104,13 +135,40 @@ class Workload:
                 lat.append(clock() - t)
                 bad += data != stamp(self.ids[i])
             ops += 1
-        return {"ops": ops, "bad_reads": int(bad)}
+            ends.append(clock())
+        sched1 = thread_sched()
+        return {"ops": ops, "bad_reads": int(bad), "ends": ends, "t0": t_start, "t1": clock(),
+                "cpu_ns": sched1[0] - sched0[0], "runqueue_ns": sched1[1] - sched0[1]}
 
 
-def collector(heap: Heap, stop: threading.Event, pauses: list[int], served: list[int], errors: list) -> None:
+def thread_sched() -> tuple[int, int]:
+    """(ns on a CPU, ns runnable waiting for one) of the calling thread (0, 0 where Linux's schedstat is missing)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            cpu, wait, _ = f.read().split()
+        return int(cpu), int(wait)
+    except OSError:
+        return 0, 0
+
+
+def collector(heap: Heap, stop: threading.Event, pauses: list[int], served: list[int], errors: list,
+              windows: list) -> None:
+    """``heap.collect(concurrent=True)`` back to back, 20 ms apart, in its two
+    public halves (begin_concurrent / end_concurrent, what collect runs) so
+    that each phase's window is known."""
+    clock = time.perf_counter_ns
     try:
         while not stop.is_set():
-            st = heap.collect(concurrent=True)
+            t0 = clock()
+            cycle, st, finish = heap.begin_concurrent()
+            t1 = clock()
+            if cycle is None:
+                finish()
+            else:
+                cycle.wait_compactor()
+                t2 = clock()
+                heap.end_concurrent(cycle)
+                windows += [("begin", t0, t1), ("install", t1, t2), ("end", t2, clock())]
             pauses.append(st.pause_ns)
             served.append(st.faults_served)
             stop.wait(0.02)
@@ -118,18 +176,71 @@ def collector(heap: Heap, stop: threading.Event, pauses: list[int], served: list
         errors.append(repr(exc))
 
 
+PHASES = ("begin", "install", "end", "gap")
+
+
+def lost_by_phase(during: dict, base_rate: float, windows: list) -> dict:
+    """Operations the mutator lost in each collector phase against its
+    no-collection rate (``base_rate`` per ns), as shares of the operations the
+    run would have done; the windows' share of the run's time next to it."""
+    ends = np.asarray(during["ends"], dtype=np.int64)
+    t0, t1 = during["t0"], during["t1"]
+    total = base_rate * (t1 - t0)
+    spans = sorted((lo, hi, name) for name, lo, hi in windows)
+    # whatever no window covers is the gap between cycles
+    cover, cursor = [], t0
+    for lo, hi, name in spans:
+        if lo > cursor:
+            cover.append((cursor, lo, "gap"))
+        cover.append((lo, hi, name))
+        cursor = max(cursor, hi)
+    if cursor < t1:
+        cover.append((cursor, t1, "gap"))
+    lost = dict.fromkeys(PHASES, 0.0)
+    time_share = dict.fromkeys(PHASES, 0.0)
+    for lo, hi, name in cover:
+        lo, hi = max(lo, t0), min(hi, t1)
+        if hi <= lo:
+            continue
+        done = int(np.searchsorted(ends, hi) - np.searchsorted(ends, lo))
+        lost[name] += base_rate * (hi - lo) - done
+        time_share[name] += (hi - lo) / (t1 - t0)
+    return {"lost": {k: round(v / total, 3) for k, v in lost.items()},
+            "time": {k: round(v, 3) for k, v in time_share.items()}}
+
+
+def by_state(during: dict, base: dict) -> dict:
+    """The mutator thread's time on a CPU / waiting for one / blocked, as shares
+    of the run's wall time, measured and in the no-collection run."""
+    def shares(r):
+        wall = r["t1"] - r["t0"]
+        blocked = wall - r["cpu_ns"] - r["runqueue_ns"]
+        return {"cpu": round(r["cpu_ns"] / wall, 3), "runqueue": round(r["runqueue_ns"] / wall, 3),
+                "blocked": round(blocked / wall, 3),
+                "cpu_us_per_op": round(r["cpu_ns"] / max(r["ops"], 1) / 1e3, 2)}
+    return {"during": shares(during), "no_collection": shares(base)}
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def workload_row(kernel: str, faults: str, mib: int, seconds: float, background: bool = False) -> dict:
     heap = Heap(kernel=kernel, size=(3 * mib + 64) * MiB, compactor="remap", faults=faults)
     with heap:
         w = Workload(heap, mib)
         heap.collect()  # a compact start, as the baseline and the measured run share it
+        load = load_average()
         base_lat: list[int] = []
         base = w.run(seconds, base_lat)
         lat: list[int] = []
-        stop, pauses, served, errors = threading.Event(), [], [], []
+        stop, pauses, served, errors, windows = threading.Event(), [], [], [], []
         if background:
             handles: list = []
-            during = w.run(seconds, lat, background=handles)
+            during = w.run(seconds, lat, background=handles, windows=windows)
             for h in handles:
                 try:
                     st = h.wait(60)
@@ -138,14 +249,17 @@ def workload_row(kernel: str, faults: str, mib: int, seconds: float, background:
                 except BaseException as exc:  # reported in the row
                     errors.append(repr(exc))
         else:
-            t = threading.Thread(target=collector, args=(heap, stop, pauses, served, errors), daemon=True)
+            t = threading.Thread(target=collector, args=(heap, stop, pauses, served, errors, windows), daemon=True)
             t.start()
             during = w.run(seconds, lat)
             stop.set()
             t.join(60)
         a = np.asarray(lat, dtype=np.int64)
+        base_rate = base["ops"] / max(base["t1"] - base["t0"], 1)
+        phases = lost_by_phase(during, base_rate, windows)
         return {
             "mode": faults + (" + background" if background else ""), "objects": len(w.refs), "seconds": seconds,
+            "load_before": load, "load_after": load_average(), "switch_interval_s": sys.getswitchinterval(),
             "read_p50_us": float(np.percentile(a, 50)) / 1e3, "read_p99_us": float(np.percentile(a, 99)) / 1e3,
             "read_p999_us": float(np.percentile(a, 99.9)) / 1e3, "read_max_us": float(a.max()) / 1e3,
             "baseline_read_p50_us": float(np.percentile(base_lat, 50)) / 1e3,
@@ -154,6 +268,9 @@ def workload_row(kernel: str, faults: str, mib: int, seconds: float, background:
             "pause_median_ms": float(np.median(pauses)) / 1e6 if pauses else None,
             "cycles": len(pauses), "faults_served": int(sum(served)),
             "bad_reads": during["bad_reads"] + base["bad_reads"], "errors": errors,
+            "lost_by_phase": phases["lost"], "phase_time": phases["time"], "mutator_state": by_state(during, base),
+            "lost_ms_per_cycle": (1 - during["ops"] / max(base_rate * (during["t1"] - during["t0"]), 1))
+            * (during["t1"] - during["t0"]) / 1e6 / max(len(pauses), 1),
         }
 
 
@@ -222,6 +339,22 @@ def render(res: dict) -> None:
                   f"{r['throughput_ratio']:.2f}", f"{r['pause_median_ms']:.2f}" if r["pause_median_ms"] else "-",
                   str(r["cycles"]), str(r["faults_served"]), str(r["bad_reads"]))
     c.print(t)
+    t = Table(title="where the mutator's operations go: lost by collector phase (share of its no-GC operations; "
+                    "the phase's share of the time), and its thread's time on a CPU / waiting for one / blocked")
+    for col in ("mode", "load", *(f"lost in {p}" for p in PHASES), "lost ms/cycle", "cpu / runq / blocked",
+                "no-GC cpu / runq / blocked", "cpu us/op (no GC)"):
+        t.add_column(col)
+    for r in res["workload"]:
+        lost, share, st = r["lost_by_phase"], r["phase_time"], r["mutator_state"]
+        d, b = st["during"], st["no_collection"]
+        t.add_row(r["mode"], f"{r['load_before']:.1f}-{r['load_after']:.1f}",
+                  *(f"{lost[p]:.2f} ({share[p]:.2f})" for p in PHASES), f"{r['lost_ms_per_cycle']:.1f}",
+                  f"{d['cpu']:.2f} / {d['runqueue']:.2f} / {d['blocked']:.2f}",
+                  f"{b['cpu']:.2f} / {b['runqueue']:.2f} / {b['blocked']:.2f}",
+                  f"{d['cpu_us_per_op']:.1f} ({b['cpu_us_per_op']:.1f})")
+    c.print(t)
+    if "round_trip" not in res:
+        return
     t = Table(title="a fault's round trip seen by the mutator (Ref.read of 8 B, every read a fault)")
     for col in ("mode", "p50 us", "p99 us", "max us", "no cycle p50 us", "service p50/p99 us", "faults"):
         t.add_column(col)
@@ -263,12 +396,20 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=192)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--fault-mib", type=int, default=64)
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="sys.setswitchinterval for this run (diagnosis: does the collector wait for the GIL?)")
+    ap.add_argument("--workload-only", action="store_true", help="the workload rows only (no JSON written)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     res = {"kernel": args.kernel, "mib": args.mib, "seconds": args.seconds}
     res["workload"] = [workload_row(args.kernel, m, args.mib, args.seconds) for m in MODES]
     # no collector thread: the mutator starts background cycles itself (wait=False)
     res["workload"].append(workload_row(args.kernel, "self", args.mib, args.seconds, background=True))
+    if args.workload_only:
+        render(res)
+        return
     res["round_trip"] = [round_trip_row(args.kernel, m, args.fault_mib) for m in MODES]
     res["move_vs_copy"] = move_vs_copy_row(args.kernel, min(args.mib, 64))
     res["goals"] = goals(res)
