@@ -130,6 +130,16 @@ class Objects:
         s.shift = index.shift
         s.slot_offset = slot_offset
 
+    def start_bits(self, work) -> None:
+        """The starts as the bitmap and rank table marking looks rows up in
+        (core.h), built in ``work``'s retained arrays."""
+        s = self.struct
+        nwords = int(((self.starts[-1] - s.base) >> s.shift) // 64 + 1) if self.starts.size else 0
+        bits, rank = work.start_bits(nwords)
+        self.bits, self.rank = bits, rank
+        s.bits, s.rank, s.nwords = _p("uint64_t[]", bits), _p("int32_t[]", rank), nwords
+        lib.rgc_core_start_bits(s)
+
     def slot_span(self) -> tuple[int, int]:
         """[lo, hi) covering every object's slots (rows are in address order)."""
         if not self.starts.size:
@@ -153,6 +163,7 @@ def mark(kernel, model, index, work, starts, nrefs, slot_base, roots, totals=Non
     live = work.live[:n]
     live[:] = False
     objs = Objects(index, starts, nrefs, slot_base, slot_offset_of(model), totals)
+    objs.start_bits(work)
     mk = ffi.new("struct rgc_mark *")
     mk.live = _p("uint8_t[]", work.live.view(np.uint8))
     mk.slot_target = _p("int64_t[]", work.slot_target)
@@ -256,6 +267,19 @@ def new_addresses(n: int, rows, new_starts, out: np.ndarray | None = None) -> np
     new_starts = np.ascontiguousarray(new_starts, dtype=np.int64)
     lib.rgc_core_scatter(_p("int64_t[]", rows), _p("int64_t[]", new_starts), rows.size, _p("int64_t[]", out))
     return out
+
+
+def same_places(starts, rows, new_starts) -> bool:
+    """Whether ``starts[rows] == new_starts``: every object planned where it
+    lies (in C one pass without temporaries, else numpy)."""
+    if rows.size != new_starts.size:
+        return False
+    if not COMPILED:
+        return bool(np.array_equal(starts[rows], new_starts))
+    return bool(lib.rgc_core_same_places(_p("int64_t[]", np.ascontiguousarray(starts, dtype=np.int64)),
+                                         _p("int64_t[]", np.ascontiguousarray(rows, dtype=np.int64)),
+                                         _p("int64_t[]", np.ascontiguousarray(new_starts, dtype=np.int64)),
+                                         rows.size))
 
 
 def verify_objects(kernel, model, index, starts, nbytes, nrefs, totals, page_size: int) -> None:

@@ -119,6 +119,27 @@ class Workspace:
         self.live = np.zeros(0, dtype=bool)
         self.stamp = np.zeros(0, dtype=np.int64)
         self.slot_target = np.zeros(0, dtype=np.int64)
+        self.bits = np.zeros(0, dtype=np.uint64)
+        self.rank = np.zeros(0, dtype=np.int32)
+        self.buffers: dict[str, np.ndarray] = {}  # the plan's arrays (heap.plan), by name
+
+    def start_bits(self, words: int) -> tuple[np.ndarray, np.ndarray]:
+        """heap.core's start bitmap and rank table, ``words`` words each (grown, never shrunk)."""
+        if words > self.bits.size:
+            cap = max(words, 2 * self.bits.size, 64)
+            self.bits = np.zeros(cap, dtype=np.uint64)
+            self.rank = np.zeros(cap, dtype=np.int32)
+        return self.bits, self.rank
+
+    def buffer(self, name: str, size: int, dtype) -> np.ndarray:
+        """A retained array of at least ``size`` elements (its first ``size``
+        returned): valid until the next call for the same name. A fresh array of
+        megabytes costs a page fault per 4 KiB (or a 2 MiB clear) every collection."""
+        buf = self.buffers.get(name)
+        if buf is None or buf.size < size:
+            buf = np.zeros(max(size, 2 * (0 if buf is None else buf.size), 1024), dtype=dtype)
+            self.buffers[name] = buf
+        return buf[:size]
 
     def close(self) -> None:
         """Drop the arrays (the heap closed)."""
@@ -128,7 +149,7 @@ class Workspace:
         if objects > self.live.size:
             cap = max(objects, 2 * self.live.size, 1024)
             self.live = np.ones(cap, dtype=bool)  # written now: its pages fault here, not in a pause
-            self.stamp = np.full(cap, -1, dtype=np.int64)
+            self.stamp = np.full(2 * cap, -1, dtype=np.int64)  # heap.core's mark stack: (row, address) pairs
         if slots > self.slot_target.size:
             self.slot_target = np.full(max(slots, 2 * self.slot_target.size, 1024), -1, dtype=np.int64)
 

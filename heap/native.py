@@ -117,23 +117,23 @@ def pack(totals: np.ndarray, page_size: int, hpage_pages: int = 0, *, compiled: 
 
 
 def plan_whole(l_start: np.ndarray, l_total: np.ndarray, base: int, page_size: int, unit_pages: int,
-               hpage_pages: int, dense_bytes: int, keep_budget: int = 0, *, compiled: bool = COMPILED):
+               hpage_pages: int, dense_bytes: int, keep_budget: int = 0, *, compiled: bool = COMPILED, work=None):
     """The whole-moving part of the remap plan (see ``heap.plan``):
     (whole flags, new starts of the whole ones (others undefined), piece
     source pages, piece page counts, pages they fill, dead bytes kept in
     sparse units moved whole). A sparse unit of several pages holding only
     objects of a page or more moves whole while the dead bytes such units
-    keep stay within ``keep_budget`` (the fullest units first)."""
+    keep stay within ``keep_budget`` (the fullest units first). ``work``
+    (a heap.mark.Workspace): the arrays are its retained buffers, valid until
+    the next plan."""
     l_start = np.ascontiguousarray(l_start, dtype=np.int64)
     l_total = np.ascontiguousarray(l_total, dtype=np.int64)
     if not compiled:
         return plan_whole_numpy(l_start, l_total, base, page_size, unit_pages, hpage_pages, dense_bytes,
                                 keep_budget)
     n = l_start.size
-    whole = np.empty(n, dtype=bool)
-    new_start = np.empty(n, dtype=np.int64)
-    piece_src = np.empty(n, dtype=np.int64)
-    piece_n = np.empty(n, dtype=np.int64)
+    whole, new_start, piece_src, piece_n = _outputs(work, n, ("whole", np.bool_), ("new_whole", np.int64),
+                                                    ("piece_src", np.int64), ("piece_n", np.int64))
     end, kept = _ffi.new("int64_t *"), _ffi.new("int64_t *")
     pieces = _lib.rgc_plan_whole(_ptr("int64_t[]", l_start), _ptr("int64_t[]", l_total), n, base, page_size,
                                  unit_pages, hpage_pages, dense_bytes, keep_budget,
@@ -141,20 +141,33 @@ def plan_whole(l_start: np.ndarray, l_total: np.ndarray, base: int, page_size: i
                                  _ptr("int64_t[]", piece_src), _ptr("int64_t[]", piece_n), end, kept)
     if pieces < 0:
         raise MemoryError("planning the remap: no memory for the sparse units' list")
-    return whole, new_start, piece_src[:pieces].copy(), piece_n[:pieces].copy(), int(end[0]), int(kept[0])
+    if work is None:
+        piece_src, piece_n = piece_src[:pieces].copy(), piece_n[:pieces].copy()
+    else:
+        piece_src, piece_n = piece_src[:pieces], piece_n[:pieces]
+    return whole, new_start, piece_src, piece_n, int(end[0]), int(kept[0])
+
+
+def _outputs(work, n: int, *specs) -> list[np.ndarray]:
+    """Output arrays of n elements: fresh, or ``work``'s retained buffers."""
+    if work is None:
+        return [np.empty(n, dtype=dtype) for _, dtype in specs]
+    return [work.buffer(name, n, dtype) for name, dtype in specs]
 
 
 def plan_order(l_start, l_total, whole, new_whole, base: int, page_size: int, unit_pages: int, hpage_pages: int,
-               whole_end: int, *, compiled: bool = COMPILED):
+               whole_end: int, *, compiled: bool = COMPILED, work=None):
     """The remap plan's new order (see ``heap.plan``): (order of the live
     objects, their new starts, evacuees' old and rebuilt offsets in the
-    from-space, the units the evacuees come from, pages the evacuees fill)."""
+    from-space, the units the evacuees come from, pages the evacuees fill).
+    ``work``: as for ``plan_whole``."""
     if not compiled:
         return plan_order_numpy(l_start, l_total, whole, new_whole, base, page_size, unit_pages, hpage_pages,
                                 whole_end)
     n = l_start.size
-    order, new_start = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    evac_from, evac_to, sources = (np.empty(n, dtype=np.int64) for _ in range(3))
+    order, new_start, evac_from, evac_to, sources = _outputs(
+        work, n, ("order", np.int64), ("new_starts", np.int64), ("evac_from", np.int64), ("evac_to", np.int64),
+        ("sources", np.int64))
     nsources, ev_pages = _ffi.new("int64_t *"), _ffi.new("int64_t *")
     m = _lib.rgc_plan_order(_ptr("int64_t[]", np.ascontiguousarray(l_start)),
                             _ptr("int64_t[]", np.ascontiguousarray(l_total)),

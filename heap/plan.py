@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .core import same_places
 from .native import pack, plan_order, plan_whole
 
 # With THP, the dead bytes that sparse huge units holding only large objects may
@@ -76,6 +77,9 @@ class Plan:
     # dead bytes kept resident in sparse huge-page units moved whole (their large
     # objects not copied out): the memory traded for time, bounded by keep_budget
     kept_dead_bytes: int = 0
+    # every live object's new address is its old one (nothing died since the last
+    # compaction, or only above the last live object): nothing moves, no slot changes
+    identity: bool = False
 
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Maximal runs one MOVE can do (pieces contiguous on both sides merged):
@@ -103,7 +107,7 @@ class Plan:
 
 
 def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int,
-               used_pages: int, dense: float, keep_budget: int = 0) -> Plan:
+               used_pages: int, dense: float, keep_budget: int = 0, work=None) -> Plan:
     """The remap plan. The *unit* is what moves whole: a page, or with THP a
     2 MiB region (so whole-moving units go by PMD and are never split).
     An object at least one unit long owns its units and always moves whole;
@@ -111,23 +115,30 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     (copied) into rebuilt units -- except, with THP, a sparse unit holding
     only objects of a page or more, which moves whole (one PMD move instead
     of copying megabytes) while the dead bytes such units keep stay within
-    ``keep_budget``."""
+    ``keep_budget``. ``work`` (a heap.mark.Workspace): the plan's arrays are
+    its retained buffers (no fresh memory faulted in per collection), valid
+    until the next plan with it."""
     ps = page_size
     up = hpage_pages or 1  # pages per unit
-    rows = np.flatnonzero(live)
-    l_start = starts[rows]
-    l_total = totals[rows]
+    if np.count_nonzero(live) == live.size:  # nothing died: every row, no gathers
+        rows, l_start, l_total = None, starts, totals
+    else:
+        rows = np.flatnonzero(live)
+        l_start = starts[rows]
+        l_total = totals[rows]
     whole, new_start, unit_src, unit_n, whole_end, kept = plan_whole(l_start, l_total, base, ps, up, hpage_pages,
-                                                                     int(np.ceil(dense * up * ps)), keep_budget)
+                                                                     int(np.ceil(dense * up * ps)), keep_budget,
+                                                                     work=work)
     unit_dst = np.cumsum(unit_n) - unit_n
     order, new_starts, evac_from, evac_to, sources, ev_pages = plan_order(
-        l_start, l_total, whole, new_start, base, ps, up, hpage_pages, whole_end)
+        l_start, l_total, whole, new_start, base, ps, up, hpage_pages, whole_end, work=work)
     used = -(-ev_pages // up)  # rebuilt units; never more than the units they come from
     nev = evac_from.size
     last_end = 0
     if ev_pages and l_total[order[-1]] < ps:
         last_end = int(new_starts[-1] + l_total[order[-1]])
-    evacuated = np.zeros(order.size, dtype=bool)
+    evacuated = np.zeros(order.size, dtype=bool) if work is None else work.buffer("evacuated", order.size, np.bool_)
+    evacuated[:order.size - nev] = False
     evacuated[order.size - nev:] = True
     rebuilt = np.zeros(unit_n.size + used, dtype=bool)
     rebuilt[unit_n.size:] = True
@@ -136,8 +147,9 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         unit_dst = np.concatenate([unit_dst, whole_end + np.arange(used, dtype=np.int64) * up])
         unit_src = np.concatenate([unit_src, sources[:used] * up])
         unit_n = np.concatenate([unit_n, np.full(used, up, dtype=np.int64)])
+    live_rows = order if rows is None else _take(rows, order, work)
     return Plan(
-        live_rows=rows[order],
+        live_rows=live_rows,
         new_starts=new_starts,
         end_pages=whole_end + used * up,
         evacuated=evacuated,
@@ -151,7 +163,15 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         whole_pages=whole_end,
         last_object_end=last_end,
         kept_dead_bytes=kept,
+        identity=same_places(starts, live_rows, new_starts),
     )
+
+
+def _take(rows: np.ndarray, order: np.ndarray, work) -> np.ndarray:
+    """rows[order], into a retained buffer when there is ``work``."""
+    if work is None:
+        return rows[order]
+    return np.take(rows, order, out=work.buffer("live_rows", order.size, np.int64))
 
 
 def plan_slide(starts, totals, live, base: int, page_size: int, hpage_pages: int) -> Plan:

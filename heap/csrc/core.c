@@ -56,6 +56,44 @@ static inline int64_t granule_of(const struct rgc_objects *o, int64_t a)
     return g < (uint64_t)o->index_len ? (int64_t)g : -1;
 }
 
+void rgc_core_start_bits(struct rgc_objects *o)
+{
+    memset(o->bits, 0, sizeof(uint64_t) * (size_t)o->nwords);
+    for (int64_t r = 0; r < o->n; r++) {
+        uint64_t g = (uint64_t)(o->start[r] - o->base) >> o->shift;
+        o->bits[g >> 6] |= (uint64_t)1 << (g & 63);
+    }
+    int64_t before = 0;
+    for (int64_t w = 0; w < o->nwords; w++) {
+        o->rank[w] = (int32_t)before;
+        before += __builtin_popcountll(o->bits[w]);
+    }
+}
+
+/* The row starting exactly at a by the bitmap, or -1; the granule's word and rank are what it reads. */
+static inline int64_t ranked_row(const struct rgc_objects *o, int64_t a)
+{
+    uint64_t off = (uint64_t)(a - o->base);
+    if (a < o->base || off & (((uint64_t)1 << o->shift) - 1))
+        return -1;
+    uint64_t g = off >> o->shift;
+    if (g >= (uint64_t)o->nwords << 6)
+        return -1;
+    uint64_t word = o->bits[g >> 6], bit = (uint64_t)1 << (g & 63);
+    if (!(word & bit))
+        return -1;
+    return o->rank[g >> 6] + __builtin_popcountll(word & (bit - 1));
+}
+
+static inline void prefetch_rank(const struct rgc_objects *o, int64_t a)
+{
+    uint64_t g = (uint64_t)(a - o->base) >> o->shift;
+    if (a >= o->base && g < (uint64_t)o->nwords << 6) {
+        RGC_PREFETCH(o->bits + (g >> 6));
+        RGC_PREFETCH(o->rank + (g >> 6));
+    }
+}
+
 int64_t rgc_core_row_of(const struct rgc_objects *o, int64_t a)
 {
     int64_t g = granule_of(o, a);
@@ -67,12 +105,44 @@ int64_t rgc_core_row_of(const struct rgc_objects *o, int64_t a)
     return r;
 }
 
-static inline void mark_row(const struct rgc_objects *o, struct rgc_mark *mk, int64_t r)
+/* Marking is depth-first on an explicit stack, and software-pipelined
+   (prefetch-on-grey, after Boehm and Cher et al.): between popping a row and
+   marking what its slots name there are four dependent cache misses (the
+   row's slots in heap memory, the index entry of each word, the target's
+   start and live byte, the target's nrefs and slot_base), and one object at a
+   time each would cost a memory latency. So the work passes through three
+   small rings: a popped row waits in `rows` while its slots, nrefs and
+   slot_base come in; a slot word waits in `words` while its index entry comes
+   in; a looked-up target waits in `targets` while its start and live byte
+   come in. Each ring advances only when full (or when nothing else can), so
+   every load it does was prefetched a ring's length earlier, and the misses
+   of a few dozen objects overlap. The stack holds each row with its address
+   (known when it is marked), so a pop reads no side table. A chain gives
+   rings of one entry: its links cost what dependent loads cost. Which row is
+   scanned when changes; what is recorded does not. */
+#define RGC_ROWS_AHEAD 16
+#define RGC_WORDS_AHEAD 16
+#define RGC_TARGETS_AHEAD 16
+
+struct pipe {
+    int64_t row[RGC_ROWS_AHEAD], row_at[RGC_ROWS_AHEAD];
+    int64_t word[RGC_WORDS_AHEAD], word_pos[RGC_WORDS_AHEAD];
+    int64_t tword[RGC_TARGETS_AHEAD], tpos[RGC_TARGETS_AHEAD], trow[RGC_TARGETS_AHEAD];
+    int rh, rn, wh, wn, th, tn;  /* head and count of each ring */
+};
+
+static inline void push_row(struct rgc_mark *mk, int64_t r, int64_t at)
+{
+    mk->stack[2 * mk->depth] = r;
+    mk->stack[2 * mk->depth + 1] = at;
+    mk->depth++;
+}
+
+static inline void mark_row(struct rgc_mark *mk, int64_t r, int64_t at)
 {
     mk->live[r] = 1;
     mk->marked++;
-    if (o->nrefs[r])  /* a row without slots has nothing to scan: it never waits on the stack */
-        mk->stack[mk->depth++] = r;
+    push_row(mk, r, at);
 }
 
 int64_t rgc_core_mark_roots(const struct rgc_objects *o, struct rgc_mark *mk, const int64_t *roots, int64_t nroots)
@@ -87,84 +157,113 @@ int64_t rgc_core_mark_roots(const struct rgc_objects *o, struct rgc_mark *mk, co
             return RGC_BAD_ADDRESS;
         }
         if (!mk->live[r])
-            mark_row(o, mk, r);
+            mark_row(mk, r, roots[i]);
     }
     return RGC_DONE;
 }
 
-/* Marking is depth-first: rows wait on an explicit stack, and the rows on
-   top of it are taken a batch at a time. Between reading a slot and pushing
-   the row it names there are dependent cache misses (the index entry, the
-   row's start, its live byte), and between popping a row and reading its
-   slots more (its side-table entries, its memory); one object at a time they
-   would cost a memory latency each. A batch goes through each step for all
-   its rows or slots before the next step (read every slot word; look every
-   word up in the index; check and mark every target), so the loads of one
-   step are independent and the processor overlaps their misses. A chain
-   gives batches of one row: its links cost what dependent loads cost,
-   nothing per level. Which row is scanned when changes; what is recorded
-   does not. */
-#define RGC_BATCH_ROWS 64
-#define RGC_BATCH_SLOTS 256
-
-struct batch {
-    int64_t word[RGC_BATCH_SLOTS];
-    int64_t position[RGC_BATCH_SLOTS];
-    int64_t row[RGC_BATCH_SLOTS];
-    int64_t n;
-};
-
-/* Look up, check and mark the words gathered in b; the first bad one stops it. */
-static int64_t resolve(const struct rgc_objects *o, struct rgc_mark *mk, struct batch *b)
+/* The oldest looked-up target: check it, record it, mark it. 0, or -1 for a word that is no object start. */
+static inline int target_out(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p)
 {
-    for (int64_t e = 0; e < b->n; e++) {
-        int64_t g = granule_of(o, b->word[e]);
-        int64_t t = g < 0 ? -1 : o->index[g];
-        b->row[e] = t < o->n ? t : -1;
+    int i = p->th;
+    p->th = (p->th + 1) & (RGC_TARGETS_AHEAD - 1);
+    p->tn--;
+    int64_t t = p->trow[i], w = p->tword[i];
+    if (t < 0) {
+        mk->bad = w;
+        mk->at = p->tpos[i];
+        return -1;
     }
-    for (int64_t e = 0; e < b->n; e++) {
-        int64_t t = b->row[e];
-        if (t >= 0) {
-            RGC_PREFETCH(o->start + t);
-            RGC_PREFETCH(mk->live + t);
-            RGC_PREFETCH(o->nrefs + t);
-        }
+    mk->slot_target[p->tpos[i]] = t;
+    if (!mk->live[t]) {
+        mark_row(mk, t, w);
+        RGC_PREFETCH(o->slot_base + t);  /* a row pushed now is often the next popped */
     }
-    for (int64_t e = 0; e < b->n; e++) {
-        int64_t t = b->row[e];
-        if (t < 0 || o->start[t] != b->word[e]) {
-            mk->bad = b->word[e];
-            mk->at = b->position[e];
-            return RGC_BAD_ADDRESS;
-        }
-        mk->slot_target[b->position[e]] = t;
-        if (!mk->live[t]) {
-            RGC_PREFETCH(o->slot_base + t);
-            mark_row(o, mk, t);
-        }
-    }
-    b->n = 0;
-    return RGC_DONE;
+    return 0;
 }
 
-/* Read the slots [j0, j1) of row r into b (which has room), None slots recorded at once. */
-static void gather(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk, struct batch *b,
-                   int64_t r, int64_t j0, int64_t j1)
+static inline int target_in(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p, int64_t w,
+                            int64_t pos, int64_t t)
 {
-    int64_t lo = o->start[r] + o->slot_offset;
+    if (p->tn == RGC_TARGETS_AHEAD && target_out(o, mk, p) < 0)
+        return -1;
+    if (t >= 0)
+        RGC_PREFETCH(mk->live + t);
+    int i = (p->th + p->tn) & (RGC_TARGETS_AHEAD - 1);
+    p->tword[i] = w;
+    p->tpos[i] = pos;
+    p->trow[i] = t;
+    p->tn++;
+    return 0;
+}
+
+/* The oldest slot word: its index entry is in; on to the targets ring. */
+static inline int word_out(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p)
+{
+    int i = p->wh;
+    p->wh = (p->wh + 1) & (RGC_WORDS_AHEAD - 1);
+    p->wn--;
+    int64_t w = p->word[i];
+    int64_t t = ranked_row(o, w);
+    return target_in(o, mk, p, w, p->word_pos[i], t < o->n ? t : -1);
+}
+
+static inline int word_in(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p, int64_t w, int64_t pos)
+{
+    if (p->wn == RGC_WORDS_AHEAD && word_out(o, mk, p) < 0)
+        return -1;
+    prefetch_rank(o, w);
+    int i = (p->wh + p->wn) & (RGC_WORDS_AHEAD - 1);
+    p->word[i] = w;
+    p->word_pos[i] = pos;
+    p->wn++;
+    return 0;
+}
+
+/* Scan the oldest popped row: its slot words go to the words ring. 0, -1 (a bad word), or 1: its slots lie
+   on a page not accessible here (mk->page; the row is still in the ring). */
+static inline int row_out(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk, struct pipe *p)
+{
+    int i = p->rh;
+    int64_t r = p->row[i];
     int64_t pos = o->slot_base[r];
-    for (int64_t j = j0; j < j1; j++) {
+    int64_t k = (r + 1 < o->n ? o->slot_base[r + 1] : pos + o->nrefs[r]) - pos;  /* slot_base: nrefs' running sum */
+    int64_t lo = p->row_at[i] + o->slot_offset;
+    if (k) {
+        int64_t page = missing_page(m, lo, lo + 8 * k);
+        if (page >= 0) {
+            mk->page = page;
+            return 1;
+        }
+    }
+    p->rh = (p->rh + 1) & (RGC_ROWS_AHEAD - 1);
+    p->rn--;
+    RGC_PREFETCH_W(mk->slot_target + pos);
+    for (int64_t j = 0; j < k; j++) {
         int64_t w = (int64_t)load_word(m, lo + 8 * j);
         if (w == 0) {
             mk->slot_target[pos + j] = -1;
         } else if (w & 1) {
             mk->slot_target[pos + j] = RGC_IMMEDIATE;  /* not a reference: never followed */
-        } else {
-            b->word[b->n] = w;
-            b->position[b->n] = pos + j;
-            b->n++;
+        } else if (word_in(o, mk, p, w, pos + j) < 0) {
+            return -1;
         }
     }
+    mk->slots_read += k;
+    return 0;
+}
+
+static inline void row_in(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk,
+                          struct pipe *p)
+{
+    mk->depth--;
+    int64_t r = mk->stack[2 * mk->depth], at = mk->stack[2 * mk->depth + 1];
+    RGC_PREFETCH(host(m, at + o->slot_offset));
+    RGC_PREFETCH(o->slot_base + r);
+    int i = (p->rh + p->rn) & (RGC_ROWS_AHEAD - 1);
+    p->row[i] = r;
+    p->row_at[i] = at;
+    p->rn++;
 }
 
 /* The row whose slot is at position p (for naming a bad slot's owner). */
@@ -181,53 +280,47 @@ static int64_t owner_of_position(const struct rgc_objects *o, int64_t p)
     return lo;
 }
 
+/* Finish the words and targets in flight (they read only side tables); -1 at a bad word. */
+static int drain(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p)
+{
+    while (p->wn)
+        if (word_out(o, mk, p) < 0)
+            return -1;
+    while (p->tn)
+        if (target_out(o, mk, p) < 0)
+            return -1;
+    return 0;
+}
+
 int64_t rgc_core_mark(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk)
 {
-    struct batch b;
-    b.n = 0;
-    int64_t rows[RGC_BATCH_ROWS];
-    while (mk->depth > 0) {
-        /* take rows off the top while their slots fit in one batch */
-        int64_t nr = 0, slots = 0;
-        while (nr < RGC_BATCH_ROWS && mk->depth > 0) {
-            int64_t r = mk->stack[mk->depth - 1];
-            int64_t k = o->nrefs[r];
-            if (nr > 0 && slots + k > RGC_BATCH_SLOTS)
-                break;
-            mk->depth--;
-            if (k == 0)
-                continue;
-            rows[nr++] = r;
-            slots += k;
-        }
-        for (int64_t i = 0; i < nr; i++)
-            RGC_PREFETCH(host(m, o->start[rows[i]] + o->slot_offset));
-        for (int64_t i = 0; i < nr; i++) {
-            int64_t r = rows[i];
-            int64_t lo = o->start[r] + o->slot_offset;
-            int64_t page = missing_page(m, lo, lo + 8 * o->nrefs[r]);
-            if (page >= 0) {
-                /* nothing of rows[i..] is read yet: back on the stack, rows[i] on top */
-                for (int64_t j = nr - 1; j >= i; j--)
-                    mk->stack[mk->depth++] = rows[j];
-                if (resolve(o, mk, &b) != RGC_DONE)
-                    goto bad;
-                mk->page = page;
-                return RGC_NEED_PAGE;
+    struct pipe p;
+    p.rh = p.rn = p.wh = p.wn = p.th = p.tn = 0;
+    for (;;) {
+        int ret = 0;
+        if (mk->depth > 0 && p.rn < RGC_ROWS_AHEAD)
+            row_in(o, m, mk, &p);
+        else if (p.rn > 0)
+            ret = row_out(o, m, mk, &p);
+        else if (p.wn > 0)
+            ret = word_out(o, mk, &p);
+        else if (p.tn > 0)
+            ret = target_out(o, mk, &p);
+        else
+            return RGC_DONE;
+        if (ret == 1) {
+            /* nothing of the waiting rows is read yet: back on the stack, the blocked one on top */
+            for (int j = p.rn - 1; j >= 0; j--) {
+                int i = (p.rh + j) & (RGC_ROWS_AHEAD - 1);
+                push_row(mk, p.row[i], p.row_at[i]);
             }
-            int64_t k = o->nrefs[r];
-            for (int64_t j0 = 0; j0 < k; j0 += RGC_BATCH_SLOTS) {  /* a row of many slots: in pieces */
-                int64_t j1 = k - j0 > RGC_BATCH_SLOTS ? j0 + RGC_BATCH_SLOTS : k;
-                if (b.n + (j1 - j0) > RGC_BATCH_SLOTS && resolve(o, mk, &b) != RGC_DONE)
-                    goto bad;
-                gather(o, m, mk, &b, r, j0, j1);
-            }
-            mk->slots_read += k;
+            if (drain(o, mk, &p) < 0)
+                goto bad;
+            return RGC_NEED_PAGE;
         }
-        if (resolve(o, mk, &b) != RGC_DONE)
+        if (ret < 0)
             goto bad;
     }
-    return RGC_DONE;
 bad:
     mk->at = owner_of_position(o, mk->at);
     return RGC_BAD_ADDRESS;
@@ -336,10 +429,18 @@ int64_t rgc_core_check_slots(const struct rgc_objects *o, const struct rgc_mem *
     return RGC_DONE;
 }
 
+int64_t rgc_core_same_places(const int64_t *start, const int64_t *rows, const int64_t *new_start, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (start[rows[i]] != new_start[i])
+            return 0;
+    return 1;
+}
+
 int64_t rgc_core_live_bytes(const int64_t *total, const uint8_t *live, int64_t n)
 {
     int64_t sum = 0;
     for (int64_t i = 0; i < n; i++)
-        sum += live[i] ? total[i] : 0;
+        sum += total[i] & -(int64_t)(live[i] != 0);  /* no branch: live is a coin toss per row */
     return sum;
 }

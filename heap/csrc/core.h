@@ -48,13 +48,21 @@ struct rgc_objects {
     int64_t base;              /* address of granule 0 */
     int64_t shift;             /* log2 of the granule size */
     int64_t slot_offset;       /* bytes from an object's start to its slot 0 */
+    /* The starts as a bitmap with a rank table (rgc_core_start_bits builds them; marking's lookup):
+       bit g of bits is set when an object starts at granule g, rank[w] counts the starts before
+       word w, so the row starting at granule g is rank[g >> 6] + the bits below g in its word --
+       two small, cache-resident tables instead of an index entry and a start per lookup. */
+    uint64_t *bits;
+    int32_t *rank;
+    int64_t nwords;            /* words of bits and rank: granules up to the last start, / 64, rounded up */
 };
 
 struct rgc_mark {
     uint8_t *live;          /* per row: reached */
     int64_t *slot_target;   /* per slot position of a live row: the row it references, -1 for None,
                                RGC_IMMEDIATE for a word with its low bit set (not a reference) */
-    int64_t *stack;         /* rows marked but not yet scanned; capacity n (a row is pushed once) */
+    int64_t *stack;         /* rows marked but not yet scanned, each as (row, address): capacity 2n
+                               int64 (a row is on it at most once) */
     int64_t depth;          /* rows on the stack */
     int64_t marked;         /* rows marked live */
     int64_t slots_read;     /* reference slots read */
@@ -69,6 +77,9 @@ struct rgc_check {
     int64_t slot;   /* RGC_BAD_ADDRESS of a slot check: which slot */
     int64_t bad;    /* RGC_BAD_ADDRESS: the value found */
 };
+
+/* Build o->bits and o->rank (o->nwords words each) from the starts. */
+void rgc_core_start_bits(struct rgc_objects *o);
 
 /* The row of the object starting exactly at addr, or -1. */
 int64_t rgc_core_row_of(const struct rgc_objects *o, int64_t addr);
@@ -97,6 +108,9 @@ int64_t rgc_core_forward(const struct rgc_objects *o, const int64_t *new_by_row,
 
 /* new_by_row[rows[i]] = new_start[i]; the rows not named keep what they hold. */
 void rgc_core_scatter(const int64_t *rows, const int64_t *new_start, int64_t n, int64_t *new_by_row);
+
+/* 1 when start[rows[i]] == new_start[i] for every i < n (every object planned where it lies), else 0. */
+int64_t rgc_core_same_places(const int64_t *start, const int64_t *rows, const int64_t *new_start, int64_t n);
 
 /* Bytes of the rows marked live (one pass in row order, not a random access per marked row). */
 int64_t rgc_core_live_bytes(const int64_t *total, const uint8_t *live, int64_t n);

@@ -106,6 +106,8 @@ def test_the_middle_of_a_chain_marks_its_tail(kernel):
 
 CORRUPT = {
     "slot inside an object": (lambda laid: laid.starts[1] + 8, "reference slot of a live object"),
+    "slot a granule into an object": (lambda laid: laid.starts[1] + 16, "reference slot of a live object"),
+    "slot past the last object": (lambda laid: laid.starts[1] + 4096, "reference slot of a live object"),
     "slot outside the heap": (lambda laid: laid.base + laid.size + (1 << 30), "reference slot of a live object"),
     "slot below the heap": (lambda laid: 16, "reference slot of a live object"),
 }
@@ -121,6 +123,21 @@ def test_a_slot_that_is_no_object_start_is_named(kernel, value, what):
             core_mark(laid)
         assert exc.value.invariant == what
         assert f"0x{bad:x}" in exc.value.detail
+    finally:
+        laid.close()
+
+
+def test_a_slot_at_a_stale_index_entry_is_named(kernel):
+    """The address index is never cleared: a granule where an object once
+    started still names a row. A slot pointing there is no reference."""
+    laid = lay_out(kernel, Graph(nbytes=[8, 8], targets=[[1], []], roots=[0]))
+    try:
+        stale = int(laid.starts[1]) + 32
+        laid.index.add(stale, 1)
+        kernel.store_words(np.array([laid.starts[0] + 16], dtype=np.uint64), np.array([stale], dtype=np.uint64))
+        with pytest.raises(HeapCorrupted) as exc:
+            core_mark(laid)
+        assert f"0x{stale:x}" in exc.value.detail
     finally:
         laid.close()
 
