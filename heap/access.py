@@ -128,6 +128,18 @@ class AccessGate:
         self._cond = threading.Condition(self._lock)
         self.entries: list = []  # one token per access in flight
         self.draining = 0  # drains waiting: only then does leaving wake them
+        self.compiled = None  # the compiled accesses' gate (heap.fastpath.CompiledGate), drained too
+
+    def reopen(self) -> None:
+        """The heap lock is held and the heap passed its entry check: no pause is
+        under way, so compiled accesses may go on without the lock again."""
+        if self.compiled is not None:
+            self.compiled.reopen()
+
+    def host_code(self, running: bool) -> None:
+        """A thread starts (or ends) host code of a collection: compiled accesses take the locked path meanwhile."""
+        if self.compiled is not None:
+            self.compiled.host_code(running)
 
     def wake(self) -> None:
         """An access left while a drain waits (a wake lost to an interrupt only costs the drainer a poll)."""
@@ -139,7 +151,10 @@ class AccessGate:
         return len(self.entries)
 
     def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no access is in flight; none starts until the heap lock is released."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.compiled is not None and not self.compiled.drain(timeout):
+            return False
         with self._cond:
             self.draining += 1
             try:
@@ -175,12 +190,22 @@ class Access:
         self.table = table
         self.index = index
         self.pause = pause
-        self.closed = False
+        self._closed = False
         # a model may offer slot_offset(nrefs, slot) for one slot as plain arithmetic (DefaultObjectModel does)
         self._slot_offset = getattr(model, "slot_offset", None)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+        if value and self.gate.compiled is not None:
+            self.gate.compiled.close()  # before the arena goes: no compiled access may start again
+
     # -- handles ------------------------------------------------------------------------
-    def issue(self, addr: int, shape: tuple[int, int, int] | None = None) -> Ref:
+    def issue(self, addr: int, shape: tuple[int, int] | None = None) -> Ref:
         """A new Ref (a new root) to the object at ``addr``; the heap lock is held."""
         return Ref._issue(self, self.handles.new(addr, shape))
 
@@ -230,27 +255,30 @@ class Access:
         row = ix.map.item(granule)
         return row if 0 <= row < t.n and t.start_of(row) == addr else -1
 
-    def _shape_of_row(self, row: int) -> tuple[int, int, int]:
-        """(nbytes, nrefs, payload offset) of the object in ``row``."""
-        nbytes, nrefs = self.table.shape_of(row)
-        return nbytes, nrefs, self.model.payload_offset(nrefs)
+    def _shape_of_row(self, row: int) -> tuple[int, int]:
+        """(nbytes, nrefs) of the object in ``row``."""
+        return self.table.shape_of(row)
 
     def _locate(self, ref) -> tuple[int, tuple[int, int, int]]:
         """(address, (nbytes, nrefs, payload offset)) of a Ref's object; the
         shape is looked up (and the address checked) once per handle, then
-        cached in the handle table (heap.roots.HandleTable.shape)."""
+        cached in the handle table (heap.roots.HandleTable.nbytes, .nrefs)."""
         handles = self.handles
         if type(ref) is Ref and ref._access is self:  # the hot path: ``own`` written out, one call fewer
             addr = handles.addr_v[ref._handle]
         else:
             addr = self.own(ref)  # its errors
-        shape = handles.shape[ref._handle]
-        if shape is None:
+        h = ref._handle
+        nbytes = handles.nbytes_v[h]
+        if nbytes < 0:
             row = self.find(addr)
             if row < 0:
                 raise HeapCorrupted("roots", f"a handle holds 0x{addr:x}, which is no object start")
-            shape = handles.shape[ref._handle] = self._shape_of_row(row)
-        return addr, shape
+            nbytes, nrefs = self._shape_of_row(row)
+            handles.set_shape(h, nbytes, nrefs)
+        else:
+            nrefs = handles.nrefs_v[h]
+        return addr, (nbytes, nrefs, self.model.payload_offset(nrefs))
 
     def _slot_address(self, ref, slot) -> int:
         if type(slot) is not int:
@@ -295,6 +323,7 @@ class Access:
         try:
             with self.lock:
                 self.ready()
+                self.gate.reopen()
                 located = locate(*args)
                 if located is None:
                     return None, 0

@@ -55,14 +55,27 @@ class ObjectTable:
     COLUMNS = ("start", "nbytes", "nrefs", "total", "slot")
 
     def __init__(self, capacity: int = 1024):
-        self.n = 0
+        # [rows, capacity, then each column's address]: where the compiled allocation step
+        # (heap.fastpath.CompiledBump) finds the table; ``n`` is its first element
+        self.meta = np.zeros(2 + len(self.COLUMNS), dtype=np.int64)
+        self._meta_v = memoryview(self.meta)
         self._cols = {c: np.zeros(capacity, dtype=np.int64) for c in self.COLUMNS}
         self._view_columns()
+
+    @property
+    def n(self) -> int:
+        return self._meta_v[0]
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self._meta_v[0] = value
 
     def _view_columns(self) -> None:
         # the columns as memoryviews, for one row at a time (append, a Ref's lookups): a scalar
         # read or store through a memoryview costs half of numpy's, and gives a Python int
         self._v = tuple(memoryview(self._cols[c]) for c in self.COLUMNS)
+        self.meta[2:] = [self._cols[c].ctypes.data for c in self.COLUMNS]
+        self.meta[1] = self._cols["start"].size  # after the addresses: a smaller capacity never meets new columns
 
     def _reserve(self, extra: int) -> None:
         need = self.n + extra
@@ -152,9 +165,27 @@ class Allocator:
         self.page_size = page_size
         self.hpage_pages = hpage_pages
         self.top = base  # page-aligned: nothing placed at or above it
-        self.cursor = 0  # next free byte of the current small page (0: none)
-        self.limit = 0  # end of the current small page
+        # [cursor, limit]: the next free byte of the current small page (0: none) and its end,
+        # where the compiled allocation step (heap.fastpath.CompiledBump) bumps the cursor too
+        self.place_state = np.zeros(2, dtype=np.int64)
+        self._place_v = memoryview(self.place_state)
         self.page_kind = np.zeros(size // page_size, dtype=np.int8)
+
+    @property
+    def cursor(self) -> int:
+        return self._place_v[0]
+
+    @cursor.setter
+    def cursor(self, value: int) -> None:
+        self._place_v[0] = value
+
+    @property
+    def limit(self) -> int:
+        return self._place_v[1]
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._place_v[1] = value
 
     def place(self, total: int) -> int | None:
         """Address for one object of ``total`` bytes, or None if it does not fit."""

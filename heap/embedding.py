@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from . import signals, weak
+from . import weak
 from .access import as_index, host_word_value
 from .errors import HeapFull
 from .hooks import Callback, MutatorHooks
@@ -47,7 +47,7 @@ class EmbeddingAPI:
         reports the address from a RootScanner (or stores it in a slot of a
         live object) before the next collection, or it is freed then."""
         shape = self._check_shape(nbytes, nrefs)
-        with signals.deferred_alloc(), self._lock:
+        with self._lock:  # _new_object defers signals where it must
             return self._new_object(*shape, host)
 
     def ref_at(self, addr: int) -> Ref:

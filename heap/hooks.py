@@ -86,7 +86,8 @@ Callback = Callable[[str, CollectionInfo], None]
 class Hooks:
     """One heap's mutator hooks and callbacks, and the guard against reentry."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate=None) -> None:
+        self.gate = gate  # heap.access.AccessGate: told when host code runs (compiled accesses then take the lock)
         self.mutators: list[MutatorHooks] = []
         self.callbacks: list[Callback] = []
         self.inside: set[int] = set()  # threads running a hook or callback now
@@ -126,11 +127,16 @@ class Hooks:
 
     def _run(self, fn, *args):
         me = threading.get_ident()
+        gate = self.gate if me not in self.inside else None  # counted once per thread
         self.inside.add(me)
+        if gate is not None:
+            gate.host_code(True)
         try:
             return fn(*args)
         finally:
             self.inside.discard(me)
+            if gate is not None:
+                gate.host_code(False)
 
     # -- one collection, as the heap drives it ---------------------------------------------------
     def begin(self, collection: int, *, concurrent: bool, automatic: bool, compactor: str) -> CollectionInfo | None:

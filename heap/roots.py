@@ -25,31 +25,51 @@ class HandleTable:
         self._dropped: list[int] = []  # appended by Ref.__del__, reaped under the heap lock
         self.blocks: dict[int, np.ndarray] = {}  # RefArray id -> its addresses
         self._dropped_blocks: list[int] = []
-        # handle -> (nbytes, nrefs, payload offset) of its object, or None until
-        # first needed: a handle names one object for its whole life and an
-        # object's shape never changes, so Ref accesses look it up only once
-        self.shape: list[tuple[int, int, int] | None] = [None] * capacity
+        # handle -> its object's payload bytes and slots, -1 until first needed: a handle names one
+        # object for its whole life and an object's shape never changes, so Ref accesses look it up
+        # once (and the compiled accesses of heap.fastpath read it here)
+        self.nbytes = np.full(capacity, -1, dtype=np.int64)
+        self.nrefs = np.full(capacity, -1, dtype=np.int64)
+        # arrays replaced by a growth: a compiled access in flight (heap.fastpath, no lock) may
+        # still read one, so they live as long as the table (at most as much again)
+        self.retired: list[np.ndarray] = []
+        self.on_grow = None  # called after a growth (heap.fastpath re-points its gate)
         self._view()
 
     def _view(self) -> None:
         # one handle at a time (new, a Ref's address) through memoryviews: half the cost of numpy's scalar paths
         self.addr_v, self._used_v = memoryview(self.addr), memoryview(self.used)
+        self.nbytes_v, self.nrefs_v = memoryview(self.nbytes), memoryview(self.nrefs)
 
-    def new(self, addr: int, shape: tuple[int, int, int] | None = None) -> int:
+    def new(self, addr: int, shape: tuple[int, int] | None = None) -> int:
+        """A handle holding ``addr``; ``shape``: the object's (nbytes, nrefs), if known."""
         if self._free:
             h = self._free.pop()
         else:
             h = self.high
             if h == self.addr.size:
-                self.addr = np.concatenate([self.addr, np.zeros(h, dtype=np.int64)])
-                self.used = np.concatenate([self.used, np.zeros(h, dtype=bool)])
-                self.shape.extend([None] * h)
-                self._view()
+                self._grow(h)
             self.high = h + 1
         self.addr_v[h] = addr
         self._used_v[h] = True
-        self.shape[h] = shape
+        if shape is not None:
+            self.set_shape(h, *shape)
         return h
+
+    def set_shape(self, h: int, nbytes: int, nrefs: int) -> None:
+        # nrefs first: a compiled access that sees nbytes set relies on nrefs (heap/csrc/access.c)
+        self.nrefs_v[h] = nrefs
+        self.nbytes_v[h] = nbytes
+
+    def _grow(self, size: int) -> None:
+        self.retired += [self.addr, self.nbytes, self.nrefs]
+        self.addr = np.concatenate([self.addr, np.zeros(size, dtype=np.int64)])
+        self.used = np.concatenate([self.used, np.zeros(size, dtype=bool)])
+        self.nbytes = np.concatenate([self.nbytes, np.full(size, -1, dtype=np.int64)])
+        self.nrefs = np.concatenate([self.nrefs, np.full(size, -1, dtype=np.int64)])
+        self._view()
+        if self.on_grow is not None:
+            self.on_grow()
 
     def drop(self, h: int) -> None:
         self._dropped.append(h)
@@ -67,7 +87,7 @@ class HandleTable:
             h = self._dropped.pop()
             self.used[h] = False
             self.addr[h] = 0
-            self.shape[h] = None
+            self.nbytes[h] = self.nrefs[h] = -1
             self._free.append(h)
         while self._dropped_blocks:
             self.blocks.pop(self._dropped_blocks.pop(), None)
