@@ -42,6 +42,22 @@ int64_t rgc_claim_page(int8_t *state, int64_t page);
 int64_t rgc_program_layout(int64_t *out, int64_t max);
 const char *rgc_program_field_names(void);
 """
+# heap/csrc/access.c: the mutator's compiled Ref operations and allocation step (heap/fastpath.py)
+ACCESS_CDEF = r"""
+struct rgc_gate { int64_t state; int64_t inflight; int64_t epoch; int64_t *addr; int64_t *nbytes; int64_t *nrefs;
+                  int64_t header; };
+struct rgc_bump { int64_t *place; int64_t *rows; int32_t *index; int64_t index_base, index_shift, index_len;
+                  uint64_t word1; int64_t host_words; };
+int64_t rgc_ref_load(struct rgc_gate *g, int64_t h, int64_t offset, int64_t length, char *out);
+int64_t rgc_ref_store(struct rgc_gate *g, int64_t h, int64_t offset, const char *data, int64_t length);
+int64_t rgc_ref_get_slot(struct rgc_gate *g, int64_t h, int64_t slot);
+int64_t rgc_ref_set_slot(struct rgc_gate *g, int64_t h, int64_t slot, int64_t target, int64_t word);
+void rgc_gate_shut(struct rgc_gate *g, int64_t bits);
+void rgc_gate_open(struct rgc_gate *g, int64_t bits);
+void rgc_gate_add(struct rgc_gate *g, int64_t amount);
+int64_t rgc_gate_wait(struct rgc_gate *g, int64_t timeout_ns);
+int64_t rgc_bump(struct rgc_bump *b, int64_t nbytes, int64_t nrefs, int64_t total, uint64_t host);
+"""
 
 
 def _source(name: str) -> str:
@@ -52,9 +68,10 @@ def _source(name: str) -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-# the header, then the prototypes for the module cffi generates (the definitions are in side_tables.c)
-ffibuilder.set_source("heap._native", '#include "remapgc_program.h"\n' + CDEF, sources=[_source("side_tables.c")],
+ffibuilder.cdef(CDEF + ACCESS_CDEF)
+# the header, then the prototypes for the module cffi generates (the definitions are in side_tables.c, access.c)
+ffibuilder.set_source("heap._native", '#include "remapgc_program.h"\n' + CDEF + ACCESS_CDEF,
+                      sources=[_source("side_tables.c"), _source("access.c")],
                       include_dirs=[CSRC], extra_compile_args=["-O2"])
 
 if __name__ == "__main__":
