@@ -28,12 +28,13 @@ from typing import Iterable
 import numpy as np
 
 from . import forksafety, signals
-from .access import Access, AccessGate, as_index, as_shapes
+from .access import AccessGate, as_index, as_shapes
 from .alloc import Allocator, ObjectTable, round_up
 from .compactors import copy_collect, remap_pause
 from .concurrent import CHUNK_PAGES, ConcurrentCycle, collect_concurrent, concurrent_pause
 from .errors import CompactionAborted, HeapClosed, HeapCorrupted, HeapFull, Health, RemapRefused
 from .events import get_logger
+from .fastpath import bump_step, make_access
 from .embedding import EmbeddingAPI, model_for
 from .hooks import Hooks
 from .install import InstallInterrupted, PageInstaller
@@ -114,14 +115,15 @@ class Heap(HeapProperties, EmbeddingAPI):
         self._alloc = Allocator(spaces.base, self._size, ps, k.hpage_size // ps if thp else 0)
         self._table = ObjectTable()
         self._index = AddressIndex(spaces.base, self._size, granule)
+        self._bump = bump_step(k, model, self._alloc, self._table, self._index)  # heap.fastpath
         self._work = Workspace()
         self._handles = HandleTable()
         self._gate = AccessGate()  # mutator memory accesses in flight outside the lock
         self._health = Health()
-        self._hooks = Hooks()  # the host's mutator hooks and collection callbacks (heap.hooks)
+        self._hooks = Hooks(self._gate)  # the host's mutator hooks and collection callbacks (heap.hooks)
         self._pause = Pause(k, model, spaces, self._alloc, self._table, self._index, self._work, self._handles,
                             self._scanners, float(dense), host=self._hooks.run_host)
-        self._access = Access(self, self._lock, self._ready, self._gate, self._health, k, model, self._handles,
+        self._access = make_access(self, self._lock, self._ready, self._gate, self._health, k, model, self._handles,
                               self._table, self._index, self._pause)
         self._pending: PageInstaller | None = None  # a stop-the-world install the kernel interrupted
         self._cycle: ConcurrentCycle | None = None  # the running concurrent cycle
@@ -232,16 +234,25 @@ class Heap(HeapProperties, EmbeddingAPI):
     def alloc(self, nbytes: int, nrefs: int = 0, *, host: int | None = None) -> Ref:
         """A new object with ``nrefs`` None slots and ``nbytes`` zero bytes of payload
         (``host``: its host header word, on a heap made with ``host_word=True``)."""
-        shape = self._check_shape(nbytes, nrefs)
-        with signals.deferred_alloc(), self._lock:  # placed but not recorded, the side tables would disagree
-            return self._access.issue(self._new_object(*shape, host))
+        nbytes, nrefs, total = self._check_shape(nbytes, nrefs)
+        with self._lock:
+            return self._access.issue(self._new_object(nbytes, nrefs, total, host), (nbytes, nrefs))
 
     def _new_object(self, nbytes: int, nrefs: int, total: int, host: int | None) -> int:
-        """With the lock held: place one object, write its header, record it; its address."""
+        """With the lock held: place one object, write its header, record it; its address.
+        In the current page that is one compiled step (heap.fastpath), else deferred:
+        placed but not recorded, the side tables would disagree."""
         self._ready()
-        addr = self._place(lambda: self._alloc.place(total), total)
-        self._kernel.store(addr, self._header(nbytes, nrefs, total >= self._ps, host))
-        self._index.add(addr, self._table.append(addr, nbytes, nrefs, total))
+        every = self._collect_every
+        if every is None or self._since_collect + total <= every:
+            addr = self._bump(nbytes, nrefs, total, host)
+            if addr:
+                self._since_collect += total
+                return addr
+        with signals.deferred_alloc():
+            addr = self._place(lambda: self._alloc.place(total), total)
+            self._kernel.store(addr, self._header(nbytes, nrefs, total >= self._ps, host))
+            self._index.add(addr, self._table.append(addr, nbytes, nrefs, total))
         return addr
 
     def alloc_many(self, nbytes, nrefs) -> RefArray:
