@@ -65,14 +65,17 @@ def slide_in_place(pause: Pause, plan, marking, old, new_by_row, stats) -> int:
     k, a, ps = pause.kernel, pause.alloc, pause.kernel.page_size
     base = a.base
     rows = plan.live_rows
+    if plan.identity:  # nothing moves: no slide, no slot changes
+        rows = rows[:0]
     srcs = old["start"][rows]
-    moving = srcs != plan.new_starts
+    # objects only slide down, in address order: once one moves, every one after it does
+    # (or lies where it is, a memmove of nothing): one slice from the first mover, no masks
+    first = int(np.argmax(srcs != plan.new_starts)) if rows.size else 0
     slots = 0
-    if moving.any():
-        lengths = old["total"][rows][moving]
-        k.copy_ranges(plan.new_starts[moving].astype(np.uint64), srcs[moving].astype(np.uint64),
-                      lengths.astype(np.uint64))
-        stats.bytes_copied += int(lengths.sum())
+    if rows.size and srcs[first] != plan.new_starts[first]:
+        lengths = old["total"][rows[first:]]
+        k.copy_ranges(plan.new_starts[first:], srcs[first:], lengths)
+        stats.bytes_copied += int(lengths @ (srcs[first:] != plan.new_starts[first:]))  # those that moved
         slots = pause.fixup(plan, marking, old, new_by_row, plan.new_starts)
     if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
         end = plan.last_object_end

@@ -105,7 +105,7 @@ class ConcurrentCycle:
         self.run_compactor = run_compactor
         self.states = PageStates(program.npages)
         self.builder = PageBuilder(kernel, self.uffd, program, self.states, self.arena, self.from_space)
-        self.scratch = kernel.mmap(chunk_pages * kernel.page_size)
+        self.scratch = 0  # the compactor's build space, mapped by start(): outside the pause
         self.counters = InstallCounters()  # the compactor's (and complete()'s)
         self.chunk_plan: ChunkPlan | None = None  # the Python walk's plan, built on its first use
         self._walk = None  # the uffd's native chunk walker (False: none)
@@ -136,11 +136,17 @@ class ConcurrentCycle:
                 self.compactor_done.set()
                 return
             self.install_started = time.perf_counter_ns()
+            self._map_scratch()
             self.handler.start()
             if self.run_compactor:
                 self.compactor.start()
             else:
                 self.compactor_done.set()
+
+    def _map_scratch(self) -> int:
+        if not self.scratch:
+            self.scratch = self.kernel.mmap(self.chunk_pages * self.kernel.page_size)
+        return self.scratch
 
     def _compact(self) -> None:
         try:
@@ -292,7 +298,7 @@ class ConcurrentCycle:
             raise CompactionAborted(errno.ETIMEDOUT, f"the compactor thread is still installing after "
                                     f"{JOIN_TIMEOUT_S} s; the rest stays pending")
         try:
-            self._install_all(self.scratch, self.counters)
+            self._install_all(self._map_scratch(), self.counters)
         except InstallInterrupted as exc:
             raise self._aborted(exc) from exc
         except HeapCorrupted as exc:
@@ -339,7 +345,8 @@ class ConcurrentCycle:
             k = self.kernel
             self.uffd.unregister(self.arena, self.size)  # wakes any late faulter: it now faults normally
             self._stop_threads()
-            k.munmap(self.scratch, self.chunk_pages * k.page_size)
+            if self.scratch:
+                k.munmap(self.scratch, self.chunk_pages * k.page_size)
             self.handler.release()
             self.finished = True
 
@@ -390,7 +397,7 @@ class ConcurrentCycle:
                 self.request_stop()
                 self._stop_threads()
                 self.handler.release()
-                if not self.compactor.is_alive():
+                if self.scratch and not self.compactor.is_alive():
                     self.kernel.munmap(self.scratch, self.chunk_pages * self.kernel.page_size)
         self.ended.set()
 

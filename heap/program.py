@@ -70,6 +70,7 @@ def make_program(plan, model, old, values: np.ndarray, base: int, from_space: in
     slot_rel = model.slot_addresses(plan.new_starts, old["nrefs"][rows]) - base
     if refs is not None:
         slot_rel, values = slot_rel[refs], np.asarray(values)[refs]
+    shift = ps.bit_length() - 1  # page sizes are powers of two: shifts and masks, not divisions
     ev = plan.evacuated
     dst = plan.new_starts[ev] - base
     src = from_space + plan.evac_from
@@ -88,7 +89,7 @@ def make_program(plan, model, old, values: np.ndarray, base: int, from_space: in
     return InstallProgram(
         npages=int(plan.end_pages),
         piece_dst=plan.piece_dst.copy(), piece_src=plan.piece_src.copy(), piece_rebuilt=plan.piece_rebuilt.copy(),
-        slot_page=slot_rel // ps, slot_off=slot_rel % ps, slot_val=np.asarray(values).view(np.uint64),
+        slot_page=slot_rel >> shift, slot_off=slot_rel & (ps - 1), slot_val=np.asarray(values).view(np.uint64),
         seg_page=seg[0], seg_off=seg[1], seg_src=seg[2], seg_len=seg[3])
 
 

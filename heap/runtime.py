@@ -42,7 +42,7 @@ from .introspection import HeapProperties
 from .kernel import Kernel, KernelUnsupported, open_kernel
 from .mark import AddressIndex, Workspace, index_granule
 from .objects import DEFAULT_MODEL, ObjectModel, RootScanner
-from .pause import Collection, Pause
+from .pause import Collection, Pause, python_gc_held
 from .roots import HandleTable, Ref, RefArray
 from .spaces import Spaces
 from .stats import ConcurrentGCStats, GCStats, HeapStats, InstallCounters
@@ -347,7 +347,7 @@ class Heap(HeapProperties, EmbeddingAPI):
         col = Collection(ConcurrentGCStats(stop_the_world=1) if asked_concurrent else GCStats(), self._compactor)
         col.stats.rss_before = rss
         with self._hooks.pause(col, self._pause.collections + 1, concurrent=False, automatic=automatic,
-                               compactor=self._compactor), signals.critical():  # no escape mid-flip
+                               compactor=self._compactor), signals.critical(), python_gc_held():  # no escape mid-flip
             if self._compactor == "remap":
                 try:
                     self._collect_remap(col)
@@ -368,14 +368,18 @@ class Heap(HeapProperties, EmbeddingAPI):
 
     def _collect_remap(self, col: Collection) -> None:
         inst = self._pending = remap_pause(self._pause, col)
-        counters = InstallCounters()
         with col.clock.phase("install") as ev:
-            try:
-                self._install_pending(counters)
-            finally:
-                counters.add_into(col.stats, self._ps)
-                ev.update(runs=int(inst.run_count.size), pages=counters.pages_moved, ioctls=counters.ioctls,
-                          ebusy=counters.ebusy_fallbacks)
+            if inst.pending:
+                counters = InstallCounters()
+                try:
+                    self._install_pending(counters)
+                finally:
+                    counters.add_into(col.stats, self._ps)
+                    ev.update(runs=int(inst.run_count.size), pages=counters.pages_moved, ioctls=counters.ioctls,
+                              ebusy=counters.ebusy_fallbacks)
+            else:  # the to-space was built in the arena (or is empty): nothing to move
+                self._pending = None
+                ev.update(runs=0, pages=0, ioctls=0, ebusy=0)
         self._spaces.unregister()  # fresh pages fault normally again
 
     def _install_pending(self, counters: InstallCounters) -> None:
@@ -410,7 +414,7 @@ class Heap(HeapProperties, EmbeddingAPI):
                 col = Collection(ConcurrentGCStats(rss_before=self._rss() if rss_before is None else rss_before),
                                  "concurrent")
                 with self._hooks.pause(col, self._pause.collections + 1, concurrent=True, automatic=False,
-                                       compactor=self._compactor):
+                                       compactor=self._compactor), python_gc_held():
                     try:
                         program = concurrent_pause(self._pause, col)
                     except RemapRefused as exc:
