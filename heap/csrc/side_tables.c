@@ -64,25 +64,37 @@ int64_t rgc_slot_values(const int64_t *rows, int64_t nrows, const int64_t *nrefs
     return o;
 }
 
-static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+/* v / m and v % m for v >= 0: a shift and a mask when m is a power of two (pages and units always
+   are), which a division by a run-time divisor is not (tens of cycles, several per object). */
+static inline int64_t pdiv(int64_t v, int64_t m)
+{
+    return (m & (m - 1)) ? v / m : v >> __builtin_ctzll((uint64_t)m);
+}
+
+static inline int64_t pmod(int64_t v, int64_t m)
+{
+    return (m & (m - 1)) ? v % m : v & (m - 1);
+}
+
+static inline int64_t round_up(int64_t v, int64_t m) { return pdiv(v + m - 1, m) * m; }
 
 /* One step of greedy placement under the rules of heap/objects.py: where an
    object of t bytes goes at or after pos; *next is the first byte after it. */
 static int64_t place(int64_t pos, int64_t t, int64_t page, int64_t hpage_pages, int64_t *next)
 {
     if (t < page) {
-        if (pos / page != (pos + t - 1) / page)
+        if (pdiv(pos, page) != pdiv(pos + t - 1, page))
             pos = round_up(pos, page);
         *next = pos + t;
         return pos;
     }
-    int64_t pages = (t + page - 1) / page, unit = hpage_pages * page;
+    int64_t pages = pdiv(t + page - 1, page), unit = hpage_pages * page;
     pos = round_up(pos, page);
     if (hpage_pages) {
         if (t >= unit) {
             pages = round_up(pages, hpage_pages);
             pos = round_up(pos, unit);
-        } else if ((pos / page) % hpage_pages + pages > hpage_pages) {
+        } else if (pmod(pdiv(pos, page), hpage_pages) + pages > hpage_pages) {
             pos = round_up(pos, unit);
         }
     }
@@ -98,12 +110,12 @@ void rgc_mark_pages(const int64_t *addrs, const int64_t *totals, int64_t n, int6
                     int64_t hpage_pages, int8_t small_kind, int8_t large_kind, int8_t *kind)
 {
     for (int64_t i = 0; i < n; i++) {
-        int64_t first = (addrs[i] - base) / page, t = totals[i];
+        int64_t first = pdiv(addrs[i] - base, page), t = totals[i];
         if (t < page) {
             kind[first] = small_kind;
             continue;
         }
-        int64_t pages = (t + page - 1) / page;
+        int64_t pages = pdiv(t + page - 1, page);
         if (hpage_pages && t >= hpage_pages * page) pages = round_up(pages, hpage_pages);
         memset(kind + first, large_kind, (size_t)pages);
     }
@@ -122,7 +134,7 @@ int64_t rgc_pack(const int64_t *totals, int64_t n, int64_t page, int64_t hpage_p
     int64_t pos = 0;
     for (int64_t i = 0; i < n; i++)
         offsets[i] = place(pos, totals[i], page, hpage_pages, &pos);
-    return (pos + page - 1) / page;
+    return pdiv(pos + page - 1, page);
 }
 
 /* The remap plan's new order: the whole-moving objects (new addresses given),
@@ -138,8 +150,8 @@ int64_t rgc_plan_order(const int64_t *start, const int64_t *total, const uint8_t
         if (whole[i]) {
             order[nw] = i;
             new_start[nw++] = new_whole[i];
-        } else if ((start[i] - base) / unit != last) {
-            last = (start[i] - base) / unit;
+        } else if (pdiv(start[i] - base, unit) != last) {
+            last = pdiv(start[i] - base, unit);
             sources[ns++] = last;
         }
     }
@@ -150,10 +162,10 @@ int64_t rgc_plan_order(const int64_t *start, const int64_t *total, const uint8_t
         order[nw + m] = i;
         new_start[nw + m] = origin + off;
         evac_from[m] = start[i] - base;
-        evac_to[m++] = sources[off / unit] * unit + off % unit;
+        evac_to[m++] = sources[pdiv(off, unit)] * unit + pmod(off, unit);
     }
     *nsources = ns;
-    *ev_pages = (pos + page - 1) / page;
+    *ev_pages = pdiv(pos + page - 1, page);
     return m;
 }
 
@@ -189,9 +201,9 @@ int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, in
     }
     for (int64_t i = 0; i < n;) {
         if (total[i] >= unit) { whole[i++] = 1; continue; }
-        int64_t u = (start[i] - base) / unit, j = i, bytes = 0;
+        int64_t u = pdiv(start[i] - base, unit), j = i, bytes = 0;
         uint8_t large_only = cand != NULL;
-        for (; j < n && total[j] < unit && (start[j] - base) / unit == u; j++) {
+        for (; j < n && total[j] < unit && pdiv(start[j] - base, unit) == u; j++) {
             bytes += total[j];
             large_only &= total[j] >= page;
         }
@@ -212,21 +224,21 @@ int64_t rgc_plan_whole(const int64_t *start, const int64_t *total, int64_t n, in
     int64_t pieces = 0, dst = 0, src = 0, at = 0, last_unit = -1;
     for (int64_t i = 0; i < n; i++) {
         if (!whole[i]) continue;
-        int64_t pg = (start[i] - base) / page;
+        int64_t pg = pdiv(start[i] - base, page);
         if (total[i] >= unit) {
-            int64_t pages = (total[i] + page - 1) / page;
+            int64_t pages = pdiv(total[i] + page - 1, page);
             if (hpage_pages && total[i] >= hpage_pages * page) pages = round_up(pages, hpage_pages);
             src = pg; at = dst;
             piece_src[pieces] = pg; piece_n[pieces++] = pages;
             dst += pages;
             last_unit = -1;
-        } else if (pg / unit_pages != last_unit) {
-            last_unit = pg / unit_pages;
+        } else if (pdiv(pg, unit_pages) != last_unit) {
+            last_unit = pdiv(pg, unit_pages);
             src = last_unit * unit_pages; at = dst;
             piece_src[pieces] = src; piece_n[pieces++] = unit_pages;
             dst += unit_pages;
         }
-        new_start[i] = base + (at + pg - src) * page + (start[i] - base) % page;
+        new_start[i] = base + (at + pg - src) * page + pmod(start[i] - base, page);
     }
     *whole_end = dst;
     return pieces;
