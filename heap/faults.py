@@ -65,6 +65,12 @@ from .stats import GCStats, InstallCounters
 log = get_logger("remapgc.heap")
 
 IDLE_WAIT_S = 0.002  # read_events timeout with nothing deferred: how soon stop() is noticed
+# With the native fault server, stop() wakes the reader itself (an empty message on the
+# forward pipe), so with nothing deferred this thread sleeps until a fault is forwarded.
+# Waking every IDLE_WAIT_S instead kept it waiting for the GIL for most of a cycle: every
+# mutator access then released the GIL to a waiter (a futex wake, the waiter woken on the
+# other CPU to find it taken again) and a forced switch came every switch interval.
+FORWARDED_IDLE_WAIT_S = 0.5  # a safety net only: a lost wake costs at most this
 DEFERRED_WAIT_S = 0.0002  # with deferred faults: how soon they are looked at again
 BACKOFF_S = 0.001  # after a refused install
 MAX_LATENCIES = 1 << 20
@@ -197,7 +203,8 @@ class FaultHandler:
         server = self.server
         while not self._stop.is_set():
             try:
-                wait = BACKOFF_S if backoff else (DEFERRED_WAIT_S if self._deferred else IDLE_WAIT_S)
+                idle = IDLE_WAIT_S if server is None else FORWARDED_IDLE_WAIT_S
+                wait = BACKOFF_S if backoff else (DEFERRED_WAIT_S if self._deferred else idle)
                 if server is not None:  # the faults the native server left to Python
                     events = server.read_forwarded(wait)
                 else:
