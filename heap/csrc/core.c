@@ -73,6 +73,8 @@ void rgc_core_start_bits(struct rgc_objects *o)
 /* The row starting exactly at a by the bitmap, or -1; the granule's word and rank are what it reads. */
 static inline int64_t ranked_row(const struct rgc_objects *o, int64_t a)
 {
+    if (!o->bits)  /* a sparse span (heap.core.Objects.start_bits built none): the index entry */
+        return rgc_core_row_of(o, a);
     uint64_t off = (uint64_t)(a - o->base);
     if (a < o->base || off & (((uint64_t)1 << o->shift) - 1))
         return -1;
@@ -87,6 +89,12 @@ static inline int64_t ranked_row(const struct rgc_objects *o, int64_t a)
 
 static inline void prefetch_rank(const struct rgc_objects *o, int64_t a)
 {
+    if (!o->bits) {
+        int64_t gi = granule_of(o, a);
+        if (gi >= 0)
+            RGC_PREFETCH(o->index + gi);
+        return;
+    }
     uint64_t g = (uint64_t)(a - o->base) >> o->shift;
     if (a >= o->base && g < (uint64_t)o->nwords << 6) {
         RGC_PREFETCH(o->bits + (g >> 6));
