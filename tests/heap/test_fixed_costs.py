@@ -111,3 +111,35 @@ def test_pythons_cyclic_collector_does_not_run_inside_a_pause(kernel_name, concu
             del keep
     finally:
         (gc.enable if was else gc.disable)()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("concurrent", [False, True], ids=["stop-the-world", "concurrent"])
+def test_marking_a_sparse_span_of_large_objects_finds_exactly_the_reachable(kernel_name, concurrent):
+    """Few objects over a wide span: marking looks targets up through the address
+    index, not a start bitmap over the whole span (heap.core.SPARSE_SPAN_WORDS)."""
+    from heap import core
+
+    n = 40
+    with Heap(kernel=kernel_name, size=64 * MiB, compactor="remap") as heap:
+        block = heap.alloc_many(np.full(n, 64 << 10), 2)
+        span_words = int(block.addresses[-1] - block.addresses[0]) // 16 // 64
+        assert span_words > core.SPARSE_SPAN_WORDS * (n + 2 * n)  # this heap takes the index path
+        chain = np.arange(0, n, 3)  # 0 -> 3 -> 6 ... -> 39 -> 0: a cycle through every third object
+        block.set_refs(0, chain, block, np.roll(chain, -1))
+        block.set_refs(1, chain[::2], block, chain[::2])  # self-references
+        dead = np.setdiff1d(np.arange(n), chain)
+        block.set_refs(0, dead, block, np.zeros(dead.size, dtype=np.int64))  # the dead point at the live
+        for i in chain.tolist():
+            block[i].write(i.to_bytes(4, "little"))
+        root = block[0]
+        del block
+        stats = heap.collect(concurrent=concurrent)
+
+        assert (stats.live_objects, stats.freed_objects) == (chain.size, dead.size)
+        seen, ref = [], root
+        for _ in range(chain.size):
+            seen.append(int.from_bytes(ref.read(4), "little"))
+            ref = ref.get_ref(0)
+        assert seen == chain.tolist() and ref.same_object(root)
+        heap.verify()
