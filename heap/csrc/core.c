@@ -184,8 +184,13 @@ static inline int target_out(const struct rgc_objects *o, struct rgc_mark *mk, s
     }
     mk->slot_target[p->tpos[i]] = t;
     if (!mk->live[t]) {
-        mark_row(mk, t, w);
-        RGC_PREFETCH(o->slot_base + t);  /* a row pushed now is often the next popped */
+        int64_t first = o->slot_base[t];
+        if ((t + 1 < o->n ? o->slot_base[t + 1] : first + o->nrefs[t]) != first) {
+            mark_row(mk, t, w);
+        } else {  /* a leaf is not pushed: popping it would touch its memory (a TLB miss) for no slot */
+            mk->live[t] = 1;
+            mk->marked++;
+        }
     }
     return 0;
 }
@@ -195,8 +200,10 @@ static inline int target_in(const struct rgc_objects *o, struct rgc_mark *mk, st
 {
     if (p->tn == RGC_TARGETS_AHEAD && target_out(o, mk, p) < 0)
         return -1;
-    if (t >= 0)
+    if (t >= 0) {
         RGC_PREFETCH(mk->live + t);
+        RGC_PREFETCH(o->slot_base + t);  /* whether it has slots (pushed or not), and its scan if it does */
+    }
     int i = (p->th + p->tn) & (RGC_TARGETS_AHEAD - 1);
     p->tword[i] = w;
     p->tpos[i] = pos;
