@@ -247,6 +247,48 @@ def fixup(kernel, model, rows, locations, nrefs, slot_base, slot_target, new_by_
     return int(nrefs[rows].sum())
 
 
+def slide(kernel, model, rows, old_starts, new_starts, totals, nrefs, slot_base, slot_target, new_by_row) -> tuple[int, int]:
+    """Slide the objects ``rows`` (old rows, in address order) down from
+    ``old_starts[row]`` to ``new_starts`` (ascending, never above where they
+    lie) and fix their slots as ``fixup`` does, in one pass: what
+    ``kernel.copy_ranges`` then ``fixup`` do, each object's slots written while
+    its line is in the cache. Returns (bytes moved, slots written)."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    n = rows.size
+    if n == 0:
+        return 0, 0
+    arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (old_starts, new_starts, totals, nrefs, slot_base,
+                                                               new_by_row)]
+    old_starts, new_starts, totals, nrefs, slot_base, new_by_row = arrays
+    off = slot_offset_of(model)
+    lo = int(new_starts[0])
+    hi = int(old_starts[rows[-1]] + totals[rows[-1]])
+    mem = Memory(kernel, lo, max(hi, lo), write=True)
+    moved = ffi.new("int64_t *")
+    ptrs = [_p("int64_t[]", a) for a in (rows, old_starts, new_starts)]
+    tail = [_p("int64_t[]", a) for a in (totals, nrefs, slot_base)] + [
+        _p("int64_t[]", slot_target), _p("int64_t[]", new_by_row), off, moved]
+    i, copied = 0, 0
+    while True:
+        i = lib.rgc_core_slide(mem.struct, *ptrs, i, n, *tail)
+        if i >= n:
+            break
+        # an object the core cannot reach in place here (a page to fault in, or one spanning
+        # the simulator's frames): moved through the kernel, its slots fixed by fixup
+        r = int(rows[i])
+        src, dst, length = int(old_starts[r]), int(new_starts[i]), int(totals[r])
+        if src != dst:
+            kernel.memmove(dst, src, length)
+            copied += length
+        fixup(kernel, model, rows[i:i + 1], new_starts[i:i + 1], nrefs, slot_base, slot_target, new_by_row)
+        for page in range((min(src, dst) >> mem.shift), ((max(src, dst) + length - 1) >> mem.shift) + 1):
+            j = page - mem.page_lo
+            if mem.table is not None and 0 <= j < mem.table.size:
+                mem.table[j] = kernel.frame_pointers(page << mem.shift, 1, True)[0]
+        i += 1
+    return int(moved[0]) + copied, int(nrefs[rows].sum())
+
+
 def forward(index, starts, new_by_row, addrs, what: str = "root") -> np.ndarray:
     """The new address of each old address in ``addrs`` (0 stays 0);
     HeapCorrupted names the first that is no object start."""

@@ -180,4 +180,5 @@ def plan_slide(starts, totals, live, base: int, page_size: int, hpage_pages: int
     offsets, npages = pack(l_total, page_size, hpage_pages)
     new_starts = base + offsets
     last_end = int(new_starts[-1] + l_total[-1]) if rows.size and l_total[-1] < page_size else 0
-    return Plan(live_rows=rows, new_starts=new_starts, end_pages=npages, last_object_end=last_end)
+    return Plan(live_rows=rows, new_starts=new_starts, end_pages=npages, last_object_end=last_end,
+                identity=same_places(starts, rows, new_starts))

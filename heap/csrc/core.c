@@ -374,6 +374,45 @@ int64_t rgc_core_fixup(const struct rgc_mem *m, const int64_t *rows, const int64
     return n;
 }
 
+/* Whether [a, a + len) lies on one page accessible through m (always, for direct memory). */
+static inline int one_page(const struct rgc_mem *m, int64_t a, int64_t len)
+{
+    if (m->direct)
+        return 1;
+    return (a >> m->page_shift) == ((a + len - 1) >> m->page_shift) && missing_page(m, a, a + len) < 0;
+}
+
+int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64_t *old_start,
+                       const int64_t *new_start, int64_t from, int64_t n, const int64_t *total,
+                       const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
+                       const int64_t *new_by_row, int64_t slot_offset, int64_t *moved)
+{
+    for (int64_t i = from; i < n; i++) {
+        if (i + RGC_FIXUP_AHEAD < n) {  /* the new addresses it will read: random rows */
+            int64_t a = rows[i + RGC_FIXUP_AHEAD];
+            const int64_t *t = slot_target + slot_base[a];
+            for (int64_t j = 0; j < nrefs[a] && j < 4; j++)
+                if (t[j] >= 0)
+                    RGC_PREFETCH(new_by_row + t[j]);
+        }
+        int64_t r = rows[i], src = old_start[r], dst = new_start[i], len = total[r];
+        if (!one_page(m, src, len) || !one_page(m, dst, len))
+            return i;
+        if (src != dst) {
+            memmove((void *)host(m, dst), host(m, src), (size_t)len);
+            *moved += len;
+        }
+        int64_t k = nrefs[r];
+        const int64_t *target = slot_target + slot_base[r];
+        for (int64_t j = 0; j < k; j++) {
+            int64_t t = target[j];
+            if (t >= -1)  /* an immediate stays as it was */
+                store_word(m, dst + slot_offset + 8 * j, t >= 0 ? (uint64_t)new_by_row[t] : 0);
+        }
+    }
+    return n;
+}
+
 int64_t rgc_core_forward(const struct rgc_objects *o, const int64_t *new_by_row, const int64_t *addrs, int64_t n,
                          int64_t *out)
 {
