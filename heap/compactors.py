@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import core
 from .alloc import round_up
 from .install import PageInstaller, evacuate
 from .kernel import MADV_DONTNEED
@@ -65,13 +66,18 @@ def slide_in_place(pause: Pause, plan, marking, old, new_by_row, stats) -> int:
     k, a, ps = pause.kernel, pause.alloc, pause.kernel.page_size
     base = a.base
     rows = plan.live_rows
+    slots = 0
     if plan.identity:  # nothing moves: no slide, no slot changes
+        rows = rows[:0]
+    elif pause.core:  # the slide and the fixup in one compiled pass (heap.core.slide)
+        moved, slots = core.slide(k, pause.model, rows, old["start"], plan.new_starts, old["total"], old["nrefs"],
+                                  marking.slot_base, marking.slot_target, new_by_row)
+        stats.bytes_copied += moved
         rows = rows[:0]
     srcs = old["start"][rows]
     # objects only slide down, in address order: once one moves, every one after it does
     # (or lies where it is, a memmove of nothing): one slice from the first mover, no masks
     first = int(np.argmax(srcs != plan.new_starts)) if rows.size else 0
-    slots = 0
     if rows.size and srcs[first] != plan.new_starts[first]:
         lengths = old["total"][rows[first:]]
         k.copy_ranges(plan.new_starts[first:], srcs[first:], lengths)
@@ -98,16 +104,25 @@ def copy_collect(pause: Pause, col: Collection) -> None:
     plan, new_by_row = pause.plan_slide(old, marking, col)
     pause.update_scanners(old, plan, new_by_row)  # before anything moves: a failure leaves nothing to undo
     rows = plan.live_rows
+    slots = None
     with clock.phase("install") as ev:
-        srcs = old["start"][rows]
-        moving = srcs != plan.new_starts
-        lengths = old["total"][rows][moving]
-        k.copy_ranges(plan.new_starts[moving].astype(np.uint64), srcs[moving].astype(np.uint64),
-                      lengths.astype(np.uint64))
-        stats.bytes_copied += int(lengths.sum())
-        ev.update(objects_moved=int(moving.sum()), bytes=int(lengths.sum()))
+        if plan.identity or pause.core:  # nothing moves; or the slide and the fixup in one compiled pass
+            moved, slots = (0, 0) if plan.identity else core.slide(
+                k, pause.model, rows, old["start"], plan.new_starts, old["total"], old["nrefs"], marking.slot_base,
+                marking.slot_target, new_by_row)
+            stats.bytes_copied += moved
+            ev.update(bytes=moved)
+        else:
+            srcs = old["start"][rows]
+            moving = srcs != plan.new_starts
+            lengths = old["total"][rows][moving]
+            k.copy_ranges(plan.new_starts[moving].astype(np.uint64), srcs[moving].astype(np.uint64),
+                          lengths.astype(np.uint64))
+            stats.bytes_copied += int(lengths.sum())
+            ev.update(objects_moved=int(moving.sum()), bytes=int(lengths.sum()))
     with clock.phase("fixup") as ev:
-        slots = pause.fixup(plan, marking, old, new_by_row, plan.new_starts)
+        if slots is None:
+            slots = pause.fixup(plan, marking, old, new_by_row, plan.new_starts)
         pause.forward_and_commit(old, plan, new_by_row)
         ev.update(slots=slots)
     new_top = base + plan.end_pages * ps
