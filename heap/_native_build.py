@@ -47,7 +47,7 @@ ACCESS_CDEF = r"""
 struct rgc_gate { int64_t state; int64_t inflight; int64_t epoch; int64_t *addr; int64_t *nbytes; int64_t *nrefs;
                   int64_t header; };
 struct rgc_bump { int64_t *place; int64_t *rows; int32_t *index; int64_t index_base, index_shift, index_len;
-                  uint64_t word1; int64_t host_words; };
+                  uint64_t word1; int64_t host_words; int8_t *kind; int64_t small_kind; };
 int64_t rgc_ref_load(struct rgc_gate *g, int64_t h, int64_t offset, int64_t length, char *out);
 int64_t rgc_ref_store(struct rgc_gate *g, int64_t h, int64_t offset, const char *data, int64_t length);
 int64_t rgc_ref_get_slot(struct rgc_gate *g, int64_t h, int64_t slot);
@@ -57,6 +57,7 @@ void rgc_gate_open(struct rgc_gate *g, int64_t bits);
 void rgc_gate_add(struct rgc_gate *g, int64_t amount);
 int64_t rgc_gate_wait(struct rgc_gate *g, int64_t timeout_ns);
 int64_t rgc_bump(struct rgc_bump *b, int64_t nbytes, int64_t nrefs, int64_t total, uint64_t host);
+int64_t rgc_issue_shape(struct rgc_gate *g, struct rgc_bump *b, int64_t addr, int64_t h);
 """
 
 
