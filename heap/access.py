@@ -207,7 +207,10 @@ class Access:
     # -- handles ------------------------------------------------------------------------
     def issue(self, addr: int, shape: tuple[int, int] | None = None) -> Ref:
         """A new Ref (a new root) to the object at ``addr``; the heap lock is held."""
-        return Ref._issue(self, self.handles.new(addr, shape))
+        ref = object.__new__(Ref)  # Ref._issue written out: one Ref per alloc and get_ref
+        ref._access = self
+        ref._handle = self.handles.new(addr, shape)
+        return ref
 
     def new_block(self, addrs: np.ndarray) -> RefArray:
         """A RefArray rooting the objects at ``addrs``; the heap lock is held."""

@@ -164,12 +164,20 @@ class Allocator:
         self.end = base + size
         self.page_size = page_size
         self.hpage_pages = hpage_pages
-        self.top = base  # page-aligned: nothing placed at or above it
-        # [cursor, limit]: the next free byte of the current small page (0: none) and its end,
-        # where the compiled allocation step (heap.fastpath.CompiledBump) bumps the cursor too
-        self.place_state = np.zeros(2, dtype=np.int64)
+        # [cursor, limit, top, end, base, page size]: the next free byte of the current small page
+        # (0: none), its end, the page-aligned top (nothing placed at or above it), and the arena;
+        # the compiled allocation step (heap.fastpath.CompiledBump) places small objects there too
+        self.place_state = np.array([0, 0, base, self.end, base, page_size], dtype=np.int64)
         self._place_v = memoryview(self.place_state)
         self.page_kind = np.zeros(size // page_size, dtype=np.int8)
+
+    @property
+    def top(self) -> int:
+        return self._place_v[2]
+
+    @top.setter
+    def top(self, value: int) -> None:
+        self._place_v[2] = value
 
     @property
     def cursor(self) -> int:

@@ -27,6 +27,7 @@ page, a large object, a collection due) is the heap's Python path.
 from __future__ import annotations
 
 from .access import Access, decode_immediate, host_word_value
+from .alloc import PAGE_SMALL
 from .core import slot_offset_of
 from .errors import HeapClosed, HeapCorrupted
 from .objects import MAGIC
@@ -102,6 +103,7 @@ class CompiledAccess(Access):
         super().__init__(*args)
         self.gate.compiled = self.cgate = CompiledGate(self.handles, slot_offset_of(self.model))
         self._g = self.cgate.struct
+        self._rows = table_struct(self.table, self.index)
 
     def _after(self) -> None:
         """After a compiled access, when the gate is no longer open or the heap
@@ -183,24 +185,38 @@ class CompiledAccess(Access):
                     if self._closed:  # closed by another thread since the load
                         raise HeapClosed("the heap is closed")
                     if g.epoch == epoch:  # no pause since the load: the word is the target's address now
-                        row = self.find(word)
-                        if row < 0:
+                        handles = self.handles
+                        h = handles.new(word)  # a dead Ref's handle first: no reap needed for a Ref that came and went
+                        if lib.rgc_issue_shape(g, self._rows, word, h) < 0:  # find() and the shape, in one call
+                            handles.drop(h)
                             raise HeapCorrupted("reference targets", f"slot {slot} of 0x{self.own(ref):x} holds "
                                                 f"0x{word:x}, which is no object start")
-                        return Ref._issue(self, self.handles.new(word, self.table.shape_of(row)))
+                        target = object.__new__(Ref)  # Ref._issue, written out
+                        target._access = self
+                        target._handle = h
+                        return target
         return super().get_slot(ref, slot, immediates)
+
+
+def table_struct(table, index):
+    """``struct rgc_bump`` pointing at the object table's rows and the address index (heap.alloc, heap.mark);
+    the caller keeps both alive."""
+    b = ffi.new("struct rgc_bump *")
+    b.rows = _ptr("int64_t *", table.meta)
+    b.index = _ptr("int32_t *", index.map)
+    b.index_base, b.index_shift, b.index_len = index.base, index.shift, index.map.size
+    return b
 
 
 class CompiledBump:
     """``struct rgc_bump``: the allocator's small page, the object table's rows, the address index."""
 
     def __init__(self, allocator, table, index, model):
-        self.struct = b = ffi.new("struct rgc_bump *")
+        self.struct = b = table_struct(table, index)
         self.parts = (allocator, table, index)  # their arrays live as long as this
         b.place = _ptr("int64_t *", allocator.place_state)
-        b.rows = _ptr("int64_t *", table.meta)
-        b.index = _ptr("int32_t *", index.map)
-        b.index_base, b.index_shift, b.index_len = index.base, index.shift, index.map.size
+        b.kind = _ptr("int8_t *", allocator.page_kind)
+        b.small_kind = PAGE_SMALL
         b.word1 = MAGIC << 48
         b.host_words = 1 if model.host_words else 0
 

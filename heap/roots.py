@@ -23,6 +23,7 @@ class HandleTable:
         self.high = 0
         self._free: list[int] = []
         self._dropped: list[int] = []  # appended by Ref.__del__, reaped under the heap lock
+        self.dropped = self._dropped  # (Ref.__del__ appends to it directly: one call fewer per Ref)
         self.blocks: dict[int, np.ndarray] = {}  # RefArray id -> its addresses
         self._dropped_blocks: list[int] = []
         # handle -> its object's payload bytes and slots, -1 until first needed: a handle names one
@@ -43,7 +44,11 @@ class HandleTable:
 
     def new(self, addr: int, shape: tuple[int, int] | None = None) -> int:
         """A handle holding ``addr``; ``shape``: the object's (nbytes, nrefs), if known."""
-        if self._free:
+        if self._dropped:  # a dead Ref's handle, taken over as it is: no reap needed for it
+            h = self._dropped.pop()
+            if shape is None:
+                self.nbytes_v[h] = self.nrefs_v[h] = -1
+        elif self._free:
             h = self._free.pop()
         else:
             h = self.high
@@ -52,8 +57,9 @@ class HandleTable:
             self.high = h + 1
         self.addr_v[h] = addr
         self._used_v[h] = True
-        if shape is not None:
-            self.set_shape(h, *shape)
+        if shape is not None:  # set_shape written out
+            self.nrefs_v[h] = shape[1]
+            self.nbytes_v[h] = shape[0]
         return h
 
     def set_shape(self, h: int, nbytes: int, nrefs: int) -> None:
@@ -83,12 +89,14 @@ class HandleTable:
         return bool(self._dropped or self._dropped_blocks)
 
     def reap(self) -> None:
-        while self._dropped:
-            h = self._dropped.pop()
-            self.used[h] = False
-            self.addr[h] = 0
-            self.nbytes[h] = self.nrefs[h] = -1
-            self._free.append(h)
+        dropped, free = self._dropped, self._free
+        used, addr, nbytes, nrefs = self._used_v, self.addr_v, self.nbytes_v, self.nrefs_v
+        while dropped:  # Ref.__del__ may append meanwhile, from any thread: pop one at a time
+            h = dropped.pop()
+            used[h] = False
+            addr[h] = 0
+            nbytes[h] = nrefs[h] = -1
+            free.append(h)
         while self._dropped_blocks:
             self.blocks.pop(self._dropped_blocks.pop(), None)
 
@@ -167,6 +175,14 @@ class Ref(_Root):
 
     def _release(self, access) -> None:
         access.drop(self._handle)
+
+    def __del__(self):
+        # _Root.__del__ written out: a Ref dies as often as one is made (every get_ref)
+        try:
+            access, self._access = self._access, FINALIZED  # resurrected, it must not reach the root's next owner
+            access.handles.dropped.append(self._handle)
+        except Exception:  # made by hand (no root), interpreter shutdown, finalized before: nothing to release
+            pass
 
     @property
     def heap(self):

@@ -156,25 +156,37 @@ int64_t rgc_gate_wait(struct rgc_gate *g, int64_t timeout_ns)
 
 /* ---- allocation: one bump in the current small-object page ---- */
 struct rgc_bump {
-    int64_t *place;      /* the Allocator's [cursor, limit] */
+    int64_t *place;      /* the Allocator's [cursor, limit, top, end, base, page size] */
     int64_t *rows;       /* the ObjectTable's [n, capacity, &start, &nbytes, &nrefs, &total, &slot] */
     int32_t *index;      /* the address index: granule -> row */
     int64_t index_base, index_shift, index_len;
     uint64_t word1;      /* header word 1 without nrefs (the magic) */
     int64_t host_words;  /* 0 or 1: the host's header word follows the heap's two */
+    int8_t *kind;        /* the Allocator's page kinds */
+    int64_t small_kind;  /* heap.alloc.PAGE_SMALL */
 };
 
-/* Place a small object in the current page, write its header, record its row
-   and its index entry; its address, or 0 when it does not fit there (the
-   caller's slow path: a new page, a large object, a collection). One call, so
-   nothing between placing and recording can be interrupted. */
+/* Place a small object (as Allocator.place does: in the current page, else at
+   the bottom of a fresh one), write its header, record its row and its index
+   entry; its address, or 0 when the caller's Python path must do it (a large
+   object, a full heap, a full table). One call, so nothing between placing
+   and recording can be interrupted. */
 int64_t rgc_bump(struct rgc_bump *b, int64_t nbytes, int64_t nrefs, int64_t total, uint64_t host)
 {
-    int64_t *rows = b->rows;
-    int64_t cursor = b->place[0], n = rows[0];
-    if (!cursor || total > b->place[1] - cursor || n >= rows[1]) return 0;
+    int64_t *rows = b->rows, *place = b->place;
+    int64_t cursor = place[0], n = rows[0], page = place[5];
+    if (n >= rows[1] || n >= INT32_MAX || total >= page) return 0;
+    int fresh = !cursor || total > place[1] - cursor;
+    if (fresh) {  /* a fresh page at the top */
+        cursor = place[2];
+        if (cursor > place[3] - page) return 0;
+    }
     int64_t granule = (cursor - b->index_base) >> b->index_shift;
-    if (granule < 0 || granule >= b->index_len || n > INT32_MAX) return 0;
+    if (granule < 0 || granule >= b->index_len) return 0;
+    if (fresh) {
+        b->kind[(cursor - place[4]) / page] = (int8_t)b->small_kind;
+        place[2] = place[1] = cursor + page;
+    }
     uint64_t *head = (uint64_t *)cursor;
     head[0] = (uint64_t)nbytes;
     head[1] = (uint64_t)nrefs | b->word1;
@@ -188,6 +200,20 @@ int64_t rgc_bump(struct rgc_bump *b, int64_t nbytes, int64_t nrefs, int64_t tota
     tot[n] = total;
     b->index[granule] = (int32_t)n;
     rows[0] = n + 1;
-    b->place[0] = cursor + total;
+    place[0] = cursor + total;
     return cursor;
+}
+
+/* Under the heap lock: the row of the object starting at `addr` (the address
+   index, checked against the start column), its shape cached for handle `h`
+   (whose Ref does not exist yet); -1 when no object starts there. */
+int64_t rgc_issue_shape(struct rgc_gate *g, struct rgc_bump *b, int64_t addr, int64_t h)
+{
+    int64_t granule = (addr - b->index_base) >> b->index_shift;
+    if (granule < 0 || granule >= b->index_len) return -1;
+    int64_t row = b->index[granule], *rows = b->rows;
+    if (row < 0 || row >= rows[0] || ((int64_t *)rows[2])[row] != addr) return -1;
+    g->nrefs[h] = ((int64_t *)rows[4])[row];
+    __atomic_store_n(&g->nbytes[h], ((int64_t *)rows[3])[row], __ATOMIC_RELEASE);
+    return row;
 }
