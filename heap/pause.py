@@ -201,7 +201,8 @@ class Pause:
         it is); None when no slot holds one (one pass over the marking's record)."""
         n = old["nrefs"].size
         nslots = int(marking.slot_base[n - 1] + old["nrefs"][n - 1]) if n else 0
-        if not (marking.slot_target[:nslots] == IMMEDIATE).any():
+        # IMMEDIATE is the least value a slot's record can hold: one reduction, no temporary
+        if not nslots or marking.slot_target[:nslots].min() != IMMEDIATE:
             return None
         rows = plan.live_rows
         return marking.slot_target[expand(marking.slot_base[rows], old["nrefs"][rows], 1)] != IMMEDIATE
