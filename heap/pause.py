@@ -35,6 +35,10 @@ from .stats import GCStats, PhaseClock
 
 log = get_logger("remapgc.heap")
 
+# Objects from which the plan writes into the workspace's retained buffers: 8192 rows make
+# arrays of 64 KiB, about where fresh ones start coming from new pages (each a page fault)
+RETAIN_PLAN_ROWS = 8192
+
 
 class Collection:
     """One collection, from the start of its pause to its end: its stats and its phase clock."""
@@ -144,8 +148,11 @@ class Pause:
                                         a.hpage_pages, a.used_pages, units, self.dense)
             else:
                 budget = int(self.sparse_keep * col.stats.live_bytes) if a.hpage_pages else 0
+                # retained buffers only where fresh arrays would be fresh memory (page faults in the pause);
+                # a small plan's temporaries come from malloc's free lists, cheaper than a buffer lookup each
+                work = self.work if old["start"].size >= RETAIN_PLAN_ROWS else None
                 plan = plan_remap(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages,
-                                  a.used_pages, self.dense, budget, work=self.work)
+                                  a.used_pages, self.dense, budget, work=work)
             col.stats.kept_dead_bytes = plan.kept_dead_bytes
             ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
                       evacuated=plan.evac_from.size, kept_dead_bytes=plan.kept_dead_bytes)
