@@ -247,12 +247,15 @@ def fixup(kernel, model, rows, locations, nrefs, slot_base, slot_target, new_by_
     return int(nrefs[rows].sum())
 
 
-def slide(kernel, model, rows, old_starts, new_starts, totals, nrefs, slot_base, slot_target, new_by_row) -> tuple[int, int]:
-    """Slide the objects ``rows`` (old rows, in address order) down from
-    ``old_starts[row]`` to ``new_starts`` (ascending, never above where they
-    lie) and fix their slots as ``fixup`` does, in one pass: what
-    ``kernel.copy_ranges`` then ``fixup`` do, each object's slots written while
-    its line is in the cache. Returns (bytes moved, slots written)."""
+def slide(kernel, model, rows, old_starts, new_starts, totals, nrefs, slot_base, slot_target, new_by_row,
+          src_offset: int = 0) -> tuple[int, int]:
+    """Slide the objects ``rows`` (old rows) from ``old_starts[row] +
+    src_offset`` down to ``new_starts`` (an object never moves up, nor onto
+    one not yet moved: address order) and fix their slots as ``fixup`` does,
+    in one pass: what ``kernel.copy_ranges`` then ``fixup`` do, each object's
+    slots written while its line is in the cache. ``src_offset``: the objects
+    lie elsewhere than their side-table address (the remap compactor's
+    from-space). Returns (bytes moved, slots written)."""
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     n = rows.size
     if n == 0:
@@ -261,11 +264,12 @@ def slide(kernel, model, rows, old_starts, new_starts, totals, nrefs, slot_base,
                                                                new_by_row)]
     old_starts, new_starts, totals, nrefs, slot_base, new_by_row = arrays
     off = slot_offset_of(model)
-    lo = int(new_starts[0])
-    hi = int(old_starts[rows[-1]] + totals[rows[-1]])
-    mem = Memory(kernel, lo, max(hi, lo), write=True)
+    # the span the objects come from and go to (old_starts is the side tables' start column: ascending)
+    lo = min(int(new_starts.min()), int(old_starts[0]) + src_offset)
+    hi = max(int(new_starts.max()), int(old_starts[-1]) + src_offset) + int(totals.max())
+    mem = Memory(kernel, lo, hi, write=True)
     moved = ffi.new("int64_t *")
-    ptrs = [_p("int64_t[]", a) for a in (rows, old_starts, new_starts)]
+    ptrs = [_p("int64_t[]", rows), _p("int64_t[]", old_starts), src_offset, _p("int64_t[]", new_starts)]
     tail = [_p("int64_t[]", a) for a in (totals, nrefs, slot_base)] + [
         _p("int64_t[]", slot_target), _p("int64_t[]", new_by_row), off, moved]
     i, copied = 0, 0
@@ -276,7 +280,7 @@ def slide(kernel, model, rows, old_starts, new_starts, totals, nrefs, slot_base,
         # an object the core cannot reach in place here (a page to fault in, or one spanning
         # the simulator's frames): moved through the kernel, its slots fixed by fixup
         r = int(rows[i])
-        src, dst, length = int(old_starts[r]), int(new_starts[i]), int(totals[r])
+        src, dst, length = int(old_starts[r]) + src_offset, int(new_starts[i]), int(totals[r])
         if src != dst:
             kernel.memmove(dst, src, length)
             copied += length

@@ -382,7 +382,7 @@ static inline int one_page(const struct rgc_mem *m, int64_t a, int64_t len)
     return (a >> m->page_shift) == ((a + len - 1) >> m->page_shift) && missing_page(m, a, a + len) < 0;
 }
 
-int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64_t *old_start,
+int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64_t *old_start, int64_t src_offset,
                        const int64_t *new_start, int64_t from, int64_t n, const int64_t *total,
                        const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
                        const int64_t *new_by_row, int64_t slot_offset, int64_t *moved)
@@ -395,7 +395,7 @@ int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64
                 if (t[j] >= 0)
                     RGC_PREFETCH(new_by_row + t[j]);
         }
-        int64_t r = rows[i], src = old_start[r], dst = new_start[i], len = total[r];
+        int64_t r = rows[i], src = old_start[r] + src_offset, dst = new_start[i], len = total[r];
         if (!one_page(m, src, len) || !one_page(m, dst, len))
             return i;
         if (src != dst) {

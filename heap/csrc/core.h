@@ -103,11 +103,12 @@ int64_t rgc_core_fixup(const struct rgc_mem *m, const int64_t *rows, const int64
 
 /* The slide of a compactor that packs objects down in address order (new_start[i] <= old_start[rows[i]],
    ascending: an ordered pass never overwrites an object not yet moved), and the fixup, in one pass: for
-   each object rows[from..n), move its total[row] bytes from old_start[row] to new_start[i] when they
-   differ, then write its slots there as rgc_core_fixup does (while its line is in the cache). *moved
-   adds the bytes moved. Returns n, or the index of the first object this call cannot do through m (a
-   page not accessible here, or, through a page table, an object spanning pages): nothing of it done. */
-int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64_t *old_start,
+   each object rows[from..n), move its total[row] bytes from old_start[row] + src_offset to new_start[i]
+   when they differ, then write its slots there as rgc_core_fixup does (while its line is in the cache).
+   *moved adds the bytes moved. Returns n, or the index of the first object this call cannot do through
+   m (a page not accessible here, or, through a page table, an object spanning pages): nothing of it
+   done. */
+int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64_t *old_start, int64_t src_offset,
                        const int64_t *new_start, int64_t from, int64_t n, const int64_t *total,
                        const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
                        const int64_t *new_by_row, int64_t slot_offset, int64_t *moved);

@@ -107,3 +107,36 @@ def test_slide_of_a_long_chain_whose_head_is_dead(kernel):
     graph = chain(20_000)
     graph.roots = [1]
     check_slide(kernel, graph)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph=graphs(immediates=False))
+def test_objects_lying_elsewhere_slide_from_there(kernel, graph):
+    """``src_offset``: the objects lie at another mapping (the remap
+    compactor's from-space) than their side-table addresses; they slide and
+    are fixed up there, and the mapping they are described by is left alone."""
+    laid = lay_out(kernel, graph)
+    size = laid.size
+    elsewhere = kernel.mmap(size)
+    try:
+        kernel.memmove(elsewhere, laid.base, size)
+        before = kernel.load(laid.base, size)
+        m = core.mark(kernel, DEFAULT_MODEL, laid.index, Workspace(), laid.starts, laid.nrefs, laid.slot_base,
+                      laid.roots, laid.totals)
+        rows, new_starts = packed_down(laid, m.live)
+        new_by_row = core.new_addresses(graph.n, rows, new_starts)
+        there = new_starts - laid.base + elsewhere
+        moved, _ = core.slide(kernel, DEFAULT_MODEL, rows, laid.starts, there, laid.totals, laid.nrefs,
+                              laid.slot_base, m.slot_target, new_by_row, src_offset=elsewhere - laid.base)
+        assert kernel.load(laid.base, size) == before
+        assert moved == int(laid.totals[rows][laid.starts[rows] != new_starts].sum())
+        live, _ = reference_mark(graph)
+        forwarded = reference_forward(graph, live, {int(r): int(a) for r, a in zip(rows, new_starts)})
+        got = kernel.load_words(DEFAULT_MODEL.slot_addresses(there, laid.nrefs[rows]).astype(np.uint64))
+        assert got.view(np.int64).tolist() == [v for r in rows.tolist() for v in forwarded[r]]
+        for r, a in zip(rows.tolist(), there.tolist()):  # headers and payloads carried along
+            head = kernel.load(a, 16)
+            assert head == before[int(laid.starts[r]) - laid.base:][:16]
+    finally:
+        kernel.munmap(elsewhere, size)
+        laid.close()
