@@ -30,7 +30,7 @@ WATCHDOG_S = 4
 def main(mode: str) -> None:
     faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
     rnd = random.Random(1)
-    heap = Heap(kernel="linux", size=8 << 20, compactor="remap")
+    heap = Heap(kernel="linux", size=8 << 20, compactor="remap", faults="thread")  # the handler-thread mode's hazard
     model = Model(heap, seed=1)
     populate(model, 80, rnd)
     garbage(heap, rnd, 100)

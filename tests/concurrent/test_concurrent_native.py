@@ -24,8 +24,10 @@ CHUNK = 4
 @pytest.fixture
 def cycle_on_linux(linux_kernel):
     """A heap of page-owning objects, every one live, in a concurrent cycle
-    nobody installs (no compactor thread): the test drives the walk."""
-    heap = Heap(kernel=linux_kernel, size=8 << 20, compactor="remap")
+    nobody installs (no compactor thread): the test drives the walk. The
+    handler-thread mode, asked for: a self-serving cycle's walk settles a
+    refused MOVE itself instead of handing it back (tests/selfservice)."""
+    heap = Heap(kernel=linux_kernel, size=8 << 20, compactor="remap", faults="thread")
     refs = [heap.alloc(5000, 1) for _ in range(12)]
     for i, r in enumerate(refs):
         r.write(bytes([i + 1]) * 5000)
@@ -105,8 +107,9 @@ def test_the_walk_stops_before_a_chunk_when_asked(cycle_on_linux):
 @pytest.fixture
 def faulting_cycle(linux_kernel):
     """Objects each on pages of their own, all live: every page moves whole.
-    A cycle with no compactor thread: only faults install pages."""
-    heap = Heap(kernel=linux_kernel, size=8 << 20, compactor="remap")
+    A cycle with no compactor thread: only faults install pages, served by
+    the fault server (the handler-thread mode, asked for)."""
+    heap = Heap(kernel=linux_kernel, size=8 << 20, compactor="remap", faults="thread")
     refs = [heap.alloc(5000) for _ in range(6)]
     for i, r in enumerate(refs):
         r.write(bytes([i + 1]) * 5000)
