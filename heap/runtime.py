@@ -81,13 +81,14 @@ class Heap(HeapProperties, EmbeddingAPI):
     collect_every: collect before an allocation once this many bytes were
     allocated since the last collection (None: only when the heap is full).
     host_word: every object gets a header word the host owns (``alloc(host=)``).
-    faults: "thread"|"self"|"auto" (heap.faultmode). Embedding: heap.embedding, docs/embedding.md.
+    faults: "auto" (measured once per process: "self" where it is faster) | "self" | "thread" (heap.faultmode).
+    Embedding: heap.embedding, docs/embedding.md.
     """
 
     def __init__(self, kernel: str | Kernel = "auto", size: int = 256 << 20, *, compactor: str = "auto",
                  thp: bool = False, dense: float | None = None, collect_every: int | None = None,
                  object_model: ObjectModel | None = None, root_scanners: Iterable[RootScanner] = (),
-                 host_word: bool = False, faults: str = "thread"):
+                 host_word: bool = False, faults: str = "auto"):
         self._spaces: Spaces | None = None
         self._closed = True  # until the arena exists
         if compactor not in COMPACTORS:
