@@ -39,6 +39,19 @@ def test_auto_on_linux_measures_both_modes_and_takes_the_faster():
 
 
 @pytest.mark.timeout(60)
+def test_a_heap_that_asks_for_no_mode_runs_what_auto_picks(kernel_name):
+    """The default is "auto": measured on Linux (self-served where faster), the handler thread on the simulator."""
+    kernel = make_kernel(kernel_name)
+    try:
+        mode, why = choose_fault_mode("auto", kernel)
+        with Heap(kernel=kernel, size=4 * MiB, compactor="remap") as heap:
+            assert (heap.faults, heap.faults_reason) == (mode, why)
+            assert heap._uffd.self_serving == (mode == "self")
+    finally:
+        kernel.close()
+
+
+@pytest.mark.timeout(60)
 def test_auto_on_the_simulator_keeps_the_handler_thread_and_says_why():
     mode, why = choose_fault_mode("auto", make_kernel("sim"))
     assert mode == "thread" and "no native fault service" in why

@@ -146,9 +146,10 @@ def test_the_sigbus_handler_goes_in_with_the_first_heap_and_out_with_the_last(ke
 
 
 @pytest.mark.timeout(60)
-def test_thread_mode_stays_the_default_and_opens_no_sigbus_uffd(kernel_name):
-    with Heap(kernel=kernel_name, size=4 * MiB, compactor="remap") as heap:
-        assert not heap._uffd.self_serving
+def test_thread_mode_asked_for_opens_no_sigbus_uffd(kernel_name):
+    """(The default is "auto": tests/selfservice/test_faultmode.py.)"""
+    with Heap(kernel=kernel_name, size=4 * MiB, compactor="remap", faults="thread") as heap:
+        assert not heap._uffd.self_serving and heap.faults == "thread"
 
 
 @pytest.mark.timeout(120)
