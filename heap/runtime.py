@@ -152,8 +152,9 @@ class Heap(HeapProperties, EmbeddingAPI):
     # -- properties -------------------------------------------------------------------
     @property
     def lock(self) -> threading.RLock:
-        """The heap's lock. Held, no collection and no access can start
-        (heap.forksafety holds it across os.fork)."""
+        """The heap's lock. Held, no collection and no access that takes it can
+        start; with ``quiesce()`` after it, no access at all (the compiled ones of
+        heap.fastpath wait too; heap.forksafety does both across os.fork)."""
         return self._lock
 
     @property
