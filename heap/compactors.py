@@ -38,18 +38,25 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
         if plan.in_arena:  # the to-space is built in the arena: no flip, no evacuation into the from-space
             ev.update(slots=slide_in_place(pause, plan, marking, old, new_by_row, stats), evacuated_bytes=0)
             return
-        try:
-            stats.bytes_copied += evacuate(k, plan, old["total"], fs)
-        except OSError:
-            spaces.unflip()
-            raise
         rows = plan.live_rows
         locations = fs + (old["start"][rows] - base)
         locations[plan.evacuated] = fs + plan.evac_to
+        slots = None
+        try:
+            if pause.core:  # evacuation and fixup in one compiled pass (heap.core.slide), plan order
+                moved, slots = core.slide(k, pause.model, rows, old["start"], locations, old["total"], old["nrefs"],
+                                          marking.slot_base, marking.slot_target, new_by_row, src_offset=fs - base)
+                stats.bytes_copied += moved
+            else:
+                stats.bytes_copied += evacuate(k, plan, old["total"], fs)
+        except OSError:
+            spaces.unflip()
+            raise
         if plan.last_object_end:  # bump allocation resumes there: the rest of its page must read zero
             end = int(locations[-1] + old["total"][rows[-1]])
             k.store(end, bytes(round_up(end - fs, ps) + fs - end))
-        slots = pause.fixup(plan, marking, old, new_by_row, locations)
+        if slots is None:
+            slots = pause.fixup(plan, marking, old, new_by_row, locations)
         ev.update(slots=slots, evacuated_bytes=stats.bytes_copied)
 
     # the roots are forwarded inside "fixup" too (one event): the phase is everything between the flip and the install
