@@ -1,5 +1,6 @@
 """The mutator's way into heap memory: the access gate and the operations
-behind ``Ref`` and ``RefArray``.
+behind ``Ref`` and ``RefArray`` (the generic path; heap.fastpath makes the
+common ones one compiled call where the heap's memory is the process's own).
 
 Every access computes its address under the heap lock, enters the
 ``AccessGate``, drops the lock and touches memory through the kernel's
@@ -121,6 +122,12 @@ class AccessGate:
     forever. A C call is never cut in half, and the ``try`` encloses the
     append: if the interrupt lands before the append, the token is not
     there and nothing is taken out; after it, the ``finally`` takes it out.
+
+    Where the accesses are compiled (heap.fastpath), they count themselves in
+    ``compiled`` instead, without the heap lock: ``drain`` shuts that gate first
+    (it stays shut until a thread holding the heap lock passes the entry check
+    and calls ``reopen``), and ``host_code`` keeps it shut while a hook,
+    callback or scanner runs.
     """
 
     def __init__(self) -> None:
