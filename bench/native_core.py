@@ -27,7 +27,8 @@ the Heap API, each with the C core and with the numpy paths (the heap's
   dead (the 200 live ones a binary tree), fresh for each run; the
   stop-the-world pause (the best of 3 x --reps runs) against
   the syscalls that cycle needs (register, mremap(DONTUNMAP), one MOVE,
-  unregister, MADV_DONTNEED), timed on the same kernel in the same run;
+  unregister, MADV_DONTNEED), timed on the same kernel in the same run,
+  twice before each tiny heap's collection (the best of all: both see the same load);
 * concurrent pause (Linux): ``collect(concurrent=True)`` on 256 KiB objects
   in 512 MiB and 1 GiB arenas (half of the arena used, every other object
   dead) and on 20k live objects of 4-16 KiB in 512 MiB; the pause and its
@@ -247,11 +248,14 @@ def syscall_floor(kernel_name: str, reps: int) -> float:
     return best
 
 
-def tiny_pause(kernel_name: str, compactor: str, use_core: bool, reps: int) -> dict | None:
+def tiny_pause(kernel_name: str, compactor: str, use_core: bool, reps: int, between=None) -> dict | None:
     """The best pause of ``reps`` fresh tiny heaps: 500 small objects, a random
-    300 of them dead among the 200 live ones (a binary tree), one collection."""
+    300 of them dead among the 200 live ones (a binary tree), one collection.
+    ``between()`` runs before each (the syscall floor, so that both see the same load)."""
     best, phases = None, None
     for rep in range(reps):
+        if between is not None:
+            between()
         rng = np.random.default_rng(rep)
         heap = heap_with(kernel_name, 64 * MiB, compactor, use_core)
         if heap is None:
@@ -351,26 +355,33 @@ def goals(backends: list[str], count: int, reps: int, only: tuple = GOAL_SECTION
                      ("20k x 4-16 KiB, 512 MiB", 512 * MiB, 4 << 10, 16 << 10, 20000 * (10 << 10))]
             for label, size, lo, hi, live in cases:
                 out["concurrent"][label] = concurrent_pause(b, size, lo, hi, live, reps + 1)
-        if "tiny" in only:
-            floor = syscall_floor(b, reps * 4)
-            out["tiny"][b] = dict(syscall_floor_ns=floor)
+        floors = []  # the syscall floor, measured between the tiny pauses (the same load for both)
         for use_core in (True, False):
             impl = "core" if use_core else "numpy"
-            r = tiny_pause(b, "remap", use_core, reps * 3) if "tiny" in only else None
+            r = tiny_pause(b, "remap", use_core, reps * 3,
+                           between=lambda: floors.append(syscall_floor(b, 2))) if "tiny" in only else None
             if r is not None:
-                r["ratio_to_floor"] = r["pause_ns"] / floor
-                out["tiny"][b][impl] = r
+                out["tiny"].setdefault(b, {})[impl] = r
             for compactor in ("remap", "copy") if "small" in only else ():
                 r = small_collections(b, compactor, use_core, count, reps)
                 if r is not None:
                     out["small"].setdefault(b, {}).setdefault(impl, {})[compactor] = r
+        if floors:
+            row = out["tiny"][b]
+            row["syscall_floor_ns"] = floor = min(floors)
+            for impl in ("core", "numpy"):
+                if impl in row:
+                    row[impl]["ratio_to_floor"] = row[impl]["pause_ns"] / floor
+                    # the pause beyond its phases: entering and leaving the pause, the installer, the hooks
+                    row[impl]["outside_phases_ns"] = row[impl]["pause_ns"] - sum(
+                        v for k, v in row[impl]["phases"].items() if k != "release")
     print(f"{'tiny heap':10} {'backend':8} {'impl':6} {'pause ms':>9} {'floor ms':>9} {'x floor':>8}  phases (ms)")
     for b, row in out["tiny"].items():
         for impl in ("core", "numpy"):
             if impl in row:
                 r = row[impl]
                 print(f"{'':10} {b:8} {impl:6} {r['pause_ns'] / 1e6:9.3f} {row['syscall_floor_ns'] / 1e6:9.3f} "
-                      f"{r['ratio_to_floor']:8.1f}  {phase_text(r['phases'])}")
+                      f"{r['ratio_to_floor']:8.1f}  {phase_text(r['phases'])} outside {r['outside_phases_ns'] / 1e6:.3f}")
     print(f"\n{'concurrent pause (linux, core)':32} {'live':>6} {'pause ms':>9} {'ms/GiB used':>11}  "
           "phases (ms; pause_ns also holds the cycle's start)")
     for label, r in out["concurrent"].items():

@@ -156,7 +156,8 @@ class Pause:
             col.stats.kept_dead_bytes = plan.kept_dead_bytes
             ev.update(whole_pages=plan.whole_pages, rebuilt_pages=plan.rebuilt_pages,
                       evacuated=plan.evac_from.size, kept_dead_bytes=plan.kept_dead_bytes)
-        return plan, self._new_by_row(old, plan)
+            new_by_row = self._new_by_row(old, plan)  # planning too: timed with it
+        return plan, new_by_row
 
     def plan_slide(self, old, marking, col: Collection) -> tuple[Plan, np.ndarray]:
         """The copying compactor's plan (every live object slid down), and every old row's new address."""
@@ -169,7 +170,8 @@ class Pause:
             else:
                 plan = plan_slide(old["start"], old["total"], marking.live, a.base, a.page_size, a.hpage_pages)
             ev.update(pages=plan.end_pages)
-        return plan, self._new_by_row(old, plan)
+            new_by_row = self._new_by_row(old, plan)
+        return plan, new_by_row
 
     def _pinned_units(self, old, ev) -> np.ndarray | None:
         """The page runs that stay in place because of pinned objects
