@@ -37,6 +37,9 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # read once: a sysconf call costs micro
 MAP_PRIVATE = 0x02
 MAP_ANONYMOUS = 0x20
 _CTYPES = {"int64": "int64_t", "uint64": "uint64_t", "uint8": "uint8_t"}
+# PROGRAM_ARRAYS with each dtype and C array type resolved once (a program is loaded inside a self-serving pause)
+_PROGRAM_GROUPS = tuple((count, tuple((name, np.dtype(dtype), f"{_CTYPES[dtype]}[]") for name, dtype in group))
+                        for count, group in PROGRAM_ARRAYS.items())
 
 
 check_program_layout(*compiled_program_layout(ffi, lib), "uffd_backend._native")
@@ -64,15 +67,15 @@ class LinuxProgram:
         g = self.struct = ffi.new("struct rgc_program *")
         g.npages, g.arena, g.from_space, g.page_size = self.npages, arena, from_space, ps
         self._arrays, self._ptrs = {}, {}
-        for count, group in PROGRAM_ARRAYS.items():
-            for name, dtype in group:
+        for count, group in _PROGRAM_GROUPS:
+            for name, dtype, ctype in group:
                 arr = self._arrays[name] = np.ascontiguousarray(getattr(program, name), dtype=dtype)
-                ptr = self._ptrs[name] = ffi.from_buffer(f"{_CTYPES[dtype]}[]", arr)
+                ptr = self._ptrs[name] = ffi.from_buffer(ctype, arr)
                 setattr(g, name, ptr)
-            sizes = {self._arrays[name].size for name, _ in group}
+            sizes = {self._arrays[name].size for name, _, _ in group}
             if len(sizes) != 1:
                 raise ValueError(f"the install program's arrays counted by {count} disagree in length: "
-                                 + ", ".join(f"{n}={self._arrays[n].size}" for n, _ in group))
+                                 + ", ".join(f"{n}={self._arrays[n].size}" for n, _, _ in group))
             setattr(g, count, sizes.pop())
 
 
