@@ -3,7 +3,7 @@
 The sources are ``heap/csrc/core.c`` and ``core.h``; the declarations cffi
 needs are the part of core.h between its ``cffi:begin`` and ``cffi:end``
 markers, so they are written once. Portable C (no OS calls): built on every
-OS with a compiler; without it ``heap.core`` reports itself unavailable and
+OS with a compiler (a parallel mark where there are POSIX threads); without it ``heap.core`` reports itself unavailable and
 the heap keeps its numpy paths.
 """
 
@@ -31,7 +31,7 @@ def _source_path() -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(declarations())
 ffibuilder.set_source("heap._core", '#include "core.h"', sources=[_source_path()], include_dirs=[CSRC],
-                      extra_compile_args=["-O2"])
+                      extra_compile_args=["-O2", "-pthread"], extra_link_args=["-pthread"])  # the parallel mark
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=False)

@@ -1,7 +1,17 @@
 /* The collector's per-object work: see core.h for the contract of each call. */
 #include "core.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+/* A parallel mark needs threads: POSIX ones where there are (heap/_core_build.py links them). */
+#if defined(__unix__) || defined(__APPLE__)
+#define RGC_THREADS 1
+#include <pthread.h>
+#include <signal.h>
+#else
+#define RGC_THREADS 0
+#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 #define RGC_PREFETCH(p) __builtin_prefetch(p)
@@ -128,9 +138,15 @@ int64_t rgc_core_row_of(const struct rgc_objects *o, int64_t a)
    (known when it is marked), so a pop reads no side table. A chain gives
    rings of one entry: its links cost what dependent loads cost. Which row is
    scanned when changes; what is recorded does not. */
+#ifndef RGC_ROWS_AHEAD
 #define RGC_ROWS_AHEAD 16
+#endif
+#ifndef RGC_WORDS_AHEAD
 #define RGC_WORDS_AHEAD 16
+#endif
+#ifndef RGC_TARGETS_AHEAD
 #define RGC_TARGETS_AHEAD 16
+#endif
 
 struct pipe {
     int64_t row[RGC_ROWS_AHEAD], row_at[RGC_ROWS_AHEAD];
@@ -139,18 +155,45 @@ struct pipe {
     int rh, rn, wh, wn, th, tn;  /* head and count of each ring */
 };
 
-static inline void push_row(struct rgc_mark *mk, int64_t r, int64_t at)
-{
-    mk->stack[2 * mk->depth] = r;
-    mk->stack[2 * mk->depth + 1] = at;
-    mk->depth++;
-}
+/* The shared part of a parallel mark: a stack of rows any marker may take (the caller's mark stack),
+   under a lock; markers with nothing to do wait on it, and the mark is over when all of them do. */
+struct shared {
+#if RGC_THREADS
+    pthread_mutex_t lock;
+    pthread_cond_t more;
+#endif
+    int64_t *stack;
+    int64_t depth;
+    int nthreads, idle, over;
+    int stop;                /* a bad word: every marker returns */
+    int64_t bad, at;
+};
 
-static inline void mark_row(struct rgc_mark *mk, int64_t r, int64_t at)
+#define RGC_LOCAL_PAIRS 4096   /* a parallel marker's own stack */
+#define RGC_SHARE_MIN 2        /* it hands over half of its stack to an idle marker from this depth */
+
+/* One marker's state: the whole mark's when it marks alone, one thread's of a parallel mark. */
+struct worker {
+    uint8_t *live;
+    int64_t *slot_target;
+    int64_t *stack;          /* rows waiting to be scanned, (row, address) pairs */
+    int64_t depth, cap;      /* pairs on it, and room; past it half is handed to the shared stack */
+    int64_t marked, slots_read;
+    int64_t bad, at, page;
+    struct shared *sh;       /* NULL: marking alone */
+};
+
+static void share(struct worker *w);
+
+static inline void push_row(struct worker *w, int64_t r, int64_t at)
 {
-    mk->live[r] = 1;
-    mk->marked++;
-    push_row(mk, r, at);
+    /* a parallel marker hands half of its stack over when it is full, or when another one waits for work */
+    if (w->sh && (w->depth == w->cap || (w->depth >= RGC_SHARE_MIN && __atomic_load_n(&w->sh->idle, __ATOMIC_RELAXED)
+                                          && !__atomic_load_n(&w->sh->depth, __ATOMIC_RELAXED))))
+        share(w);
+    w->stack[2 * w->depth] = r;
+    w->stack[2 * w->depth + 1] = at;
+    w->depth++;
 }
 
 int64_t rgc_core_mark_roots(const struct rgc_objects *o, struct rgc_mark *mk, const int64_t *roots, int64_t nroots)
@@ -164,14 +207,30 @@ int64_t rgc_core_mark_roots(const struct rgc_objects *o, struct rgc_mark *mk, co
             mk->bad = roots[i];
             return RGC_BAD_ADDRESS;
         }
-        if (!mk->live[r])
-            mark_row(mk, r, roots[i]);
+        if (!mk->live[r]) {
+            mk->live[r] = 1;
+            mk->marked++;
+            mk->stack[2 * mk->depth] = r;
+            mk->stack[2 * mk->depth + 1] = roots[i];
+            mk->depth++;
+        }
     }
     return RGC_DONE;
 }
 
+/* Whether this marker is the one that marks row t now (in a parallel mark, another may race it to it). */
+static inline int claim(struct worker *w, int64_t t)
+{
+    if (w->live[t])
+        return 0;
+    if (w->sh)
+        return !__atomic_exchange_n(&w->live[t], 1, __ATOMIC_RELAXED);
+    w->live[t] = 1;
+    return 1;
+}
+
 /* The oldest looked-up target: check it, record it, mark it. 0, or -1 for a word that is no object start. */
-static inline int target_out(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p)
+static inline int target_out(const struct rgc_objects *o, struct worker *mk, struct pipe *p)
 {
     int i = p->th;
     p->th = (p->th + 1) & (RGC_TARGETS_AHEAD - 1);
@@ -183,19 +242,17 @@ static inline int target_out(const struct rgc_objects *o, struct rgc_mark *mk, s
         return -1;
     }
     mk->slot_target[p->tpos[i]] = t;
-    if (!mk->live[t]) {
+    if (claim(mk, t)) {
+        mk->marked++;
         int64_t first = o->slot_base[t];
-        if ((t + 1 < o->n ? o->slot_base[t + 1] : first + o->nrefs[t]) != first) {
-            mark_row(mk, t, w);
-        } else {  /* a leaf is not pushed: popping it would touch its memory (a TLB miss) for no slot */
-            mk->live[t] = 1;
-            mk->marked++;
-        }
+        /* a leaf is not pushed: popping it would touch its memory (a TLB miss) for no slot */
+        if ((t + 1 < o->n ? o->slot_base[t + 1] : first + o->nrefs[t]) != first)
+            push_row(mk, t, w);
     }
     return 0;
 }
 
-static inline int target_in(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p, int64_t w,
+static inline int target_in(const struct rgc_objects *o, struct worker *mk, struct pipe *p, int64_t w,
                             int64_t pos, int64_t t)
 {
     if (p->tn == RGC_TARGETS_AHEAD && target_out(o, mk, p) < 0)
@@ -213,7 +270,7 @@ static inline int target_in(const struct rgc_objects *o, struct rgc_mark *mk, st
 }
 
 /* The oldest slot word: its index entry is in; on to the targets ring. */
-static inline int word_out(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p)
+static inline int word_out(const struct rgc_objects *o, struct worker *mk, struct pipe *p)
 {
     int i = p->wh;
     p->wh = (p->wh + 1) & (RGC_WORDS_AHEAD - 1);
@@ -223,7 +280,7 @@ static inline int word_out(const struct rgc_objects *o, struct rgc_mark *mk, str
     return target_in(o, mk, p, w, p->word_pos[i], t < o->n ? t : -1);
 }
 
-static inline int word_in(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p, int64_t w, int64_t pos)
+static inline int word_in(const struct rgc_objects *o, struct worker *mk, struct pipe *p, int64_t w, int64_t pos)
 {
     if (p->wn == RGC_WORDS_AHEAD && word_out(o, mk, p) < 0)
         return -1;
@@ -237,7 +294,7 @@ static inline int word_in(const struct rgc_objects *o, struct rgc_mark *mk, stru
 
 /* Scan the oldest popped row: its slot words go to the words ring. 0, -1 (a bad word), or 1: its slots lie
    on a page not accessible here (mk->page; the row is still in the ring). */
-static inline int row_out(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk, struct pipe *p)
+static inline int row_out(const struct rgc_objects *o, const struct rgc_mem *m, struct worker *mk, struct pipe *p)
 {
     int i = p->rh;
     int64_t r = p->row[i];
@@ -268,7 +325,7 @@ static inline int row_out(const struct rgc_objects *o, const struct rgc_mem *m, 
     return 0;
 }
 
-static inline void row_in(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk,
+static inline void row_in(const struct rgc_objects *o, const struct rgc_mem *m, struct worker *mk,
                           struct pipe *p)
 {
     mk->depth--;
@@ -296,7 +353,7 @@ static int64_t owner_of_position(const struct rgc_objects *o, int64_t p)
 }
 
 /* Finish the words and targets in flight (they read only side tables); -1 at a bad word. */
-static int drain(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *p)
+static int drain(const struct rgc_objects *o, struct worker *mk, struct pipe *p)
 {
     while (p->wn)
         if (word_out(o, mk, p) < 0)
@@ -307,38 +364,216 @@ static int drain(const struct rgc_objects *o, struct rgc_mark *mk, struct pipe *
     return 0;
 }
 
-int64_t rgc_core_mark(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk)
+/* Scan until the stack and the rings are empty: RGC_DONE, RGC_NEED_PAGE or RGC_BAD_ADDRESS (w->bad, w->at). */
+static int64_t run(const struct rgc_objects *o, const struct rgc_mem *m, struct worker *w, int (*more)(struct worker *))
 {
     struct pipe p;
     p.rh = p.rn = p.wh = p.wn = p.th = p.tn = 0;
     for (;;) {
         int ret = 0;
-        if (mk->depth > 0 && p.rn < RGC_ROWS_AHEAD)
-            row_in(o, m, mk, &p);
+        if (w->depth > 0 && p.rn < RGC_ROWS_AHEAD)
+            row_in(o, m, w, &p);
         else if (p.rn > 0)
-            ret = row_out(o, m, mk, &p);
+            ret = row_out(o, m, w, &p);
         else if (p.wn > 0)
-            ret = word_out(o, mk, &p);
+            ret = word_out(o, w, &p);
         else if (p.tn > 0)
-            ret = target_out(o, mk, &p);
-        else
+            ret = target_out(o, w, &p);
+        else if (!more || !more(w))
             return RGC_DONE;
         if (ret == 1) {
             /* nothing of the waiting rows is read yet: back on the stack, the blocked one on top */
             for (int j = p.rn - 1; j >= 0; j--) {
                 int i = (p.rh + j) & (RGC_ROWS_AHEAD - 1);
-                push_row(mk, p.row[i], p.row_at[i]);
+                push_row(w, p.row[i], p.row_at[i]);
             }
-            if (drain(o, mk, &p) < 0)
-                goto bad;
+            if (drain(o, w, &p) < 0)
+                return RGC_BAD_ADDRESS;
             return RGC_NEED_PAGE;
         }
         if (ret < 0)
-            goto bad;
+            return RGC_BAD_ADDRESS;
     }
-bad:
-    mk->at = owner_of_position(o, mk->at);
-    return RGC_BAD_ADDRESS;
+}
+
+static int64_t mark_alone(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk)
+{
+    struct worker w = {mk->live, mk->slot_target, mk->stack, mk->depth, o->n + 1, mk->marked, mk->slots_read,
+                       0, 0, 0, NULL};
+    int64_t ret = run(o, m, &w, NULL);
+    mk->depth = w.depth;
+    mk->marked = w.marked;
+    mk->slots_read = w.slots_read;
+    mk->page = w.page;
+    mk->bad = w.bad;
+    mk->at = w.at;
+    return ret;
+}
+
+#if RGC_THREADS
+/* Hand the older half of w's stack (the roots of the larger subtrees) to the shared stack. */
+static void share(struct worker *w)
+{
+    struct shared *sh = w->sh;
+    int64_t half = w->depth / 2;
+    pthread_mutex_lock(&sh->lock);
+    memcpy(sh->stack + 2 * sh->depth, w->stack, sizeof(int64_t) * 2 * (size_t)half);
+    sh->depth += half;
+    pthread_cond_broadcast(&sh->more);
+    pthread_mutex_unlock(&sh->lock);
+    memmove(w->stack, w->stack + 2 * half, sizeof(int64_t) * 2 * (size_t)(w->depth - half));
+    w->depth -= half;
+}
+
+/* w has nothing left: take rows from the shared stack, waiting while others may still give some. 1: rows
+   taken; 0: the mark is over (or stopped). */
+static int take(struct worker *w)
+{
+    struct shared *sh = w->sh;
+    pthread_mutex_lock(&sh->lock);
+    sh->idle++;
+    while (sh->depth == 0 && !sh->over && !sh->stop) {
+        if (sh->idle == sh->nthreads) {
+            sh->over = 1;
+            pthread_cond_broadcast(&sh->more);
+            break;
+        }
+        pthread_cond_wait(&sh->more, &sh->lock);
+    }
+    int got = 0;
+    if (sh->depth > 0 && !sh->stop) {
+        int64_t k = sh->depth < RGC_LOCAL_PAIRS / 4 ? sh->depth : RGC_LOCAL_PAIRS / 4;
+        if (k > 1 && sh->nthreads > 1 && k == sh->depth)
+            k = (k + 1) / 2;  /* leave some for the others */
+        sh->depth -= k;
+        memcpy(w->stack, sh->stack + 2 * sh->depth, sizeof(int64_t) * 2 * (size_t)k);
+        w->depth = k;
+        got = 1;
+        sh->idle--;
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return got;
+}
+
+/* more() of a parallel marker: hand work to an idle one when it has some to spare (checked between objects),
+   and take some when it has none. */
+static int parallel_more(struct worker *w)
+{
+    return take(w);
+}
+
+static void stop_all(struct worker *w)
+{
+    struct shared *sh = w->sh;
+    pthread_mutex_lock(&sh->lock);
+    if (!sh->stop) {
+        sh->stop = 1;
+        sh->bad = w->bad;
+        sh->at = w->at;
+    }
+    pthread_cond_broadcast(&sh->more);
+    pthread_mutex_unlock(&sh->lock);
+}
+
+struct marker {
+    const struct rgc_objects *o;
+    const struct rgc_mem *m;
+    struct worker w;
+    int64_t ret;
+    pthread_t thread;
+};
+
+static void marker_main(struct marker *mt)
+{
+    mt->ret = run(mt->o, mt->m, &mt->w, parallel_more);
+    if (mt->ret != RGC_DONE)
+        stop_all(&mt->w);
+}
+
+static void *marker_thread(void *arg)
+{
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);  /* signals go to the process's own threads */
+    marker_main(arg);
+    return NULL;
+}
+
+/* The mark by mk->threads markers: each scans from its own stack, hands half of it over when another is
+   idle or it is full, and takes from the shared stack when it is empty. Direct memory only (a page to
+   bring in would stop one marker while the others go on). -1: could not start them (mark alone). */
+static int64_t mark_parallel(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk)
+{
+    int nt = (int)(mk->threads < 16 ? mk->threads : 16);
+    struct marker mt[16];
+    struct shared sh;
+    memset(&sh, 0, sizeof sh);
+    sh.stack = mk->stack;
+    sh.depth = mk->depth;
+    sh.nthreads = nt;
+    if (pthread_mutex_init(&sh.lock, NULL))
+        return -1;
+    if (pthread_cond_init(&sh.more, NULL)) {
+        pthread_mutex_destroy(&sh.lock);
+        return -1;
+    }
+    int started = 0;
+    for (int i = 0; i < nt; i++) {
+        int64_t *local = malloc(sizeof(int64_t) * 2 * RGC_LOCAL_PAIRS);
+        mt[i] = (struct marker){o, m, {mk->live, mk->slot_target, local, 0, RGC_LOCAL_PAIRS, 0, 0, 0, 0, 0, &sh},
+                                RGC_DONE};
+        if (!local || (i > 0 && pthread_create(&mt[i].thread, NULL, marker_thread, &mt[i]))) {
+            free(local);
+            break;
+        }
+        started++;
+    }
+    if (started < nt) {  /* fewer markers than planned: those started must not wait for the others */
+        pthread_mutex_lock(&sh.lock);
+        sh.nthreads = started;
+        pthread_cond_broadcast(&sh.more);
+        pthread_mutex_unlock(&sh.lock);
+    }
+    if (started > 0)
+        marker_main(&mt[0]);
+    for (int i = 1; i < started; i++)
+        pthread_join(mt[i].thread, NULL);
+    for (int i = 0; i < started; i++) {
+        mk->marked += mt[i].w.marked;
+        mk->slots_read += mt[i].w.slots_read;
+        free(mt[i].w.stack);
+    }
+    pthread_cond_destroy(&sh.more);
+    pthread_mutex_destroy(&sh.lock);
+    if (started == 0)
+        return -1;
+    mk->depth = 0;
+    if (sh.stop) {
+        mk->bad = sh.bad;
+        mk->at = sh.at;
+        return RGC_BAD_ADDRESS;
+    }
+    return RGC_DONE;
+}
+#else
+static void share(struct worker *w)
+{
+    (void)w;  /* never called: a lone marker's stack has room for every row */
+}
+#endif
+
+int64_t rgc_core_mark(const struct rgc_objects *o, const struct rgc_mem *m, struct rgc_mark *mk)
+{
+    int64_t ret = -1;
+#if RGC_THREADS
+    if (mk->threads > 1 && m->direct && mk->depth > 0)
+        ret = mark_parallel(o, m, mk);
+#endif
+    if (ret < 0)
+        ret = mark_alone(o, m, mk);
+    if (ret == RGC_BAD_ADDRESS)
+        mk->at = owner_of_position(o, mk->at);
+    return ret;
 }
 
 /* How far ahead fixup prefetches the new addresses it will read. */

@@ -69,6 +69,7 @@ struct rgc_mark {
     int64_t page;           /* RGC_NEED_PAGE: the page to bring in */
     int64_t at;             /* RGC_BAD_ADDRESS: index of the root, or row whose slot holds it */
     int64_t bad;            /* RGC_BAD_ADDRESS: the value that is no object start */
+    int64_t threads;        /* markers to run (> 1: in parallel, over direct memory only; else one) */
 };
 
 struct rgc_check {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from heap import core
 from heap.errors import HeapCorrupted
@@ -20,9 +21,9 @@ from .strategies import graphs
 pytestmark = pytest.mark.skipif(not core.COMPILED, reason="heap._core not built")
 
 
-def core_mark(laid):
+def core_mark(laid, threads=None):
     return core.mark(laid.kernel, DEFAULT_MODEL, laid.index, Workspace(), laid.starts, laid.nrefs, laid.slot_base,
-                     laid.roots, laid.totals)
+                     laid.roots, laid.totals, threads=threads)
 
 
 def recorded(marking, laid) -> dict[int, list[int]]:
@@ -32,10 +33,10 @@ def recorded(marking, laid) -> dict[int, list[int]]:
             for r in np.flatnonzero(marking.live).tolist()}
 
 
-def check_against_model(kernel, graph: Graph, **layout) -> None:
+def check_against_model(kernel, graph: Graph, threads=None, **layout) -> None:
     laid = lay_out(kernel, graph, **layout)
     try:
-        got = core_mark(laid)
+        got = core_mark(laid, threads)
         live, targets = reference_mark(graph)
         assert got.live.tolist() == live
         assert recorded(got, laid) == targets
@@ -55,6 +56,52 @@ def check_against_model(kernel, graph: Graph, **layout) -> None:
 @given(graph=graphs())
 def test_random_graphs_mark_as_the_model_does(kernel, graph):
     check_against_model(kernel, graph)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph=graphs(max_objects=120), threads=st.sampled_from([2, 3, 4]))
+def test_random_graphs_mark_in_parallel_as_the_model_does(kernel, graph, threads):
+    """Several markers (on the simulator's frames: one, the parallel mark needs direct memory)."""
+    check_against_model(kernel, graph, threads=threads)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_a_wide_tree_marks_the_same_on_any_number_of_markers(kernel, threads):
+    """A tree wide enough that markers hand work to each other (in a shuffled layout)."""
+    n = 20_000
+    order = np.random.default_rng(5).permutation(n)
+    targets = [[] for _ in range(n)]
+    for k in range(n):
+        targets[order[k]] = [int(order[c]) if c < n else None for c in (2 * k + 1, 2 * k + 2)]
+    graph = Graph(nbytes=[16] * n, targets=targets, roots=[int(order[0])])
+    laid = lay_out(kernel, graph)
+    try:
+        got = core_mark(laid, threads)
+        assert got.live.all() and got.live_objects == n and got.slots_read == 2 * n
+        alone = core_mark(laid, 1)
+        assert (got.slot_target[:2 * n] == alone.slot_target[:2 * n]).all()
+    finally:
+        laid.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_bad_slot_deep_in_a_parallel_mark_stops_every_marker(kernel):
+    n = 20_000
+    order = np.random.default_rng(6).permutation(n)
+    targets = [[] for _ in range(n)]
+    for k in range(n):
+        targets[order[k]] = [int(order[c]) if c < n else None for c in (2 * k + 1, 2 * k + 2)]
+    laid = lay_out(kernel, Graph(nbytes=[16] * n, targets=targets, roots=[int(order[0])]))
+    try:
+        leaf = int(order[n - 1])
+        bad = int(laid.starts[leaf]) + 8
+        kernel.store_words(np.array([laid.starts[leaf] + 16], dtype=np.uint64), np.array([bad], dtype=np.uint64))
+        with pytest.raises(HeapCorrupted) as exc:
+            core_mark(laid, 2)
+        assert f"0x{bad:x}" in exc.value.detail
+    finally:
+        laid.close()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -86,11 +133,12 @@ def test_named_graphs(kernel, graph):
 
 
 @pytest.mark.timeout(300)
-def test_chain_of_a_million_links_has_no_depth_limit(kernel):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chain_of_a_million_links_has_no_depth_limit(kernel, threads):
     graph = chain(1_000_000)
     laid = lay_out(kernel, graph)
     try:
-        got = core_mark(laid)
+        got = core_mark(laid, threads)
         assert got.live.all()
         st = got.slot_target[:graph.n]
         assert (st[:-1] == np.arange(1, graph.n)).all() and st[-1] == -1
@@ -113,14 +161,15 @@ CORRUPT = {
 }
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("value, what", CORRUPT.values(), ids=CORRUPT.keys())
-def test_a_slot_that_is_no_object_start_is_named(kernel, value, what):
+def test_a_slot_that_is_no_object_start_is_named(kernel, value, what, threads):
     laid = lay_out(kernel, Graph(nbytes=[8, 8], targets=[[1], []], roots=[0]))
     try:
         bad = int(value(laid))
         kernel.store_words(np.array([laid.starts[0] + 16], dtype=np.uint64), np.array([bad], dtype=np.uint64))
         with pytest.raises(HeapCorrupted) as exc:
-            core_mark(laid)
+            core_mark(laid, threads)
         assert exc.value.invariant == what
         assert f"0x{bad:x}" in exc.value.detail
     finally:
