@@ -121,7 +121,11 @@ class CompiledAccess(Access):
         if type(ref) is Ref and ref._access is self and type(length) is int and type(offset) is int \
                 and 0 < length <= MAX_FAST_LOAD:
             buf = ffi.new("char[]", length)
-            if not lib.rgc_ref_load(self._g, ref._handle, offset, length, buf):
+            try:
+                slow = lib.rgc_ref_load(self._g, ref._handle, offset, length, buf)
+            except OverflowError:  # an integer beyond 64 bits: the generic path says what is wrong
+                slow = True
+            if not slow:
                 if self._g.state or self.health.broken is not None:
                     self._after()
                 return ffi.unpack(buf, length)
@@ -129,7 +133,11 @@ class CompiledAccess(Access):
 
     def write(self, ref, data, offset=0) -> None:
         if type(data) is bytes and type(ref) is Ref and ref._access is self and type(offset) is int:
-            if not lib.rgc_ref_store(self._g, ref._handle, offset, data, len(data)):
+            try:
+                slow = lib.rgc_ref_store(self._g, ref._handle, offset, data, len(data))
+            except OverflowError:
+                slow = True
+            if not slow:
                 if self._g.state or self.health.broken is not None:
                     self._after()
                 return
@@ -137,12 +145,16 @@ class CompiledAccess(Access):
 
     def _set_word(self, ref, slot, target: int, word: int) -> bool:
         """Store into a slot by one compiled call: ``target``'s address (a handle), or ``word`` (target -1)."""
-        if type(ref) is Ref and ref._access is self and type(slot) is int \
-                and not lib.rgc_ref_set_slot(self._g, ref._handle, slot, target, word):
-            if self._g.state or self.health.broken is not None:
-                self._after()
-            return True
-        return False
+        if type(ref) is not Ref or ref._access is not self or type(slot) is not int:
+            return False
+        try:
+            if lib.rgc_ref_set_slot(self._g, ref._handle, slot, target, word):
+                return False
+        except OverflowError:
+            return False
+        if self._g.state or self.health.broken is not None:
+            self._after()
+        return True
 
     def set_ref(self, ref, slot, target) -> None:
         if target is None:
@@ -159,7 +171,10 @@ class CompiledAccess(Access):
 
     def get_immediate(self, ref, slot) -> int:
         if type(ref) is Ref and ref._access is self and type(slot) is int:
-            word = lib.rgc_ref_get_slot(self._g, ref._handle, slot)
+            try:
+                word = lib.rgc_ref_get_slot(self._g, ref._handle, slot)
+            except OverflowError:
+                word = SLOW_WORD
             if word & 1:
                 if self._g.state or self.health.broken is not None:
                     self._after()
@@ -170,7 +185,10 @@ class CompiledAccess(Access):
         if type(ref) is Ref and ref._access is self and type(slot) is int:
             g = self._g
             epoch = g.epoch  # before the load: a drain since moves it on
-            word = lib.rgc_ref_get_slot(g, ref._handle, slot)
+            try:
+                word = lib.rgc_ref_get_slot(g, ref._handle, slot)
+            except OverflowError:
+                word = SLOW_WORD
             if word != SLOW_WORD:
                 if g.state or self.health.broken is not None:
                     self._after()

@@ -149,3 +149,35 @@ def test_ref_operations_from_a_stop_callback_are_refused_on_its_thread_only(kern
         h.collect()
         assert seen == {"refused": True, "other": b"abcdefgh"}
         assert a.read(8) == b"abcdefgh"  # the callback is over: the thread may use the heap again
+
+
+HUGE = 1 << 70  # beyond 64 bits: the compiled call cannot take it, the generic path says what is wrong
+
+
+@pytest.mark.parametrize("op, error", [
+    (lambda a, b: a.read(8, HUGE), ValueError),
+    (lambda a, b: a.read(8, -1), ValueError),
+    (lambda a, b: a.read(40), ValueError),
+    (lambda a, b: a.write(b"x", HUGE), ValueError),
+    (lambda a, b: a.write(b"x" * 40), ValueError),
+    (lambda a, b: a.get_ref(HUGE), IndexError),
+    (lambda a, b: a.get_ref(-1), IndexError),
+    (lambda a, b: a.get_ref(2), IndexError),
+    (lambda a, b: a.set_ref(HUGE, b), IndexError),
+    (lambda a, b: a.set_immediate(HUGE, 1), IndexError),
+    (lambda a, b: a.set_immediate(0, HUGE), OverflowError),
+    (lambda a, b: a.get_immediate(HUGE), IndexError),
+    (lambda a, b: a.get_immediate(0), TypeError),
+    (lambda a, b: a.get_ref(1), TypeError),
+], ids=["read-huge-offset", "read-negative-offset", "read-past-payload", "write-huge-offset", "write-past-payload",
+        "get_ref-huge-slot", "get_ref-negative-slot", "get_ref-past-slots", "set_ref-huge-slot",
+        "set_immediate-huge-slot", "set_immediate-huge-value", "get_immediate-huge-slot", "get_immediate-of-a-ref",
+        "get_ref-of-an-immediate"])
+def test_out_of_range_arguments_raise_the_same_error_on_every_backend(kernel_name, op, error):
+    with Heap(kernel=kernel_name, size=4 << 20) as h:
+        a, b = h.alloc(32, 2), h.alloc(8)
+        a.set_ref(0, b)
+        a.set_immediate(1, 5)
+        with pytest.raises(error):
+            op(a, b)
+        assert a.get_ref(0) == b and a.get_immediate(1) == 5 and a.read(32) == bytes(32)  # nothing changed
