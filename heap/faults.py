@@ -72,6 +72,10 @@ IDLE_WAIT_S = 0.002  # read_events timeout with nothing deferred: how soon stop(
 # other CPU to find it taken again) and a forced switch came every switch interval.
 FORWARDED_IDLE_WAIT_S = 0.5  # a safety net only: a lost wake costs at most this
 DEFERRED_WAIT_S = 0.0002  # with deferred faults: how soon they are looked at again
+# With the native server a deferred fault is one on a page the native walk holds: its MOVE
+# wakes the faulter, and the look again only catches a page given back uninstalled (a build
+# that faulted). Polling every DEFERRED_WAIT_S made these the handler's most GIL acquisitions.
+FORWARDED_DEFERRED_WAIT_S = 0.002
 BACKOFF_S = 0.001  # after a refused install
 MAX_LATENCIES = 1 << 20
 _ONE = np.ones(1, dtype=bool)
@@ -203,8 +207,11 @@ class FaultHandler:
         server = self.server
         while not self._stop.is_set():
             try:
-                idle = IDLE_WAIT_S if server is None else FORWARDED_IDLE_WAIT_S
-                wait = BACKOFF_S if backoff else (DEFERRED_WAIT_S if self._deferred else idle)
+                if server is None:
+                    idle, deferred = IDLE_WAIT_S, DEFERRED_WAIT_S
+                else:
+                    idle, deferred = FORWARDED_IDLE_WAIT_S, FORWARDED_DEFERRED_WAIT_S
+                wait = BACKOFF_S if backoff else (deferred if self._deferred else idle)
                 if server is not None:  # the faults the native server left to Python
                     events = server.read_forwarded(wait)
                 else:
