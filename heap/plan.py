@@ -124,8 +124,8 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         rows, l_start, l_total = None, starts, totals
     else:
         rows = np.flatnonzero(live)
-        l_start = starts[rows]
-        l_total = totals[rows]
+        l_start = _take(starts, rows, work, "l_start")
+        l_total = _take(totals, rows, work, "l_total")
     whole, new_start, unit_src, unit_n, whole_end, kept = plan_whole(l_start, l_total, base, ps, up, hpage_pages,
                                                                      int(np.ceil(dense * up * ps)), keep_budget,
                                                                      work=work)
@@ -147,7 +147,7 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         unit_dst = np.concatenate([unit_dst, whole_end + np.arange(used, dtype=np.int64) * up])
         unit_src = np.concatenate([unit_src, sources[:used] * up])
         unit_n = np.concatenate([unit_n, np.full(used, up, dtype=np.int64)])
-    live_rows = order if rows is None else _take(rows, order, work)
+    live_rows = order if rows is None else _take(rows, order, work, "live_rows")
     return Plan(
         live_rows=live_rows,
         new_starts=new_starts,
@@ -167,11 +167,11 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     )
 
 
-def _take(rows: np.ndarray, order: np.ndarray, work) -> np.ndarray:
-    """rows[order], into a retained buffer when there is ``work``."""
+def _take(values: np.ndarray, at: np.ndarray, work, name: str) -> np.ndarray:
+    """values[at], into the retained buffer ``name`` when there is ``work``."""
     if work is None:
-        return rows[order]
-    return np.take(rows, order, out=work.buffer("live_rows", order.size, np.int64))
+        return values[at]
+    return np.take(values, at, out=work.buffer(name, at.size, values.dtype))
 
 
 def plan_slide(starts, totals, live, base: int, page_size: int, hpage_pages: int) -> Plan:
