@@ -174,7 +174,7 @@ def render(rep: dict) -> None:
                   f"PMD size={thp['hpage_pmd_size']}")
     table.add_row("open_kernel('auto') picks", f"[bold]{rep['auto_backend']}[/bold]: {rep['auto_reason']}")
     table.add_row("UFFD_FEATURE_SIGBUS offered", _yes(rep["sigbus_offered"]))
-    table.add_row("Heap(faults='auto') picks", f"[bold]{rep['faults_auto']}[/bold]: {rep['faults_reason']}")
+    table.add_row("Heap(faults='auto'), the default, picks", f"[bold]{rep['faults_auto']}[/bold]: {rep['faults_reason']}")
     Console().print(table)
 
 
