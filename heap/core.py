@@ -351,6 +351,21 @@ def same_places(starts, rows, new_starts) -> bool:
                                          rows.size))
 
 
+def plan_stays(starts, totals, base: int, page_size: int, dense_bytes: int) -> tuple[int, int, int] | None:
+    """Whether the remap plan (page units, every object live) leaves every
+    object where it lies (core.h, rgc_core_plan_stays): (pages the whole
+    pieces fill, first evacuee, pages the evacuees fill), or None (some
+    object would move, or no core: plan it)."""
+    if not COMPILED:
+        return None
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    totals = np.ascontiguousarray(totals, dtype=np.int64)
+    ev_first, ev_pages = ffi.new("int64_t *"), ffi.new("int64_t *")
+    whole = lib.rgc_core_plan_stays(_p("int64_t[]", starts), _p("int64_t[]", totals), starts.size, base, page_size,
+                                    dense_bytes, ev_first, ev_pages)
+    return None if whole < 0 else (int(whole), int(ev_first[0]), int(ev_pages[0]))
+
+
 def verify_objects(kernel, model, index, starts, nbytes, nrefs, totals, page_size: int) -> None:
     """verify's per-object checks in C, in verify's order and with its
     messages: every header matches the side tables, then every reference slot

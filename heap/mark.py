@@ -141,6 +141,14 @@ class Workspace:
             self.buffers[name] = buf
         return buf[:size]
 
+    def arange(self, n: int) -> np.ndarray:
+        """0, 1, ..., n - 1, from a retained array written once as far as it was asked for."""
+        buf = self.buffers.get("arange")
+        if buf is None or buf.size < n:
+            buf = self.buffers["arange"] = np.arange(max(n, 2 * (0 if buf is None else buf.size), 1024),
+                                                     dtype=np.int64)
+        return buf[:n]
+
     def close(self) -> None:
         """Drop the arrays (the heap closed)."""
         self.__init__()

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .core import same_places
+from .core import plan_stays, same_places
 from .native import pack, plan_order, plan_whole
 
 # With THP, the dead bytes that sparse huge units holding only large objects may
@@ -107,7 +107,7 @@ class Plan:
 
 
 def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int,
-               used_pages: int, dense: float, keep_budget: int = 0, work=None) -> Plan:
+               used_pages: int, dense: float, keep_budget: int = 0, work=None, stays_check: bool = True) -> Plan:
     """The remap plan. The *unit* is what moves whole: a page, or with THP a
     2 MiB region (so whole-moving units go by PMD and are never split).
     An object at least one unit long owns its units and always moves whole;
@@ -117,18 +117,23 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
     of copying megabytes) while the dead bytes such units keep stay within
     ``keep_budget``. ``work`` (a heap.mark.Workspace): the plan's arrays are
     its retained buffers (no fresh memory faulted in per collection), valid
-    until the next plan with it."""
+    until the next plan with it. When nothing died, one pass first asks
+    whether every object would stay (heap.core.plan_stays: page units);
+    then the plan is built without planning (``stays_check=False``: plan it)."""
     ps = page_size
     up = hpage_pages or 1  # pages per unit
+    dense_bytes = int(np.ceil(dense * up * ps))
     if np.count_nonzero(live) == live.size:  # nothing died: every row, no gathers
         rows, l_start, l_total = None, starts, totals
+        stays = plan_stays(starts, totals, base, ps, dense_bytes) if not hpage_pages and stays_check else None
+        if stays is not None:  # every object stays: the plan without planning (one pass, no arrays)
+            return _staying_plan(starts, totals, base, ps, *stays, work)
     else:
         rows = np.flatnonzero(live)
         l_start = _take(starts, rows, work, "l_start")
         l_total = _take(totals, rows, work, "l_total")
     whole, new_start, unit_src, unit_n, whole_end, kept = plan_whole(l_start, l_total, base, ps, up, hpage_pages,
-                                                                     int(np.ceil(dense * up * ps)), keep_budget,
-                                                                     work=work)
+                                                                     dense_bytes, keep_budget, work=work)
     unit_dst = np.cumsum(unit_n) - unit_n
     order, new_starts, evac_from, evac_to, sources, ev_pages = plan_order(
         l_start, l_total, whole, new_start, base, ps, up, hpage_pages, whole_end, work=work)
@@ -164,6 +169,37 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         last_object_end=last_end,
         kept_dead_bytes=kept,
         identity=same_places(starts, live_rows, new_starts),
+    )
+
+
+def _staying_plan(starts, totals, base: int, ps: int, whole_end: int, ev_first: int, ev_pages: int, work) -> Plan:
+    """The plan of a heap (every object live, page units) whose objects all stay
+    where they lie: the pages below ``whole_end`` move whole onto themselves
+    (one piece), the objects from ``ev_first`` on are the sparse pages'
+    evacuees, rebuilt onto their own pages -- what plan_remap would produce."""
+    n = starts.size
+    evacuated = np.zeros(n, dtype=bool) if work is None else work.buffer("evacuated", n, np.bool_)
+    evacuated[:ev_first] = False
+    evacuated[ev_first:] = True
+    ev_from = starts[ev_first:] - base
+    rebuilt_units = whole_end + np.arange(ev_pages, dtype=np.int64)
+    first = np.array([0] if whole_end else [], dtype=np.int64)
+    last_end = int(starts[-1] + totals[-1]) if ev_pages and totals[-1] < ps else 0
+    return Plan(
+        live_rows=np.arange(n, dtype=np.int64) if work is None else work.arange(n),
+        new_starts=starts,
+        end_pages=whole_end + ev_pages,
+        evacuated=evacuated,
+        evac_from=ev_from,
+        evac_to=ev_from.copy(),
+        piece_dst=np.concatenate([first, rebuilt_units]),
+        piece_src=np.concatenate([first, rebuilt_units]),
+        piece_n=np.concatenate([first + whole_end, np.ones(ev_pages, dtype=np.int64)]),
+        piece_rebuilt=np.concatenate([np.zeros(first.size, dtype=bool), np.ones(ev_pages, dtype=bool)]),
+        rebuilt_pages=ev_pages,
+        whole_pages=whole_end,
+        last_object_end=last_end,
+        identity=True,
     )
 
 

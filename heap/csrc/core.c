@@ -726,6 +726,58 @@ int64_t rgc_core_same_places(const int64_t *start, const int64_t *rows, const in
     return 1;
 }
 
+/* The page of a and the objects [i, *end) of it that are smaller than a page; their bytes. */
+static inline int64_t unit_bytes(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int shift,
+                                 int64_t page, int64_t i, int64_t *end)
+{
+    int64_t u = (start[i] - base) >> shift, bytes = 0, j = i;
+    for (; j < n && total[j] < page && ((start[j] - base) >> shift) == u; j++)
+        bytes += total[j];
+    *end = j;
+    return bytes;
+}
+
+int64_t rgc_core_plan_stays(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
+                            int64_t dense_bytes, int64_t *ev_first, int64_t *ev_pages)
+{
+    if (page & (page - 1))
+        return -1;
+    int shift = __builtin_ctzll((uint64_t)page);
+    int64_t i = 0, dst = 0, j;
+    while (i < n) {  /* the whole pieces, each where the tiling puts it */
+        int64_t pg = (start[i] - base) >> shift;
+        if (total[i] >= page) {
+            if (pg != dst || ((start[i] - base) & (page - 1)))
+                return -1;
+            dst += (total[i] + page - 1) >> shift;
+            i++;
+        } else if (unit_bytes(start, total, n, base, shift, page, i, &j) >= dense_bytes) {
+            if (pg != dst)
+                return -1;
+            dst++;
+            i = j;
+        } else {
+            break;  /* the first sparse page: evacuees from here on */
+        }
+    }
+    *ev_first = i;
+    int64_t pos = 0, origin = base + (dst << shift);
+    while (i < n) {  /* only sparse pages of small objects, each object where packing puts it */
+        if (total[i] >= page || unit_bytes(start, total, n, base, shift, page, i, &j) >= dense_bytes)
+            return -1;
+        for (; i < j; i++) {
+            int64_t t = total[i];
+            if ((pos >> shift) != ((pos + t - 1) >> shift))
+                pos = (pos + page - 1) & ~(page - 1);
+            if (origin + pos != start[i])
+                return -1;
+            pos += t;
+        }
+    }
+    *ev_pages = (pos + page - 1) >> shift;
+    return dst;
+}
+
 int64_t rgc_core_live_bytes(const int64_t *total, const uint8_t *live, int64_t n)
 {
     int64_t sum = 0;

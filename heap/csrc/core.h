@@ -125,6 +125,16 @@ void rgc_core_scatter(const int64_t *rows, const int64_t *new_start, int64_t n, 
 /* 1 when start[rows[i]] == new_start[i] for every i < n (every object planned where it lies), else 0. */
 int64_t rgc_core_same_places(const int64_t *start, const int64_t *rows, const int64_t *new_start, int64_t n);
 
+/* Whether the remap plan of a heap whose every object is live (rows in address order), planned in units
+   of one page with no sparse unit kept whole, leaves every object where it lies -- the rules of
+   heap/csrc/side_tables.c's rgc_plan_whole and rgc_plan_order, asked only that: the pieces moving whole
+   (an object of a page or more, a page of small objects holding dense_bytes or more) tile the pages
+   from the first, and the rest (the objects of sparse pages, after them) lie where packing them again
+   from there puts them. -1 when some object would move; else the pages the whole pieces fill, with
+   *ev_first the first object evacuated (all after it are) and *ev_pages the pages they fill. */
+int64_t rgc_core_plan_stays(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
+                            int64_t dense_bytes, int64_t *ev_first, int64_t *ev_pages);
+
 /* Bytes of the rows marked live (one pass in row order, not a random access per marked row). */
 int64_t rgc_core_live_bytes(const int64_t *total, const uint8_t *live, int64_t n);
 

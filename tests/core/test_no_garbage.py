@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heap import Heap
+from heap import Heap, core
 from heap.alloc import pack
 from heap.mark import Workspace
 from heap.plan import plan_remap, plan_slide
@@ -148,3 +148,48 @@ def test_plan_identity_is_whether_every_object_stays(layout, dense, already_plan
     assert fresh.identity == kept.identity == stays
     slid = plan_slide(starts, totals, live, base, ps, 0)
     assert slid.identity == bool(np.array_equal(slid.new_starts, starts[slid.live_rows]))
+
+
+def page_sources(plan) -> list[tuple[int, bool]]:
+    """(from-space page, rebuilt?) of every to-space page: what the pieces say, however they are cut."""
+    out = []
+    for dst, src, n, rebuilt in zip(plan.piece_dst.tolist(), plan.piece_src.tolist(), plan.piece_n.tolist(),
+                                    plan.piece_rebuilt.tolist()):
+        assert dst == len(out)
+        out.extend((src + k, rebuilt) for k in range(n))
+    return out
+
+
+@settings(max_examples=120, deadline=None)
+@given(layout=layouts(), dense=st.sampled_from([0.25, 0.5, 0.85, 1.0]), times=st.integers(0, 2),
+       large=st.booleans())
+def test_a_staying_plan_is_the_plan(layout, dense, times, large):
+    """When nothing died, heap.core.plan_stays answers 'every object stays' in
+    one pass; the plan built from that answer is the plan planned in full,
+    and when it says no, the full plan moves something."""
+    totals, live = layout
+    if large and totals.size:  # some objects of a page or more
+        totals = totals.copy()
+        totals[::7] = 4096 * (1 + totals[::7] // 2048)
+    ps, base = 4096, 1 << 30
+    offsets, pages = pack(totals, ps, 0)
+    starts = base + offsets
+    for _ in range(times):  # a layout some collections produced
+        if not live.any():
+            break
+        p = plan_remap(starts, totals, live, base, ps, 0, pages, dense)
+        starts, totals, pages = p.new_starts, totals[p.live_rows], p.end_pages
+        live = np.ones(starts.size, dtype=bool)
+    live = np.ones(starts.size, dtype=bool)  # nothing died since
+    full = plan_remap(starts, totals, live, base, ps, 0, pages, dense, stays_check=False)
+    if core.COMPILED:  # exact both ways: it says 'stays' exactly when the full plan moves nothing
+        said = core.plan_stays(starts, totals, base, ps, int(np.ceil(dense * ps)))
+        assert (said is not None) == full.identity
+    for work in (None, Workspace()):
+        fast = plan_remap(starts, totals, live, base, ps, 0, pages, dense, work=work)
+        assert fast.identity == full.identity
+        for name in ("live_rows", "new_starts", "evacuated", "evac_from", "evac_to"):
+            assert np.array_equal(getattr(fast, name), getattr(full, name)), name
+        for name in ("end_pages", "whole_pages", "rebuilt_pages", "last_object_end", "kept_dead_bytes"):
+            assert getattr(fast, name) == getattr(full, name), name
+        assert page_sources(fast) == page_sources(full)
