@@ -12,9 +12,10 @@
 * ``"thread"``: faults are queued on the userfaultfd and served by the
   cycle's handler (the native fault server, and a Python thread for what it
   forwards). docs/design.md, "The GIL", says what accesses must then avoid.
-* ``"auto"``: measured once per process on this kernel (``measure``: a
-  fault's round trip as the mutator sees it, both ways, over a few dozen
-  pages), and the faster taken. Without a native fault service to measure
+* ``"auto"`` (Heap's default): measured once per process on this kernel
+  (``measure``: a fault's round trip as the mutator sees it, both ways, over
+  a few dozen pages); self-served unless the handler thread is clearly
+  faster (``pick``). Without a native fault service to measure
   (the simulator) it is "thread". The choice and its reason are kept
   (``Spaces.faults_reason``) and reported by ``remapgc doctor``.
 """
@@ -74,9 +75,23 @@ def _decide(kernel) -> tuple[str, str]:
         return "thread", f"measuring the fault modes failed ({type(exc).__name__}: {exc})"
     if m is None:
         return "thread", "this backend has no native fault service to measure (self-served faults run in Python)"
-    mode = "self" if m["self_p50_ns"] <= m["thread_p50_ns"] else "thread"
+    return pick(m)
+
+
+# Self-served faults are kept unless the handler thread is clearly faster: they have no
+# GIL hazard and no Python thread competing for the GIL during a cycle, and 48 round
+# trips on a loaded 2-vCPU machine are noisy (p50 7.8 against 12.5 us here at load 1,
+# 12.1 against 12.6 at load 3): a near tie must not flip a process to the handler thread.
+SELF_MARGIN = 1.25
+
+
+def pick(m: dict) -> tuple[str, str]:
+    """(mode, why) from ``measure``'s round trips: "self" unless its p50 is more than
+    SELF_MARGIN times the handler thread's."""
+    mode = "self" if m["self_p50_ns"] <= SELF_MARGIN * m["thread_p50_ns"] else "thread"
     return mode, (f"measured at first use: a fault's round trip p50 {m['self_p50_ns'] / 1000:.1f} us self-served, "
-                  f"{m['thread_p50_ns'] / 1000:.1f} us through the handler thread ({PROBE_PAGES} faults each)")
+                  f"{m['thread_p50_ns'] / 1000:.1f} us through the handler thread ({PROBE_PAGES} faults each; "
+                  f"self-served unless {SELF_MARGIN}x slower)")
 
 
 class _ProbeProgram:

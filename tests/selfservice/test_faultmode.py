@@ -7,7 +7,7 @@ import pytest
 
 from heap import Heap
 from heap.concurrent import begin_concurrent, end_concurrent
-from heap.faultmode import choose_fault_mode, measure
+from heap.faultmode import SELF_MARGIN, choose_fault_mode, measure, pick
 from tests.backends import make_kernel, skip_linux_if_unavailable
 
 MiB = 1 << 20
@@ -49,6 +49,20 @@ def test_a_heap_that_asks_for_no_mode_runs_what_auto_picks(kernel_name):
             assert heap._uffd.self_serving == (mode == "self")
     finally:
         kernel.close()
+
+
+@pytest.mark.parametrize("self_us, thread_us, mode", [
+    (7.8, 12.5, "self"),  # faster
+    (12.1, 12.6, "self"),  # a near tie
+    (12.5, 12.5 / SELF_MARGIN + 0.1, "self"),  # just inside the margin
+    (12.5, 12.5 / SELF_MARGIN - 0.1, "thread"),  # just outside it
+    (30.0, 10.0, "thread"),  # clearly slower
+], ids=["self faster", "near tie", "inside the margin", "outside the margin", "thread clearly faster"])
+def test_auto_keeps_self_served_faults_unless_the_handler_thread_is_clearly_faster(self_us, thread_us, mode):
+    m = {"self_p50_ns": int(self_us * 1000), "thread_p50_ns": int(thread_us * 1000), "self_p99_ns": 1,
+         "thread_p99_ns": 1}
+    picked, why = pick(m)
+    assert picked == mode and f"{self_us:.1f} us self-served" in why
 
 
 @pytest.mark.timeout(60)
