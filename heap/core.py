@@ -1,6 +1,8 @@
 """The collector's per-object work in C (``heap._core``, from heap/csrc/core.c):
-marking, slot fixup, root forwarding and verify's per-object checks, each one
-cffi call that runs without the GIL, the same code on both backends.
+marking, slot fixup (alone, or fused with the compactors' slide: ``slide``),
+root forwarding, the no-garbage plan check (``plan_stays``) and verify's
+per-object checks, each one cffi call that runs without the GIL, the same
+code on both backends.
 
 What each call produces is what the numpy paths produce (``heap.mark.mark``,
 ``heap.install.slot_values`` + ``store_words``, ``AddressIndex.rows``,
@@ -25,7 +27,13 @@ and never follows it, the fixup leaves its slot as it is, verify accepts it.
 
 Marking is depth-first on an explicit stack (a row is pushed once, so the
 stack needs one entry per object and never overflows): a chain of a million
-links costs what a million separate objects cost.
+links costs what a million separate objects cost. It is memory-bound (a
+cache miss per object's slots, per slot_base row and per slot_target line),
+so its loads are software-pipelined (core.c: rows, words and targets wait in
+small rings while their lines come in), a slot word's row comes from a
+start bitmap with a rank table (cache-resident) instead of the address
+index and the start column, and large heaps are marked by several threads
+(``PARALLEL_MARK_ROWS``, ``MARK_THREADS``; direct memory only).
 """
 
 from __future__ import annotations
