@@ -374,6 +374,23 @@ def plan_stays(starts, totals, base: int, page_size: int, dense_bytes: int) -> t
     return None if whole < 0 else (int(whole), int(ev_first[0]), int(ev_pages[0]))
 
 
+def live_rows(live, starts, totals, work) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the live rows, their starts, their totals): ``np.flatnonzero(live)``
+    and two gathers in one pass, into ``work``'s retained buffers (a
+    heap.mark.Workspace; fresh arrays without one)."""
+    n = live.size
+    out = [np.empty(n, dtype=np.int64) if work is None else work.buffer(name, n, np.int64)
+           for name in ("rows", "l_start", "l_total")]
+    if not COMPILED:
+        rows = np.flatnonzero(live)
+        return rows, starts[rows], totals[rows]
+    m = lib.rgc_core_live_rows(_p("uint8_t[]", np.ascontiguousarray(live).view(np.uint8)), n,
+                               _p("int64_t[]", np.ascontiguousarray(starts, dtype=np.int64)),
+                               _p("int64_t[]", np.ascontiguousarray(totals, dtype=np.int64)),
+                               *(_p("int64_t[]", a) for a in out))
+    return tuple(a[:m] for a in out)
+
+
 def verify_objects(kernel, model, index, starts, nbytes, nrefs, totals, page_size: int) -> None:
     """verify's per-object checks in C, in verify's order and with its
     messages: every header matches the side tables, then every reference slot

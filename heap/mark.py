@@ -157,7 +157,7 @@ class Workspace:
     # PLAN_ROWS objects and more: allocated and written as the heap grows (reserve runs after an
     # allocation, outside any pause), so that no collection faults them in -- a fresh page costs
     # microseconds in a virtual machine, a 4 MB array milliseconds.
-    PLAN_ARRAYS = (("l_start", np.int64), ("l_total", np.int64), ("whole", np.bool_), ("new_whole", np.int64),
+    PLAN_ARRAYS = (("rows", np.int64), ("l_start", np.int64), ("l_total", np.int64), ("whole", np.bool_), ("new_whole", np.int64),
                    ("order", np.int64), ("new_starts", np.int64), ("evac_from", np.int64),
                    ("evac_to", np.int64), ("evacuated", np.bool_), ("live_rows", np.int64))
     PLAN_ROWS = 8192

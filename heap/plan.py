@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .core import plan_stays, same_places
+from .core import live_rows, plan_stays, same_places
 from .native import pack, plan_order, plan_whole
 
 # With THP, the dead bytes that sparse huge units holding only large objects may
@@ -129,9 +129,7 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         if stays is not None:  # every object stays: the plan without planning (one pass, no arrays)
             return _staying_plan(starts, totals, base, ps, *stays, work)
     else:
-        rows = np.flatnonzero(live)
-        l_start = _take(starts, rows, work, "l_start")
-        l_total = _take(totals, rows, work, "l_total")
+        rows, l_start, l_total = live_rows(live, starts, totals, work)
     whole, new_start, unit_src, unit_n, whole_end, kept = plan_whole(l_start, l_total, base, ps, up, hpage_pages,
                                                                      dense_bytes, keep_budget, work=work)
     unit_dst = np.cumsum(unit_n) - unit_n
@@ -152,9 +150,9 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         unit_dst = np.concatenate([unit_dst, whole_end + np.arange(used, dtype=np.int64) * up])
         unit_src = np.concatenate([unit_src, sources[:used] * up])
         unit_n = np.concatenate([unit_n, np.full(used, up, dtype=np.int64)])
-    live_rows = order if rows is None else _take(rows, order, work, "live_rows")
+    in_order = order if rows is None else _take(rows, order, work, "live_rows")
     return Plan(
-        live_rows=live_rows,
+        live_rows=in_order,
         new_starts=new_starts,
         end_pages=whole_end + used * up,
         evacuated=evacuated,
@@ -168,7 +166,7 @@ def plan_remap(starts, totals, live, base: int, page_size: int, hpage_pages: int
         whole_pages=whole_end,
         last_object_end=last_end,
         kept_dead_bytes=kept,
-        identity=same_places(starts, live_rows, new_starts),
+        identity=same_places(starts, in_order, new_starts),
     )
 
 

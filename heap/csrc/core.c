@@ -778,6 +778,19 @@ int64_t rgc_core_plan_stays(const int64_t *start, const int64_t *total, int64_t 
     return dst;
 }
 
+int64_t rgc_core_live_rows(const uint8_t *live, int64_t n, const int64_t *start, const int64_t *total,
+                           int64_t *rows, int64_t *l_start, int64_t *l_total)
+{
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        rows[m] = i;  /* written whether live or not: no branch on a coin toss */
+        l_start[m] = start[i];
+        l_total[m] = total[i];
+        m += live[i] != 0;
+    }
+    return m;
+}
+
 int64_t rgc_core_live_bytes(const int64_t *total, const uint8_t *live, int64_t n)
 {
     int64_t sum = 0;

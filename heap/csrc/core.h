@@ -135,6 +135,11 @@ int64_t rgc_core_same_places(const int64_t *start, const int64_t *rows, const in
 int64_t rgc_core_plan_stays(const int64_t *start, const int64_t *total, int64_t n, int64_t base, int64_t page,
                             int64_t dense_bytes, int64_t *ev_first, int64_t *ev_pages);
 
+/* The rows marked live, in order, with their start and total (the plan's inputs), in one pass.
+   Returns how many. */
+int64_t rgc_core_live_rows(const uint8_t *live, int64_t n, const int64_t *start, const int64_t *total,
+                           int64_t *rows, int64_t *l_start, int64_t *l_total);
+
 /* Bytes of the rows marked live (one pass in row order, not a random access per marked row). */
 int64_t rgc_core_live_bytes(const int64_t *total, const uint8_t *live, int64_t n);
 

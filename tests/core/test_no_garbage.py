@@ -193,3 +193,15 @@ def test_a_staying_plan_is_the_plan(layout, dense, times, large):
         for name in ("end_pages", "whole_pages", "rebuilt_pages", "last_object_end", "kept_dead_bytes"):
             assert getattr(fast, name) == getattr(full, name), name
         assert page_sources(fast) == page_sources(full)
+
+
+@settings(max_examples=40, deadline=None)
+@given(live=st.lists(st.booleans(), max_size=300), retained=st.booleans())
+def test_live_rows_are_flatnonzero_and_two_gathers(live, retained):
+    live = np.array(live, dtype=bool)
+    starts = np.arange(live.size, dtype=np.int64) * 48 + (1 << 30)
+    totals = np.arange(live.size, dtype=np.int64) % 7 * 16 + 32
+    rows, l_start, l_total = core.live_rows(live, starts, totals, Workspace() if retained else None)
+    want = np.flatnonzero(live)
+    assert rows.tolist() == want.tolist()
+    assert l_start.tolist() == starts[want].tolist() and l_total.tolist() == totals[want].tolist()
