@@ -28,9 +28,10 @@ from .kernel import MADV_DONTNEED
 from .pause import Collection, Pause
 
 
-def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
+def remap_pause(pause: Pause, col: Collection) -> PageInstaller | None:
     """The stop-the-world remap compactor's pause up to the install: returns
-    the installer of the to-space pages. RemapRefused: nothing changed."""
+    the installer of the to-space pages (None: the to-space was built in the
+    arena, nothing to install). RemapRefused: nothing changed."""
     k, spaces, stats = pause.kernel, pause.spaces, col.stats
     base, fs, ps = spaces.base, spaces.from_space, k.page_size
 
@@ -62,7 +63,7 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller:
     # the roots are forwarded inside "fixup" too (one event): the phase is everything between the flip and the install
     plan, _ = pause.remap(col, register_first=pause.stw_register_first, prepare_phase="fixup", prepare=fixup,
                           roots_phase=None, keep_in_place=True)
-    return PageInstaller(k, spaces.uffd, plan, base, fs)
+    return None if plan.in_arena else PageInstaller(k, spaces.uffd, plan, base, fs)
 
 
 def slide_in_place(pause: Pause, plan, marking, old, new_by_row, stats) -> int:

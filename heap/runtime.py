@@ -371,7 +371,7 @@ class Heap(HeapProperties, EmbeddingAPI):
     def _collect_remap(self, col: Collection) -> None:
         inst = self._pending = remap_pause(self._pause, col)
         with col.clock.phase("install") as ev:
-            if inst.pending:
+            if inst is not None and inst.pending:
                 counters = InstallCounters()
                 try:
                     self._install_pending(counters)
