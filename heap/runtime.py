@@ -178,9 +178,11 @@ class Heap(HeapProperties, EmbeddingAPI):
             if self._cycle is not None:
                 self._cycle.shutdown()
                 self._cycle = None
-            self._gate.drain(CLOSE_DRAIN_S)
+            drained = self._gate.drain(CLOSE_DRAIN_S)
             self._closed = self._access.closed = True
-            self._spaces.close()
+            if not drained:
+                log.warning("close_left_memory_mapped", reason=f"an access was still in flight after {CLOSE_DRAIN_S} s")
+            self._spaces.close(unmap=drained)
             self._pending = None
             self._index.close()  # its memory goes with the heap
             self._work.close()

@@ -196,15 +196,17 @@ class Spaces:
         fin.atexit = False
         return fin
 
-    def close(self) -> None:
-        """Unmap both ranges and close the userfaultfd."""
+    def close(self, *, unmap: bool = True) -> None:
+        """Close the userfaultfd and unmap both ranges. ``unmap=False`` leaves the
+        memory mapped (leaked) for a thread still inside an access: closing the
+        userfaultfd lets its fault finish, and an unmapped page would crash it."""
         with self._release_lock:
             self._owed = None
             if self.uffd is not None:
                 self.uffd.close()
                 self.uffd = None
             for addr in (self.base, self.from_space):
-                if addr:
+                if addr and unmap:
                     self.kernel.munmap(addr, self.size)
             self.base = self.from_space = 0
 
