@@ -82,6 +82,7 @@ int64_t rgc_store_words(const uint64_t *addrs, const uint64_t *values, uint64_t 
 
 int64_t rgc_pagemap_scan(int fd, uint64_t start, uint64_t end, uint64_t category_mask,
                          uint64_t return_mask, uint64_t *regions, uint64_t max_regions);
+int64_t rgc_resident_bytes(int fd, uint64_t start, uint64_t end, uint64_t present, uint64_t zero);
 
 int64_t rgc_fork_sleeper(int *keepalive_fd);
 int64_t rgc_kill_reap(int64_t pid);

@@ -92,7 +92,6 @@ KPF_ZERO_PAGE = 1 << 24
 PAGE_IS_PRESENT = 1 << 3
 PAGE_IS_PFNZERO = 1 << 5
 PAGE_IS_HUGE = 1 << 6
-RESIDENT_SCAN_REGIONS = 512  # regions per PAGEMAP_SCAN call of resident_bytes
 
 
 # --- argument checks ----------------------------------------------------------
@@ -782,21 +781,10 @@ class LinuxKernel(KernelBase):
     def _resident_by_scan(self, addr: int, length: int) -> int | None:
         ps = self.page_size
         start, end = addr // ps * ps, (addr + length + ps - 1) // ps * ps
-        regions = np.empty(3 * RESIDENT_SCAN_REGIONS, dtype=np.uint64)
-        buf = ffi.from_buffer("uint64_t[]", regions)
-        resident = 0
-        while start < end:
-            n = lib.rgc_pagemap_scan(self._pagemap, start, end, PAGE_IS_PRESENT,
-                                     PAGE_IS_PRESENT | PAGE_IS_PFNZERO, buf, RESIDENT_SCAN_REGIONS)
-            if n < 0:
-                self._scan_works = False
-                return None
-            r = regions[: 3 * n].reshape(-1, 3)
-            private = (r[:, 2] & np.uint64(PAGE_IS_PFNZERO)) == 0
-            resident += int((r[private, 1] - r[private, 0]).sum())
-            if n < RESIDENT_SCAN_REGIONS:
-                break
-            start = int(r[-1, 1])  # the vector filled up: go on after its last region
+        resident = lib.rgc_resident_bytes(self._pagemap, start, end, PAGE_IS_PRESENT, PAGE_IS_PFNZERO)
+        if resident < 0:
+            self._scan_works = False
+            return None
         return resident
 
     def _resident_by_pagemap(self, addr: int, length: int) -> int:
