@@ -86,6 +86,24 @@ def test_a_wide_tree_marks_the_same_on_any_number_of_markers(kernel, threads):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("threads", [2, 4])
+def test_a_wide_object_overflows_a_markers_own_stack(kernel, threads):
+    """One object naming 20,000 others (each naming one more): a marker's own
+    stack (4096 rows) fills and hands half of it to the shared one, again and again."""
+    n = 20_000
+    targets = [list(range(1, n + 1))] + [[n + k] for k in range(1, n + 1)] + [[] for _ in range(n)]
+    graph = Graph(nbytes=[0] * (2 * n + 1), targets=targets, roots=[0])
+    laid = lay_out(kernel, graph)
+    try:
+        got = core_mark(laid, threads)
+        assert got.live.all() and got.live_objects == 2 * n + 1 and got.slots_read == 2 * n
+        alone = core_mark(laid, 1)
+        assert (got.slot_target[:2 * n] == alone.slot_target[:2 * n]).all()
+    finally:
+        laid.close()
+
+
+@pytest.mark.timeout(300)
 def test_a_bad_slot_deep_in_a_parallel_mark_stops_every_marker(kernel):
     n = 20_000
     order = np.random.default_rng(6).permutation(n)
