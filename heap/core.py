@@ -269,14 +269,16 @@ def fixup(kernel, model, rows, locations, nrefs, slot_base, slot_target, new_by_
 
 
 def slide(kernel, model, rows, old_starts, new_starts, totals, nrefs, slot_base, slot_target, new_by_row,
-          src_offset: int = 0) -> tuple[int, int]:
+          src_offset: int = 0, threads: int | None = None) -> tuple[int, int]:
     """Slide the objects ``rows`` (old rows) from ``old_starts[row] +
     src_offset`` down to ``new_starts`` (an object never moves up, nor onto
     one not yet moved: address order) and fix their slots as ``fixup`` does,
     in one pass: what ``kernel.copy_ranges`` then ``fixup`` do, each object's
     slots written while its line is in the cache. ``src_offset``: the objects
     lie elsewhere than their side-table address (the remap compactor's
-    from-space). Returns (bytes moved, slots written)."""
+    from-space). ``threads`` > 1 (default ``MARK_THREADS``; direct memory and
+    ``PARALLEL_MARK_ROWS`` objects up): the fixup runs on a second thread,
+    following the moves. Returns (bytes moved, slots written)."""
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     n = rows.size
     if n == 0:
@@ -292,7 +294,8 @@ def slide(kernel, model, rows, old_starts, new_starts, totals, nrefs, slot_base,
     moved = ffi.new("int64_t *")
     ptrs = [_p("int64_t[]", rows), _p("int64_t[]", old_starts), src_offset, _p("int64_t[]", new_starts)]
     tail = [_p("int64_t[]", a) for a in (totals, nrefs, slot_base)] + [
-        _p("int64_t[]", slot_target), _p("int64_t[]", new_by_row), off, moved]
+        _p("int64_t[]", slot_target), _p("int64_t[]", new_by_row), off, moved,
+        (MARK_THREADS if n >= PARALLEL_MARK_ROWS else 1) if threads is None else threads]
     i, copied = 0, 0
     while True:
         i = lib.rgc_core_slide(mem.struct, *ptrs, i, n, *tail)

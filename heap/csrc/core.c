@@ -8,6 +8,7 @@
 #if defined(__unix__) || defined(__APPLE__)
 #define RGC_THREADS 1
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #else
 #define RGC_THREADS 0
@@ -617,11 +618,92 @@ static inline int one_page(const struct rgc_mem *m, int64_t a, int64_t len)
     return (a >> m->page_shift) == ((a + len - 1) >> m->page_shift) && missing_page(m, a, a + len) < 0;
 }
 
+/* Write the new values of the slots of objects [lo, hi) (rows[i], at new_start[i]): the fixup half of a slide. */
+static void fix_objects(const struct rgc_mem *m, const int64_t *rows, const int64_t *new_start, int64_t lo,
+                        int64_t hi, const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
+                        const int64_t *new_by_row, int64_t slot_offset)
+{
+    for (int64_t i = lo; i < hi; i++) {
+        if (i + RGC_FIXUP_AHEAD < hi) {  /* the new addresses it will read: random rows */
+            int64_t a = rows[i + RGC_FIXUP_AHEAD];
+            const int64_t *t = slot_target + slot_base[a];
+            for (int64_t j = 0; j < nrefs[a] && j < 4; j++)
+                if (t[j] >= 0)
+                    RGC_PREFETCH(new_by_row + t[j]);
+        }
+        int64_t r = rows[i], dst = new_start[i], k = nrefs[r];
+        const int64_t *target = slot_target + slot_base[r];
+        for (int64_t j = 0; j < k; j++) {
+            int64_t t = target[j];
+            if (t >= -1)  /* an immediate stays as it was */
+                store_word(m, dst + slot_offset + 8 * j, t >= 0 ? (uint64_t)new_by_row[t] : 0);
+        }
+    }
+}
+
+#if RGC_THREADS
+/* A slide's fixup on a thread of its own, following the mover: it fixes the objects the mover has
+   published as moved. Safe because an object slides down in address order: what the mover writes or
+   reads later lies above every object already moved, so the two never touch the same bytes. */
+struct fixer {
+    const struct rgc_mem *m;
+    const int64_t *rows, *new_start, *nrefs, *slot_base, *slot_target, *new_by_row;
+    int64_t slot_offset, from, n;
+    int64_t moved_up_to;  /* objects [from, moved_up_to) are in place (the mover's release store) */
+    pthread_t thread;
+};
+
+static void *fixer_main(void *arg)
+{
+    struct fixer *f = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    int64_t i = f->from;
+    for (int idle = 0; i < f->n;) {
+        int64_t d = __atomic_load_n(&f->moved_up_to, __ATOMIC_ACQUIRE);
+        if (d > i) {
+            fix_objects(f->m, f->rows, f->new_start, i, d, f->nrefs, f->slot_base, f->slot_target, f->new_by_row,
+                        f->slot_offset);
+            i = d;
+            idle = 0;
+        } else if (++idle > 64) {
+            sched_yield();
+        }
+    }
+    return NULL;
+}
+#endif
+
+#define RGC_SLIDE_PUBLISH 256          /* the mover publishes its progress every so many objects */
+
 int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64_t *old_start, int64_t src_offset,
                        const int64_t *new_start, int64_t from, int64_t n, const int64_t *total,
                        const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
-                       const int64_t *new_by_row, int64_t slot_offset, int64_t *moved)
+                       const int64_t *new_by_row, int64_t slot_offset, int64_t *moved, int64_t threads)
 {
+#if RGC_THREADS
+    if (threads > 1 && m->direct && n > from) {
+        struct fixer f = {m, rows, new_start, nrefs, slot_base, slot_target, new_by_row, slot_offset, from, n,
+                          from, 0};
+        if (pthread_create(&f.thread, NULL, fixer_main, &f) == 0) {
+            for (int64_t i = from; i < n; i++) {
+                int64_t r = rows[i], src = old_start[r] + src_offset, dst = new_start[i], len = total[r];
+                if (src != dst) {
+                    memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, (size_t)len);
+                    *moved += len;
+                }
+                if ((i + 1 - from) % RGC_SLIDE_PUBLISH == 0)
+                    __atomic_store_n(&f.moved_up_to, i + 1, __ATOMIC_RELEASE);
+            }
+            __atomic_store_n(&f.moved_up_to, n, __ATOMIC_RELEASE);
+            pthread_join(f.thread, NULL);
+            return n;
+        }
+    }
+#else
+    (void)threads;
+#endif
     for (int64_t i = from; i < n; i++) {
         if (i + RGC_FIXUP_AHEAD < n) {  /* the new addresses it will read: random rows */
             int64_t a = rows[i + RGC_FIXUP_AHEAD];
@@ -637,13 +719,7 @@ int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64
             memmove((void *)host(m, dst), host(m, src), (size_t)len);
             *moved += len;
         }
-        int64_t k = nrefs[r];
-        const int64_t *target = slot_target + slot_base[r];
-        for (int64_t j = 0; j < k; j++) {
-            int64_t t = target[j];
-            if (t >= -1)  /* an immediate stays as it was */
-                store_word(m, dst + slot_offset + 8 * j, t >= 0 ? (uint64_t)new_by_row[t] : 0);
-        }
+        fix_objects(m, rows, new_start, i, i + 1, nrefs, slot_base, slot_target, new_by_row, slot_offset);
     }
     return n;
 }

@@ -108,11 +108,12 @@ int64_t rgc_core_fixup(const struct rgc_mem *m, const int64_t *rows, const int64
    when they differ, then write its slots there as rgc_core_fixup does (while its line is in the cache).
    *moved adds the bytes moved. Returns n, or the index of the first object this call cannot do through
    m (a page not accessible here, or, through a page table, an object spanning pages): nothing of it
-   done. */
+   done. threads > 1 (direct memory, many objects): the fixup runs on a thread of its own, following
+   the moves. */
 int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64_t *old_start, int64_t src_offset,
                        const int64_t *new_start, int64_t from, int64_t n, const int64_t *total,
                        const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
-                       const int64_t *new_by_row, int64_t slot_offset, int64_t *moved);
+                       const int64_t *new_by_row, int64_t slot_offset, int64_t *moved, int64_t threads);
 
 /* out[i] = new_by_row[row of addrs[i]] (0 stays 0). Returns n, or the index of the first address
    that is no object start. */

@@ -30,7 +30,7 @@ def objects_bytes(laid, new_starts, rows) -> list[bytes]:
     return [laid.kernel.load(int(a), int(laid.totals[r])) for a, r in zip(new_starts, rows)]
 
 
-def check_slide(kernel, graph: Graph, **layout) -> None:
+def check_slide(kernel, graph: Graph, threads=None, **layout) -> None:
     """The same graph laid out twice: one copy slid by the two old steps, one by
     core.slide; every live object's bytes must come out the same, its slots
     as the model says, and the bytes moved as counted."""
@@ -52,7 +52,7 @@ def check_slide(kernel, graph: Graph, **layout) -> None:
                 moved = int(laid.totals[rows][moving].sum())
             else:
                 moved, slots = core.slide(kernel, DEFAULT_MODEL, rows, laid.starts, new_starts, laid.totals,
-                                          laid.nrefs, laid.slot_base, m.slot_target, new_by_row)
+                                          laid.nrefs, laid.slot_base, m.slot_target, new_by_row, threads=threads)
             live, _ = reference_mark(graph)
             new_address = {int(r): int(a) for r, a in zip(rows, new_starts)}
             after = kernel.load_words(laid.slot_addresses(rows, new_starts).astype(np.uint64)).view(np.int64)
@@ -80,6 +80,13 @@ def test_random_graphs_slide_as_copy_then_fixup(kernel, graph):
     check_slide(kernel, graph)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph=graphs(max_objects=120))
+def test_random_graphs_slide_with_the_fixup_on_its_own_thread(kernel, graph):
+    """The fixup following the moves on a second thread (direct memory; the simulator's frames: one pass)."""
+    check_slide(kernel, graph, threads=2)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(graph=graphs())
 def test_random_graphs_slide_over_untouched_pages(kernel, graph):
@@ -103,10 +110,11 @@ def test_named_slides(kernel, graph):
     check_slide(kernel, graph, write_none_slots=False)
 
 
-def test_slide_of_a_long_chain_whose_head_is_dead(kernel):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_slide_of_a_long_chain_whose_head_is_dead(kernel, threads):
     graph = chain(20_000)
     graph.roots = [1]
-    check_slide(kernel, graph)
+    check_slide(kernel, graph, threads=threads)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
