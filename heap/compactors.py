@@ -25,7 +25,7 @@ from . import core
 from .alloc import round_up
 from .install import PageInstaller, evacuate
 from .kernel import MADV_DONTNEED
-from .pause import Collection, Pause
+from .pause import Collection, Pause, kept_rows
 
 
 def remap_pause(pause: Pause, col: Collection) -> PageInstaller | None:
@@ -42,12 +42,18 @@ def remap_pause(pause: Pause, col: Collection) -> PageInstaller | None:
         rows = plan.live_rows
         locations = fs + (old["start"][rows] - base)
         locations[plan.evacuated] = fs + plan.evac_to
+        kept = kept_rows(plan, base, ps)  # the first objects lie in the prefix left in the arena
+        locations[:kept] = plan.new_starts[:kept]
         slots = None
         try:
             if pause.core:  # evacuation and fixup in one compiled pass (heap.core.slide), plan order
-                moved, slots = core.slide(k, pause.model, rows, old["start"], locations, old["total"], old["nrefs"],
-                                          marking.slot_base, marking.slot_target, new_by_row, src_offset=fs - base)
+                slots = core.fixup(k, pause.model, rows[:kept], locations[:kept], old["nrefs"], marking.slot_base,
+                                   marking.slot_target, new_by_row) if kept else 0
+                moved, flipped = core.slide(k, pause.model, rows[kept:], old["start"], locations[kept:], old["total"],
+                                            old["nrefs"], marking.slot_base, marking.slot_target, new_by_row,
+                                            src_offset=fs - base)
                 stats.bytes_copied += moved
+                slots += flipped
             else:
                 stats.bytes_copied += evacuate(k, plan, old["total"], fs)
         except OSError:

@@ -98,12 +98,14 @@ class ConcurrentCycle:
         self.arena = spaces.base
         self.size = spaces.size
         self.from_space = spaces.from_space
+        self.kept = spaces.kept  # the dense prefix the flip left in place: never registered, never installed
         self.program = program
         self.collection = collection
         self.stats = collection.stats
         self.chunk_pages = chunk_pages
         self.run_compactor = run_compactor
         self.states = PageStates(program.npages)
+        self.states.keep(program.kept_pages)
         self.builder = PageBuilder(kernel, self.uffd, program, self.states, self.arena, self.from_space)
         self.scratch = 0  # the compactor's build space, mapped by start(): outside the pause
         self.counters = InstallCounters()  # the compactor's (and complete()'s)
@@ -343,7 +345,8 @@ class ConcurrentCycle:
             if self.finished:
                 return
             k = self.kernel
-            self.uffd.unregister(self.arena, self.size)  # wakes any late faulter: it now faults normally
+            # wakes any late faulter: it now faults normally
+            self.uffd.unregister(self.arena + self.kept, self.size - self.kept)
             self._stop_threads()
             if self.scratch:
                 k.munmap(self.scratch, self.chunk_pages * k.page_size)
@@ -417,7 +420,11 @@ def concurrent_pause(pause: Pause, col: Collection) -> InstallProgram:
         except BaseException:
             spaces.unflip()  # nothing else changed yet: the pages go back
             raise
-        ev.update(pages=program.npages, slots=int(program.slot_page.size), copies=int(program.seg_page.size))
+        # the prefix the flip left in place is never installed: its slots are fixed here, in the arena
+        program.kept_pages = plan.in_place_pages
+        kept_slots = program.fix_kept(pause.kernel, spaces.base, ps)
+        ev.update(pages=program.npages, slots=int(program.slot_page.size), copies=int(program.seg_page.size),
+                  kept_pages=program.kept_pages, kept_slots=kept_slots)
         return program
 
     # registering after the flip: the shorter pause (Spaces.flip)

@@ -104,6 +104,8 @@ class Pause:
         # of 1.2-1.3 ms (a registered VMA's mremap moves PTE by PTE) and the install is no slower
         self.stw_register_first = False
         self.pins = None  # heap.pinning.PinTable once the host pinned something
+        # leave the dense prefix in place (dense_prefix): neither flipped nor installed
+        self.keep_prefix = True
         # the per-object work (mark, forwarding, fixup, root forwarding) in C (heap.core)
         # where the backend and the object model allow it; else the numpy paths
         self.core = core.supports(kernel, model)
@@ -319,8 +321,13 @@ class Pause:
                 plan.in_arena, plan.in_place_pages = True, plan.end_pages
                 ev.update(bytes=0, kept_bytes=plan.end_pages * a.page_size)
             else:
-                self.spaces.flip(register_first=register_first)
-                ev.update(bytes=used * a.page_size)
+                # the dense prefix already where the plan puts it stays: neither flipped nor installed
+                keep = dense_prefix(plan, old, a.base, a.page_size, a.hpage_pages or 1, a.size // a.page_size) \
+                    if self.keep_prefix else 0
+                plan.in_place_pages = keep
+                self.spaces.flip(register_first=register_first, keep=keep * a.page_size)
+                ev.update(bytes=max(used - keep, 0) * a.page_size, kept_bytes=keep * a.page_size)
+            col.stats.pages_kept_in_place = plan.in_place_pages
         with col.clock.phase(prepare_phase) as ev:
             prepared = prepare(plan, marking, old, new_by_row, ev)
             if roots_phase is None:
@@ -353,6 +360,39 @@ class Pause:
             log.debug("gc_done", compactor=clock.compactor, **stats.as_dict())
         if col.info is not None:  # the host's "stop" callbacks (heap.hooks), once the collection is whole
             col.info.ended(stats)
+
+
+def dense_prefix(plan: Plan, old, base: int, ps: int, unit: int, arena_pages: int) -> int:
+    """The pages from the arena's start that a flip may leave where they are
+    (docs/design.md, "The pause": flip): the leading whole pieces that the
+    plan puts onto themselves, contiguous from page 0 (so every object on
+    them keeps its address, and nothing else is planned into them: evacuees
+    go above the whole pieces), in whole units, and never the whole arena (a
+    flip of nothing). An object reaching past the prefix ends it below that
+    object's unit."""
+    stay = (plan.piece_dst == plan.piece_src) & ~plan.piece_rebuilt
+    if not stay.size or not stay[0] or plan.piece_dst[0] != 0:
+        return 0
+    k = int(np.argmin(stay)) if not stay.all() else stay.size
+    ends = plan.piece_dst[:k] + plan.piece_n[:k]
+    gaps = np.flatnonzero(plan.piece_dst[1:k] != ends[:k - 1])
+    pages = int(ends[gaps[0]] if gaps.size else ends[-1])
+    pages = min(pages // unit * unit, (arena_pages - 1) // unit * unit)
+    while pages:
+        boundary = base + pages * ps
+        i = int(np.searchsorted(plan.new_starts, boundary))  # objects below the boundary: the first i
+        if not i:
+            return pages
+        last = int(plan.new_starts[i - 1])
+        if last + int(old["total"][plan.live_rows[i - 1]]) <= boundary:
+            return pages
+        pages = (last - base) // ps // unit * unit
+    return 0
+
+
+def kept_rows(plan: Plan, base: int, ps: int) -> int:
+    """How many of the plan's live objects (its first ones) lie in the kept prefix."""
+    return int(np.searchsorted(plan.new_starts, base + plan.in_place_pages * ps)) if plan.in_place_pages else 0
 
 
 def _backward(old_starts: np.ndarray, plan: Plan):

@@ -40,6 +40,7 @@ class Spaces:
         self._release_lock = threading.Lock()
         self._owed: object | None = None
         self.flipped = False  # the arena is flipped and registered until unregister()
+        self.kept = 0  # bytes at the arena's start the flip left in place (flip's ``keep``)
         self.base = self._reserve()
         if thp:
             kernel.madvise(self.base, size, MADV_HUGEPAGE)
@@ -80,10 +81,19 @@ class Spaces:
                 pass
 
     # -- flipping ---------------------------------------------------------------------
-    def flip(self, *, register_first: bool) -> None:
+    def flip(self, *, register_first: bool, keep: int = 0) -> None:
         """Move every arena page to the from-space with one mremap(MREMAP_DONTUNMAP):
         the arena stays mapped, empty and registered with the userfaultfd, so
         a touch of a page not yet installed is a userfault.
+
+        ``keep``: bytes at the arena's start (a dense prefix already where the
+        plan puts it, a multiple of the unit) that stay where they are: only
+        ``[base + keep, end)`` is flipped, into the from-space at the same
+        offset, and registered. That splits the arena's VMA (and the
+        from-space's) for the cycle; measured on Linux 6.18, the arena's two
+        VMAs merge back when the suffix is unregistered (the suffix borrows
+        the prefix's anon_vma at its first install), whatever the prefix, and
+        the next flip's mremap replaces the from-space's pieces (MREMAP_FIXED).
 
         The order is a trade measured on Linux 6.18 (1 GiB of 4 KiB pages):
         registering first makes mremap move the pages one PTE at a time
@@ -96,17 +106,21 @@ class Spaces:
         Raises RemapRefused, with the pages back in place, when registering
         is refused.
         """
-        k, uffd, base, size = self.kernel, self.uffd, self.base, self.size
+        if not 0 <= keep < self.size or keep % self.kernel.page_size:
+            raise ValueError(f"keep={keep:#x} must be whole pages below the arena's size {self.size:#x}")
+        k, uffd = self.kernel, self.uffd
+        lo, n, to = self.base + keep, self.size - keep, self.from_space + keep
+        self.kept = keep
         if register_first:
             self._register()
             try:
-                k.mremap(base, size, self.from_space, dontunmap=True)
+                k.mremap(lo, n, to, dontunmap=True)
             except OSError:
-                uffd.unregister(base, size)
+                uffd.unregister(lo, n)
                 raise
             self.flipped = True
             return
-        k.mremap(base, size, self.from_space, dontunmap=True)
+        k.mremap(lo, n, to, dontunmap=True)
         self.flipped = True
         try:
             self._register()
@@ -116,27 +130,32 @@ class Spaces:
 
     def _register(self) -> None:
         try:
-            self.uffd.register(self.base, self.size, UFFDIO_REGISTER_MODE_MISSING)
+            self.uffd.register(self.base + self.kept, self.size - self.kept, UFFDIO_REGISTER_MODE_MISSING)
         except OSError as exc:
             raise RemapRefused(exc) from exc
 
     def unflip(self) -> None:
         """Undo a flip whose plan could not be carried out: the pages go back."""
-        k = self.kernel
-        k.mremap(self.from_space, self.size, self.base)
+        k, keep = self.kernel, self.kept
+        k.mremap(self.from_space + keep, self.size - keep, self.base + keep)
         try:
-            self.uffd.unregister(self.base, self.size)
+            self.uffd.unregister(self.base + keep, self.size - keep)
         except OSError:
             pass
         self.flipped = False
-        self.from_space = self._reserve()
+        if keep:  # the from-space's prefix is still mapped: only the moved part is reserved again
+            k.mmap(self.size - keep, at=self.from_space + keep, noreserve=True)
+        else:
+            self.from_space = self._reserve()
+        self.kept = 0
 
     def unregister(self) -> None:
         """Every page is installed: fresh pages fault normally again (and anything still blocked wakes).
         Nothing to do after a collection that left every page in place (no flip)."""
         if self.flipped:
-            self.uffd.unregister(self.base, self.size)
+            self.uffd.unregister(self.base + self.kept, self.size - self.kept)
             self.flipped = False
+            self.kept = 0
 
     # -- releasing the from-space -------------------------------------------------------
     def release_from_space(self) -> dict:

@@ -24,6 +24,10 @@ class GCStats:
     # THP: dead bytes kept resident in sparse huge units moved whole instead of copied out
     # (bounded by Pause.sparse_keep x live_bytes; heap.plan)
     kept_dead_bytes: int = 0
+    # pages from the arena's start left where they were (a dense prefix the plan leaves in
+    # place: neither flipped nor installed; heap.pause.dense_prefix); all of them when the
+    # to-space was built in the arena
+    pages_kept_in_place: int = 0
     eagain_retries: int = 0
     partial_moves: int = 0
     eexist_races: int = 0

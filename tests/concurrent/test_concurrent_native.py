@@ -28,6 +28,7 @@ def cycle_on_linux(linux_kernel):
     handler-thread mode, asked for: a self-serving cycle's walk settles a
     refused MOVE itself instead of handing it back (tests/selfservice)."""
     heap = Heap(kernel=linux_kernel, size=8 << 20, compactor="remap", faults="thread")
+    heap._pause.keep_prefix = False  # every page installed: nothing died, the dense prefix would be all of them
     refs = [heap.alloc(5000, 1) for _ in range(12)]
     for i, r in enumerate(refs):
         r.write(bytes([i + 1]) * 5000)
@@ -110,6 +111,7 @@ def faulting_cycle(linux_kernel):
     A cycle with no compactor thread: only faults install pages, served by
     the fault server (the handler-thread mode, asked for)."""
     heap = Heap(kernel=linux_kernel, size=8 << 20, compactor="remap", faults="thread")
+    heap._pause.keep_prefix = False  # every page installed: nothing died, the dense prefix would be all of them
     refs = [heap.alloc(5000) for _ in range(6)]
     for i, r in enumerate(refs):
         r.write(bytes([i + 1]) * 5000)

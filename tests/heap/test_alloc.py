@@ -86,7 +86,8 @@ def test_stats_and_one_event_per_phase(kernel_name):
         assert set(GCStats.__dataclass_fields__) == {
             "live_objects", "live_bytes", "freed_objects", "pages_moved", "bytes_moved_zero_copy",
             "bytes_copied", "eagain_retries", "partial_moves", "eexist_races", "ebusy_fallbacks",
-            "faults_served", "pause_ns", "total_ns", "rss_before", "rss_after", "kept_dead_bytes"}
+            "faults_served", "pause_ns", "total_ns", "rss_before", "rss_after", "kept_dead_bytes",
+            "pages_kept_in_place"}
 
 
 @pytest.mark.parametrize("runs", [10, 3000], ids=["few-runs", "many-runs"])
