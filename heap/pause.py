@@ -315,9 +315,6 @@ class Pause:
             used = a.used_pages
             if keep_in_place and (plan.whole_pages == 0 or plan.identity
                                   or (plan.new_starts == old["start"][plan.live_rows]).all()):
-                # Only a prefix that is the whole to-space is left in place: a partial one
-                # would split the arena's VMA, and the next flip's mremap (uffd-armed VMAs)
-                # and MOVE runs across the split fail (EFAULT, EINVAL) on Linux 6.18.
                 plan.in_arena, plan.in_place_pages = True, plan.end_pages
                 ev.update(bytes=0, kept_bytes=plan.end_pages * a.page_size)
             else:

@@ -90,10 +90,11 @@ class Spaces:
         plan puts it, a multiple of the unit) that stay where they are: only
         ``[base + keep, end)`` is flipped, into the from-space at the same
         offset, and registered. That splits the arena's VMA (and the
-        from-space's) for the cycle; measured on Linux 6.18, the arena's two
-        VMAs merge back when the suffix is unregistered (the suffix borrows
-        the prefix's anon_vma at its first install), whatever the prefix, and
-        the next flip's mremap replaces the from-space's pieces (MREMAP_FIXED).
+        from-space's) for the cycle; measured on Linux 6.18 (and so modelled by
+        the simulator), the arena's two VMAs merge back when the suffix is
+        unregistered, whatever the prefix and whether or not anything was
+        installed into the suffix, and the next flip's mremap replaces the
+        from-space's pieces (MREMAP_FIXED unmaps what lies at its target).
 
         The order is a trade measured on Linux 6.18 (1 GiB of 4 KiB pages):
         registering first makes mremap move the pages one PTE at a time

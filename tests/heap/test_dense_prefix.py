@@ -142,3 +142,37 @@ def test_a_prefix_left_out_changes_nothing_but_the_install(kernel_name):
     assert layout == layout_off
     assert (kept, kept_off) == (12, 0)
     assert moved_off - moved == 12
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("concurrent", [False, True], ids=["stop-the-world", "concurrent"])
+def test_with_huge_pages_the_prefix_is_whole_units(kernel_name, concurrent):
+    """THP: the unit is 2 MiB, so the prefix is whole units: it ends at the first
+    unit that moves, and its huge pages keep their frames (no PMD split at the
+    flip's edge)."""
+    with Heap(kernel=kernel_name, size=32 * MiB, compactor="remap", thp=True) as heap:
+        k, ps = heap.kernel, heap.kernel.page_size
+        unit = k.hpage_size // ps
+        objs = [heap.alloc(64 * 1024 - 64, 1) for _ in range(4 * 32)]  # four full units of 64 KiB objects
+        for i, r in enumerate(objs):
+            r.write(i.to_bytes(4, "little") * 16)
+        for a, b in zip(objs, objs[1:]):
+            a.set_ref(0, b)
+        unit_of = [(r.address - heap.base) // k.hpage_size for r in objs]
+        # unit 2 dies whole: unit 3 moves down by PMD (a half-dead unit of large objects would
+        # move whole and stay, heap.plan's sparse_keep)
+        dead = [i for i, u in enumerate(unit_of) if u == 2]
+        survivors = [r for i, r in enumerate(objs) if i not in dead]
+        for a, b in zip(survivors, survivors[1:]):
+            a.set_ref(0, b)
+        del objs, a, b
+        frames = k.page_frames(heap.base, 2 * unit)
+        huge_before = k.page_info(heap.base).huge
+        stats = heap.collect(concurrent=concurrent)
+        assert stats.pages_kept_in_place == 2 * unit
+        assert stats.pages_moved == unit  # unit 3, down into unit 2's place
+        assert (k.page_frames(heap.base, 2 * unit) == frames).all()
+        assert k.page_info(heap.base).huge == huge_before
+        for r, nxt in zip(survivors, survivors[1:]):
+            assert r.get_ref(0).same_object(nxt)
+        heap.verify()
