@@ -63,6 +63,7 @@ def test_settling_a_page_twice_is_refused():
 
 def _heap_with_objects(kernel, n=8):
     h = Heap(kernel=kernel, size=8 << 20, compactor="remap")
+    h._pause.keep_prefix = False  # every page installed (nothing died: the dense prefix would be all of them)
     keep = [h.alloc(5000) for _ in range(n)]  # page-owning objects: each moves whole, by the handler's MOVE
     for i, r in enumerate(keep):
         r.write(bytes([i + 1]) * 5000)
