@@ -61,7 +61,7 @@ from .background import start_background
 from .faults import FaultHandler, settled_counts
 from .install import InstallInterrupted
 from .kernel import MADV_DONTNEED, UffdError
-from .pause import Collection, Pause
+from .pause import Collection, Pause, kept_rows, split_plan
 from .program import INSTALLED, PROCESSING, UNPROCESSED, Claim, InstallProgram, PageStates, make_program
 from .spaces import Spaces
 from .stats import ConcurrentGCStats, InstallCounters
@@ -413,16 +413,20 @@ def concurrent_pause(pause: Pause, col: Collection) -> InstallProgram:
     spaces, ps = pause.spaces, pause.kernel.page_size
 
     def precompute(plan, marking, old, new_by_row, ev):
+        # the prefix the flip left in place is never installed: its objects' slots are fixed
+        # here, in the arena (one in-place pass, as the stop-the-world fixup), and the program
+        # covers the objects after them only
+        kept = kept_rows(plan, spaces.base, ps)
+        head, rest = split_plan(plan, kept)
         try:
-            values = pause.slot_values(plan, marking, old, new_by_row)
-            program = make_program(plan, pause.model, old, values, spaces.base, spaces.from_space, ps,
-                                   refs=pause.reference_slots(plan, marking, old))
+            values = pause.slot_values(rest, marking, old, new_by_row)
+            program = make_program(rest, pause.model, old, values, spaces.base, spaces.from_space, ps,
+                                   refs=pause.reference_slots(rest, marking, old))
         except BaseException:
             spaces.unflip()  # nothing else changed yet: the pages go back
             raise
-        # the prefix the flip left in place is never installed: its slots are fixed here, in the arena
         program.kept_pages = plan.in_place_pages
-        kept_slots = program.fix_kept(pause.kernel, spaces.base, ps)
+        kept_slots = pause.fixup(head, marking, old, new_by_row, head.new_starts) if kept else 0
         ev.update(pages=program.npages, slots=int(program.slot_page.size), copies=int(program.seg_page.size),
                   kept_pages=program.kept_pages, kept_slots=kept_slots)
         return program

@@ -15,6 +15,7 @@ events, ``gc_done``.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from typing import Callable
@@ -390,6 +391,17 @@ def dense_prefix(plan: Plan, old, base: int, ps: int, unit: int, arena_pages: in
 def kept_rows(plan: Plan, base: int, ps: int) -> int:
     """How many of the plan's live objects (its first ones) lie in the kept prefix."""
     return int(np.searchsorted(plan.new_starts, base + plan.in_place_pages * ps)) if plan.in_place_pages else 0
+
+
+def split_plan(plan: Plan, n: int) -> tuple[Plan, Plan]:
+    """The plan's first ``n`` live objects and the rest, each as a plan of
+    its own (views; pieces, evacuees and sizes are the whole plan's): the
+    kept prefix's objects are fixed in place, the rest go to the install."""
+    if not n:
+        return plan, plan
+    head, tail = slice(None, n), slice(n, None)
+    return tuple(dataclasses.replace(plan, live_rows=plan.live_rows[part], new_starts=plan.new_starts[part],
+                                     evacuated=plan.evacuated[part]) for part in (head, tail))
 
 
 def _backward(old_starts: np.ndarray, plan: Plan):

@@ -54,17 +54,9 @@ class InstallProgram:
     seg_src: np.ndarray  # source address in the from-space (the untouched original)
     seg_len: np.ndarray
     # pages [0, kept_pages) are the dense prefix the flip left in place: installed from the
-    # start, their slots fixed in the pause (``fix_kept``); not part of the native layout
+    # start, their objects' slots fixed in the pause (heap.concurrent.concurrent_pause), none of
+    # them in the arrays above; not part of the native layout
     kept_pages: int = 0
-
-    def fix_kept(self, kernel, base: int, ps: int) -> int:
-        """Write the slots of the kept prefix's pages in place (in the pause: no
-        installer ever builds those pages). Returns the slots written."""
-        n = int(np.searchsorted(self.slot_page, self.kept_pages))
-        if n:
-            addrs = (base + self.slot_page[:n] * ps + self.slot_off[:n]).astype(np.uint64)
-            kernel.store_words(addrs, self.slot_val[:n])
-        return n
 
     def sources(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(from-space page, rebuilt?) of each to-space page."""
