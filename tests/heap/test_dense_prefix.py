@@ -76,9 +76,11 @@ class Layout:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("concurrent", [False, True], ids=["stop-the-world", "concurrent"])
-def test_a_dense_live_prefix_keeps_its_frames_and_the_tail_is_compacted(kernel_name, concurrent):
+@pytest.mark.parametrize("concurrent,register_first", [(False, False), (False, True), (True, False)],
+                         ids=["stop-the-world", "stop-the-world-registered-first", "concurrent"])
+def test_a_dense_live_prefix_keeps_its_frames_and_the_tail_is_compacted(kernel_name, concurrent, register_first):
     with Heap(kernel=kernel_name, size=8 * MiB, compactor="remap") as heap:
+        heap._pause.stw_register_first = register_first  # the other flip order (heap.spaces.Spaces.flip)
         lay = Layout(heap)
         lay.grow(4 * 40)  # 40 full pages
         prefix = 24
@@ -176,3 +178,33 @@ def test_with_huge_pages_the_prefix_is_whole_units(kernel_name, concurrent):
         for r, nxt in zip(survivors, survivors[1:]):
             assert r.get_ref(0).same_object(nxt)
         heap.verify()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("register_first", [False, True], ids=["mremap-first", "register-first"])
+def test_a_partial_flip_undone_puts_every_page_back_and_the_next_flip_works(kernel, register_first):
+    """Spaces.flip(keep=) then unflip (a plan that could not be carried out): the
+    suffix's pages come back with their frames, the from-space's hole is mapped
+    again, and whole and partial flips keep working afterwards."""
+    from heap.spaces import Spaces
+
+    ps = kernel.page_size
+    spaces = Spaces(kernel, 4 * MiB, thp=False, faults="thread")
+    try:
+        spaces.open_uffd()
+        base, npages = spaces.base, 64
+        for p in range(npages):
+            kernel.store(base + p * ps, p.to_bytes(8, "little") * 4)
+        frames = kernel.page_frames(base, npages)
+        for keep in (16, 0, 40, 1):
+            spaces.flip(register_first=register_first, keep=keep * ps)
+            assert (kernel.page_frames(base, keep) == frames[:keep]).all()  # the prefix stayed
+            assert kernel.resident_bytes(base + keep * ps, (npages - keep) * ps) == 0  # the rest was flipped
+            assert (kernel.page_frames(spaces.from_space + keep * ps, npages - keep) == frames[keep:]).all()
+            spaces.unflip()
+            assert (kernel.page_frames(base, npages) == frames).all()
+            assert kernel.load(base + 5 * ps, 8) == (5).to_bytes(8, "little")
+        with pytest.raises(ValueError):
+            spaces.flip(register_first=register_first, keep=spaces.size)
+    finally:
+        spaces.close()
