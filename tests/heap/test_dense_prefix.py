@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from heap import Heap
+from heap.concurrent import begin_concurrent, end_concurrent
 
 MiB = 1 << 20
 OBJ = 1000  # four objects fill a 4 KiB page: every full page is dense
@@ -208,3 +209,45 @@ def test_a_partial_flip_undone_puts_every_page_back_and_the_next_flip_works(kern
             spaces.flip(register_first=register_first, keep=spaces.size)
     finally:
         spaces.close()
+
+
+def vmas_in(kernel_name: str, kernel, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The VMAs overlapping [lo, hi): /proc/self/maps on Linux, the simulator's address space."""
+    if kernel_name == "sim":
+        return [(v.start, v.end) for v in kernel.mm.overlapping(lo, hi)]
+    spans = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if start < hi and end > lo:
+                spans.append((start, end))
+    return spans
+
+
+@pytest.mark.timeout(120)
+def test_the_arena_is_one_vma_again_after_each_collection(kernel_name):
+    """The kernel behaviour the partial flip rests on (measured on Linux 6.18): the
+    arena's VMA, split at the prefix for the cycle, merges back when the suffix is
+    unregistered -- whatever the prefix, stop-the-world or concurrent. If a kernel
+    stopped merging, a later whole flip's mremap would fail (EFAULT): this says why."""
+    rnd = random.Random(3)
+    with Heap(kernel=kernel_name, size=8 * MiB, compactor="remap") as heap:
+        lay = Layout(heap)
+        lay.grow(4 * 24)
+        for cycle in range(8):
+            used = (heap.stats().size - heap.stats().free_bytes) // lay.ps
+            prefix = rnd.randrange(1, max(2, used - 2))
+            lay.thin_page(prefix)
+            if cycle % 2:  # during the cycle: split where the prefix ends
+                running, stats, _ = begin_concurrent(heap, run_compactor=False)
+                spans = vmas_in(kernel_name, heap.kernel, heap.base, heap.base + heap.size)
+                assert [s for s, _ in spans][1:] == [heap.base + prefix * lay.ps], (cycle, prefix, spans)
+                end_concurrent(heap, running)
+            else:
+                stats = heap.collect()
+            assert stats.pages_kept_in_place == prefix
+            # one VMA over the whole arena (it may reach past it: a neighbouring mapping merged)
+            [(start, end)] = vmas_in(kernel_name, heap.kernel, heap.base, heap.base + heap.size)
+            assert start <= heap.base and end >= heap.base + heap.size, (cycle, prefix)
+            lay.grow(rnd.randrange(4, 16))
+        lay.check()
