@@ -89,6 +89,11 @@ class ObjectTable:
             self._view_columns()
 
     @property
+    def capacity(self) -> int:
+        """Rows the columns hold before they grow (on the Python allocation path)."""
+        return self._cols["start"].size
+
+    @property
     def nslots(self) -> int:
         n = self.n
         return self._v[4][n - 1] + self._v[2][n - 1] if n else 0  # slot + nrefs of the last row

@@ -257,6 +257,10 @@ class Heap(HeapProperties, EmbeddingAPI):
             addr = self._place(lambda: self._alloc.place(total), total)
             self._kernel.store(addr, self._header(nbytes, nrefs, total >= self._ps, host))
             self._index.add(addr, self._table.append(addr, nbytes, nrefs, total))
+            # the collector's per-object buffers grow with the table (where it grows), not in a pause:
+            # as many rows as it holds, and slots in the proportion seen so far
+            t = self._table
+            self._work.reserve(t.capacity, t.nslots * t.capacity // t.n)
         return addr
 
     def alloc_many(self, nbytes, nrefs) -> RefArray:
