@@ -62,30 +62,34 @@ static inline char *rgc_object(struct rgc_gate *g, int64_t h, int64_t *nbytes, i
     return (char *)__atomic_load_n(&g->addr, __ATOMIC_RELAXED)[h];
 }
 
-int64_t rgc_ref_load(struct rgc_gate *g, int64_t h, int64_t offset, int64_t length, char *out)
+/* Inside the gate: where bytes [offset, offset + length) of h's payload lie; 0 (the gate left again)
+   when the call must take the slow path. */
+static inline char *rgc_enter_payload(struct rgc_gate *g, int64_t h, int64_t offset, int64_t length)
 {
     int64_t nbytes, nrefs;
-    if (!rgc_enter(g)) return RGC_SLOW;
+    if (!rgc_enter(g)) return 0;
     char *obj = rgc_object(g, h, &nbytes, &nrefs);
     if (!obj || offset < 0 || length < 0 || offset > nbytes - length) {
         rgc_leave(g);
-        return RGC_SLOW;
+        return 0;
     }
-    memcpy(out, obj + g->header + 8 * nrefs + offset, (size_t)length);
+    return obj + g->header + 8 * nrefs + offset;
+}
+
+int64_t rgc_ref_load(struct rgc_gate *g, int64_t h, int64_t offset, int64_t length, char *out)
+{
+    char *at = rgc_enter_payload(g, h, offset, length);
+    if (!at) return RGC_SLOW;
+    memcpy(out, at, (size_t)length);
     rgc_leave(g);
     return 0;
 }
 
 int64_t rgc_ref_store(struct rgc_gate *g, int64_t h, int64_t offset, const char *data, int64_t length)
 {
-    int64_t nbytes, nrefs;
-    if (!rgc_enter(g)) return RGC_SLOW;
-    char *obj = rgc_object(g, h, &nbytes, &nrefs);
-    if (!obj || offset < 0 || length < 0 || offset > nbytes - length) {
-        rgc_leave(g);
-        return RGC_SLOW;
-    }
-    memcpy(obj + g->header + 8 * nrefs + offset, data, (size_t)length);
+    char *at = rgc_enter_payload(g, h, offset, length);
+    if (!at) return RGC_SLOW;
+    memcpy(at, data, (size_t)length);
     rgc_leave(g);
     return 0;
 }

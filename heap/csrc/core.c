@@ -580,17 +580,23 @@ int64_t rgc_core_mark(const struct rgc_objects *o, const struct rgc_mem *m, stru
 /* How far ahead fixup prefetches the new addresses it will read. */
 #define RGC_FIXUP_AHEAD 16
 
+/* Prefetch the new addresses row `a`'s first slots will be fixed to (random rows of new_by_row). */
+static inline void prefetch_new_addresses(int64_t a, const int64_t *nrefs, const int64_t *slot_base,
+                                          const int64_t *slot_target, const int64_t *new_by_row)
+{
+    const int64_t *t = slot_target + slot_base[a];
+    for (int64_t j = 0; j < nrefs[a] && j < 4; j++)
+        if (t[j] >= 0)
+            RGC_PREFETCH(new_by_row + t[j]);
+}
+
 int64_t rgc_core_fixup(const struct rgc_mem *m, const int64_t *rows, const int64_t *loc, int64_t from, int64_t n,
                        const int64_t *nrefs, const int64_t *slot_base, const int64_t *slot_target,
                        const int64_t *new_by_row, int64_t slot_offset)
 {
     for (int64_t i = from; i < n; i++) {
         if (i + RGC_FIXUP_AHEAD < n) {
-            int64_t a = rows[i + RGC_FIXUP_AHEAD];
-            const int64_t *t = slot_target + slot_base[a];
-            for (int64_t j = 0; j < nrefs[a] && j < 4; j++)
-                if (t[j] >= 0)
-                    RGC_PREFETCH(new_by_row + t[j]);
+            prefetch_new_addresses(rows[i + RGC_FIXUP_AHEAD], nrefs, slot_base, slot_target, new_by_row);
             RGC_PREFETCH_W(host(m, loc[i + RGC_FIXUP_AHEAD] + slot_offset));
         }
         int64_t r = rows[i];
@@ -624,13 +630,8 @@ static void fix_objects(const struct rgc_mem *m, const int64_t *rows, const int6
                         const int64_t *new_by_row, int64_t slot_offset)
 {
     for (int64_t i = lo; i < hi; i++) {
-        if (i + RGC_FIXUP_AHEAD < hi) {  /* the new addresses it will read: random rows */
-            int64_t a = rows[i + RGC_FIXUP_AHEAD];
-            const int64_t *t = slot_target + slot_base[a];
-            for (int64_t j = 0; j < nrefs[a] && j < 4; j++)
-                if (t[j] >= 0)
-                    RGC_PREFETCH(new_by_row + t[j]);
-        }
+        if (i + RGC_FIXUP_AHEAD < hi)
+            prefetch_new_addresses(rows[i + RGC_FIXUP_AHEAD], nrefs, slot_base, slot_target, new_by_row);
         int64_t r = rows[i], dst = new_start[i], k = nrefs[r];
         const int64_t *target = slot_target + slot_base[r];
         for (int64_t j = 0; j < k; j++) {
@@ -705,13 +706,8 @@ int64_t rgc_core_slide(const struct rgc_mem *m, const int64_t *rows, const int64
     (void)threads;
 #endif
     for (int64_t i = from; i < n; i++) {
-        if (i + RGC_FIXUP_AHEAD < n) {  /* the new addresses it will read: random rows */
-            int64_t a = rows[i + RGC_FIXUP_AHEAD];
-            const int64_t *t = slot_target + slot_base[a];
-            for (int64_t j = 0; j < nrefs[a] && j < 4; j++)
-                if (t[j] >= 0)
-                    RGC_PREFETCH(new_by_row + t[j]);
-        }
+        if (i + RGC_FIXUP_AHEAD < n)
+            prefetch_new_addresses(rows[i + RGC_FIXUP_AHEAD], nrefs, slot_base, slot_target, new_by_row);
         int64_t r = rows[i], src = old_start[r] + src_offset, dst = new_start[i], len = total[r];
         if (!one_page(m, src, len) || !one_page(m, dst, len))
             return i;
